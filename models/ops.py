@@ -1,0 +1,83 @@
+"""Box operations shared by every detector: IoU, NMS, letterbox geometry.
+
+Pure torch (no torchvision): PyPI's torchvision does not load next to every
+torch build, and these few operations are all the detectors need. The NMS
+works on any device, so CUDA workers keep boxes on the GPU until the end.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise IoU of (n,4) and (m,4) xyxy boxes -> (n,m)."""
+    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
+    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(min=1e-9)
+
+
+def box_iou_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU for numpy arrays (evaluation, temporal filling)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)), np.float32)
+    return box_iou(torch.from_numpy(np.asarray(a, np.float32)),
+                   torch.from_numpy(np.asarray(b, np.float32))).numpy()
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thresh: float) -> torch.Tensor:
+    """Indices of the boxes kept by greedy NMS, highest score first.
+
+    Uses one IoU matrix and a loop over the sorted boxes; the loop body is a
+    tensor op, so the cost is O(n) Python steps for n candidate boxes, which
+    stays small after the score threshold.
+    """
+    if boxes.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    order = torch.argsort(scores, descending=True, stable=True)
+    boxes = boxes[order].float()
+    iou = box_iou(boxes, boxes)
+    n = len(order)
+    suppressed_by = (iou > iou_thresh).triu(diagonal=1)
+    # Greedy pass on CPU booleans: cheap and exact.
+    sup = suppressed_by.cpu().numpy()
+    keep_np = np.ones(n, dtype=bool)
+    for i in range(n):
+        if keep_np[i]:
+            keep_np[i + 1:] &= ~sup[i, i + 1:]
+    keep = torch.from_numpy(keep_np).to(boxes.device)
+    return order[keep]
+
+
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor,
+                iou_thresh: float) -> torch.Tensor:
+    """NMS within each class (offset trick: boxes of different classes never overlap)."""
+    if boxes.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    offset = classes.to(boxes.dtype)[:, None] * (boxes.max() + 1)
+    return nms(boxes + offset, scores, iou_thresh)
+
+
+def letterbox_params(height: int, width: int, size: int, stride: int = 32,
+                     pad_to_square: bool = True) -> tuple[float, int, int, int, int]:
+    """Scale and padding that fit an image into ``size`` keeping its aspect.
+
+    Returns (scale, new_w, new_h, pad_left, pad_top). With ``pad_to_square``
+    the canvas is size×size (Ultralytics' fixed-shape letterbox); the image is
+    centred on it.
+    """
+    scale = min(size / height, size / width)
+    new_w, new_h = int(round(width * scale)), int(round(height * scale))
+    if pad_to_square:
+        canvas_w = canvas_h = size
+    else:
+        canvas_w = int(np.ceil(new_w / stride) * stride)
+        canvas_h = int(np.ceil(new_h / stride) * stride)
+    pad_left = (canvas_w - new_w) // 2
+    pad_top = (canvas_h - new_h) // 2
+    return scale, new_w, new_h, pad_left, pad_top
