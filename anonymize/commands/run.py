@@ -1,0 +1,43 @@
+"""`anonymize run INPUT -o OUTPUT`: one video on this machine, no servers."""
+
+from __future__ import annotations
+
+import argparse
+
+from .options import add_settings_arguments, settings_from_args
+
+HELP = "anonymize one video on this machine (no servers needed)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="input video file")
+    p.add_argument("-o", "--output", required=True, help="output video (.mp4, .mkv or .mov)")
+    p.add_argument("--detections-dir",
+                   help="where faces.pkl, plates.pkl, detections.json, report.json go "
+                        "(default: beside OUTPUT)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_settings_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from pipeline import video
+    from pipeline.process import run_local
+
+    source = Path(args.input)
+    settings = settings_from_args(args)
+    info = video.probe(source)  # fails early, with one line, on a non-video input
+    with tqdm(total=info.n_frames, unit="frame", disable=args.quiet, file=sys.stderr,
+              desc=source.name) as bar:
+        report = run_local(source, Path(args.output), settings, args.detections_dir,
+                           progress=bar.update)
+    summary = {k: report[k] for k in ("output", "frames", "frames_match", "detections",
+                                       "filled_boxes", "wall_s", "fps")}
+    summary["report"] = report["files"]["detections_json"].replace("detections.json", "report.json")
+    print(json.dumps(summary, indent=2))
+    return 0 if report["frames_match"] else 1

@@ -1,0 +1,158 @@
+"""Detection orchestration: faces plus plates in one of three plate modes.
+
+* ``two-stage`` (the research method): vehicles above ``vehicle_thresh`` ->
+  crops grown by ``crop_margin`` -> the plate detector over all crops of all
+  frames in one batched call -> boxes shifted back into frame pixels.
+* ``one-stage``: the plate detector on whole frames (it tiles very large
+  frames itself).
+* ``both``: the union of the two, duplicates removed by NMS. Recall-first,
+  so it is the default (see README, "Plate modes").
+
+Models are loaded once per :class:`DetectionStack`; workers keep one per
+process and reuse it for every segment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from models.detections import PLATE, VEHICLE_IDS, Detections
+from models.ops import nms
+
+from .settings import Settings
+
+MIN_CROP = 8  # vehicle boxes smaller than this (px) cannot hold a readable plate
+
+
+def load_detector(name: str, device: str | None, half: bool, **opts):
+    """Build a registry model from its converted checkpoint (fetched if absent)."""
+    from models.fetch import fetch
+    from models.registry import get
+
+    spec = get(name)
+    path = fetch(name)
+    builder = spec.load_function("builder")
+    detector = builder(path, device=device, half=half, **opts)
+    detector.name = name
+    return detector
+
+
+def vehicle_crops(frame: np.ndarray, vehicles: Detections, margin: float
+                  ) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+    """Crops of one frame around each vehicle box grown by ``margin`` of its size
+    on every side (plates sit at the edge of a vehicle box), with their origins."""
+    h, w = frame.shape[:2]
+    crops, origins = [], []
+    for x1, y1, x2, y2 in vehicles.xyxy:
+        mx, my = (x2 - x1) * margin, (y2 - y1) * margin
+        cx1, cy1 = max(0, int(np.floor(x1 - mx))), max(0, int(np.floor(y1 - my)))
+        cx2, cy2 = min(w, int(np.ceil(x2 + mx))), min(h, int(np.ceil(y2 + my)))
+        if cx2 - cx1 < MIN_CROP or cy2 - cy1 < MIN_CROP:
+            continue
+        crops.append(frame[cy1:cy2, cx1:cx2])
+        origins.append((cx1, cy1))
+    return crops, origins
+
+
+def merge_plates(parts: Sequence[Detections], iou: float) -> Detections:
+    """Union of plate detections from several sources, duplicates removed by NMS."""
+    merged = Detections.merge(list(parts))
+    if len(merged) < 2:
+        return merged
+    keep = nms(torch.from_numpy(merged.xyxy), torch.from_numpy(merged.confidence), iou)
+    return merged[np.sort(keep.numpy())]
+
+
+class DetectionStack:
+    """Faces + plates (+ the vehicles of the two-stage path) for batches of frames."""
+
+    def __init__(self, settings: Settings, faces=None, plates=None, vehicles=None):
+        self.settings = settings
+        self.face_detector = faces
+        self.plate_detector = plates
+        self.vehicle_detector = vehicles
+
+    @classmethod
+    def from_settings(cls, settings: Settings, device: str | None = None,
+                      faces: bool | None = None, plates: bool | None = None) -> DetectionStack:
+        s = settings
+        device = device or s.device
+        want_faces = s.faces if faces is None else faces
+        want_plates = s.plates if plates is None else plates
+        face_det = plate_det = vehicle_det = None
+        if want_faces:
+            face_det = load_detector(s.face_model, device, s.half, face_size=s.face_size)
+        if want_plates:
+            plate_det = load_detector(s.plate_model, device, s.half)
+            if s.plate_mode in ("two-stage", "both"):
+                vehicle_det = load_detector(s.vehicle_model, device, s.half)
+        return cls(s, face_det, plate_det, vehicle_det)
+
+    @property
+    def model_names(self) -> dict[str, str]:
+        out = {}
+        for task, det in (("faces", self.face_detector), ("plates", self.plate_detector),
+                          ("vehicles", self.vehicle_detector)):
+            if det is not None:
+                out[task] = det.name
+        return out
+
+    def detect(self, frames: Sequence[np.ndarray] | np.ndarray) -> list[Detections]:
+        """One Detections per frame: faces, plates, and vehicles when they were searched."""
+        frames = list(frames)
+        if not frames:
+            return []
+        s = self.settings
+        parts: list[list[Detections]] = [[] for _ in frames]
+        with torch.inference_mode():
+            if self.face_detector is not None:
+                for i, d in enumerate(self.face_detector.detect(frames, s.face_thresh)):
+                    parts[i].append(d)
+            if self.plate_detector is not None:
+                for i, d in enumerate(self._plates(frames)):
+                    parts[i].append(d)
+        return [Detections.merge(p) for p in parts]
+
+    def _plates(self, frames: list[np.ndarray]) -> list[Detections]:
+        s = self.settings
+        one = two = None
+        if s.plate_mode in ("one-stage", "both"):
+            one = self.plate_detector.detect(frames, s.lp_thresh, size=s.plate_size)
+        if s.plate_mode in ("two-stage", "both"):
+            two = self._two_stage(frames)
+        out = []
+        for i in range(len(frames)):
+            if s.plate_mode == "one-stage":
+                out.append(one[i])
+            elif s.plate_mode == "two-stage":
+                out.append(two[i])
+            else:
+                vehicles = two[i][np.isin(two[i].class_id, VEHICLE_IDS)]
+                plates = merge_plates([one[i], two[i].with_class(PLATE)], s.nms_thresh)
+                out.append(Detections.merge([plates, vehicles]))
+        return out
+
+    def _two_stage(self, frames: list[np.ndarray]) -> list[Detections]:
+        """Vehicles, then plates inside every vehicle crop of every frame at once."""
+        s = self.settings
+        vehicles = self.vehicle_detector.detect(frames, s.vehicle_thresh)
+        crops, owners = [], []
+        for i, (frame, veh) in enumerate(zip(frames, vehicles, strict=True)):
+            c, origins = vehicle_crops(frame, veh, s.crop_margin)
+            crops += c
+            owners += [(i, o) for o in origins]
+        per_frame: list[list[Detections]] = [[] for _ in frames]
+        if crops:
+            found = self.plate_detector.detect_crops(crops, s.lp_thresh, size=s.crop_size)
+            for (i, (ox, oy)), d in zip(owners, found, strict=True):
+                if len(d):
+                    per_frame[i].append(d.shifted(ox, oy))
+        out = []
+        for i, frame in enumerate(frames):
+            h, w = frame.shape[:2]
+            plates = merge_plates(per_frame[i], s.nms_thresh).clipped(w, h)
+            out.append(Detections.merge([plates, vehicles[i]]))
+        return out

@@ -1,0 +1,92 @@
+"""Image folders: the research `inference*.py` / `face_detection.py` jobs.
+
+Images are read without EXIF auto-rotation (annotations and frame dumps
+refer to the stored pixels) and written back in their own format.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from models.detections import FACE, Detections
+
+from .blur import anonymize_frame
+from .records import face_pickle
+from .settings import Settings
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def list_images(folder: Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if img is None:
+        raise ValueError(f"not a readable image: {path}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def write_rgb(path: Path, rgb: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise ValueError(f"could not write image: {path}")
+
+
+def iter_batches(paths: list[Path], size: int) -> Iterator[list[tuple[Path, np.ndarray]]]:
+    batch = []
+    for p in paths:
+        batch.append((p, read_rgb(p)))
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
+                     progress: Callable[[int], None] | None = None) -> dict[str, Detections]:
+    """Blur every image of ``img_dir`` into ``out_dir`` (same relative paths);
+    returns detections per relative path."""
+    img_dir, out_dir = Path(img_dir), Path(out_dir)
+    paths = list_images(img_dir)
+    found: dict[str, Detections] = {}
+    for batch in iter_batches(paths, settings.batch_size):
+        dets = stack.detect([img for _, img in batch])
+        for (path, img), d in zip(batch, dets, strict=True):
+            rel = str(path.relative_to(img_dir))
+            found[rel] = d
+            write_rgb(out_dir / rel, anonymize_frame(img, d, settings.mode, settings.shape,
+                                                     settings.mask_scale))
+        if progress:
+            progress(len(batch))
+    return found
+
+
+def write_image_detections(out_dir: Path, found: dict[str, Detections]) -> Path:
+    """``detections.pkl``: list of {filename, det} with det in the ImageAI format."""
+    path = Path(out_dir) / "detections.pkl"
+    rows = [{"filename": name, "det": d.to_imageai()} for name, d in found.items()]
+    with open(path, "wb") as f:
+        pickle.dump(rows, f, protocol=4)
+    return path
+
+
+def write_face_pickle(save_dir: Path, found: dict[str, Detections], frames_dir: Path) -> Path:
+    """Research face pickle keyed by frame path, frame_idx = position in sorted order."""
+    ordered = list(found)
+    frames = {i: found[name].with_class(FACE) for i, name in enumerate(ordered)}
+    names = {i: str(Path(frames_dir) / name) for i, name in enumerate(ordered)}
+    path = Path(save_dir) / "faces.pkl"
+    with open(path, "wb") as f:
+        pickle.dump(face_pickle(frames, names), f, protocol=4)
+    return path

@@ -1,0 +1,86 @@
+"""Detection records at the edge: research pickles, JSON, report.
+
+Everything inside the pipeline is :class:`Detections`; this module is the
+one place that turns per-frame detections into the formats people read:
+
+* ``faces.pkl`` — the research face pickle (DESIGN.md): a dict keyed by
+  frame name -> ``{"frame_idx", "face_id", "image_path", "bbox", "confidence"}``.
+* ``plates.pkl`` — a list, one dict per frame: ``{"frame_idx", "pts",
+  "time_s", "filename", "det"}`` with ``det`` in the ImageAI format of the
+  evaluation pickle (name, percentage_probability 0-100, box_points).
+* ``detections.json`` — every frame's faces and plates as JSON rows
+  (label, xyxy, confidence, filled).
+* ``report.json`` — stream facts, counts, timings (written by the caller).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Mapping
+from fractions import Fraction
+from pathlib import Path
+
+from models.detections import FACE, PLATE, Detections
+
+FACES_PKL = "faces.pkl"
+PLATES_PKL = "plates.pkl"
+DETECTIONS_JSON = "detections.json"
+REPORT_JSON = "report.json"
+
+
+def frame_name(index: int) -> str:
+    return f"frame_{index:06d}"
+
+
+def face_pickle(frames: Mapping[int, Detections], names: Mapping[int, str] | None = None) -> dict:
+    """The research face pickle for frames (index -> detections)."""
+    out = {}
+    for idx in sorted(frames):
+        faces = frames[idx].with_class(FACE)
+        name = names[idx] if names else frame_name(idx)
+        out[name] = {
+            "frame_idx": idx,
+            "face_id": list(range(len(faces))),
+            "image_path": [name] * len(faces),
+            "bbox": [[float(v) for v in box] for box in faces.xyxy],
+            "confidence": [float(c) for c in faces.confidence],
+        }
+    return out
+
+
+def plate_records(frames: Mapping[int, Detections], frame_pts: list[int],
+                  time_base: Fraction) -> list[dict]:
+    return [
+        {"frame_idx": idx, "pts": frame_pts[idx], "time_s": float(frame_pts[idx] * time_base),
+         "filename": frame_name(idx), "det": frames[idx].with_class(PLATE).to_imageai()}
+        for idx in sorted(frames)
+    ]
+
+
+def write_records(out_dir: Path, frames: Mapping[int, Detections], frame_pts: list[int],
+                  time_base: Fraction, source_name: str) -> dict[str, Path]:
+    """Write faces.pkl, plates.pkl and detections.json into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"faces_pickle": out_dir / FACES_PKL, "plates_pickle": out_dir / PLATES_PKL,
+             "detections_json": out_dir / DETECTIONS_JSON}
+    with open(paths["faces_pickle"], "wb") as f:
+        pickle.dump(face_pickle(frames), f, protocol=4)
+    with open(paths["plates_pickle"], "wb") as f:
+        pickle.dump(plate_records(frames, frame_pts, time_base), f, protocol=4)
+    doc = {
+        "source": source_name,
+        "time_base": str(time_base),
+        "frames": [
+            {"frame_idx": idx, "pts": frame_pts[idx],
+             "detections": frames[idx].with_class(FACE, PLATE).to_dicts()}
+            for idx in sorted(frames)
+        ],
+    }
+    paths["detections_json"].write_text(json.dumps(doc, separators=(",", ":")))
+    return paths
+
+
+def read_detections_json(path: Path) -> dict[int, Detections]:
+    doc = json.loads(Path(path).read_text())
+    return {row["frame_idx"]: Detections.from_dicts(row["detections"]) for row in doc["frames"]}

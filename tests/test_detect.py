@@ -1,0 +1,77 @@
+"""Plate modes: two-stage crop and map-back, one-stage, and their union."""
+
+import numpy as np
+
+from models.detections import CAR, PLATE, Detections
+from pipeline.detect import DetectionStack, merge_plates, vehicle_crops
+from pipeline.settings import Settings
+
+
+class FakeVehicles:
+    name = "fake-vehicles"
+
+    def detect(self, frames, thresh):
+        return [Detections([[100, 50, 300, 200]], [0.9], [CAR]) for _ in frames]
+
+
+class FakePlates:
+    """Finds the plate drawn as a white rectangle; reports in the input's pixels."""
+
+    name = "fake-plates"
+
+    def __init__(self):
+        self.crop_calls = 0
+
+    @staticmethod
+    def _find(img):
+        ys, xs = np.nonzero((img == 255).all(axis=2))
+        if len(xs) == 0:
+            return Detections.empty()
+        return Detections([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], [0.8], [PLATE])
+
+    def detect(self, frames, thresh, size=640):
+        return [self._find(f) for f in frames]
+
+    def detect_crops(self, crops, thresh, size=320):
+        self.crop_calls += 1
+        return [self._find(c) for c in crops]
+
+
+def frame_with_plate():
+    img = np.zeros((240, 400, 3), np.uint8)
+    img[150:170, 180:240] = 255
+    return img
+
+
+def stack(mode):
+    return DetectionStack(Settings(plate_mode=mode, faces=False), None, FakePlates(), FakeVehicles())
+
+
+def test_vehicle_crops_grow_by_margin_and_clip():
+    img = np.zeros((100, 100, 3), np.uint8)
+    crops, origins = vehicle_crops(img, Detections([[10, 10, 50, 90]], [1], [CAR]), 0.1)
+    assert origins == [(6, 2)] and crops[0].shape[:2] == (98 - 2, 54 - 6)
+    tiny, _ = vehicle_crops(img, Detections([[10, 10, 12, 12]], [1], [CAR]), 0.1)
+    assert tiny == []
+
+
+def test_two_stage_maps_crop_boxes_back_to_frame():
+    s = stack("two-stage")
+    out = s.detect([frame_with_plate(), frame_with_plate()])
+    assert s.plate_detector.crop_calls == 1  # all crops of all frames in one call
+    plates = out[0].with_class(PLATE)
+    assert np.allclose(plates.xyxy, [[180, 150, 240, 170]])
+    assert len(out[0].with_class(CAR)) == 1
+
+
+def test_one_stage_and_both_agree_on_a_single_plate():
+    for mode in ("one-stage", "both"):
+        out = stack(mode).detect([frame_with_plate()])
+        assert np.allclose(out[0].with_class(PLATE).xyxy, [[180, 150, 240, 170]]), mode
+
+
+def test_merge_plates_removes_duplicates_keeps_distinct():
+    a = Detections([[0, 0, 10, 10], [50, 50, 60, 60]], [0.9, 0.5], [PLATE, PLATE])
+    b = Detections([[1, 0, 10, 10]], [0.7], [PLATE])
+    merged = merge_plates([a, b], 0.5)
+    assert len(merged) == 2 and 0.7 not in merged.confidence
