@@ -1,0 +1,1 @@
+"""Worker entry points (``anonymize worker``): process start-up and queues."""

@@ -1,0 +1,98 @@
+"""`anonymize submit INPUT… [--wait] [-o OUTPUT]`: run videos on the cluster."""
+
+from __future__ import annotations
+
+import argparse
+
+from .options import add_settings_arguments
+
+HELP = "upload videos and queue them on the cluster (Redis + S3 + workers); prints job ids"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="video files, or s3://bucket/key objects used in place")
+    p.add_argument("--wait", action="store_true",
+                   help="follow the jobs with a progress bar; exit non-zero if one fails")
+    p.add_argument("-o", "--output",
+                   help="with --wait: download the result video here (a folder when several "
+                        "inputs are given), the detection pickles, JSON and report beside it")
+    p.add_argument("--detections-dir", help="with -o: put the records here instead")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="with --wait: give up after this many seconds (default: none)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_settings_arguments(p)
+
+
+def _destination(args, source: str) -> str | None:
+    from pathlib import Path, PurePosixPath
+
+    if not args.output:
+        return None
+    out = Path(args.output)
+    if len(args.inputs) > 1 or out.is_dir() or args.output.endswith("/"):
+        out.mkdir(parents=True, exist_ok=True)
+        stem = PurePosixPath(source).stem
+        return str(out / f"{stem}.anonymized{PurePosixPath(source).suffix or '.mp4'}")
+    return str(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from tasks.client import load_cluster_env
+
+    load_cluster_env()
+    from tasks.client import Client
+
+    from .options import settings_from_args
+
+    if args.output and not args.wait:
+        raise ValueError("-o/--output needs --wait")
+    settings = settings_from_args(args)
+    client = Client()
+    jobs = []
+    for source in args.inputs:
+        dest = _destination(args, source)
+        job = client.submit(source, settings, output=dest)
+        jobs.append((job, source, dest))
+        print(job, flush=True)
+    if not args.wait:
+        return 0
+    failed = 0
+    for job, source, dest in jobs:
+        info = _follow(client, job, source, args)
+        if info["status"] != "done":
+            failed += 1
+            print(f"anonymize: job {job} {info['status']}: {info.get('error', '')}",
+                  file=sys.stderr)
+            continue
+        if dest:
+            got = client.download(job, dest, args.detections_dir)
+            print(f"{job}: {got['output']} (records in {got['report'].parent})", file=sys.stderr)
+        else:
+            print(f"{job}: {info['output_url']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _follow(client, job: str, source: str, args) -> dict:
+    import sys
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="frame", desc=f"{job} queued", disable=args.quiet, file=sys.stderr)
+
+    def update(info: dict) -> None:
+        total = int(info.get("frames_total") or 0)
+        if total and bar.total != total:
+            bar.total = total
+        done = min(int(info.get("frames_done") or 0), total) if total else 0
+        segs = f"{info.get('segments_done', 0)}/{info.get('segments_total') or '?'} segments"
+        bar.set_description(f"{job} {info['status']} {segs}", refresh=False)
+        bar.n = done
+        bar.refresh()
+
+    try:
+        return client.wait(job, update, timeout=args.timeout)
+    finally:
+        bar.close()

@@ -1,0 +1,33 @@
+"""`anonymize worker --queues gpu|cpu|gpu,cpu`: serve the cluster's task queues."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "start a worker for the gpu (process) and/or cpu (split, reassemble) queues"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--queues", "-Q", default="gpu,cpu",
+                   help="gpu, cpu or gpu,cpu (default: gpu,cpu)")
+    p.add_argument("--device", help="device for this worker's models: cpu, cuda, cuda:N "
+                                    "(default: the job's setting, auto)")
+    p.add_argument("--concurrency", "-c", type=int, default=1,
+                   help="pool processes; each loads its own models (default: 1)")
+    p.add_argument("--hostname", "-n", help="worker node name (default: QUEUES@host)")
+    p.add_argument("--loglevel", "-l", default="INFO", help="log level (default: INFO)")
+    p.add_argument("--preload", action="store_true",
+                   help="load the default models when each pool process starts, not on its "
+                        "first task")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tasks.client import load_cluster_env
+
+    load_cluster_env()
+    if args.concurrency < 1:
+        raise ValueError("--concurrency must be >= 1")
+    from workers.main import run_worker
+
+    return run_worker(args.queues, device=args.device, concurrency=args.concurrency,
+                      loglevel=args.loglevel, hostname=args.hostname, preload=args.preload)

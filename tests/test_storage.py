@@ -1,0 +1,103 @@
+# ruff: noqa: F811 -- the fixtures imported from tests.servers are test parameters
+"""Storage backends: the same behaviour from a local folder and from a real S3 server."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from pipeline.storage import LocalStorage, S3Storage, open_storage, split_url
+from tests.servers import redis_server, s3_server, servers_dir  # noqa: F401
+
+MiB = 1024 * 1024
+
+
+def _exercise(store, tmp_path):
+    """put/get/list/exists/delete_prefix round trip shared by both backends."""
+    src = tmp_path / "in.bin"
+    src.write_bytes(os.urandom(3000))
+    url = store.put_file(src, "jobs/a/segments/0.mkv")
+    assert url == store.url("jobs/a/segments/0.mkv")
+    store.put_bytes(b"hello", "jobs/a/manifest.json")
+    store.put_json({"x": [1, 2]}, "jobs/b/report.json")
+
+    assert store.exists("jobs/a/manifest.json")
+    assert not store.exists("jobs/a/nothing")
+    assert store.get_bytes("jobs/a/manifest.json") == b"hello"
+    assert store.get_json("jobs/b/report.json") == {"x": [1, 2]}
+    got = store.get_file("jobs/a/segments/0.mkv", tmp_path / "deep" / "out.bin")
+    assert got.read_bytes() == src.read_bytes()
+    assert store.list("jobs/a/") == ["jobs/a/manifest.json", "jobs/a/segments/0.mkv"]
+    assert store.list("jobs/") == ["jobs/a/manifest.json", "jobs/a/segments/0.mkv",
+                                   "jobs/b/report.json"]
+
+    # overwrite = what a redelivered task does
+    store.put_bytes(b"again", "jobs/a/manifest.json")
+    assert store.get_bytes("jobs/a/manifest.json") == b"again"
+
+    with pytest.raises(FileNotFoundError):
+        store.get_bytes("jobs/zz/none")
+    with pytest.raises(FileNotFoundError):
+        store.get_file("jobs/zz/none", tmp_path / "none")
+
+    assert store.delete_prefix("jobs/a/") == 2
+    assert store.list("jobs/") == ["jobs/b/report.json"]
+
+
+def test_local_storage_round_trip(tmp_path):
+    store = open_storage((tmp_path / "store").as_uri())
+    assert isinstance(store, LocalStorage)
+    _exercise(store, tmp_path)
+    # no temporary leftovers from atomic writes
+    assert [p.name for p in (tmp_path / "store").rglob("*.part")] == []
+
+
+def test_local_storage_rejects_escaping_keys(tmp_path):
+    store = LocalStorage(tmp_path / "store")
+    with pytest.raises(ValueError):
+        store.put_bytes(b"x", "../outside")
+
+
+def test_open_storage_urls(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert open_storage("file://./rel").root == (tmp_path / "rel").resolve()
+    assert open_storage(str(tmp_path / "plain")).root == tmp_path / "plain"
+    with pytest.raises(ValueError):
+        open_storage("ftp://host/x")
+    assert split_url("s3://bucket/jobs/x.mp4") == ("s3://bucket/jobs", "x.mp4")
+    with pytest.raises(ValueError):
+        split_url("s3://bucket")
+
+
+@pytest.mark.integration
+def test_s3_storage_round_trip(s3_server, tmp_path):
+    store = open_storage(s3_server.storage_url("t1"))
+    assert isinstance(store, S3Storage)
+    assert store.url("k") == f"s3://{s3_server.bucket}/t1/k"
+    _exercise(store, tmp_path)
+
+
+@pytest.mark.integration
+def test_s3_multipart_upload_and_download(s3_server, tmp_path):
+    store = S3Storage(s3_server.bucket, "mp", endpoint_url=s3_server.endpoint,
+                      multipart_bytes=5 * MiB)
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(12 * MiB + 123))
+    store.put_file(big, "video.mkv")
+    head = s3_server.client().head_object(Bucket=s3_server.bucket, Key="mp/video.mkv")
+    # a multipart object's ETag is "<md5 of part md5s>-<number of parts>"
+    assert head["ETag"].strip('"').endswith("-3")
+    assert head["ContentLength"] == big.stat().st_size
+    out = store.get_file("video.mkv", tmp_path / "back.bin")
+    assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(big.read_bytes()).digest()
+
+
+@pytest.mark.integration
+def test_s3_wrong_credentials_fail_fast(s3_server, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    store = S3Storage(s3_server.bucket, "t2", endpoint_url=s3_server.endpoint, retry_seconds=30)
+    with pytest.raises(Exception) as info:
+        store.put_bytes(b"x", "k")
+    assert "SignatureDoesNotMatch" in str(info.value) or "AccessDenied" in str(info.value)
