@@ -120,10 +120,12 @@ def bench_eval(device: str) -> str:
             subprocess.run(cmd, check=True, capture_output=True, text=True)
             metrics = json.loads((out / "metrics.json").read_text())
             for label, m in metrics["labels"].items():
-                big = m.get("coverage_recall_min_size")
+                if not m.get("annotated", True):
+                    continue
+                f3 = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
                 rows.append(f"| {ds} | {mode} | {label} | {m['gt']} | {m['detections']} | "
-                            f"{m['precision']:.3f} | {m['recall']:.3f} | {m['coverage_recall']:.3f} | "
-                            f"{'' if big is None else f'{big:.3f}'} |")
+                            f"{f3(m['precision'])} | {f3(m['recall'])} | {f3(m['coverage_recall'])} | "
+                            f"{f3(m.get('coverage_recall_min_width'))} |")
             print(rows[-1], flush=True)
     return "\n".join(rows)
 

@@ -47,7 +47,7 @@ class Settings:
     fill_frames: int = 5
     # blurring
     mode: str = "blur"
-    shape: str = "ellipse"
+    shape: str = "box"  # recall-first: an ellipse leaves the corners of a face box
     mask_scale: float = 1.3
     # encoding
     crf: int = 18

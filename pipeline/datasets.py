@@ -1,0 +1,170 @@
+"""Annotated image sets for evaluation.
+
+Two layouts are read:
+
+* ``--dataset DIR``: ``DIR/annotations.json`` as described in DESIGN.md
+  ("Annotated datasets"), boxes in pixel coordinates of the stored image;
+* the research YOLO-txt layout (``--anno-dir`` / ``--img-dir``): one
+  ``<stem>.txt`` per image with ``class cx cy w h`` rows normalised to 0..1;
+  class ids become labels through an explicit mapping (the research plate
+  class id was 15), rows of other classes are ignored.
+
+Annotations are parsed eagerly (cheap, and the evaluator needs the set of
+annotated labels before the first image), images are decoded lazily, one at a
+time, so a large set never sits in memory.
+
+Images are decoded *without* applying EXIF orientation: annotation tools
+store boxes in the pixel grid of the stored image, and a rotated decode would
+put every box in the wrong place.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class GTBox:
+    """One ground-truth box: label as annotated and ``[x1, y1, x2, y2]`` in pixels."""
+
+    label: str
+    xyxy: list[float]
+
+
+@dataclass
+class ImageRecord:
+    """An annotated image before decoding.
+
+    ``normalized`` boxes (YOLO-txt) are in 0..1 and are scaled to pixels once
+    the image size is known (:meth:`pixel_boxes`).
+    """
+
+    path: Path
+    boxes: list[GTBox] = field(default_factory=list)
+    width: int | None = None
+    height: int | None = None
+    normalized: bool = False
+    name: str = ""  # path relative to the dataset root, used as the pickle filename
+
+    def pixel_boxes(self, width: int, height: int) -> list[GTBox]:
+        if not self.normalized:
+            return list(self.boxes)
+        out = []
+        for b in self.boxes:
+            cx, cy, w, h = b.xyxy
+            out.append(GTBox(b.label, [(cx - w / 2) * width, (cy - h / 2) * height,
+                                       (cx + w / 2) * width, (cy + h / 2) * height]))
+        return out
+
+
+@dataclass
+class Sample:
+    """A decoded annotated image: RGB uint8 pixels plus its ground truth in pixels."""
+
+    path: Path
+    name: str
+    image: np.ndarray
+    gt: list[GTBox]
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file to RGB uint8 (H, W, 3), ignoring EXIF orientation."""
+    import cv2
+
+    path = Path(path)
+    data = np.fromfile(str(path), dtype=np.uint8)  # also works for non-ASCII paths
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    bgr = cv2.imdecode(data, flags) if data.size else None
+    if bgr is None:
+        raise ValueError(f"cannot decode image: {path}")
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def load_annotations(dataset_dir: str | Path) -> list[ImageRecord]:
+    """Records of ``DIR/annotations.json`` (paths resolved against DIR)."""
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset directory not found: {root}")
+    anno = root / "annotations.json"
+    if not anno.is_file():
+        raise FileNotFoundError(f"no annotations.json in dataset directory {root}")
+    try:
+        data = json.loads(anno.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{anno} is not valid JSON: {exc}") from exc
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list):
+        raise ValueError(f"{anno} has no 'images' list")
+    records = []
+    for entry in images:
+        boxes = [GTBox(str(b["label"]), [float(v) for v in b["xyxy"]])
+                 for b in entry.get("boxes", [])]
+        records.append(ImageRecord(root / entry["file"], boxes, entry.get("width"),
+                                   entry.get("height"), name=str(entry["file"])))
+    return records
+
+
+def load_yolo_dir(anno_dir: str | Path, img_dir: str | Path,
+                  class_labels: dict[int, str]) -> list[ImageRecord]:
+    """Records of every image in ``img_dir`` with ``anno_dir/<stem>.txt`` boxes.
+
+    An image without a .txt file has no objects (the YOLO convention), so it
+    still counts for false positives.
+    """
+    anno_dir, img_dir = Path(anno_dir), Path(img_dir)
+    for d, what in ((anno_dir, "annotation"), (img_dir, "image")):
+        if not d.is_dir():
+            raise FileNotFoundError(f"{what} directory not found: {d}")
+    if not class_labels:
+        raise ValueError("no class id is mapped to a label (use --plate-class-id/--face-class-id)")
+    images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise FileNotFoundError(f"no images in {img_dir}")
+    records = []
+    for img in images:
+        txt = anno_dir / f"{img.stem}.txt"
+        boxes = parse_yolo_txt(txt.read_text(), class_labels) if txt.is_file() else []
+        records.append(ImageRecord(img, boxes, normalized=True, name=img.name))
+    return records
+
+
+def parse_yolo_txt(text: str, class_labels: dict[int, str]) -> list[GTBox]:
+    """``class cx cy w h`` rows (extra columns ignored) -> normalised boxes (cx, cy, w, h)."""
+    boxes = []
+    for line_no, line in enumerate(text.splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 5:
+            raise ValueError(f"YOLO row {line_no} needs 'class cx cy w h': {line!r}")
+        cls = int(float(parts[0]))
+        if cls in class_labels:
+            boxes.append(GTBox(class_labels[cls], [float(v) for v in parts[1:5]]))
+    return boxes
+
+
+def iter_samples(records: Iterable[ImageRecord]) -> Iterator[Sample]:
+    """Decode each record, yielding pixel ground truth clipped to the image
+    (boxes left with no area are dropped)."""
+    for rec in records:
+        image = read_image(rec.path)
+        h, w = image.shape[:2]
+        if rec.width and rec.height and (rec.width, rec.height) != (w, h):
+            warnings.warn(f"{rec.path}: annotated as {rec.width}x{rec.height} but decodes as "
+                          f"{w}x{h}; boxes are used as annotated", stacklevel=2)
+        gt = []
+        for b in rec.pixel_boxes(w, h):
+            x1, y1, x2, y2 = b.xyxy
+            box = [min(max(x1, 0.0), w), min(max(y1, 0.0), h),
+                   min(max(x2, 0.0), w), min(max(y2, 0.0), h)]
+            if box[2] > box[0] and box[3] > box[1]:  # wholly off-image boxes cannot leak
+                gt.append(GTBox(b.label, box))
+        yield Sample(rec.path, rec.name or rec.path.name, image, gt)
