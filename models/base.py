@@ -43,6 +43,16 @@ def frames_to_tensor(frames: Frames, device: torch.device) -> list[torch.Tensor]
     return [torch.from_numpy(np.ascontiguousarray(f)).to(device) for f in frames]
 
 
+def frames_to_numpy(frames: Frames) -> list[np.ndarray]:
+    """Each frame as an H×W×3 uint8 numpy array on the host (for backends that
+    run third-party code wanting numpy images)."""
+    if isinstance(frames, torch.Tensor):
+        frames = frames.cpu().numpy()
+    if isinstance(frames, np.ndarray) and frames.ndim == 3:
+        frames = frames[None]
+    return [np.asarray(f) for f in frames]
+
+
 class Detector(ABC):
     """Base class: holds the torch module, its device and precision.
 

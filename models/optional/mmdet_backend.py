@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.base import Detector, Frames
+from models.base import Detector, Frames, frames_to_numpy
 from models.detections import Detections
 from models.fetch import WeightsError
 from models.ultralytics_unpickle import RestrictedUnpickler, placeholder_type
@@ -173,11 +173,7 @@ class MMDetDetector(Detector):
 
     def detect(self, frames: Frames, thresh: float | None = None) -> list[Detections]:
         thresh = self.thresh if thresh is None else float(thresh)
-        if isinstance(frames, torch.Tensor):
-            frames = frames.cpu().numpy()
-        if isinstance(frames, np.ndarray) and frames.ndim == 3:
-            frames = frames[None]
-        images = [np.ascontiguousarray(np.asarray(f)[..., ::-1]) for f in frames]  # BGR
+        images = [np.ascontiguousarray(f[..., ::-1]) for f in frames_to_numpy(frames)]  # BGR
         if not images:
             return []
         with torch.inference_mode():

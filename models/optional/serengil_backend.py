@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.base import Detector, Frames
+from models.base import Detector, Frames, frames_to_numpy
 from models.detections import FACE, Detections
 from models.fetch import WeightsError
 
@@ -78,10 +78,7 @@ class SerengilRetinaFace(Detector):
 
     def detect(self, frames: Frames, thresh: float | None = None) -> list[Detections]:
         thresh = self.thresh if thresh is None else float(thresh)
-        if isinstance(frames, torch.Tensor):
-            frames = frames.cpu().numpy()
-        if isinstance(frames, np.ndarray) and frames.ndim == 3:
-            frames = frames[None]
+        frames = frames_to_numpy(frames)
         results = []
         for frame in frames:
             bgr = np.ascontiguousarray(np.asarray(frame)[..., ::-1])
