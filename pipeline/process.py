@@ -195,7 +195,7 @@ def finalize(manifest: Manifest, segment_videos: list[Path], results: list[Segme
         "input": _stream_facts(manifest.info),
         "output_stream": _stream_facts(out_info),
         "frames": manifest.info.n_frames,
-        "frames_match": out_info.frame_pts == manifest.info.frame_pts,
+        "frames_match": same_frame_times(manifest.info, out_info),
         "segments": len(manifest.segments),
         "detections": counts,
         "filled_boxes": filled,
@@ -209,6 +209,15 @@ def finalize(manifest: Manifest, segment_videos: list[Path], results: list[Segme
     report.update(extra_report or {})
     (detections_dir / REPORT_JSON).write_text(json.dumps(report, indent=2))
     return report
+
+
+def same_frame_times(a: video.VideoInfo, b: video.VideoInfo) -> bool:
+    """Same number of frames at exactly the same times (pts × time base): a
+    container may store the source's time base as an equal finer one."""
+    if a.n_frames != b.n_frames:
+        return False
+    ta, tb = Fraction(a.time_base), Fraction(b.time_base)
+    return all(p * ta == q * tb for p, q in zip(a.frame_pts, b.frame_pts, strict=True))
 
 
 def _stream_facts(info: video.VideoInfo) -> dict:
