@@ -61,15 +61,18 @@ class Client:
         from pipeline.storage import open_storage
 
         from . import runtime
+        from .app import make_app
 
         self.service = service or ServiceSettings.from_env()
+        # an app of its own: the module-level one was configured from the
+        # environment at import time, which may predate this client's settings
+        self.app = make_app(self.service)
         self.storage_url = self.service.storage_url
         self.storage = open_storage(self.storage_url)
         self.state = runtime.job_state()
 
     def submit(self, source: str, settings, output: str | None = None) -> str:
         """Upload (or reference an ``s3://`` input in place), record and enqueue one job."""
-        from .app import app
         from .jobs import source_key
         from .state import new_job_id
 
@@ -85,7 +88,7 @@ class Client:
         self.state.create(job, source_url=source_url, source_name=name,
                           settings=settings.to_dict(), storage_url=self.storage.url(),
                           output_ext=output_ext(name, output))
-        app.send_task("anonymize.split", args=(job, self.storage_url))
+        self.app.send_task("anonymize.split", args=(job, self.storage_url))
         return job
 
     def get(self, job: str) -> dict:

@@ -170,8 +170,7 @@ def test_non_video_fails_job_with_reason_and_worker_keeps_serving(cluster, tmp_p
     assert info["error"].startswith("split: ") and "\n" not in info["error"]
     assert all(w.proc.poll() is None for w in cluster["workers"])
     # both workers still answer
-    from tasks.app import app
-
+    app = client.app
     replies = wait_for(lambda: app.control.ping(timeout=2.0), 30, "worker ping")
     assert len(replies) == 2
 
