@@ -73,6 +73,9 @@ def main() -> int:
     video = make_video(args.video, work / f"{args.video.stem}.mp4", args.gop) if args.gop \
         else args.video
     flags = settings_flags(args.fast, args.segment_frames)
+    from pipeline import video as v
+
+    info = v.probe(video)  # before `work` (which may hold the video) is removed
     anonymize = str(Path(sys.executable).parent / "anonymize")
     env_threads = {"OMP_NUM_THREADS": "1"}
     rows = []
@@ -138,9 +141,6 @@ def main() -> int:
         redis.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    from pipeline import video as v
-
-    info = v.probe(video)
     print(f"\nDistributed path on {platform.node() or 'this machine'} "
           f"({os.cpu_count()} CPU cores, CPU only): {video.name}, {info.n_frames} frames "
           f"{info.width}x{info.height}, segments of ~{args.segment_frames} frames, "
