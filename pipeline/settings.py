@@ -40,7 +40,7 @@ class Settings:
     nms_thresh: float = 0.5
     # detector input sizes
     face_size: int = 1280  # long side the frame is scaled to for RetinaFace
-    plate_size: int = 640  # one-stage letterbox size
+    plate_size: int = 960  # one-stage input size: 640 misses small plates (see README)
     crop_size: int = 320  # two-stage vehicle crop letterbox size
     crop_margin: float = 0.1  # vehicle box grown by this share before cropping
     # temporal filling
