@@ -23,11 +23,22 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def box_iou_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU for numpy arrays (evaluation, temporal filling)."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)), np.float32)
-    return box_iou(torch.from_numpy(np.asarray(a, np.float32)),
-                   torch.from_numpy(np.asarray(b, np.float32))).numpy()
+    """Pairwise IoU of (n,4) and (m,4) xyxy numpy boxes -> (n,m) float64.
+
+    Host-side twin of :func:`box_iou` for evaluation matching and temporal
+    filling: float64 so that IoU thresholds in evaluation are not decided by
+    rounding; pairs with no area at all have IoU 0.
+    """
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thresh: float) -> torch.Tensor:

@@ -22,11 +22,11 @@ from models.detections import FACE, PLATE, Detections
 DETAIL = 8  # samples kept along a region's long side
 
 
-def regions(dets: Detections, width: int, height: int, mask_scale: float
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """Integer pixel boxes (n,4) that will be anonymized (faces and plates,
+def regions(dets: Detections, width: int, height: int, mask_scale: float,
+            labels: tuple[int, ...] = (FACE, PLATE)) -> tuple[np.ndarray, np.ndarray]:
+    """Integer pixel boxes (n,4) that will be anonymized (boxes of ``labels``,
     dilated, clipped, rounded outwards) and their class ids (n,)."""
-    d = dets.with_class(FACE, PLATE)
+    d = dets.with_class(*labels)
     if len(d) == 0:
         return np.zeros((0, 4), np.int64), np.zeros(0, np.int64)
     d = d.dilated(mask_scale).clipped(width, height)
@@ -78,10 +78,11 @@ def anonymize_frame(frame: torch.Tensor | np.ndarray, dets: Detections, mode: st
 
 
 def region_mask(dets: Detections, width: int, height: int, mask_scale: float,
-                shape: str = "box") -> np.ndarray:
-    """Boolean H×W mask of the pixels :func:`anonymize_frame` rewrites (tests, evaluation)."""
+                shape: str = "box", labels: tuple[int, ...] = (FACE, PLATE)) -> np.ndarray:
+    """Boolean H×W mask of the pixels :func:`anonymize_frame` rewrites (tests,
+    evaluation); evaluation also rasterises vehicle boxes the same way."""
     mask = np.zeros((height, width), bool)
-    boxes, classes = regions(dets, width, height, mask_scale)
+    boxes, classes = regions(dets, width, height, mask_scale, labels)
     for (x1, y1, x2, y2), cls in zip(boxes, classes, strict=True):
         if shape == "ellipse" and cls == FACE:
             mask[y1:y2, x1:x2] |= _ellipse_mask(y2 - y1, x2 - x1, torch.device("cpu")).numpy()

@@ -41,6 +41,8 @@ from pathlib import Path
 import numpy as np
 
 from models.detections import FACE, LABELS, PLATE, VEHICLE_IDS, Detections, label_id
+from models.ops import box_iou_np
+from pipeline.blur import region_mask
 from pipeline.datasets import GTBox, ImageRecord, iter_samples
 
 IOU_THRESH = 0.5
@@ -80,20 +82,6 @@ def group_of_class(class_id: int) -> str | None:
 
 # -- matching -----------------------------------------------------------------
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in ``a`` (n, 4) with every box in ``b`` (m, 4), xyxy."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
-
 def match_greedy(det_xyxy: np.ndarray, det_scores: np.ndarray, gt_xyxy: np.ndarray,
                  iou_thresh: float = IOU_THRESH) -> list[int | None]:
     """For each detection, the ground-truth index it matches, or ``None``.
@@ -107,7 +95,7 @@ def match_greedy(det_xyxy: np.ndarray, det_scores: np.ndarray, gt_xyxy: np.ndarr
     assigned: list[int | None] = [None] * n
     if n == 0 or len(np.asarray(gt_xyxy).reshape(-1, 4)) == 0:
         return assigned
-    ious = iou_matrix(det_xyxy, gt_xyxy)
+    ious = box_iou_np(det_xyxy, gt_xyxy)
     taken = np.zeros(ious.shape[1], dtype=bool)
     for d in np.argsort(-np.asarray(det_scores, np.float64), kind="stable"):
         row = np.where(taken, -1.0, ious[d])
@@ -151,31 +139,13 @@ def blur_mask(dets: Detections, height: int, width: int, mask_scale: float = 1.0
               shape: str = "box") -> np.ndarray:
     """Boolean (H, W) mask of the pixels the blurring step would rewrite.
 
-    The same rasterisation as pipeline/blur.py: each box is grown about its
-    centre by ``mask_scale``, clipped to the image and rounded outwards to
-    whole pixels; with ``shape="ellipse"`` a face keeps only the ellipse
-    inscribed in that pixel box (plates and vehicles stay rectangles: blur
-    never rounds a plate's corners).
+    :func:`pipeline.blur.region_mask` itself, over every label (vehicle boxes
+    too, for the ``car`` coverage): boxes grown by ``mask_scale``, clipped,
+    rounded outwards; with ``shape="ellipse"`` only faces become ellipses.
     """
     if shape not in SHAPES:
         raise ValueError(f"shape must be one of {', '.join(SHAPES)}")
-    mask = np.zeros((height, width), dtype=bool)
-    if len(dets) == 0:
-        return mask
-    grown = dets.dilated(mask_scale).clipped(width, height)
-    for (x1, y1, x2, y2), cid in zip(grown.xyxy, grown.class_id, strict=True):
-        c0, r0 = int(np.floor(x1)), int(np.floor(y1))
-        c1, r1 = int(np.ceil(x2)), int(np.ceil(y2))
-        if c1 <= c0 or r1 <= r0:
-            continue
-        if shape == "box" or cid != FACE:
-            mask[r0:r1, c0:c1] = True
-            continue
-        h, w = r1 - r0, c1 - c0
-        ys = (np.arange(h, dtype=np.float32) + 0.5) / h * 2 - 1
-        xs = (np.arange(w, dtype=np.float32) + 0.5) / w * 2 - 1
-        mask[r0:r1, c0:c1] |= (ys[:, None] ** 2 + xs[None, :] ** 2) <= 1.0
-    return mask
+    return region_mask(dets, width, height, mask_scale, shape, labels=tuple(range(len(LABELS))))
 
 
 def _pixel_weights(lo: float, hi: float, size: int) -> tuple[int, np.ndarray]:
