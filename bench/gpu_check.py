@@ -28,13 +28,14 @@ def main() -> int:
         print("gpu-check: CUDA is not available on this machine", file=sys.stderr)
         return 2
     from models.ops import box_iou_np
+    from pipeline.datasets import read_image
     from pipeline.detect import DetectionStack
-    from pipeline.images import list_images, read_rgb
+    from pipeline.images import list_images
     from pipeline.process import run_local
     from pipeline.settings import Settings
 
-    images = [read_rgb(p) for p in list_images(DATA / "plates_vehicles_openimages_roboflow" / "images")[:24]]
-    images += [read_rgb(p) for p in list_images(DATA / "faces_dlib_examples" / "images")]
+    images = [read_image(p) for p in list_images(DATA / "plates_vehicles_openimages_roboflow" / "images")[:24]]
+    images += [read_image(p) for p in list_images(DATA / "faces_dlib_examples" / "images")]
     cpu = DetectionStack.from_settings(Settings(device="cpu"))
     gpu = DetectionStack.from_settings(Settings(device="cuda"))
     n_cpu = n_gpu = matched = 0

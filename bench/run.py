@@ -41,9 +41,9 @@ def bench_latency(device: str, repeats: int = 5) -> str:
     # a real street frame scaled to 1280x720 so detectors see realistic content
     import cv2
 
-    from pipeline.images import read_rgb
+    from pipeline.datasets import read_image
 
-    img = read_rgb(next((DATA / "plates_vehicles_openimages_roboflow" / "images").iterdir()))
+    img = read_image(next((DATA / "plates_vehicles_openimages_roboflow" / "images").iterdir()))
     frame = cv2.resize(img, (1280, 720))
 
     def timeit(fn, n=repeats):

@@ -16,6 +16,7 @@ import numpy as np
 from models.detections import FACE, Detections
 
 from .blur import anonymize_frame
+from .datasets import read_image
 from .records import face_pickle
 from .settings import Settings
 
@@ -29,13 +30,6 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if img is None:
-        raise ValueError(f"not a readable image: {path}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
 def write_rgb(path: Path, rgb: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
@@ -45,7 +39,7 @@ def write_rgb(path: Path, rgb: np.ndarray) -> None:
 def iter_batches(paths: list[Path], size: int) -> Iterator[list[tuple[Path, np.ndarray]]]:
     batch = []
     for p in paths:
-        batch.append((p, read_rgb(p)))
+        batch.append((p, read_image(p)))
         if len(batch) >= size:
             yield batch
             batch = []

