@@ -114,10 +114,16 @@ def process_segment(segment_file: Path, manifest: Manifest, index: int, stack,
     n_filled = 0
 
     def flush_ready(last_detected: int, at_end: bool) -> None:
+        """Blur and encode the pending frames whose fill context is complete."""
         nonlocal n_filled
+        ready = []
         while pending and (at_end or pending[0][0] + ctx <= last_detected):
-            idx, pts, rgb = pending.popleft()
-            boxes = fill_segment(dets, [idx], fill)[idx]
+            ready.append(pending.popleft())
+        if not ready:
+            return
+        filled = fill_segment(dets, [idx for idx, _, _ in ready], fill)
+        for idx, pts, rgb in ready:
+            boxes = filled[idx]
             tb = time.perf_counter()
             writer.write(anonymize_frame(rgb, boxes, settings.mode, settings.shape,
                                          settings.mask_scale), pts)
@@ -127,8 +133,8 @@ def process_segment(segment_file: Path, manifest: Manifest, index: int, stack,
             n_filled += int(kept.filled.sum())
             if progress:
                 progress(1)
-            for old in [k for k in dets if k < idx - ctx]:
-                del dets[old]
+        for old in [k for k in dets if k < ready[-1][0] - ctx]:
+            del dets[old]
 
     def run_batch() -> None:
         td = time.perf_counter()

@@ -60,9 +60,15 @@ def match_matrix(a: Detections, b: Detections, gap: int) -> np.ndarray:
 
 
 def _next_match(dets: Mapping[int, Detections], frame: int, row: int, fill: int,
-                direction: int) -> tuple[int, int] | None:
+                direction: int, memo: dict) -> tuple[int, int] | None:
     """Nearest frame (in ``direction``) within fill+1 frames holding a match for
-    box ``row`` of ``frame``; returns (frame, box index) or None."""
+    box ``row`` of ``frame``; returns (frame, box index) or None. ``memo``
+    keeps the answers within one :func:`fill_segment` call, whose frames ask
+    about the same sightings up to fill+1 times."""
+    key = (frame, row, direction)
+    if key in memo:
+        return memo[key]
+    memo[key] = None
     src = dets[frame][[row]]
     for step in range(1, fill + 2):
         other = frame + direction * step
@@ -71,8 +77,9 @@ def _next_match(dets: Mapping[int, Detections], frame: int, row: int, fill: int,
             continue
         score = match_matrix(src, cand, step)[0]
         if score.max() > 0:
-            return other, int(score.argmax())
-    return None
+            memo[key] = (other, int(score.argmax()))
+            break
+    return memo[key]
 
 
 def fill_segment(dets: Mapping[int, Detections], frames: Iterable[int], fill: int
@@ -85,6 +92,7 @@ def fill_segment(dets: Mapping[int, Detections], frames: Iterable[int], fill: in
     """
     frames = list(frames)
     src = {f: d.with_class(*FILLED_LABELS) for f, d in dets.items()}
+    memo: dict = {}
     out: dict[int, Detections] = {}
     for f in frames:
         own = dets.get(f, Detections.empty())
@@ -98,7 +106,7 @@ def fill_segment(dets: Mapping[int, Detections], frames: Iterable[int], fill: in
             if da is None or len(da) == 0:
                 continue
             for row in range(len(da)):
-                nxt = _next_match(src, a, row, fill, +1)
+                nxt = _next_match(src, a, row, fill, +1, memo)
                 if nxt is None:
                     if f - a <= fill:
                         added.append(da[[row]])
@@ -115,7 +123,7 @@ def fill_segment(dets: Mapping[int, Detections], frames: Iterable[int], fill: in
             if db is None or len(db) == 0:
                 continue
             for row in range(len(db)):
-                if _next_match(src, b, row, fill, -1) is None:
+                if _next_match(src, b, row, fill, -1, memo) is None:
                     added.append(db[[row]])
         if added:
             extra = Detections.merge(added)
