@@ -15,7 +15,6 @@ blurred, encoded and dropped.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -31,7 +30,7 @@ from models.detections import FACE, LABELS, PLATE, Detections
 
 from . import video
 from .blur import anonymize_frame
-from .records import REPORT_JSON, write_records
+from .records import write_records, write_report
 from .settings import Settings
 from .temporal import context_frames, fill_segment
 
@@ -172,7 +171,9 @@ def process_segment(segment_file: Path, manifest: Manifest, index: int, stack,
 def finalize(manifest: Manifest, segment_videos: list[Path], results: list[SegmentResult],
              source: Path, output: Path, detections_dir: Path,
              extra_report: dict | None = None) -> dict:
-    """Join the segments, mux the source's other streams, write records and report."""
+    """Join the segments, mux the source's other streams, write the records;
+    return the report, which the caller completes (wall time, storage URLs) and
+    writes with :func:`records.write_report`."""
     settings = Settings.from_dict(manifest.settings)
     results = sorted(results, key=lambda r: r.index)
     if [r.index for r in results] != list(range(len(manifest.segments))):
@@ -213,7 +214,6 @@ def finalize(manifest: Manifest, segment_videos: list[Path], results: list[Segme
         "files": {k: str(v) for k, v in paths.items()},
     }
     report.update(extra_report or {})
-    (detections_dir / REPORT_JSON).write_text(json.dumps(report, indent=2))
     return report
 
 
@@ -265,5 +265,5 @@ def run_local(source: Path, output: Path, settings: Settings, detections_dir: Pa
     wall = time.perf_counter() - t0
     report["wall_s"] = round(wall, 3)
     report["fps"] = round(manifest.info.n_frames / wall, 2) if wall > 0 else None
-    (detections_dir / REPORT_JSON).write_text(json.dumps(report, indent=2))
+    write_report(detections_dir, report)
     return report

@@ -81,6 +81,13 @@ def write_records(out_dir: Path, frames: Mapping[int, Detections], frame_pts: li
     return paths
 
 
+def write_report(out_dir: Path, report: dict) -> Path:
+    """``report.json`` in ``out_dir``; written once the report is complete."""
+    path = Path(out_dir) / REPORT_JSON
+    path.write_text(json.dumps(report, indent=2))
+    return path
+
+
 def read_detections_json(path: Path) -> dict[int, Detections]:
     doc = json.loads(Path(path).read_text())
     return {row["frame_idx"]: Detections.from_dicts(row["detections"]) for row in doc["frames"]}

@@ -202,9 +202,8 @@ def run_process(ctx: Context, job_id: str, index: int, stack=None) -> bool:
 
 def run_reassemble(ctx: Context, job_id: str) -> dict | None:
     """Join the processed segments into the output video; write pickles, JSON and report."""
-    import json
-
     from pipeline.process import SegmentResult, finalize
+    from pipeline.records import write_report
 
     job = _load_job(ctx, job_id)
     if job is None:
@@ -229,7 +228,7 @@ def run_reassemble(ctx: Context, job_id: str) -> dict | None:
         prefix = job_prefix(job_id)
         files = {k: ctx.storage.url(prefix + Path(v).name) for k, v in report["files"].items()}
         report.update(output=out_url, files=files)
-        (records / "report.json").write_text(json.dumps(report, indent=2))
+        write_report(records, report)
         ctx.storage.put_tree(records, prefix)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

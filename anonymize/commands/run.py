@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline import video
     from pipeline.process import run_local
+    from pipeline.records import REPORT_JSON
 
     source = Path(args.input)
     settings = settings_from_args(args)
@@ -38,6 +39,6 @@ def run(args: argparse.Namespace) -> int:
                            progress=bar.update)
     summary = {k: report[k] for k in ("output", "frames", "frames_match", "detections",
                                        "filled_boxes", "wall_s", "fps")}
-    summary["report"] = report["files"]["detections_json"].replace("detections.json", "report.json")
+    summary["report"] = str(Path(report["files"]["detections_json"]).with_name(REPORT_JSON))
     print(json.dumps(summary, indent=2))
     return 0 if report["frames_match"] else 1
