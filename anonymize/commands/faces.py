@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .images import anonymize_images
 from .options import add_settings_arguments, settings_from_args
 
 HELP = "detect and blur faces in a folder of frames, writing the research face pickle"
@@ -17,20 +18,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
     from pathlib import Path
 
-    from tqdm import tqdm
-
-    from pipeline.detect import DetectionStack
-    from pipeline.images import anonymize_folder, list_images, write_face_pickle
+    from pipeline.images import write_face_pickle
 
     settings = settings_from_args(args, faces=True, plates=False)
-    paths = list_images(Path(args.frames_dir))
-    stack = DetectionStack.from_settings(settings)
-    with tqdm(total=len(paths), unit="frame", disable=args.quiet, file=sys.stderr) as bar:
-        found = anonymize_folder(Path(args.frames_dir), Path(args.save_dir), stack, settings,
-                                 bar.update)
+    found = anonymize_images(args.frames_dir, args.save_dir, settings, args.quiet, unit="frame")
     pkl = write_face_pickle(Path(args.save_dir), found, Path(args.frames_dir))
     n = sum(len(d) for d in found.values())
     print(f"{len(found)} frames, {n} faces -> {args.save_dir} ({pkl.name})")

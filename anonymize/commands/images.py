@@ -16,20 +16,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_settings_arguments(p, video=False)
 
 
-def run(args: argparse.Namespace) -> int:
+def anonymize_images(folder, out_dir, settings, quiet: bool, unit: str = "img") -> dict:
+    """Detect and blur every image of ``folder`` into ``out_dir`` with a progress
+    bar; shared by `images` and `faces`. Returns detections per relative path."""
     import sys
     from pathlib import Path
 
     from tqdm import tqdm
 
     from pipeline.detect import DetectionStack
-    from pipeline.images import anonymize_folder, list_images, write_image_detections
+    from pipeline.images import anonymize_folder, list_images
 
-    settings = settings_from_args(args)
-    paths = list_images(Path(args.img_dir))
+    paths = list_images(Path(folder))
     stack = DetectionStack.from_settings(settings)
-    with tqdm(total=len(paths), unit="img", disable=args.quiet, file=sys.stderr) as bar:
-        found = anonymize_folder(Path(args.img_dir), Path(args.out_dir), stack, settings, bar.update)
+    with tqdm(total=len(paths), unit=unit, disable=quiet, file=sys.stderr) as bar:
+        return anonymize_folder(Path(folder), Path(out_dir), stack, settings, bar.update)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.images import write_image_detections
+
+    found = anonymize_images(args.img_dir, args.out_dir, settings_from_args(args), args.quiet)
     pkl = write_image_detections(Path(args.out_dir), found)
     n = sum(len(d) for d in found.values())
     print(f"{len(found)} images, {n} detections -> {args.out_dir} ({pkl.name})")
