@@ -73,7 +73,7 @@ def bench_latency(device: str, repeats: int = 5) -> str:
         rows.append(("YOLOv8n plates, one 320 crop", 1,
                      timeit(lambda: plate.detect_crops([crop], 0.1, size=320))))
         for mode in ("two-stage", "one-stage", "both"):
-            st = DetectionStack(Settings(device=device, plate_mode=mode), face, plate, veh)
+            st = DetectionStack(Settings(device=device, plates=mode), face, plate, veh)
             rows.append((f"full stack: faces + {mode} plates", 4,
                          timeit(lambda st=st: st.detect([frame] * 4)) / 4))
     out = ["| model | batch | ms per 1280×720 frame |", "|---|---|---|"]

@@ -81,7 +81,7 @@ class DetectionStack:
         s = settings
         device = device or s.device
         want_faces = s.faces if faces is None else faces
-        want_plates = s.plates if plates is None else plates
+        want_plates = (s.plate_mode is not None) if plates is None else plates
         face_det = plate_det = vehicle_det = None
         if want_faces:
             face_det = load_detector(s.face_model, device, s.half, face_size=s.face_size)

@@ -1,14 +1,22 @@
-"""Every knob of the pipeline, with its default, in one place.
+"""Every knob of the pipeline, with its default, type and help, in one place.
 
-The same names serve the command line (``--lp-thresh``), a YAML/JSON config
-file (``lp_thresh: 0.1``) and the environment (``ANONYMIZE_LP_THRESH=0.1``).
-Precedence: command line > environment > config file > defaults below.
-A job's settings travel with the job (as a dict in its manifest), so every
-worker processing one video uses exactly the same values.
+Each setting has exactly one name, used three ways: the flag ``--lp-thresh``,
+the config-file key ``lp_thresh`` (YAML or JSON; ``lp-thresh`` is accepted
+too) and the environment variable ``ANONYMIZE_LP_THRESH``. The command-line
+flags are generated from the table below, so the three can never drift apart.
+Precedence: command line > environment > config file > defaults.
+
+A privacy tool must never misread a setting silently, so reading is strict:
+a value that cannot be parsed (``ANONYMIZE_FACES=maybe``), a value out of
+range, an unknown config key or an unknown ``ANONYMIZE_*`` variable is an
+error naming the source, never a default. A job's settings travel with the
+job (as a dict in its manifest), so every worker processing one video uses
+exactly the same values.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -17,9 +25,36 @@ from typing import Any
 
 ENV_PREFIX = "ANONYMIZE_"
 
-PLATE_MODES = ("two-stage", "one-stage", "both")
+PLATE_MODES = ("both", "one-stage", "two-stage", "off")
 BLUR_MODES = ("blur", "pixelate", "solid")
 SHAPES = ("box", "ellipse")
+BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True,
+              "false": False, "0": False, "no": False, "off": False}
+
+#: ``ANONYMIZE_*`` variables that are not anonymization settings, and who reads them
+OTHER_ENV = {
+    "ANONYMIZE_CONFIG": "settings file read before the environment (same as --config)",
+    "ANONYMIZE_MODELS_DIR": "cache of fetched and converted model weights",
+    "ANONYMIZE_CLUSTER_ENV": "file of service variables written by `make up`",
+    "ANONYMIZE_WORKER_DEVICE": "device of a worker's pool processes (`worker --device`)",
+    "ANONYMIZE_RUNTIME": "inference backend on CPU: auto, torch, onnxruntime or openvino",
+    "ANONYMIZE_UNACKED_RESTORE_INTERVAL": "kombu Redis transport: restore sweep interval",
+    "ANONYMIZE_UNACKED_RESTORE_THROTTLE": "kombu Redis transport: restore sweep throttle",
+    "ANONYMIZE_UNACKED_MUTEX_EXPIRE": "kombu Redis transport: restore mutex expiry",
+}
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used as given; the message is one line naming its source."""
+
+
+def _opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
+         lo: float | None = None, hi: float | None = None, video_only: bool = False,
+         group: str = "detection", flag: str | None = None) -> Any:
+    """A settings field with its help text and limits (read by the CLI and validate())."""
+    meta = {"help": help, "choices": choices, "lo": lo, "hi": hi, "video_only": video_only,
+            "group": group, "flag": flag}
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -27,107 +62,233 @@ class Settings:
     """Anonymization settings; field names are the flag names with '_' for '-'."""
 
     # what to find
-    faces: bool = True
-    plates: bool = True
-    plate_mode: str = "both"  # recall-first default, see README "Plate modes"
-    face_model: str = "retinaface-mobilenet0.25"
-    plate_model: str = "plate-yolov8n-pyplatex"
-    vehicle_model: str = "vehicles-centernet-mobilenetv3"
+    faces: bool = _opt(True, "detect and anonymize faces")
+    plates: str = _opt("both", "licence plates: both (the union of one-stage and two-stage, "
+                       "recall first), one-stage, two-stage or off", choices=PLATE_MODES)
+    face_model: str = _opt("retinaface-mobilenet0.25", "face model: a registry name "
+                           "(`anonymize models list`) or a weights file")
+    plate_model: str = _opt("plate-yolov8n-pyplatex", "plate model: a registry name or a "
+                            "weights file")
+    vehicle_model: str = _opt("vehicles-centernet-mobilenetv3", "vehicle model of the "
+                              "two-stage plate search: a registry name or a weights file")
     # thresholds (research names)
-    vehicle_thresh: float = 0.2
-    lp_thresh: float = 0.1
-    face_thresh: float = 0.5
-    nms_thresh: float = 0.5
+    vehicle_thresh: float = _opt(0.2, "vehicle score threshold for two-stage, 0-1 "
+                                 "(0.3 loses a fifth of the plates)", lo=0, hi=1)
+    lp_thresh: float = _opt(0.1, "plate score threshold, 0-1 (low: recall first)", lo=0, hi=1)
+    face_thresh: float = _opt(0.5, "face score threshold, 0-1", lo=0, hi=1)
+    nms_thresh: float = _opt(0.5, "IoU above which overlapping plate boxes of the two "
+                             "plate modes count as one, 0-1", lo=0, hi=1)
     # detector input sizes
-    face_size: int = 1280  # long side the frame is scaled to for RetinaFace
-    plate_size: int = 960  # one-stage input size: 640 misses small plates (see README)
-    crop_size: int = 320  # two-stage vehicle crop letterbox size
-    crop_margin: float = 0.1  # vehicle box grown by this share before cropping
+    face_size: int = _opt(1280, "long side frames are scaled to for face detection, px",
+                          lo=32)
+    plate_size: int = _opt(960, "one-stage plate detector input size, px (640 misses "
+                           "small plates)", lo=32)
+    crop_size: int = _opt(320, "two-stage vehicle crop input size, px", lo=32)
+    crop_margin: float = _opt(0.1, "vehicle box grown by this share of its size before "
+                              "cropping (two-stage)", lo=0, hi=1)
     # temporal filling
-    fill_frames: int = 5
+    fill_frames: int = _opt(5, "temporal filling window in frames, 0 = off", lo=0,
+                            video_only=True, group="anonymization")
     # blurring
-    mode: str = "blur"
-    shape: str = "box"  # recall-first: an ellipse leaves the corners of a face box
-    mask_scale: float = 1.3
+    mode: str = _opt("blur", "how regions are hidden", choices=BLUR_MODES,
+                     group="anonymization")
+    shape: str = _opt("box", "face region shape; plates are always boxes", choices=SHAPES,
+                      group="anonymization")
+    mask_scale: float = _opt(1.3, "box dilation factor before anonymizing, >= 1", lo=1,
+                             group="anonymization")
     # encoding
-    crf: int = 18
-    preset: str = "medium"
-    keep_metadata: bool = False
+    crf: int = _opt(18, "x264 constant rate factor, 0-51", lo=0, hi=51, video_only=True,
+                    group="encoding")
+    preset: str = _opt("medium", "x264 preset", video_only=True, group="encoding",
+                       choices=("ultrafast", "superfast", "veryfast", "faster", "fast",
+                                "medium", "slow", "slower", "veryslow", "placebo"))
+    keep_metadata: bool = _opt(False, "keep container metadata such as GPS location "
+                               "(stripped by default)", video_only=True, group="encoding")
     # execution
-    device: str = "auto"
-    batch_size: int = 8
-    half: bool = True
-    segment_frames: int = 250  # target frames per segment / distributed batch
+    device: str = _opt("auto", "cpu, cuda, cuda:N or auto (CUDA when present)",
+                       group="execution")
+    batch_size: int = _opt(8, "frames per detector batch", lo=1, group="execution")
+    half: bool = _opt(True, "fp16 on CUDA (CPU always runs fp32)", group="execution")
+    segment_frames: int = _opt(250, "frames per segment / distributed batch; segments "
+                               "start on keyframes", lo=1, video_only=True, group="execution")
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> Settings:
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ValueError(msg)
-
-        need(self.plate_mode in PLATE_MODES, f"plate_mode must be one of {', '.join(PLATE_MODES)}")
-        need(self.mode in BLUR_MODES, f"mode must be one of {', '.join(BLUR_MODES)}")
-        need(self.shape in SHAPES, f"shape must be one of {', '.join(SHAPES)}")
-        for name in ("vehicle_thresh", "lp_thresh", "face_thresh", "nms_thresh"):
-            need(0.0 <= getattr(self, name) <= 1.0, f"{name} must be between 0 and 1")
-        need(self.mask_scale >= 1.0, "mask_scale must be >= 1.0")
-        need(self.fill_frames >= 0, "fill_frames must be >= 0")
-        need(self.batch_size >= 1, "batch_size must be >= 1")
-        need(self.segment_frames >= 1, "segment_frames must be >= 1")
-        need(0 <= self.crf <= 51, "crf must be between 0 and 51")
+        """Check every value against its type and limits (one-line SettingsError)."""
+        for f in fields(self):
+            setattr(self, f.name, coerce(f.name, getattr(self, f.name), "setting"))
         return self
+
+    @property
+    def plate_mode(self) -> str | None:
+        """The plate mode, or None when plates are off."""
+        return None if self.plates == "off" else self.plates
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Settings:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
+    def from_dict(cls, data: dict[str, Any], source: str = "setting") -> Settings:
+        unknown = set(data) - set(FIELDS)
         if unknown:
-            raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        return cls(**data).validate()
+            raise SettingsError(_unknown(sorted(unknown)[0], FIELDS, source))
+        return cls(**{k: coerce(k, v, source) for k, v in data.items()})
 
     @classmethod
     def load(cls, config: str | Path | None = None, overrides: dict[str, Any] | None = None,
              environ: dict[str, str] | None = None) -> Settings:
         """Defaults < config file < environment < ``overrides`` (CLI flags that were given)."""
-        values: dict[str, Any] = {}
-        if config:
-            values.update(_read_config(Path(config)))
+        return cls.resolve(config, overrides, environ)[0]
+
+    @classmethod
+    def resolve(cls, config: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                environ: dict[str, str] | None = None) -> tuple[Settings, dict[str, str]]:
+        """The settings and, per field, where its value came from (default, the config
+        file's path, ``ANONYMIZE_<NAME>``, or ``--<name>``)."""
         env = os.environ if environ is None else environ
-        types = {f.name: f.type for f in fields(cls)}
-        for name in types:
-            raw = env.get(ENV_PREFIX + name.upper())
-            if raw is not None:
-                values[name] = _coerce(cls, name, raw)
-        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        return cls.from_dict(values)
+        check_environment(env)
+        values: dict[str, Any] = {}
+        sources = {name: "default" for name in FIELDS}
+        config = config or env.get("ANONYMIZE_CONFIG") or None
+        if config:
+            for key, value in read_config(Path(config)).items():
+                values[key] = coerce(key, value, f"{config}: {key}")
+                sources[key] = str(config)
+        for name in FIELDS:
+            var = ENV_PREFIX + name.upper()
+            if var in env:
+                values[name] = coerce(name, env[var], var)
+                sources[name] = var
+        for name, value in (overrides or {}).items():
+            if value is None:
+                continue
+            if name not in FIELDS:
+                raise SettingsError(_unknown(name, FIELDS, "setting"))
+            values[name] = coerce(name, value, "--" + name.replace("_", "-"))
+            sources[name] = "--" + name.replace("_", "-")
+        return cls(**values), sources
 
 
-def _coerce(cls, name: str, raw: str) -> Any:
-    default = getattr(cls(), name)
-    if isinstance(default, bool):
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    if isinstance(default, int):
-        return int(raw)
-    if isinstance(default, float):
-        return float(raw)
-    return raw
+FIELDS: dict[str, Any] = {f.name: f for f in fields(Settings)}
 
 
-def _read_config(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise FileNotFoundError(f"config file not found: {path}")
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
+def env_names() -> set[str]:
+    """Every ``ANONYMIZE_*`` variable the project reads."""
+    from_settings = {ENV_PREFIX + name.upper() for name in FIELDS}
+    return from_settings | set(ServiceSettings.ENV.values()) | set(OTHER_ENV)
 
-        data = yaml.safe_load(text) or {}
+
+def check_environment(env: dict[str, str] | os._Environ) -> None:
+    """An unknown ``ANONYMIZE_*`` variable is a typo that would silently change
+    nothing: refuse it, suggesting the closest known name."""
+    known = env_names()
+    for var in sorted(env):
+        if var.startswith(ENV_PREFIX) and var not in known:
+            close = difflib.get_close_matches(var, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise SettingsError(f"unknown environment variable {var}{hint}")
+
+
+def _unknown(name: str, known, source: str) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    where = "" if source == "setting" else f" in {source.split(': ')[0]}"
+    return f"unknown setting {name!r}{where}{hint}"
+
+
+def coerce(name: str, value: Any, source: str) -> Any:
+    """``value`` as the type of setting ``name``, within its limits, or a SettingsError
+    naming ``source`` (the flag, variable or file the value came from)."""
+    f = FIELDS[name]
+    kind = type(f.default)
+    meta = f.metadata
+    shown = value if not isinstance(value, str) else repr(value)
+
+    def fail(why: str) -> SettingsError:
+        return SettingsError(f"{source}: {shown} is not {why}")
+
+    if kind is bool:
+        if isinstance(value, bool):
+            out: Any = value
+        elif isinstance(value, str) and value.strip().lower() in BOOL_WORDS:
+            out = BOOL_WORDS[value.strip().lower()]
+        else:
+            raise fail("a boolean (true/false, 1/0, yes/no, on/off)")
+    elif kind is int:
+        if isinstance(value, bool):
+            raise fail("a whole number")
+        if isinstance(value, int):
+            out = value
+        elif isinstance(value, float) and value.is_integer():
+            out = int(value)
+        elif isinstance(value, str):
+            try:
+                out = int(value.strip())
+            except ValueError:
+                raise fail("a whole number") from None
+        else:
+            raise fail("a whole number")
+    elif kind is float:
+        if isinstance(value, bool):
+            raise fail("a number")
+        try:
+            out = float(value.strip() if isinstance(value, str) else value)
+        except (TypeError, ValueError):
+            raise fail("a number") from None
+        if out != out or out in (float("inf"), float("-inf")):
+            raise fail("a finite number")
     else:
-        data = json.loads(text)
+        if not isinstance(value, str) or not value.strip():
+            raise fail("a non-empty text")
+        out = value.strip()
+    choices = meta.get("choices")
+    if choices and out not in choices:
+        raise fail(f"one of {', '.join(choices)}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and out < lo or hi is not None and out > hi:
+        span = (f"between {lo:g} and {hi:g}" if hi is not None else f">= {lo:g}")
+        raise fail(span)
+    return out
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A settings file's mapping, keys normalised to the field names."""
+    if not path.is_file():
+        raise SettingsError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SettingsError(f"config file {path} cannot be read: {first}") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+        raise SettingsError(f"config file {path} must hold a mapping of settings")
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in FIELDS:
+            raise SettingsError(_unknown(str(key), FIELDS, f"{path}: {key}"))
+        out[name] = value
+    return out
+
+
+def describe(settings: Settings, sources: dict[str, str]) -> str:
+    """The effective settings, one ``name: value  # source`` line each (``--print-settings``)."""
+    width = max(len(n) for n in FIELDS)
+    lines = []
+    for name in FIELDS:
+        value = json.dumps(getattr(settings, name))
+        lines.append(f"{name}:{' ' * (width - len(name))} {value:<32} # {sources[name]}")
+    return "\n".join(lines)
 
 
 @dataclass
@@ -161,7 +322,13 @@ class ServiceSettings:
         for name, var in cls.ENV.items():
             if var in env and env[var] != "":
                 current = getattr(out, name)
-                setattr(out, name, type(current)(env[var]))
+                if isinstance(current, int):
+                    try:
+                        setattr(out, name, int(env[var]))
+                    except ValueError:
+                        raise SettingsError(f"{var}: {env[var]!r} is not a whole number") from None
+                else:
+                    setattr(out, name, env[var])
         if not out.result_backend:
             out.result_backend = out.broker_url
         return out

@@ -18,7 +18,6 @@ import shlex
 import shutil
 import subprocess
 import tomllib
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -57,12 +56,12 @@ def gpu_cpu_queues() -> tuple[str, str]:
 
 
 def known_env_names() -> set[str]:
-    """Every ANONYMIZE_* name the code reads: ServiceSettings.ENV, one per
-    Settings field, and any literal name in the packages' source."""
-    from pipeline.settings import ENV_PREFIX, ServiceSettings, Settings
+    """Every ANONYMIZE_* name the code reads: the settings module's list (one
+    per Settings field, the service variables, the others) and any literal
+    name in the packages' source."""
+    from pipeline.settings import env_names
 
-    names = set(ServiceSettings.ENV.values())
-    names |= {ENV_PREFIX + f.name.upper() for f in fields(Settings)}
+    names = env_names()
     for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
             names |= set(ENV_NAME.findall(path.read_text()))
@@ -491,7 +490,7 @@ def test_env_cross_check_knows_the_fixed_names():
     for name in ("ANONYMIZE_BROKER_URL", "ANONYMIZE_RESULT_BACKEND", "ANONYMIZE_STORAGE_URL",
                  "ANONYMIZE_S3_ENDPOINT_URL", "ANONYMIZE_VISIBILITY_TIMEOUT",
                  "ANONYMIZE_TASK_MAX_RETRIES", "ANONYMIZE_WORKER_MAX_MEMORY_MB",
-                 "ANONYMIZE_DEVICE", "ANONYMIZE_PLATE_MODE", "ANONYMIZE_MODELS_DIR"):
+                 "ANONYMIZE_DEVICE", "ANONYMIZE_PLATES", "ANONYMIZE_MODELS_DIR"):
         assert name in known, name
     assert "ANONYMIZE_NOT_A_SETTING" not in known
 

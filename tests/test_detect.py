@@ -44,7 +44,7 @@ def frame_with_plate():
 
 
 def stack(mode):
-    return DetectionStack(Settings(plate_mode=mode, faces=False), None, FakePlates(), FakeVehicles())
+    return DetectionStack(Settings(plates=mode, faces=False), None, FakePlates(), FakeVehicles())
 
 
 def test_vehicle_crops_grow_by_margin_and_clip():

@@ -50,7 +50,7 @@ def make_gop_video(src: Path, dst: Path, frames: int = FRAMES, gop: int = GOP) -
 def job_settings():
     from pipeline.settings import Settings
 
-    return Settings(plates=False, face_size=160, fill_frames=2, segment_frames=30,
+    return Settings(plates="off", face_size=160, fill_frames=2, segment_frames=30,
                     preset="ultrafast", device="cpu", batch_size=4)
 
 

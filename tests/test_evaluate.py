@@ -370,7 +370,7 @@ def test_cli_runs_the_stack_it_is_given(tmp_path, monkeypatch, capsys):
                "--batch-size", "2", "--device", "cpu"])
     assert rc == 0
     s = seen["settings"]
-    assert (seen["faces"], seen["plates"], s.plate_mode) == (False, True, "one-stage")
+    assert (s.faces, s.plates, s.plate_mode) == (False, "one-stage", "one-stage")
     assert (s.lp_thresh, s.mask_scale, s.batch_size) == (0.25, 1.1, 2)
     assert FakeStack.calls == [2]
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())

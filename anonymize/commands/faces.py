@@ -7,6 +7,10 @@ import argparse
 from .images import anonymize_images
 from .options import add_settings_arguments, settings_from_args
 
+#: settings of the plate search, which this command never runs
+PLATE_SETTINGS = ("faces", "plates", "plate_model", "vehicle_model", "vehicle_thresh",
+                  "lp_thresh", "plate_size", "crop_size", "crop_margin", "nms_thresh")
+
 HELP = "detect and blur faces in a folder of frames, writing the research face pickle"
 
 
@@ -14,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames-dir", required=True, help="folder of frame images")
     p.add_argument("--save-dir", required=True, help="where blurred frames and faces.pkl go")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_settings_arguments(p, video=False)
+    add_settings_arguments(p, video=False, exclude=PLATE_SETTINGS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline.images import write_face_pickle
 
-    settings = settings_from_args(args, faces=True, plates=False)
+    settings = settings_from_args(args, faces=True, plates="off")
     found = anonymize_images(args.frames_dir, args.save_dir, settings, args.quiet, unit="frame")
     pkl = write_face_pickle(Path(args.save_dir), found, Path(args.frames_dir))
     n = sum(len(d) for d in found.values())
