@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from models.detections import PLATE, VEHICLE_IDS, Detections
+from models.detections import Detections
 from models.ops import nms
 
 from .settings import Settings
@@ -100,59 +100,59 @@ class DetectionStack:
                 out[task] = det.name
         return out
 
-    def detect(self, frames: Sequence[np.ndarray] | np.ndarray) -> list[Detections]:
-        """One Detections per frame: faces, plates, and vehicles when they were searched."""
-        frames = list(frames)
-        if not frames:
+    def detect(self, frames: Sequence[np.ndarray] | np.ndarray | torch.Tensor,
+               vehicles: bool = True) -> list[Detections]:
+        """One Detections per frame: faces, plates, and (when ``vehicles`` and the
+        two-stage search ran) the vehicles it cropped. Frames: H×W×3 uint8 RGB
+        numpy arrays, or one N×H×W×3 uint8 tensor already on the device."""
+        n = len(frames)
+        if n == 0:
             return []
         s = self.settings
-        parts: list[list[Detections]] = [[] for _ in frames]
+        parts: list[list[Detections]] = [[] for _ in range(n)]
         with torch.inference_mode():
             if self.face_detector is not None:
                 for i, d in enumerate(self.face_detector.detect(frames, s.face_thresh)):
                     parts[i].append(d)
             if self.plate_detector is not None:
-                for i, d in enumerate(self._plates(frames)):
-                    parts[i].append(d)
+                for i, (plates, found_vehicles) in enumerate(self._plates(frames)):
+                    parts[i].append(plates)
+                    if vehicles:
+                        parts[i].append(found_vehicles)
         return [Detections.merge(p) for p in parts]
 
-    def _plates(self, frames: list[np.ndarray]) -> list[Detections]:
+    def _plates(self, frames) -> list[tuple[Detections, Detections]]:
+        """Per frame: the plates of the plate mode, merged by one NMS over every
+        source (one-stage boxes, boxes of every vehicle crop), and the vehicles."""
         s = self.settings
-        one = two = None
+        n = len(frames)
+        sources: list[list[Detections]] = [[] for _ in range(n)]
+        vehicles = [Detections.empty() for _ in range(n)]
         if s.plate_mode in ("one-stage", "both"):
-            one = self.plate_detector.detect(frames, s.lp_thresh, size=s.plate_size)
+            found = self.plate_detector.detect(frames, s.lp_thresh, size=s.plate_size)
+            for i, d in enumerate(found):
+                sources[i].append(d)
         if s.plate_mode in ("two-stage", "both"):
-            two = self._two_stage(frames)
+            vehicles = self.vehicle_detector.detect(frames, s.vehicle_thresh)
+            for i, d in self._two_stage(frames, vehicles):
+                sources[i].append(d)
         out = []
-        for i in range(len(frames)):
-            if s.plate_mode == "one-stage":
-                out.append(one[i])
-            elif s.plate_mode == "two-stage":
-                out.append(two[i])
-            else:
-                vehicles = two[i][np.isin(two[i].class_id, VEHICLE_IDS)]
-                plates = merge_plates([one[i], two[i].with_class(PLATE)], s.nms_thresh)
-                out.append(Detections.merge([plates, vehicles]))
+        for i in range(n):
+            h, w = frames[i].shape[:2]
+            out.append((merge_plates(sources[i], s.nms_thresh).clipped(w, h), vehicles[i]))
         return out
 
-    def _two_stage(self, frames: list[np.ndarray]) -> list[Detections]:
-        """Vehicles, then plates inside every vehicle crop of every frame at once."""
+    def _two_stage(self, frames, vehicles: list[Detections]) -> list[tuple[int, Detections]]:
+        """Plates inside every vehicle crop of every frame, found in one batched
+        call; returns (frame index, plates in frame pixels) per crop."""
         s = self.settings
-        vehicles = self.vehicle_detector.detect(frames, s.vehicle_thresh)
         crops, owners = [], []
-        for i, (frame, veh) in enumerate(zip(frames, vehicles, strict=True)):
-            c, origins = vehicle_crops(frame, veh, s.crop_margin)
+        for i, veh in enumerate(vehicles):
+            c, origins = vehicle_crops(frames[i], veh, s.crop_margin)
             crops += c
             owners += [(i, o) for o in origins]
-        per_frame: list[list[Detections]] = [[] for _ in frames]
-        if crops:
-            found = self.plate_detector.detect_crops(crops, s.lp_thresh, size=s.crop_size)
-            for (i, (ox, oy)), d in zip(owners, found, strict=True):
-                if len(d):
-                    per_frame[i].append(d.shifted(ox, oy))
-        out = []
-        for i, frame in enumerate(frames):
-            h, w = frame.shape[:2]
-            plates = merge_plates(per_frame[i], s.nms_thresh).clipped(w, h)
-            out.append(Detections.merge([plates, vehicles[i]]))
-        return out
+        if not crops:
+            return []
+        found = self.plate_detector.detect_crops(crops, s.lp_thresh, size=s.crop_size)
+        return [(i, d.shifted(ox, oy)) for (i, (ox, oy)), d in zip(owners, found, strict=True)
+                if len(d)]

@@ -1,6 +1,6 @@
 """The anonymization of one video, as steps that run in-process or in workers.
 
-``plan`` -> ``video.split_segment`` per segment -> ``process_segment`` per
+``plan`` -> ``video.split_segment`` per segment -> :class:`SegmentJob` per
 segment -> ``finalize``. :func:`run_local` chains them on one machine; the
 Celery tasks in ``tasks/`` run the very same functions on different
 machines, with the segment files and results travelling through object
@@ -10,13 +10,15 @@ frames, also at segment boundaries.
 
 Memory stays flat: a segment is decoded once, frames are held only until
 the detections of ``context_frames(fill)`` later frames are known, then
-blurred, encoded and dropped.
+blurred, encoded and dropped; every queue between the stages is bounded.
 """
 
 from __future__ import annotations
 
+import queue
 import shutil
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -33,6 +35,9 @@ from .blur import anonymize_frame
 from .records import write_records, write_report
 from .settings import Settings
 from .temporal import context_frames, fill_segment
+from .threads import ThreadBudget, apply_torch_threads, resolve_threads
+from .video.join import check_output_streams
+from .video.output import atomic_output, check_folder_writable, check_output_path
 
 Progress = Callable[[int], None]  # called with the number of frames just finished
 
@@ -44,19 +49,23 @@ class Manifest:
     source_name: str
     info: video.VideoInfo
     segments: list[video.Segment]
-    settings: dict
+    settings: Settings
     context: int
+    #: source streams left out of the output, with the reason (told to the user)
+    dropped_streams: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"source_name": self.source_name, "info": self.info.to_dict(),
                 "segments": [s.to_dict() for s in self.segments],
-                "settings": self.settings, "context": self.context}
+                "settings": self.settings.to_dict(), "context": self.context,
+                "dropped_streams": self.dropped_streams}
 
     @classmethod
     def from_dict(cls, d: dict) -> Manifest:
         return cls(d["source_name"], video.VideoInfo.from_dict(d["info"]),
-                   [video.Segment.from_dict(s) for s in d["segments"]], d["settings"],
-                   d["context"])
+                   [video.Segment.from_dict(s) for s in d["segments"]],
+                   Settings.from_dict(d["settings"]), d["context"],
+                   d.get("dropped_streams", []))
 
     @property
     def time_base(self) -> Fraction:
@@ -82,99 +91,240 @@ class SegmentResult:
                    d.get("n_filled", 0), d.get("timings", {}))
 
 
-def plan(source: Path, settings: Settings) -> Manifest:
-    info = video.probe(source)
+def plan(source: Path, settings: Settings, out_suffix: str = ".mp4",
+         info: video.VideoInfo | None = None) -> Manifest:
+    """Probe (unless ``info`` is given), check that the output container can hold
+    what will be copied, and cut the video into segments."""
+    info = info or video.probe(source)
+    streams = check_output_streams(source, info, out_suffix, settings.keep_metadata)
     ctx = context_frames(settings.fill_frames)
     segments = video.plan_segments(info, settings.segment_frames, ctx)
-    return Manifest(Path(source).name, info, segments, settings.to_dict(), ctx)
+    return Manifest(Path(source).name, info, segments, settings, ctx, streams.dropped)
+
+
+# ------------------------------------------------------------------------- segment
+
+
+_END = object()  # end of a stage's stream
+
+
+class _Stage(threading.Thread):
+    """A pipeline stage in its own thread; an exception is kept and re-raised
+    in the caller by :meth:`check` (a failing stage must stop the run, not hang it)."""
+
+    def __init__(self, name: str, target: Callable[[], None]):
+        super().__init__(name=name, daemon=True)
+        self._target_fn = target
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._target_fn()
+        except BaseException as exc:  # re-raised in the caller's thread
+            self.error = exc
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+class SegmentJob:
+    """Detect, fill, blur and encode the frames segment ``index`` owns.
+
+    Three stages overlap: a decode thread fills a bounded queue of frames;
+    the calling thread takes batches and runs the detectors; an encode thread
+    blurs and encodes every frame whose temporal-fill context is complete.
+    Frame order is kept by every stage. On CUDA a batch goes to the device
+    once and is blurred there; only the blurred frame comes back.
+    """
+
+    def __init__(self, manifest: Manifest, index: int, stack, out_video: Path,
+                 progress: Progress | None = None, budget: ThreadBudget | None = None):
+        self.manifest = manifest
+        self.settings = manifest.settings
+        self.seg = manifest.segments[index]
+        self.index = index
+        self.stack = stack
+        self.out_video = Path(out_video)
+        self.progress = progress
+        self.device = str(getattr(stack, "device", "cpu"))
+        self.budget = budget or ThreadBudget.split(resolve_threads(self.settings.threads),
+                                                   self.device)
+        ctx = manifest.context
+        lo, hi = self.seg.start - ctx, self.seg.stop + ctx
+        first = max(0, self.seg.ctx_start)
+        pts = manifest.info.frame_pts[first:self.seg.ctx_stop]
+        #: frame index of each decodable pts, only for frames this segment needs
+        self.index_of = {p: first + i for i, p in enumerate(pts) if lo <= first + i < hi}
+        self.dets: dict[int, Detections] = {}  # faces/plates per frame, until no longer context
+        self.pending: deque = deque()  # (idx, pts, frame) detected, waiting for fill context
+        self.final: dict[int, Detections] = {}
+        self.n_filled = 0
+        self.timings = {"decode_s": 0.0, "detect_s": 0.0, "blur_encode_s": 0.0}
+        self._encode_q: queue.Queue = queue.Queue(maxsize=4)
+        self._stages: list[_Stage] = []
+
+    # -- the run ------------------------------------------------------------
+    def run(self, segment_file: Path) -> SegmentResult:
+        t0 = time.perf_counter()
+        apply_torch_threads(self.budget.detect)
+        frames_q: queue.Queue = queue.Queue(maxsize=max(2, self.settings.batch_size))
+        self.out_video.parent.mkdir(parents=True, exist_ok=True)
+        with video.VideoWriter(self.out_video, self.manifest.info, crf=self.settings.crf,
+                               preset=self.settings.preset, threads=self.budget.encode) as writer:
+            decoder = _Stage("decode", lambda: self._decode(Path(segment_file), frames_q))
+            encoder = _Stage("encode", lambda: self._encode(writer))
+            self._stages = [decoder, encoder]
+            decoder.start()
+            encoder.start()
+            try:
+                self._detect_all(frames_q)
+                self._put(self._encode_q, _END)
+                encoder.join()
+            finally:
+                self._stop = True
+                for stage in self._stages:
+                    stage.join(timeout=5)
+            for stage in self._stages:
+                stage.check()
+        missing = [i for i in range(self.seg.start, self.seg.stop) if i not in self.final]
+        if missing:
+            raise video.VideoError(f"segment {self.index}: {len(missing)} frame(s) could not be "
+                                   f"decoded (first: {missing[0]})")
+        self.timings = {k: round(v, 3) for k, v in self.timings.items()}
+        self.timings["total_s"] = round(time.perf_counter() - t0, 3)
+        return SegmentResult(self.index, self.final, self.n_filled, self.timings)
+
+    _stop = False
+
+    def _put(self, q: queue.Queue, item) -> None:
+        """Hand ``item`` to the next stage, failing (not hanging) if a stage died."""
+        while True:
+            for stage in self._stages:
+                stage.check()
+            if self._stop:
+                raise RuntimeError("segment job stopped")
+            try:
+                q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _get(self, q: queue.Queue):
+        """The next item from the previous stage, failing (not hanging) if a stage
+        died or the job was stopped."""
+        while True:
+            try:
+                return q.get(timeout=0.2)
+            except queue.Empty:
+                if self._stop:
+                    return _END
+                for stage in self._stages:
+                    stage.check()
+
+    # -- step 1: decode (own thread) ------------------------------------------
+    def _decode(self, segment_file: Path, out: queue.Queue) -> None:
+        t = time.perf_counter()
+        for pts, rgb in video.iter_frames(segment_file, self.manifest.info,
+                                          threads=self.budget.decode):
+            idx = self.index_of.get(pts)
+            if idx is None:
+                continue
+            self.timings["decode_s"] += time.perf_counter() - t
+            self._put(out, (idx, pts, rgb))
+            t = time.perf_counter()
+        self._put(out, _END)
+
+    # -- step 2: detect (calling thread) ----------------------------------------
+    def _detect_all(self, frames_q: queue.Queue) -> None:
+        batch: list[tuple[int, int, np.ndarray]] = []
+        last = -1
+        while True:
+            item = self._get(frames_q)
+            if item is _END:
+                break
+            batch.append(item)
+            last = max(last, item[0])
+            if len(batch) >= self.settings.batch_size:
+                self._detect(batch)
+                self._release(last, at_end=False)
+                batch = []
+        if batch:
+            self._detect(batch)
+        self._release(last, at_end=True)
+
+    def _detect(self, batch: list[tuple[int, int, np.ndarray]]) -> None:
+        td = time.perf_counter()
+        frames = self._to_device([rgb for _, _, rgb in batch])
+        found = self.stack.detect(frames)
+        self.timings["detect_s"] += time.perf_counter() - td
+        for (idx, pts, _), frame, d in zip(batch, frames, found, strict=True):
+            self.dets[idx] = d.with_class(FACE, PLATE)
+            if self.seg.start <= idx < self.seg.stop:
+                self.pending.append((idx, pts, frame))
+
+    def _to_device(self, frames: list[np.ndarray]):
+        """On CUDA: the batch as one uint8 tensor on the device (a single copy)."""
+        if not self.device.startswith("cuda"):
+            return frames
+        import torch
+
+        host = torch.from_numpy(np.stack(frames)).pin_memory()
+        return host.to(self.device, non_blocking=True)
+
+    # -- step 3: fill, then hand ready frames to the encoder ---------------------
+    def _release(self, last_detected: int, at_end: bool) -> None:
+        ctx = self.manifest.context
+        ready = []
+        while self.pending and (at_end or self.pending[0][0] + ctx <= last_detected):
+            ready.append(self.pending.popleft())
+        if not ready:
+            return
+        filled = fill_segment(self.dets, [idx for idx, _, _ in ready],
+                              self.settings.fill_frames)
+        for idx, pts, frame in ready:
+            boxes = filled[idx]
+            self.final[idx] = boxes
+            self.n_filled += int(boxes.filled.sum())
+            self._put(self._encode_q, (pts, frame, boxes))
+        for old in [k for k in self.dets if k < ready[-1][0] - ctx]:
+            del self.dets[old]
+
+    # -- step 4: blur + encode (own thread) --------------------------------------
+    def _encode(self, writer: video.VideoWriter) -> None:
+        s = self.settings
+        while True:
+            item = self._get(self._encode_q)
+            if item is _END:
+                return
+            pts, frame, boxes = item
+            t = time.perf_counter()
+            out = anonymize_frame(frame, boxes, s.mode, s.shape, s.mask_scale)
+            if not isinstance(out, np.ndarray):
+                out = out.cpu().numpy()
+            writer.write(out, pts)
+            self.timings["blur_encode_s"] += time.perf_counter() - t
+            if self.progress:
+                self.progress(1)
 
 
 def process_segment(segment_file: Path, manifest: Manifest, index: int, stack,
                     out_video: Path, progress: Progress | None = None) -> SegmentResult:
-    """Detect, fill, blur and encode the frames segment ``index`` owns.
+    """Run :class:`SegmentJob` for segment ``index`` of ``manifest``."""
+    return SegmentJob(manifest, index, stack, out_video, progress).run(segment_file)
 
-    ``segment_file`` holds the segment's frames plus its context frames (as
-    written by :func:`video.split_segment`); ``stack`` is a
-    :class:`pipeline.detect.DetectionStack` built from the manifest's settings.
-    """
-    settings = Settings.from_dict(manifest.settings)
-    seg = manifest.segments[index]
-    info = manifest.info
-    fill = settings.fill_frames
-    ctx = manifest.context
-    index_of = {pts: i for i, pts in enumerate(info.frame_pts)}
-    t0 = time.perf_counter()
-    timings = {"detect_s": 0.0, "blur_encode_s": 0.0}
 
-    dets: dict[int, Detections] = {}
-    pending: deque[tuple[int, int, np.ndarray]] = deque()  # (frame idx, pts, rgb) awaiting output
-    batch: list[tuple[int, int, np.ndarray]] = []
-    final: dict[int, Detections] = {}
-    n_filled = 0
-
-    def flush_ready(last_detected: int, at_end: bool) -> None:
-        """Blur and encode the pending frames whose fill context is complete."""
-        nonlocal n_filled
-        ready = []
-        while pending and (at_end or pending[0][0] + ctx <= last_detected):
-            ready.append(pending.popleft())
-        if not ready:
-            return
-        filled = fill_segment(dets, [idx for idx, _, _ in ready], fill)
-        for idx, pts, rgb in ready:
-            boxes = filled[idx]
-            tb = time.perf_counter()
-            writer.write(anonymize_frame(rgb, boxes, settings.mode, settings.shape,
-                                         settings.mask_scale), pts)
-            timings["blur_encode_s"] += time.perf_counter() - tb
-            kept = boxes.with_class(FACE, PLATE)
-            final[idx] = kept
-            n_filled += int(kept.filled.sum())
-            if progress:
-                progress(1)
-        for old in [k for k in dets if k < ready[-1][0] - ctx]:
-            del dets[old]
-
-    def run_batch() -> None:
-        td = time.perf_counter()
-        found = stack.detect([b[2] for b in batch])
-        timings["detect_s"] += time.perf_counter() - td
-        for (idx, pts, rgb), d in zip(batch, found, strict=True):
-            dets[idx] = d
-            if seg.start <= idx < seg.stop:
-                pending.append((idx, pts, rgb))
-        batch.clear()
-
-    out_video.parent.mkdir(parents=True, exist_ok=True)
-    with video.VideoWriter(out_video, info, crf=settings.crf, preset=settings.preset) as writer:
-        last = -1
-        for pts, rgb in video.iter_frames(segment_file, info):
-            idx = index_of.get(pts)
-            if idx is None or not (seg.start - ctx <= idx < seg.stop + ctx):
-                continue
-            batch.append((idx, pts, rgb))
-            last = max(last, idx)
-            if len(batch) >= settings.batch_size:
-                run_batch()
-                flush_ready(last, at_end=False)
-        if batch:
-            run_batch()
-        flush_ready(last, at_end=True)
-    missing = [i for i in range(seg.start, seg.stop) if i not in final]
-    if missing:
-        raise video.VideoError(
-            f"segment {index}: {len(missing)} frame(s) could not be decoded (first: {missing[0]})")
-    timings["total_s"] = time.perf_counter() - t0
-    return SegmentResult(index, final, n_filled, timings)
+# ------------------------------------------------------------------------- finish
 
 
 def finalize(manifest: Manifest, segment_videos: list[Path], results: list[SegmentResult],
              source: Path, output: Path, detections_dir: Path,
-             extra_report: dict | None = None) -> dict:
+             extra_report: dict | None = None, output_name: str | None = None) -> dict:
     """Join the segments, mux the source's other streams, write the records;
     return the report, which the caller completes (wall time, storage URLs) and
-    writes with :func:`records.write_report`."""
-    settings = Settings.from_dict(manifest.settings)
+    writes with :func:`records.write_report`. ``output_name`` is what the report
+    calls the output when ``output`` is a temporary name."""
+    settings = manifest.settings
     results = sorted(results, key=lambda r: r.index)
     if [r.index for r in results] != list(range(len(manifest.segments))):
         raise ValueError("finalize needs exactly one result per segment")
@@ -198,7 +348,7 @@ def finalize(manifest: Manifest, segment_videos: list[Path], results: list[Segme
     timing_keys = sorted({k for r in results for k in r.timings})
     report = {
         "source": manifest.source_name,
-        "output": str(output),
+        "output": output_name or str(output),
         "input": _stream_facts(manifest.info),
         "output_stream": _stream_facts(out_info),
         "frames": manifest.info.n_frames,
@@ -208,7 +358,8 @@ def finalize(manifest: Manifest, segment_videos: list[Path], results: list[Segme
         "filled_boxes": filled,
         "frames_with_filled_boxes": frames_filled,
         "frames_with_detections": sum(1 for d in frames.values() if len(d)),
-        "settings": manifest.settings,
+        "dropped_streams": manifest.dropped_streams,
+        "settings": settings.to_dict(),
         "timings": {k: round(sum(r.timings.get(k, 0.0) for r in results), 3)
                     for k in timing_keys},
         "files": {k: str(v) for k, v in paths.items()},
@@ -233,17 +384,34 @@ def _stream_facts(info: video.VideoInfo) -> dict:
             "rotation": info.rotation, "other_streams": info.other_streams}
 
 
+# ---------------------------------------------------------------------- one machine
+
+
+def prepare_local(source: Path, output: Path, settings: Settings,
+                  detections_dir: Path | None = None) -> Manifest:
+    """Everything that can fail on the user's input, done before any frame is
+    processed: the output path (container, not the input, folder creatable),
+    the records folder, the input (a readable video, probed once) and the
+    streams the output container must hold."""
+    source, output = Path(source), Path(output)
+    check_output_path(source, output)
+    if detections_dir is not None:
+        check_folder_writable(Path(detections_dir), "detections folder")
+    return plan(source, settings, output.suffix)
+
+
 def run_local(source: Path, output: Path, settings: Settings, detections_dir: Path | None = None,
-              stack=None, progress: Progress | None = None, workdir: Path | None = None) -> dict:
-    """``anonymize run``: the whole job on this machine, segment by segment."""
+              stack=None, progress: Progress | None = None, workdir: Path | None = None,
+              manifest: Manifest | None = None) -> dict:
+    """``anonymize run``: the whole job on this machine, segment by segment. The
+    output appears under its name only when complete (written beside it under a
+    temporary name, then renamed)."""
     from .detect import DetectionStack
 
     source, output = Path(source), Path(output)
-    if output.resolve() == source.resolve():
-        raise ValueError("output must not overwrite the input")
     detections_dir = Path(detections_dir) if detections_dir else output.parent
     t0 = time.perf_counter()
-    manifest = plan(source, settings)
+    manifest = manifest or prepare_local(source, output, settings, detections_dir)
     t_load = time.perf_counter()
     stack = stack or DetectionStack.from_settings(settings)
     load_s = time.perf_counter() - t_load
@@ -256,10 +424,11 @@ def run_local(source: Path, output: Path, settings: Settings, detections_dir: Pa
             results.append(process_segment(part, manifest, seg.index, stack, out, progress))
             videos.append(out)
             part.unlink()
-        output.parent.mkdir(parents=True, exist_ok=True)
-        report = finalize(manifest, videos, results, source, output, detections_dir,
-                          extra_report={"models": stack.model_names,
-                                        "model_load_s": round(load_s, 3)})
+        with atomic_output(output) as partial:
+            report = finalize(manifest, videos, results, source, partial, detections_dir,
+                              extra_report={"models": stack.model_names,
+                                            "model_load_s": round(load_s, 3)},
+                              output_name=str(output))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     wall = time.perf_counter() - t0

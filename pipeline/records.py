@@ -23,6 +23,8 @@ from pathlib import Path
 
 from models.detections import FACE, PLATE, Detections
 
+from .video.output import write_atomic
+
 FACES_PKL = "faces.pkl"
 PLATES_PKL = "plates.pkl"
 DETECTIONS_JSON = "detections.json"
@@ -60,14 +62,14 @@ def plate_records(frames: Mapping[int, Detections], frame_pts: list[int],
 
 def write_records(out_dir: Path, frames: Mapping[int, Detections], frame_pts: list[int],
                   time_base: Fraction, source_name: str) -> dict[str, Path]:
-    """Write faces.pkl, plates.pkl and detections.json into ``out_dir``."""
+    """Write faces.pkl, plates.pkl and detections.json into ``out_dir`` (each
+    atomically: a reader never sees half a file)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"faces_pickle": out_dir / FACES_PKL, "plates_pickle": out_dir / PLATES_PKL,
              "detections_json": out_dir / DETECTIONS_JSON}
-    with open(paths["faces_pickle"], "wb") as f:
-        pickle.dump(face_pickle(frames), f, protocol=4)
-    with open(paths["plates_pickle"], "wb") as f:
-        pickle.dump(plate_records(frames, frame_pts, time_base), f, protocol=4)
+    write_atomic(paths["faces_pickle"], pickle.dumps(face_pickle(frames), protocol=4))
+    write_atomic(paths["plates_pickle"],
+                 pickle.dumps(plate_records(frames, frame_pts, time_base), protocol=4))
     doc = {
         "source": source_name,
         "time_base": str(time_base),
@@ -77,17 +79,10 @@ def write_records(out_dir: Path, frames: Mapping[int, Detections], frame_pts: li
             for idx in sorted(frames)
         ],
     }
-    paths["detections_json"].write_text(json.dumps(doc, separators=(",", ":")))
+    write_atomic(paths["detections_json"], json.dumps(doc, separators=(",", ":")).encode())
     return paths
 
 
 def write_report(out_dir: Path, report: dict) -> Path:
     """``report.json`` in ``out_dir``; written once the report is complete."""
-    path = Path(out_dir) / REPORT_JSON
-    path.write_text(json.dumps(report, indent=2))
-    return path
-
-
-def read_detections_json(path: Path) -> dict[int, Detections]:
-    doc = json.loads(Path(path).read_text())
-    return {row["frame_idx"]: Detections.from_dicts(row["detections"]) for row in doc["frames"]}
+    return write_atomic(Path(out_dir) / REPORT_JSON, json.dumps(report, indent=2).encode())

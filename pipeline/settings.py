@@ -109,6 +109,9 @@ class Settings:
                        group="execution")
     batch_size: int = _opt(8, "frames per detector batch", lo=1, group="execution")
     half: bool = _opt(True, "fp16 on CUDA (CPU always runs fp32)", group="execution")
+    threads: int = _opt(0, "CPU threads for the whole run, split between decoding, detection "
+                        "and encoding; 0 = the cores this process may use (CPU affinity and "
+                        "cgroup quota)", lo=0, group="execution")
     segment_frames: int = _opt(250, "frames per segment / distributed batch; segments "
                                "start on keyframes", lo=1, video_only=True, group="execution")
 

@@ -124,6 +124,7 @@ class Client:
         """Fetch the result video to ``output`` and the records (pickles, JSON, report)
         beside it or into ``records_dir``."""
         from pipeline.storage import open_storage, split_url
+        from pipeline.video.output import atomic_output
 
         info = self.get(job)
         if info["status"] != "done":
@@ -132,7 +133,9 @@ class Client:
         records_dir = Path(records_dir) if records_dir else output.parent
         got = {}
         base, key = split_url(info["output_url"])
-        got["output"] = open_storage(base).get_file(key, output)
+        with atomic_output(output) as partial:  # never a half-downloaded file under its name
+            open_storage(base).get_file(key, partial)
+        got["output"] = output
         for name, url in {**info.get("files", {}), "report": info["report_url"]}.items():
             base, key = split_url(url)
             got[name] = open_storage(base).get_file(key, records_dir / key)

@@ -127,7 +127,7 @@ def run_split(ctx: Context, job_id: str) -> int:
     try:
         source = _fetch_source(ctx, job, tmp)
         try:
-            manifest = plan(source, settings)
+            manifest = plan(source, settings, job.get("output_ext") or ".mp4")
         except video.VideoError as exc:  # name the user's file, not our temporary copy
             name = job.get("source_name") or "input"
             raise video.VideoError(str(exc).replace(f"'{source}'", name)
@@ -166,7 +166,6 @@ def run_process(ctx: Context, job_id: str, index: int, stack=None) -> bool:
     """Anonymize one segment and upload its video and detections. Returns whether the
     job still wanted it."""
     from pipeline.process import process_segment
-    from pipeline.settings import Settings
 
     from . import runtime
 
@@ -175,7 +174,7 @@ def run_process(ctx: Context, job_id: str, index: int, stack=None) -> bool:
         return False
     manifest = _manifest(ctx, job_id)
     if stack is None:
-        stack = runtime.detection_stack(Settings.from_dict(manifest.settings))
+        stack = runtime.detection_stack(manifest.settings)
     tmp = Path(tempfile.mkdtemp(prefix=f"proc-{job_id}-{index}-", dir=ctx.workdir))
     pending = [0]
 

@@ -32,7 +32,7 @@ SAMPLES = {
     "mode": ("pixelate", "pixelate"), "shape": ("ellipse", "ellipse"),
     "mask_scale": ("1.5", 1.5), "crf": ("23", 23), "preset": ("veryfast", "veryfast"),
     "keep_metadata": ("yes", True), "device": ("cpu", "cpu"), "batch_size": ("2", 2),
-    "half": ("off", False), "segment_frames": ("100", 100),
+    "half": ("off", False), "segment_frames": ("100", 100), "threads": ("3", 3),
 }
 
 

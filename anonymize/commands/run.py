@@ -19,6 +19,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_settings_arguments(p)
 
 
+def warn(message: str) -> None:
+    import sys
+
+    print(f"anonymize: warning: {message}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     import sys
@@ -26,17 +32,20 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from pipeline import video
-    from pipeline.process import run_local
+    from pipeline.process import prepare_local, run_local
     from pipeline.records import REPORT_JSON
 
-    source = Path(args.input)
+    source, output = Path(args.input), Path(args.output)
     settings = settings_from_args(args)
-    info = video.probe(source)  # fails early, with one line, on a non-video input
-    with tqdm(total=info.n_frames, unit="frame", disable=args.quiet, file=sys.stderr,
+    # every check on the user's files before any model loads or frame is decoded
+    manifest = prepare_local(source, output, settings, args.detections_dir)
+    for s in manifest.dropped_streams:
+        warn(f"{s['type']} stream {s['index']} ({s['codec']}) of {source} is not in the "
+             f"output: {s['reason']}")
+    with tqdm(total=manifest.info.n_frames, unit="frame", disable=args.quiet, file=sys.stderr,
               desc=source.name) as bar:
-        report = run_local(source, Path(args.output), settings, args.detections_dir,
-                           progress=bar.update)
+        report = run_local(source, output, settings, args.detections_dir,
+                           progress=bar.update, manifest=manifest)
     summary = {k: report[k] for k in ("output", "frames", "frames_match", "detections",
                                        "filled_boxes", "wall_s", "fps")}
     summary["report"] = str(Path(report["files"]["detections_json"]).with_name(REPORT_JSON))

@@ -31,10 +31,32 @@ def _destination(args, source: str) -> str | None:
         return None
     out = Path(args.output)
     if len(args.inputs) > 1 or out.is_dir() or args.output.endswith("/"):
-        out.mkdir(parents=True, exist_ok=True)
-        stem = PurePosixPath(source).stem
-        return str(out / f"{stem}.anonymized{PurePosixPath(source).suffix or '.mp4'}")
+        from tasks.client import output_ext
+
+        name = PurePosixPath(source).name
+        return str(out / f"{PurePosixPath(name).stem}.anonymized{output_ext(name, None)}")
     return str(out)
+
+
+def _check_input(source: str, dest: str | None, settings) -> None:
+    """What ``anonymize run`` checks before work, for a job about to be uploaded:
+    a readable video whose streams the output container can hold, and an
+    output path that is not the input and can be written. ``s3://`` inputs
+    are checked by the split task (the job then fails with the reason)."""
+    from pathlib import Path
+
+    from pipeline.video import probe
+    from pipeline.video.join import check_output_streams
+    from pipeline.video.output import check_output_path
+    from tasks.client import output_ext
+
+    if source.startswith("s3://"):
+        return
+    if dest:
+        check_output_path(Path(source), Path(dest))
+    info = probe(source)
+    check_output_streams(source, info, output_ext(Path(source).name, dest),
+                         settings.keep_metadata)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     if args.output and not args.wait:
         raise ValueError("-o/--output needs --wait")
     settings = settings_from_args(args)
+    for source in args.inputs:  # the user's files, checked before anything is uploaded
+        _check_input(source, _destination(args, source), settings)
     client = Client()
     jobs = []
     for source in args.inputs:

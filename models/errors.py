@@ -1,0 +1,17 @@
+"""The one-line error text every layer shows users.
+
+Errors a user can fix are reported as one line (``anonymize: error: …``, a
+job's ``error`` field). Exceptions from libraries (FFmpeg, torch, boto3)
+often carry several lines or none; :func:`one_line` is how every layer
+turns one into a single line.
+"""
+
+from __future__ import annotations
+
+
+def one_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first non-empty line of ``exc``'s message (its type name if it has
+    none), whitespace collapsed, cut to ``limit`` characters when given."""
+    text = str(exc).strip()
+    line = " ".join(text.splitlines()[0].split()) if text else type(exc).__name__
+    return line[:limit] if limit else line

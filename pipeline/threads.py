@@ -1,0 +1,88 @@
+"""One thread budget for the whole process, split between the frame stages.
+
+Decoding, detection and blur+encoding overlap (each stage in its own
+thread; PyAV, x264 and the inference runtimes release the GIL), so the
+cores stay busy. Oversubscription is what makes throughput collapse on a
+shared machine: torch's OpenMP pool, x264's frame threads and the decoder's
+threads each default to "all cores", and spin-waiting threads that lose
+their core to a neighbour stall everyone else. So the budget (``--threads``;
+default: the cores this process may really use, read from its CPU affinity
+and its cgroup CPU quota) is divided explicitly: detection gets the bulk,
+encoding and decoding get what their share of the work needs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
+    """CPUs allowed by the cgroup quota (v2 ``cpu.max`` or v1 ``cfs_quota_us``);
+    None when unlimited or unknown."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return int(quota) / int(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def available_cores(root: Path = CGROUP_ROOT) -> int:
+    """Cores this process may use: its CPU affinity, capped by the cgroup quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    limit = cgroup_cpu_limit(root)
+    if limit is not None:
+        cores = min(cores, max(1, math.floor(limit)))
+    return max(1, cores)
+
+
+@dataclass(frozen=True)
+class ThreadBudget:
+    """Threads per stage for a budget of ``total`` cores.
+
+    ``detect`` runs the detectors (intra-op threads of the inference
+    runtime); ``encode`` is x264's thread count; ``decode`` the decoder's.
+    On a CPU-only run detection is most of the work (80-90 % of the CPU
+    time per frame), so it gets every core: the encode and decode threads
+    only fill the gaps while detection waits, and none of them spin. On a
+    GPU the CPU does the video work, so x264 gets the cores."""
+
+    total: int
+    detect: int
+    encode: int
+    decode: int
+
+    @classmethod
+    def split(cls, total: int, device: str = "cpu") -> ThreadBudget:
+        total = max(1, int(total))
+        if device.startswith("cuda"):
+            return cls(total, detect=1, encode=max(1, total - 1), decode=1)
+        return cls(total, detect=total, encode=1 if total < 4 else 2, decode=1)
+
+
+def resolve_threads(threads: int) -> int:
+    """The ``threads`` setting (0 = automatic) as a core count."""
+    return threads if threads > 0 else available_cores()
+
+
+def apply_torch_threads(n: int) -> None:
+    """Limit torch's intra-op pool (process-wide) to ``n`` threads."""
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)

@@ -1,0 +1,204 @@
+"""Join: encoded segments + the source's other streams -> the output file.
+
+Video packets of the segments are concatenated (stream copy); audio,
+subtitle and data streams of the source are copied byte for byte; rotation
+kept; container metadata stripped unless asked to keep it. ``.mkv`` stores
+milliseconds (frame times agree to within 0.5 ms); ``.avi`` is refused (no
+per-frame timestamps).
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from models.errors import one_line
+
+from .encode import OUTPUT_SUFFIXES, check_output_suffix, open_output
+from .probe import VideoError, VideoInfo, open_input, snap_pts, video_stream
+
+# metadata keys that identify nobody and are kept even when stripping
+_NEUTRAL_STREAM_KEYS = {"language"}
+
+
+@dataclass
+class StreamPlan:
+    """Which of the source's other streams go into the output, and which are
+    left out and why (a user is told: nothing disappears silently).
+
+    Audio and subtitles are copied. Data streams (telemetry such as GPS
+    tracks, timecodes) identify where a recording was made, so they follow
+    ``keep_metadata``. Further video streams and attached pictures (cover
+    art) are never copied: they were not anonymized, so they may show faces
+    and plates."""
+
+    copied: list[int] = field(default_factory=list)
+    dropped: list[dict] = field(default_factory=list)
+
+
+def plan_streams(src, info: VideoInfo, keep_metadata: bool) -> StreamPlan:
+    plan = StreamPlan()
+    for s in src.streams:
+        if s.index == info.stream_index:
+            continue
+        codec = s.codec_context.name if s.codec_context else None
+        if s.type in ("audio", "subtitle") or (s.type == "data" and keep_metadata):
+            plan.copied.append(s.index)
+            continue
+        if s.type == "video":
+            attached = bool(s.disposition & av.stream.Disposition.attached_pic)
+            why = ("an attached picture (cover art) is not anonymized" if attached
+                   else "only the first video stream is anonymized; another could show "
+                        "faces or plates")
+        elif s.type == "data":
+            why = "data streams (telemetry such as GPS) are stripped; --keep-metadata keeps them"
+        else:
+            why = f"{s.type} streams are not copied"
+        plan.dropped.append({"index": s.index, "type": s.type, "codec": codec, "reason": why})
+    return plan
+
+
+def _add_copies(src, dst, plan: StreamPlan, keep_metadata: bool, out_suffix: str,
+                source) -> dict:
+    """Output streams for the planned copies (raises the one-line VideoError when
+    the output container cannot hold one)."""
+    copies = {}
+    for index in plan.copied:
+        s = src.streams[index]
+        try:
+            o = dst.add_stream_from_template(s)
+        except (ValueError, av.FFmpegError) as e:
+            raise _not_copyable(s, out_suffix, source, e) from None
+        o.time_base = s.time_base
+        o.disposition = s.disposition
+        o.metadata.update(_stream_tags(s.metadata, keep_metadata))
+        copies[s.index] = o
+    return copies
+
+
+def _not_copyable(s, out_suffix: str, source, e: Exception) -> VideoError:
+    codec = s.codec_context.name if s.codec_context else "?"
+    return VideoError(f"cannot copy {s.type} stream {s.index} ({codec}) of {source} into "
+                      f"{out_suffix}: {one_line(e)}; use the source's container "
+                      f"({Path(source).suffix})")
+
+
+def check_output_streams(source, info: VideoInfo, out_suffix: str,
+                         keep_metadata: bool = False) -> StreamPlan:
+    """Before any frame is processed: can the output container hold an H.264
+    video stream and every stream that will be copied? Writes the container
+    header into memory with the very streams :func:`join_segments` would add."""
+    fmt = OUTPUT_SUFFIXES.get(out_suffix.lower())
+    if fmt is None:
+        check_output_suffix(Path("output" + out_suffix))  # raises the one-line VideoError
+    with open_input(source) as src:
+        plan = plan_streams(src, info, keep_metadata)
+        dst = av.open(io.BytesIO(), "w", format=fmt)
+        try:
+            v = dst.add_stream("libx264", rate=25)
+            v.width, v.height = max(2, info.width // 2 * 2), max(2, info.height // 2 * 2)
+            v.pix_fmt = "yuv420p"
+            _add_copies(src, dst, plan, keep_metadata, out_suffix, source)
+            try:
+                dst.start_encoding()
+            except (ValueError, av.FFmpegError) as e:
+                bad = next((src.streams[i] for i in plan.copied), None)
+                if bad is None:
+                    raise VideoError(f"cannot write {out_suffix}: {one_line(e)}") from None
+                raise _not_copyable(bad, out_suffix, source, e) from None
+        finally:
+            try:
+                dst.close()
+            except (ValueError, av.FFmpegError):
+                pass
+    return plan
+
+
+def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadata=False) -> Path:
+    """Concatenate the encoded segments' video packets (stream copy), mux the
+    source's streams that :func:`plan_streams` keeps by stream copy, keep
+    rotation, strip container metadata unless ``keep_metadata``.
+
+    Packets of the two sources are merged by time as they are read, so memory
+    does not grow with the video's length. Each video packet's duration is set
+    to the gap to the next frame (last: to the source's end), so the output
+    lasts exactly as long as the source."""
+    out_path = Path(out_path)
+    segment_paths = [Path(p) for p in segment_paths]
+    if not segment_paths:
+        raise ValueError("no segments to join")
+    tb = info.time_base
+    with open_input(source) as src, open_input(segment_paths[0]) as first, open_output(
+        out_path, keep_metadata, info.time_base
+    ) as dst:
+        tmpl = video_stream(first, segment_paths[0])
+        ovs = dst.add_stream_from_template(tmpl)
+        ovs.time_base = tb
+        if info.rotation:
+            ovs.set_display_rotation(info.rotation)
+        plan = plan_streams(src, info, keep_metadata)
+        copies = _add_copies(src, dst, plan, keep_metadata, out_path.suffix, source)
+        ovs.metadata.update(_stream_tags(src.streams[info.stream_index].metadata, keep_metadata))
+        if keep_metadata:
+            dst.metadata.update(src.metadata)
+        count = [0]
+        video = _video_packets(segment_paths, info, ovs, count)
+        others = _other_packets(src, copies)
+        for _, packet in heapq.merge(video, others, key=lambda x: x[0]):
+            dst.mux(packet)
+    if count[0] != info.n_frames:
+        raise VideoError(f"joined {count[0]} frames but the source has {info.n_frames}: {out_path}")
+    return out_path
+
+
+def _stream_tags(tags: dict, keep: bool) -> dict:
+    if keep:
+        return dict(tags)
+    return {k: v for k, v in tags.items() if k.lower() in _NEUTRAL_STREAM_KEYS}
+
+
+def _video_packets(paths, info: VideoInfo, ovs, count: list[int]):
+    """(time, packet) of every encoded segment in order, with source pts."""
+    tb = info.time_base
+    prev = None
+    for path in paths:
+        with open_input(path) as c:
+            vs = video_stream(c, path)
+            seg_tb = Fraction(vs.time_base.numerator, vs.time_base.denominator)
+            for p in c.demux(vs):
+                if p.size == 0:
+                    continue
+                pts = snap_pts(round(p.pts * seg_tb / tb), info.frame_pts) if seg_tb != tb else p.pts
+                if prev is not None:
+                    if pts <= prev.pts:
+                        raise VideoError(f"segment {path} overlaps the previous one (pts {pts})")
+                    prev.duration = pts - prev.pts
+                    yield Fraction(prev.dts) * tb, prev
+                p.stream = ovs
+                p.time_base = tb
+                p.pts = p.dts = pts
+                prev = p
+                count[0] += 1
+    if prev is not None:
+        prev.duration = max(1, (info.end_pts or prev.pts + 1) - prev.pts)
+        yield Fraction(prev.dts) * tb, prev
+
+
+def _other_packets(src, copies: dict):
+    if not copies:
+        return
+    streams = [src.streams[i] for i in copies]
+    for p in src.demux(*streams):
+        if p.size == 0 and p.pts is None and p.dts is None:
+            continue
+        if p.size == 2 and bytes(p) == b"\x00\x00" and src.streams[p.stream_index].codec_context.name == "mov_text":
+            continue  # an empty gap cue: the MP4 muxer writes these itself, keeping one avoids doubling
+        ts = p.dts if p.dts is not None else p.pts
+        t = Fraction(ts or 0) * Fraction(p.time_base.numerator, p.time_base.denominator)
+        p.stream = copies[p.stream_index]
+        yield t, p

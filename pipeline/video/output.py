@@ -1,0 +1,87 @@
+"""The user's output file: checked before any work, written atomically.
+
+A run can take hours; a bad output path found at the end throws all of it
+away, and an output that is the input (through a hard link or a symlink)
+destroys the user's only copy. So :func:`check_output_path` runs before the
+input is even probed, and the finished video is written under a temporary
+name in the destination folder and renamed into place only when complete
+(:func:`atomic_output`): a crash or Ctrl-C never leaves a partial file
+under the user's name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from .encode import check_output_suffix
+from .probe import VideoError
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: same device and inode, so hard links and
+    symlinks count too (a path that does not exist is nobody's twin)."""
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def check_folder_writable(folder: Path, what: str = "output folder") -> None:
+    """``folder`` exists and can be written, or can be created: the nearest existing
+    ancestor is a writable directory."""
+    probe_dir = folder
+    while not probe_dir.exists():
+        if probe_dir.is_symlink():
+            raise VideoError(f"{what} {folder} cannot be created: {probe_dir} is a broken link")
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise VideoError(f"{what} {folder} cannot be created: {probe_dir} is not a folder")
+    if not os.access(probe_dir, os.W_OK | os.X_OK):
+        raise VideoError(f"{what} {folder} is not writable ({probe_dir})")
+
+
+def check_output_path(source: Path, output: Path) -> None:
+    """Everything about OUTPUT that can be checked without reading the input:
+    its container, that it is not the input (by file identity), that it is not
+    a folder, that its folder exists or can be created."""
+    source, output = Path(source), Path(output)
+    if output.is_dir():
+        raise VideoError(f"output {output} is a folder; name a file such as {output / 'out.mp4'}")
+    check_output_suffix(output)
+    if same_file(source, output) or output.absolute() == source.absolute():
+        raise VideoError(f"output {output} is the input file {source}; choose another name")
+    check_folder_writable(output.parent)
+
+
+def partial_name(output: Path) -> Path:
+    """A hidden temporary name beside ``output`` with the same suffix (the
+    container format is chosen by suffix)."""
+    return output.with_name(f".{output.stem}.partial-{secrets.token_hex(4)}{output.suffix}")
+
+
+@contextlib.contextmanager
+def atomic_output(output: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``output``; on success rename it over
+    ``output`` (atomic on one filesystem), on any failure or interrupt remove it."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_name(output)
+    try:
+        yield tmp
+        os.replace(tmp, output)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def write_atomic(path: Path, data: bytes) -> Path:
+    """Write a small file (records, reports) so readers never see half of it."""
+    with atomic_output(Path(path)) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)

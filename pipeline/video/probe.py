@@ -1,0 +1,243 @@
+"""Probe: what the pipeline needs to know about a source video, read once.
+
+Frames are named by their presentation timestamp (``pts``) in the source
+video stream's time base; a frame's *index* is its position in
+``VideoInfo.frame_pts``. Containers whose packets carry trustworthy pts
+(MP4, MOV, MKV, ...) are probed by demuxing only; AVI and packets without
+pts are decoded once (no colour conversion) to learn which frames exist.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from models.errors import one_line
+
+# containers whose packet pts cannot be trusted without decoding
+_DECODE_PROBE_FORMATS = {"avi"}
+# demuxers that "play" text files (ANSI art and friends)
+_TEXT_FORMATS = {"tty", "bin", "xbin", "adf", "idf"}
+
+
+class VideoError(Exception):
+    """A file that cannot be used as a video: missing, not a video, no video
+    stream, undecodable codec. The message is one line, fit for a user."""
+
+
+# --------------------------------------------------------------------------- probe
+
+
+@dataclass
+class VideoInfo:
+    """What the pipeline needs to know about a source video, JSON-serialisable
+    so it can travel in a distributed job's manifest."""
+
+    path: str
+    format_name: str
+    width: int
+    height: int
+    codec: str
+    pix_fmt: str
+    time_base: Fraction
+    avg_fps: float
+    frame_pts: list[int]
+    keyframe_pts: list[int]
+    duration_s: float
+    rotation: int
+    stream_index: int
+    other_streams: list[dict] = field(default_factory=list)
+    end_pts: int | None = None  # pts where the last frame stops being shown
+    color_range: int = 0
+    colorspace: int = 2  # AVCOL_SPC_UNSPECIFIED
+    color_primaries: int = 2
+    color_trc: int = 2
+
+    def __post_init__(self) -> None:
+        self.time_base = Fraction(self.time_base)
+        if self.end_pts is None and self.frame_pts:
+            self.end_pts = self.frame_pts[-1] + _typical_step(self.frame_pts)
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.frame_pts)
+
+    @property
+    def keyframe_indices(self) -> list[int]:
+        return [self.index_of(p) for p in self.keyframe_pts]
+
+    def index_of(self, pts: int) -> int:
+        """Frame index of an exact source pts (KeyError if no frame has it)."""
+        i = bisect.bisect_left(self.frame_pts, pts)
+        if i == len(self.frame_pts) or self.frame_pts[i] != pts:
+            raise KeyError(f"no frame with pts {pts}")
+        return i
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["time_base"] = str(self.time_base)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VideoInfo:
+        return cls(**d)
+
+
+def _typical_step(pts: list[int]) -> int:
+    if len(pts) < 2:
+        return 1
+    diffs = sorted(b - a for a, b in zip(pts[-50:-1], pts[-49:], strict=False))
+    return max(1, diffs[len(diffs) // 2])
+
+
+def open_input(path) -> av.container.InputContainer:
+    p = Path(path)
+    if not p.exists():
+        raise VideoError(f"no such file: {p}")
+    if p.is_dir():
+        raise VideoError(f"not a video file (a directory): {p}")
+    try:
+        return av.open(str(p))
+    except av.FFmpegError as e:
+        raise VideoError(f"not a video: {p} ({one_line(e)})") from None
+
+
+def video_stream(container, path) -> av.video.stream.VideoStream:
+    fmt = container.format.name
+    if fmt in _TEXT_FORMATS:
+        raise VideoError(f"not a video: {path} looks like text ({fmt})")
+    if fmt in ("image2", "webp_pipe") or fmt.endswith("_pipe"):
+        raise VideoError(f"not a video: {path} is a still image ({fmt})")
+    for s in container.streams.video:
+        if not s.disposition & av.stream.Disposition.attached_pic:
+            return s
+    raise VideoError(f"no video stream in {path}")
+
+
+def probe(path) -> VideoInfo:
+    """Read every video packet's timing (no decode for MP4/MOV/MKV/...) plus
+    the first frame (to check the codec decodes and read its rotation)."""
+    with open_input(path) as c:
+        vs = video_stream(c, path)
+        cc = vs.codec_context
+        if cc is None or cc.name is None:
+            raise VideoError(f"unsupported video codec in {path}")
+        tb = vs.time_base
+        if tb is None:
+            raise VideoError(f"video stream without time base in {path}")
+        first, rotation = _first_frame(c, vs, path)
+        others = [
+            {"index": s.index, "type": s.type, "codec": s.codec_context.name if s.codec_context else None}
+            for s in c.streams
+            if s.index != vs.index
+        ]
+        info = VideoInfo(
+            path=str(path),
+            format_name=c.format.name,
+            width=cc.width or first.width,
+            height=cc.height or first.height,
+            codec=cc.name,
+            pix_fmt=first.format.name,
+            time_base=Fraction(tb.numerator, tb.denominator),
+            avg_fps=0.0,
+            frame_pts=[],
+            keyframe_pts=[],
+            duration_s=0.0,
+            rotation=rotation,
+            stream_index=vs.index,
+            other_streams=others,
+            color_range=int(first.color_range),
+            colorspace=int(first.colorspace),
+            color_primaries=int(first.color_primaries),
+            color_trc=int(first.color_trc),
+        )
+    frames, keys, end = _scan_packets(path, info.stream_index)
+    if info.format_name in _DECODE_PROBE_FORMATS or frames is None:
+        frames, keys, end = _scan_decoded(path, info.stream_index)
+    if not frames:
+        raise VideoError(f"video stream of {path} has no frames")
+    info.frame_pts = frames
+    info.keyframe_pts = keys
+    info.end_pts = end
+    span = (end - frames[0]) * info.time_base
+    info.duration_s = float(span)
+    info.avg_fps = float(len(frames) / span) if span > 0 else 0.0
+    return info
+
+
+def _first_frame(c, vs, path):
+    try:
+        for frame in c.decode(vs):
+            return frame, int(round(frame.rotation)) % 360
+    except av.FFmpegError as e:
+        raise VideoError(f"cannot decode video of {path} ({one_line(e)})") from None
+    raise VideoError(f"video stream of {path} has no decodable frames")
+
+
+def _scan_packets(path, index):
+    """Frame and keyframe pts from demuxing only; None when packets lack pts."""
+    pts, keys, end = [], [], None
+    with av.open(str(path)) as c:
+        vs = c.streams[index]
+        for p in c.demux(vs):
+            if p.size == 0 or p.is_discard:
+                continue  # discard: outside the edit list, never shown
+            if p.pts is None:
+                return None, None, None
+            pts.append(p.pts)
+            if p.is_keyframe:
+                keys.append(p.pts)
+            stop = p.pts + (p.duration or 0)
+            end = stop if end is None else max(end, stop)
+    pts.sort()
+    if len(set(pts)) != len(pts):
+        return None, None, None
+    keys = sorted(set(keys) & set(pts))
+    if pts and (end is None or end <= pts[-1]):
+        end = pts[-1] + _typical_step(pts)
+    return pts, keys, end
+
+
+def _scan_decoded(path, index):
+    """Frame pts by decoding (no pixel conversion): for containers whose
+    packets do not say which frames exist (AVI drop/N-VOP packets)."""
+    labels, key_labels = [], []
+    with av.open(str(path)) as c:
+        vs = c.streams[index]
+        vs.codec_context.thread_type = "AUTO"
+        for p in c.demux(vs):
+            if p.is_keyframe and p.pts is not None and p.size > 1:
+                key_labels.append(p.pts)
+            for f in decode_packet(vs, p, path):
+                if f.pts is None:
+                    raise VideoError(f"frames without timestamps in {path}")
+                labels.append(f.pts)
+    pts = sorted(labels)
+    if len(set(pts)) != len(pts):
+        raise VideoError(f"duplicate frame timestamps in {path}")
+    keys = sorted(set(key_labels) & set(pts))
+    if not keys or keys[0] != pts[0]:
+        keys = sorted(set(keys) | {pts[0]})
+    return pts, keys, pts[-1] + _typical_step(pts)
+
+
+def decode_packet(stream, packet, path):
+    try:
+        return stream.decode(packet)
+    except av.FFmpegError as e:
+        raise VideoError(f"cannot decode video of {path} ({one_line(e)})") from None
+
+
+def has_pts(known: list[int], pts: int) -> bool:
+    i = bisect.bisect_left(known, pts)
+    return i < len(known) and known[i] == pts
+
+
+def snap_pts(pts: int, known: list[int]) -> int:
+    i = bisect.bisect_left(known, pts)
+    cands = known[max(0, i - 1) : i + 1]
+    return min(cands, key=lambda k: abs(k - pts)) if cands else pts

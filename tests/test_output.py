@@ -1,0 +1,192 @@
+"""The user's files: output checked before any work, written atomically, input untouched.
+
+The detector here records whether it was ever called: a refusal "before
+any work" means it never was. Stream plans are checked against what the
+output file really holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from models.detections import Detections
+from pipeline.process import prepare_local, run_local
+from pipeline.settings import Settings
+from pipeline.video import VideoError
+from pipeline.video.output import atomic_output, check_output_path, same_file
+from tests.videos import make_video
+
+SETTINGS = Settings(plates="off", fill_frames=1, segment_frames=10)
+
+
+class Recorder:
+    """A stand-in detection stack that finds nothing and counts its calls."""
+
+    model_names = {"faces": "recorder"}
+
+    def __init__(self, fail_after: int | None = None, exc: type[BaseException] = RuntimeError):
+        self.calls = 0
+        self.fail_after = fail_after
+        self.exc = exc
+
+    def detect(self, frames):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise self.exc("stopped on purpose")
+        return [Detections.empty() for _ in frames]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def src(tmp_path):
+    return make_video(tmp_path / "in.mp4", n_frames=30, gop=10)
+
+
+def refused(src, out, message, tmp_path, detections_dir=None):
+    before = digest(src)
+    stack = Recorder()
+    with pytest.raises(VideoError) as err:
+        run_local(src, out, SETTINGS, detections_dir, stack=stack)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert stack.calls == 0, "refused only after detection started"
+    assert digest(src) == before
+    leftovers = [p for p in tmp_path.rglob("*") if ".partial-" in p.name]
+    assert leftovers == []
+    return str(err.value)
+
+
+def test_hard_link_of_the_input_is_refused(src, tmp_path):
+    link = tmp_path / "link.mp4"
+    os.link(src, link)
+    msg = refused(src, link, "is the input file", tmp_path)
+    assert str(src) in msg
+
+
+def test_symlink_to_the_input_is_refused(src, tmp_path):
+    link = tmp_path / "sym.mp4"
+    link.symlink_to(src)
+    refused(src, link, "is the input file", tmp_path)
+
+
+def test_same_path_spelled_differently_is_refused(src, tmp_path):
+    refused(src, tmp_path / "." / "in.mp4", "is the input file", tmp_path)
+
+
+def test_output_under_a_regular_file_is_refused(src, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    refused(src, blocker / "out.mp4", "is not a folder", tmp_path)
+
+
+def test_avi_and_unknown_outputs_are_refused_before_the_input_is_read(tmp_path):
+    not_a_video = tmp_path / "in.txt"
+    not_a_video.write_text("hello")
+    for name, message in (("out.avi", "AVI cannot keep per-frame timestamps"),
+                          ("out.xyz", "unsupported output container .xyz"),
+                          ("out", "(no suffix)")):
+        with pytest.raises(VideoError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            check_output_path(not_a_video, tmp_path / name)
+
+
+def test_output_folder_is_refused(src, tmp_path):
+    refused(src, tmp_path, "is a folder", tmp_path)
+
+
+def test_detections_dir_under_a_file_is_refused(src, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    refused(src, tmp_path / "out.mp4", "detections folder", tmp_path, blocker / "records")
+
+
+def test_failure_midway_leaves_no_output_and_keeps_an_older_one(src, tmp_path):
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"an older result the user still has")
+    before = digest(src)
+    for exc in (RuntimeError, KeyboardInterrupt):
+        stack = Recorder(fail_after=1, exc=exc)
+        with pytest.raises(exc):
+            run_local(src, out, SETTINGS, stack=stack)
+        assert stack.calls == 2
+        assert out.read_bytes() == b"an older result the user still has"
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert digest(src) == before
+
+
+def test_success_replaces_the_output_in_one_step(src, tmp_path):
+    out = tmp_path / "out.mp4"
+    report = run_local(src, out, SETTINGS, stack=Recorder())
+    assert report["frames_match"] and report["output"] == str(out)
+    with av.open(str(out)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 30
+    assert [p.name for p in tmp_path.iterdir() if ".partial-" in p.name] == []
+
+
+def test_atomic_output_removes_the_partial_file_on_error(tmp_path):
+    target = tmp_path / "x.mp4"
+    with pytest.raises(ValueError), atomic_output(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise ValueError("boom")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_same_file_by_identity(tmp_path):
+    a = tmp_path / "a"
+    a.write_text("x")
+    os.link(a, tmp_path / "b")
+    (tmp_path / "c").symlink_to(a)
+    (tmp_path / "d").write_text("x")
+    assert same_file(a, tmp_path / "b") and same_file(a, tmp_path / "c")
+    assert not same_file(a, tmp_path / "d") and not same_file(a, tmp_path / "missing")
+
+
+def two_video_streams(path: Path) -> Path:
+    """An MKV with two video streams (second: a different picture) and audio."""
+    tb = Fraction(1, 1000)
+    with av.open(str(path), "w") as c:
+        streams = []
+        for _ in range(2):
+            vs = c.add_stream("libx264", rate=25)
+            vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+            vs.time_base = vs.codec_context.time_base = tb
+            vs.codec_context.options = {"x264-params": "keyint=10:bframes=0"}
+            streams.append(vs)
+        for i in range(20):
+            for k, vs in enumerate(streams):
+                img = np.full((48, 64, 3), 40 + 100 * k + 3 * i, np.uint8)
+                f = av.VideoFrame.from_ndarray(img, format="rgb24")
+                f.pts, f.time_base = i * 40, tb
+                for p in vs.encode(f):
+                    c.mux(p)
+        for vs in streams:
+            for p in vs.encode(None):
+                c.mux(p)
+    return path
+
+
+def test_second_video_stream_is_left_out_and_reported(tmp_path):
+    src = two_video_streams(tmp_path / "two.mkv")
+    manifest = prepare_local(src, tmp_path / "out.mkv", SETTINGS)
+    assert [(d["index"], d["type"]) for d in manifest.dropped_streams] == [(1, "video")]
+    assert "only the first video stream is anonymized" in manifest.dropped_streams[0]["reason"]
+    report = run_local(src, tmp_path / "out.mkv", SETTINGS, stack=Recorder(), manifest=manifest)
+    assert report["dropped_streams"] == manifest.dropped_streams
+    with av.open(str(tmp_path / "out.mkv")) as c:
+        assert [s.type for s in c.streams] == ["video"]
+
+
+def test_subtitles_the_output_cannot_hold_are_refused_before_work(tmp_path):
+    src = make_video(tmp_path / "subs.mp4", n_frames=10, subtitles=True)
+    stack = Recorder()
+    with pytest.raises(VideoError, match=r"cannot copy subtitle stream 1 \(mov_text\)"):
+        run_local(src, tmp_path / "out.mkv", SETTINGS, stack=stack)
+    assert stack.calls == 0 and not (tmp_path / "out.mkv").exists()
