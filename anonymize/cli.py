@@ -33,8 +33,8 @@ COMMANDS = {
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [FileNotFoundError, ValueError, IsADirectoryError]
-    for mod, name in (("models.fetch", "WeightsError"), ("pipeline.video", "VideoError"),
-                      ("pipeline.errors", "JobError")):
+    # modules that do not import torch: a refusal must be quick
+    for mod, name in (("models.errors", "WeightsError"), ("pipeline.video.probe", "VideoError")):
         try:
             errors.append(getattr(importlib.import_module(mod), name))
         except (ImportError, AttributeError):

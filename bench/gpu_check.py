@@ -27,7 +27,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("gpu-check: CUDA is not available on this machine", file=sys.stderr)
         return 2
-    from models.ops import box_iou_np
+    from models.boxes import box_iou_np
     from pipeline.datasets import read_image
     from pipeline.detect import DetectionStack
     from pipeline.images import list_images

@@ -9,6 +9,10 @@ turns one into a single line.
 from __future__ import annotations
 
 
+class WeightsError(RuntimeError):
+    """Missing, corrupt or unconvertible weights; the message is one line."""
+
+
 def one_line(exc: BaseException, limit: int | None = None) -> str:
     """The first non-empty line of ``exc``'s message (its type name if it has
     none), whitespace collapsed, cut to ``limit`` characters when given."""

@@ -21,11 +21,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import WeightsError
 from .registry import REGISTRY, ModelSpec, checkpoint_path, get
-
-
-class WeightsError(RuntimeError):
-    """Missing, corrupt or unconvertible weights; the message is one line."""
 
 
 def sha256_file(path: Path) -> str:

@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Detector, Frames, frames_to_tensor
+from .boxes import letterbox_params
 from .detections import LABEL_IDS, Detections, label_id
-from .ops import batched_nms, letterbox_params
+from .ops import batched_nms
 
 #: COCO anchors of yolov3.cfg (w, h in input pixels), small to large
 COCO_ANCHORS: list[list[int]] = [[10, 13], [16, 30], [33, 23], [30, 61], [62, 45], [59, 119],

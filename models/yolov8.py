@@ -41,9 +41,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Detector, Frames, frames_to_tensor
+from .boxes import letterbox_params
 from .detections import PLATE, Detections, label_id
 from .fetch import WeightsError, load_checkpoint
-from .ops import batched_nms, letterbox_params
+from .ops import batched_nms
 from .ultralytics_unpickle import load_pickled_checkpoint, module_tensors
 
 PAD_VALUE = 114

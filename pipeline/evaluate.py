@@ -40,8 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.boxes import box_iou_np
 from models.detections import FACE, LABELS, PLATE, VEHICLE_IDS, Detections, label_id
-from models.ops import box_iou_np
 from pipeline.blur import region_mask
 from pipeline.datasets import GTBox, ImageRecord, iter_samples
 

@@ -32,44 +32,14 @@ from models.detections import FACE, LABELS, PLATE, Detections
 
 from . import video
 from .blur import anonymize_frame
+from .plan import Manifest, plan, prepare_local  # noqa: F401  (the steps of a job, re-exported)
 from .records import write_records, write_report
 from .settings import Settings
-from .temporal import context_frames, fill_segment
+from .temporal import fill_segment
 from .threads import ThreadBudget, apply_torch_threads, resolve_threads
-from .video.join import check_output_streams
-from .video.output import atomic_output, check_folder_writable, check_output_path
+from .video.output import atomic_output
 
 Progress = Callable[[int], None]  # called with the number of frames just finished
-
-
-@dataclass
-class Manifest:
-    """Everything a worker needs to process a segment of a job (JSON)."""
-
-    source_name: str
-    info: video.VideoInfo
-    segments: list[video.Segment]
-    settings: Settings
-    context: int
-    #: source streams left out of the output, with the reason (told to the user)
-    dropped_streams: list[dict] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {"source_name": self.source_name, "info": self.info.to_dict(),
-                "segments": [s.to_dict() for s in self.segments],
-                "settings": self.settings.to_dict(), "context": self.context,
-                "dropped_streams": self.dropped_streams}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Manifest:
-        return cls(d["source_name"], video.VideoInfo.from_dict(d["info"]),
-                   [video.Segment.from_dict(s) for s in d["segments"]],
-                   Settings.from_dict(d["settings"]), d["context"],
-                   d.get("dropped_streams", []))
-
-    @property
-    def time_base(self) -> Fraction:
-        return Fraction(str(self.info.time_base))
 
 
 @dataclass
@@ -89,17 +59,6 @@ class SegmentResult:
     def from_dict(cls, d: dict) -> SegmentResult:
         return cls(d["index"], {int(k): Detections.from_dicts(v) for k, v in d["frames"].items()},
                    d.get("n_filled", 0), d.get("timings", {}))
-
-
-def plan(source: Path, settings: Settings, out_suffix: str = ".mp4",
-         info: video.VideoInfo | None = None) -> Manifest:
-    """Probe (unless ``info`` is given), check that the output container can hold
-    what will be copied, and cut the video into segments."""
-    info = info or video.probe(source)
-    streams = check_output_streams(source, info, out_suffix, settings.keep_metadata)
-    ctx = context_frames(settings.fill_frames)
-    segments = video.plan_segments(info, settings.segment_frames, ctx)
-    return Manifest(Path(source).name, info, segments, settings, ctx, streams.dropped)
 
 
 # ------------------------------------------------------------------------- segment
@@ -385,19 +344,6 @@ def _stream_facts(info: video.VideoInfo) -> dict:
 
 
 # ---------------------------------------------------------------------- one machine
-
-
-def prepare_local(source: Path, output: Path, settings: Settings,
-                  detections_dir: Path | None = None) -> Manifest:
-    """Everything that can fail on the user's input, done before any frame is
-    processed: the output path (container, not the input, folder creatable),
-    the records folder, the input (a readable video, probed once) and the
-    streams the output container must hold."""
-    source, output = Path(source), Path(output)
-    check_output_path(source, output)
-    if detections_dir is not None:
-        check_folder_writable(Path(detections_dir), "detections folder")
-    return plan(source, settings, output.suffix)
 
 
 def run_local(source: Path, output: Path, settings: Settings, detections_dir: Path | None = None,

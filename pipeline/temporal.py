@@ -19,8 +19,8 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from models.boxes import box_iou_np
 from models.detections import FACE, PLATE, Detections
-from models.ops import box_iou_np
 
 FILLED_LABELS = (FACE, PLATE)
 

@@ -32,8 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from pipeline.process import prepare_local, run_local
-    from pipeline.records import REPORT_JSON
+    from pipeline.plan import prepare_local
 
     source, output = Path(args.input), Path(args.output)
     settings = settings_from_args(args)
@@ -42,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
     for s in manifest.dropped_streams:
         warn(f"{s['type']} stream {s['index']} ({s['codec']}) of {source} is not in the "
              f"output: {s['reason']}")
+    from pipeline.process import run_local  # loads torch: only once the input is known good
+    from pipeline.records import REPORT_JSON
+
     with tqdm(total=manifest.info.n_frames, unit="frame", disable=args.quiet, file=sys.stderr,
               desc=source.name) as bar:
         report = run_local(source, output, settings, args.detections_dir,

@@ -1,0 +1,72 @@
+"""The first step of a job: check the user's files, probe once, cut into segments.
+
+Kept free of torch and the detectors so that everything that can fail on
+the user's input fails in a fraction of a second, before any model loads
+or frame is decoded (``anonymize run`` and ``submit`` call it first).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+from . import video
+from .settings import Settings
+from .temporal import context_frames
+from .video.join import check_output_streams
+from .video.output import check_folder_writable, check_output_path
+
+
+@dataclass
+class Manifest:
+    """Everything a worker needs to process a segment of a job (JSON)."""
+
+    source_name: str
+    info: video.VideoInfo
+    segments: list[video.Segment]
+    settings: Settings
+    context: int
+    #: source streams left out of the output, with the reason (told to the user)
+    dropped_streams: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"source_name": self.source_name, "info": self.info.to_dict(),
+                "segments": [s.to_dict() for s in self.segments],
+                "settings": self.settings.to_dict(), "context": self.context,
+                "dropped_streams": self.dropped_streams}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Manifest:
+        return cls(d["source_name"], video.VideoInfo.from_dict(d["info"]),
+                   [video.Segment.from_dict(s) for s in d["segments"]],
+                   Settings.from_dict(d["settings"]), d["context"],
+                   d.get("dropped_streams", []))
+
+    @property
+    def time_base(self) -> Fraction:
+        return Fraction(str(self.info.time_base))
+
+
+def plan(source: Path, settings: Settings, out_suffix: str = ".mp4",
+         info: video.VideoInfo | None = None) -> Manifest:
+    """Probe (unless ``info`` is given), check that the output container can hold
+    what will be copied, and cut the video into segments."""
+    info = info or video.probe(source)
+    streams = check_output_streams(source, info, out_suffix, settings.keep_metadata)
+    ctx = context_frames(settings.fill_frames)
+    segments = video.plan_segments(info, settings.segment_frames, ctx)
+    return Manifest(Path(source).name, info, segments, settings, ctx, streams.dropped)
+
+
+def prepare_local(source: Path, output: Path, settings: Settings,
+                  detections_dir: Path | None = None) -> Manifest:
+    """Everything that can fail on the user's input, done before any frame is
+    processed: the output path (container, not the input, folder creatable),
+    the records folder, the input (a readable video, probed once) and the
+    streams the output container must hold."""
+    source, output = Path(source), Path(output)
+    check_output_path(source, output)
+    if detections_dir is not None:
+        check_folder_writable(Path(detections_dir), "detections folder")
+    return plan(source, settings, output.suffix)
