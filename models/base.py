@@ -98,6 +98,7 @@ class Detector(ABC):
                   size: int | None = None) -> list[Detections]:
             return detect(self, frames, thresh)
 
+        del sized.__wrapped__  # its signature is the protocol's, not the wrapped one's
         cls.detect = sized
 
     def __init__(self, device: str | torch.device | None = "cpu", half: bool = True):

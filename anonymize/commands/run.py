@@ -26,12 +26,14 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from models.loader import check_settings
     from pipeline import video
     from pipeline.process import run_local
     from pipeline.records import REPORT_JSON
 
     source = Path(args.input)
     settings = settings_from_args(args)
+    check_settings(settings)  # a bad model setting fails before any video is read
     info = video.probe(source)  # fails early, with one line, on a non-video input
     with tqdm(total=info.n_frames, unit="frame", disable=args.quiet, file=sys.stderr,
               desc=source.name) as bar:
