@@ -136,7 +136,12 @@ class ModelRef:
         name, format and content hash (the same on every machine that loads it)."""
         if not self.is_file:
             return self.record
-        return f"{self.path.name} ({self.format}, sha256 {self.sha256[:12]})"
+        return file_display(self.path.name, self.format, self.sha256)
+
+
+def file_display(name: str, fmt: str, sha256: str) -> str:
+    """How a model file is named in reports: ``yolo.weights (darknet, sha256 1a2b…)``."""
+    return f"{name} ({fmt}, sha256 {sha256[:12]})"
 
 
 # -- resolving ------------------------------------------------------------------

@@ -92,6 +92,21 @@ def parse_stored_model(value: str) -> tuple[str, str, str, dict[str, str]]:
     return key, sha256, name, params
 
 
+def job_models(settings) -> dict[str, str]:
+    """{task: model} of a job's settings as the report names them (the name of a
+    stored file, its format and sha256; a registry name as it is), read from the
+    settings alone: the reassembling worker loads no model."""
+    from models.loader import file_display, models_in_use
+
+    out = {}
+    for task, (value, fmt) in models_in_use(settings).items():
+        if value.startswith(STORED):
+            _, sha256, name, _ = parse_stored_model(value)
+            value = file_display(name, fmt, sha256)
+        out[task] = value
+    return out
+
+
 def upload_models(storage, job: str, settings):
     """Upload the model files ``settings`` name; return the settings naming them by
     their storage key and sha256 (registry names stay as they are).
@@ -269,6 +284,7 @@ def run_reassemble(ctx: Context, job_id: str) -> dict | None:
     """Join the processed segments into the output video; write pickles, JSON and report."""
     from pipeline.process import SegmentResult, finalize
     from pipeline.records import write_report
+    from pipeline.settings import Settings
 
     job = _load_job(ctx, job_id)
     if job is None:
@@ -287,8 +303,9 @@ def run_reassemble(ctx: Context, job_id: str) -> dict | None:
         records = tmp / "records"
         records.mkdir()
         output = tmp / f"output{ext}"
+        models = job_models(Settings.from_dict(manifest.settings))
         report = finalize(manifest, videos, results, source, output, records,
-                          extra_report={"job": job_id})
+                          extra_report={"job": job_id, "models": models})
         out_url = ctx.storage.put_file(output, output_key(job_id, ext))
         prefix = job_prefix(job_id)
         files = {k: ctx.storage.url(prefix + Path(v).name) for k, v in report["files"].items()}
