@@ -213,8 +213,11 @@ def _resolve_file(path: Path, value: str, task: str | None, fmt: str) -> ModelRe
         raise ModelError(f"{where}{path.name} is a {fmt} model, which needs the "
                          f"{spec_format.extra[1]} extra: pip install "
                          f"'anonymize[{spec_format.extra[1]}]'")
-    companions = _companions(fmt, path)
-    labels = _file_labels(fmt, path, facts, companions, task)
+    try:
+        companions = _companions(fmt, path)
+        labels = _file_labels(fmt, path, facts, companions, task)
+    except ModelError as exc:  # name the setting, as every other error here does
+        raise ModelError(f"{where}{exc}") from None
     record = _record(fmt, facts, task, path)
     if task is not None and labels is not None and not labels & _TASK_LABELS[task]:
         raise ModelError(_wrong_task(task, f"{path.name} ({fmt})", labels))
@@ -339,6 +342,8 @@ def _file_labels(fmt: str, path: Path, facts: dict, companions: dict[str, Path],
         return None
     if fmt == "darknet":
         return _names_labels(_darknet_names(path, companions))
+    if fmt == "ultralytics" and facts.get("names"):
+        return _yolov8_labels(facts["names"])
     if fmt == "keras-h5" and "names" in companions:
         return _names_labels(_read_names(companions["names"]))
     if fmt == "mmdet" and facts.get("classes"):
@@ -411,10 +416,39 @@ def _sniff_zip(path: Path) -> tuple[str | None, dict[str, Any]]:
         return fmt, facts
     # pickles that name foreign classes: weights_only loading refused them
     if b"ultralytics.nn" in payload:
-        return "ultralytics", {}
+        names = _ultralytics_names(path, pkls[0], payload)
+        return "ultralytics", {"names": names} if names else {}
     if any(m in payload for m in (b"mmengine", b"mmdet", b"mmcv")):
         return "mmdet", {}
     return None, {}
+
+
+def _ultralytics_names(path: Path, member: str, payload: bytes) -> list[str] | None:
+    """Class names of an Ultralytics checkpoint, from its pickle alone: the
+    restricted unpickler (nothing imported, nothing run) with tensors placed on
+    the meta device, so no tensor bytes are read."""
+    import io
+
+    import torch
+
+    from .ultralytics_unpickle import RestrictedUnpickler
+
+    class _PickleOnly(RestrictedUnpickler):
+        def persistent_load(self, pid):
+            _, storage_type, _key, _location, numel = pid
+            return torch.empty(int(numel), dtype=storage_type.dtype, device="meta")
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            prefix = member[: -len("data.pkl")]
+            ckpt = _PickleOnly(io.BytesIO(payload), zf, prefix, path.name).load()
+        model = ckpt.get("ema") or ckpt.get("model")
+        names = getattr(model, "__dict__", {}).get("names")
+    except Exception:  # unreadable here: the conversion will say why when loading
+        return None
+    if isinstance(names, dict):
+        return [str(names[k]) for k in sorted(names)]
+    return [str(n) for n in names] if isinstance(names, (list, tuple)) else None
 
 
 def _sniff_torch(path: Path, mmap: bool) -> tuple[str | None, dict[str, Any]]:

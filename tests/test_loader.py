@@ -178,6 +178,28 @@ def test_pickles_of_foreign_classes_are_recognised_without_running_them(tmp_path
     assert sniff(_pickle_zip(tmp_path / "other.pt", "somewhere.else"))[0] is None
 
 
+def test_ultralytics_class_names_are_read_without_tensor_bytes(tmp_path, monkeypatch):
+    """A YOLOv8 face model (pickled as Ultralytics does) is no plate model."""
+    mod = types.ModuleType("ultralytics.nn.tasks")
+
+    class DetectionModel:
+        pass
+
+    DetectionModel.__module__, DetectionModel.__qualname__ = mod.__name__, "DetectionModel"
+    mod.DetectionModel = DetectionModel
+    model = DetectionModel()
+    model.names = {0: "face"}
+    model.weight = torch.zeros(4, 3)
+    with monkeypatch.context() as m:  # importable while pickling only
+        for name in ("ultralytics", "ultralytics.nn"):
+            m.setitem(sys.modules, name, types.ModuleType(name))
+        m.setitem(sys.modules, mod.__name__, mod)
+        torch.save({"model": model, "ema": None}, tmp_path / "yolov8n-face.pt")
+    assert sniff(tmp_path / "yolov8n-face.pt") == ("ultralytics", {"names": ["face"]})
+    with pytest.raises(ModelError, match=r"finds face, not plates \(pass it as --face-model\)"):
+        resolve(str(tmp_path / "yolov8n-face.pt"), "plates")
+
+
 @pytest.mark.parametrize("content", [b"", b"hello world\n", b"\x00" * 64,
                                      b"PK\x03\x04 not really a zip"])
 def test_unrecognised_files_are_one_line_errors(tmp_path, content):
