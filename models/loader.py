@@ -344,11 +344,50 @@ def _file_labels(fmt: str, path: Path, facts: dict, companions: dict[str, Path],
         return _names_labels(_darknet_names(path, companions))
     if fmt == "ultralytics" and facts.get("names"):
         return _yolov8_labels(facts["names"])
-    if fmt == "keras-h5" and "names" in companions:
-        return _names_labels(_read_names(companions["names"]))
+    if fmt == "keras-h5":
+        if "names" in companions:
+            return _names_labels(_read_names(companions["names"]))
+        return _default_names_labels(path, _keras_classes(path))
     if fmt == "mmdet" and facts.get("classes"):
         return _names_labels(facts["classes"])
     return None  # known once loaded (Detector.labels)
+
+
+def _keras_classes(path: Path) -> int | None:
+    """Class count of a Keras YOLOv3 file from the shapes of its output convolutions
+    (the 4-D kernels that have a bias beside them); no array is read."""
+    import h5py
+
+    outputs = set()
+
+    def visit(name: str, obj) -> None:
+        if (isinstance(obj, h5py.Dataset) and len(obj.shape) == 4
+                and name.rsplit("/", 1)[-1].startswith("kernel")
+                and any(k.startswith("bias") for k in obj.parent.keys())):
+            outputs.add(int(obj.shape[3]))
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(visit)
+    except OSError:
+        return None
+    if len(outputs) != 1:
+        return None
+    n = outputs.pop()
+    return n // 3 - 5 if n % 3 == 0 and n // 3 > 5 else None
+
+
+def _default_names_labels(path: Path, classes: int | None) -> frozenset[int] | None:
+    """Labels of a YOLO file without a names file: COCO for 80 classes, plate for one."""
+    from .yolov3 import resolve_names
+
+    if classes is None:
+        return None
+    try:
+        return _names_labels(resolve_names(None, classes))
+    except ValueError:
+        raise ModelError(f"{path.name} has {classes} classes: put their names, one a line, in "
+                         f"{path.with_suffix('.names').name} beside it") from None
 
 
 def _darknet_names(path: Path, companions: dict[str, Path]) -> list[str]:

@@ -276,9 +276,15 @@ def test_files_in_the_wrong_slot_are_refused(files):
         resolve(str(files["darknet"]), "faces")
     with pytest.raises(ModelError, match="finds faces or plates, not vehicles"):
         resolve(str(files["torchscript"]), "vehicles")
-    # the Keras file names no classes beside it: found out when loaded
+    with pytest.raises(ModelError, match=r"plates.h5 \(keras-h5\) finds plate, not vehicles"):
+        resolve(str(files["h5"]), "vehicles")
+    # what a file does not tell is checked against Detector.labels once loaded
+    import dataclasses
+
+    unknown = dataclasses.replace(resolve(str(files["plates_pt"]), "plates"), task="vehicles",
+                                  labels=None)
     with pytest.raises(ModelError, match="finds plate, not vehicles"):
-        build(resolve(str(files["h5"]), "vehicles"), device="cpu")
+        build(unknown, device="cpu")
 
 
 def test_companion_files_are_found_beside_the_model(files, tmp_path):
@@ -302,6 +308,11 @@ def test_companion_files_are_found_beside_the_model(files, tmp_path):
     (tmp_path / "detection_config.json").write_text(json.dumps({"labels": ["face"]}))
     with pytest.raises(ModelError, match="finds face, not plates"):
         resolve(str(h5), "plates")
+    # without names, a Keras file's classes are counted from its output kernels' shapes
+    (tmp_path / "keras").mkdir()
+    write_h5(tmp_path / "keras" / "three.h5", rigged_params(3, 0, (8, 8)))
+    with pytest.raises(ModelError, match=r"three.h5 has 3 classes: put their names.*three.names"):
+        resolve(str(tmp_path / "keras" / "three.h5"), "plates")
 
 
 def test_forced_format(files):
