@@ -199,9 +199,10 @@ def _resolve_file(path: Path, value: str, task: str | None, fmt: str) -> ModelRe
     sniffed, facts = sniff(path)
     if fmt == "auto":
         if sniffed is None:
+            flag = FLAG.get(task, "--*-model")
             raise ModelError(f"{where}{path}: not a model file the loader recognises (tried: "
-                             f"{', '.join(FORMATS)}; set the format with {FLAG.get(task, '--*-model')}"
-                             f"-format if it is one of them)")
+                             f"{', '.join(FORMATS)}; set the format with {flag}-format if it "
+                             f"is one of them)")
         fmt = sniffed
     elif sniffed != fmt:
         facts = {}  # forced: trust the setting, learn nothing from the content

@@ -6,7 +6,9 @@ the Celery tasks at the bottom only add retries and failure handling.
 
 Object keys are deterministic (``jobs/<job>/segments/<i>.mkv``,
 ``jobs/<job>/out/<i>.mp4``, ``jobs/<job>/detections/<i>.json``, …): a task
-that is delivered twice overwrites its own outputs.
+that is delivered twice overwrites its own outputs. The last segment to
+finish (by the count of distinct finished segments in Redis) enqueues
+``reassemble``; a duplicate ``reassemble`` finds the job done and returns.
 
 Model files a user passes (``--plate-model plates.weights``) travel with the
 job: :func:`upload_models` stores each one, and what goes beside it (a
@@ -14,9 +16,8 @@ darknet ``.cfg``), under ``jobs/<job>/models/<sha256><ext>`` and rewrites the
 job's setting to a :func:`stored_model` reference naming that key and the
 file's sha256; a worker downloads it once per process and checks the
 sha256 before loading (``tasks/runtime.py``). Registry names travel as
-names: workers must have them fetched. The last segment to
-finish (by the count of distinct finished segments in Redis) enqueues
-``reassemble``; a duplicate ``reassemble`` finds the job done and returns.
+names: workers must have them fetched (``anonymize models fetch`` is part
+of a worker's set-up), or the job fails with the command to run.
 """
 
 from __future__ import annotations

@@ -346,7 +346,8 @@ def test_darknet_and_keras_files_load_as_their_converted_checkpoints(files):
     assert a == b and a.class_id.tolist() == [CAR]
     np.testing.assert_allclose(a.xyxy[0], [12, 12, 84, 84], atol=0.5)  # 24/32 of 96, centred
     assert direct.name.startswith("vehicles.weights (darknet, sha256 ")
-    assert converted.name == f"vehicles.pt (checkpoint, sha256 {sha256_file(files['vehicles_pt'])[:12]})"
+    digest = sha256_file(files["vehicles_pt"])[:12]
+    assert converted.name == f"vehicles.pt (checkpoint, sha256 {digest})"
     plates = build(resolve(str(files["h5"]), "plates"), device="cpu")
     (p,) = plates.detect_crops([frame[:64, :64]], None, SIZE)
     assert p.class_id.tolist() == [PLATE]
