@@ -315,6 +315,28 @@ def test_companion_files_are_found_beside_the_model(files, tmp_path):
         resolve(str(tmp_path / "keras" / "three.h5"), "plates")
 
 
+def test_formats_of_extras_name_the_extra_or_their_config(tmp_path):
+    import importlib.util
+
+    ckpt = tmp_path / "cascade.pth"
+    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(1),
+                               "roi_head.bbox_head.0.fc_cls.bias": torch.zeros(3)},
+                "meta": {"classes": ["car", "plate"]}}, ckpt)
+    if importlib.util.find_spec("mmdet") is None:
+        with pytest.raises(ModelError, match=r"needs the mmdet extra: pip install "
+                                             r"'anonymize\[mmdet\]'"):
+            resolve(str(ckpt), "vehicles")
+    else:
+        with pytest.raises(ModelError, match="needs its config cascade.py beside it"):
+            resolve(str(ckpt), "vehicles")
+    serengil = tmp_path / "retinaface.pth"
+    torch.save({"conv0.weight": torch.zeros(1), "face_rpn_stride8.bbox_pred.bias": torch.zeros(1)},
+               serengil)
+    if importlib.util.find_spec("retinaface") is None:
+        with pytest.raises(ModelError, match="serengil extra"):
+            resolve(str(serengil), "faces")
+
+
 def test_forced_format(files):
     ref = resolve(str(files["biubug6"]), "faces", "biubug6")
     assert ref.format == "biubug6"
