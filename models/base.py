@@ -5,10 +5,26 @@ frame, in the frames' own pixel coordinates and canonical labels. Frames
 come as an N×H×W×3 uint8 RGB numpy array, a list of such images (sizes may
 differ), or a uint8 torch tensor N×H×W×3 already on the detector's device
 (GPU workers decode straight to device memory and skip a copy).
+
+The protocol is two calls, the same for every backend, so the pipeline can
+put any model in any slot (faces, one-stage plates, two-stage vehicles and
+plates-in-crops) without knowing where its weights came from:
+
+* ``detect(frames, thresh=None, size=None)``: whole frames;
+* ``detect_crops(crops, thresh=None, size=None)``: a list of image crops of
+  any sizes (the plate stage of the two-stage mode), boxes in each crop's
+  pixels.
+
+``thresh=None`` means the detector's own default score threshold;
+``size=None`` its own input size. Detectors whose input size is fixed by the
+model (a TorchScript graph that resizes internally, a 512×512 graph) accept
+``size`` and ignore it.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -56,12 +72,34 @@ def frames_to_numpy(frames: Frames) -> list[np.ndarray]:
 class Detector(ABC):
     """Base class: holds the torch module, its device and precision.
 
-    Subclasses implement :meth:`detect`. ``half`` is honoured on CUDA only
+    Subclasses implement :meth:`detect`; :meth:`detect_crops` defaults to
+    one :meth:`detect` call per crop, which is right for detectors that
+    batch only equal-sized images anyway. ``half`` is honoured on CUDA only
     (fp16 convolutions on CPU are slow or missing).
     """
 
     #: registry name, set by the builder
     name: str = "detector"
+    #: label ids (models.detections) this detector can return; None when not known.
+    #: The loader checks it against the slot a model is put in (a face model
+    #: passed as the plate model is refused).
+    labels: frozenset[int] | None = None
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        """A ``detect`` written without ``size`` (a fixed-input model) still
+        takes the protocol's ``size`` argument, and ignores it."""
+        super().__init_subclass__(**kwargs)
+        detect = cls.__dict__.get("detect")
+        if detect is None or "size" in inspect.signature(detect).parameters:
+            return
+
+        @functools.wraps(detect)
+        def sized(self, frames: Frames, thresh: float | None = None,
+                  size: int | None = None) -> list[Detections]:
+            return detect(self, frames, thresh)
+
+        del sized.__wrapped__  # its signature is the protocol's, not the wrapped one's
+        cls.detect = sized
 
     def __init__(self, device: str | torch.device | None = "cpu", half: bool = True):
         self.device = resolve_device(device)
@@ -77,9 +115,25 @@ class Detector(ABC):
         return module.half() if self.half else module
 
     @abstractmethod
-    def detect(self, frames: Frames, thresh: float | None = None) -> list[Detections]:
+    def detect(self, frames: Frames, thresh: float | None = None,
+               size: int | None = None) -> list[Detections]:
         """One :class:`Detections` per frame, boxes in that frame's pixels."""
 
-    def __call__(self, frames: Frames, thresh: float | None = None) -> list[Detections]:
+    def detect_crops(self, crops: Sequence[np.ndarray] | Sequence[torch.Tensor],
+                     thresh: float | None = None, size: int | None = None
+                     ) -> list[Detections]:
+        """One :class:`Detections` per crop (crops may differ in size), boxes in
+        that crop's pixels. Default: :meth:`detect` on each crop alone."""
+        out = []
         with torch.inference_mode():
-            return self.detect(frames, thresh)
+            for crop in crops:
+                if crop.shape[0] == 0 or crop.shape[1] == 0:
+                    out.append(Detections.empty())
+                else:
+                    out.append(self.detect([crop], thresh, size)[0])
+        return out
+
+    def __call__(self, frames: Frames, thresh: float | None = None,
+                 size: int | None = None) -> list[Detections]:
+        with torch.inference_mode():
+            return self.detect(frames, thresh, size)

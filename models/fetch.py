@@ -19,10 +19,12 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import torch
-
 from .errors import WeightsError
-from .registry import REGISTRY, ModelSpec, checkpoint_path, get
+from .registry import REGISTRY, ModelSpec, checkpoint_path
+
+# torch is imported where it is used: the loader's checks of model settings
+# (which import this module) run in `anonymize submit` too, before any model
+# is loaded, and should not pay for importing torch.
 
 
 def sha256_file(path: Path) -> str:
@@ -78,6 +80,8 @@ def _extract(spec: ModelSpec, archive: Path, dest: Path) -> dict[str, Path]:
 
 def convert_files(spec: ModelSpec, files: dict[str, Path]) -> Path:
     """Run the spec's converter over verified source files and save the checkpoint."""
+    import torch
+
     converter = spec.load_function("converter")
     try:
         checkpoint = converter(files)
@@ -98,9 +102,25 @@ def convert_files(spec: ModelSpec, files: dict[str, Path]) -> Path:
     return target
 
 
+def spec_of(name: str) -> ModelSpec:
+    """The registry record of ``name``, or a one-line WeightsError listing the names."""
+    if name not in REGISTRY:
+        known = ", ".join(n for n, s in REGISTRY.items() if s.source.kind != "file")
+        raise WeightsError(f"unknown model {name!r}; known: {known}")
+    return REGISTRY[name]
+
+
 def fetch(name: str, force: bool = False) -> Path:
-    """Make sure ``name``'s converted checkpoint exists; return its path."""
-    spec = get(name)
+    """Make sure ``name``'s converted checkpoint exists; return its path.
+
+    Only `anonymize models fetch` (and test set-up) calls this: loading a
+    model never fetches (models/loader.py). A record whose weights are the
+    user's own file has nothing to fetch: a WeightsError says so.
+    """
+    spec = spec_of(name)
+    if spec.source.kind == "file":
+        raise WeightsError(f"{name}: nothing to fetch, its weights are a file you supply; "
+                           f"pass the file's path as the model setting")
     target = checkpoint_path(name)
     if target.exists() and not force:
         return target
@@ -118,6 +138,8 @@ def fetch_all(names: list[str] | None = None, force: bool = False) -> dict[str, 
 
 def load_checkpoint(path: str | Path) -> dict:
     """Load a converted checkpoint (plain tensors and built-in types only)."""
+    import torch
+
     path = Path(path)
     if not path.exists():
         raise WeightsError(f"weights file not found: {path} (run `anonymize models fetch`)")

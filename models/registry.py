@@ -124,6 +124,13 @@ register(ModelSpec(
     notes="TFJS graph (fp16 weights) converted by the project's own TFJS reader",
 ))
 
+#: Formats of model files that ``--face-model`` / ``--plate-model`` /
+#: ``--vehicle-model`` accept (models/loader.py recognises and loads them).
+#: Listed here, free of torch, because the settings table offers them as the
+#: choices of ``--face-model-format`` and its siblings.
+FILE_FORMATS: tuple[str, ...] = ("checkpoint", "biubug6", "serengil", "ultralytics", "darknet",
+                                 "keras-h5", "torchscript", "mmdet")
+
 #: Default model per task: what `anonymize run` uses with no flags.
 DEFAULTS = {
     "faces": "retinaface-mobilenet0.25",

@@ -454,6 +454,7 @@ class RetinaFaceDetector(Detector):
     """
 
     name = "retinaface"
+    labels = frozenset({FACE})
 
     def __init__(self, model: RetinaFace, device="cpu", half: bool = True, *,
                  face_size: int | None = 1280, thresh: float = 0.5, nms_thresh: float = 0.4,
@@ -473,11 +474,13 @@ class RetinaFaceDetector(Detector):
         self.mean = torch.tensor(MEAN_BGR[::-1], device=self.device).view(1, 3, 1, 1)
         self._priors: dict[tuple[int, int], torch.Tensor] = {}
 
-    def input_size(self, height: int, width: int) -> tuple[int, int]:
-        """Network input (height, width) for a frame: long side -> ``face_size``."""
-        if not self.face_size:
+    def input_size(self, height: int, width: int, size: int | None = None) -> tuple[int, int]:
+        """Network input (height, width) for a frame: long side -> ``size`` (default
+        ``face_size``)."""
+        size = self.face_size if size is None else int(size)
+        if not size:
             return height, width
-        scale = self.face_size / max(height, width)
+        scale = size / max(height, width)
         return max(1, round(height * scale)), max(1, round(width * scale))
 
     def priors(self, height: int, width: int) -> torch.Tensor:
@@ -505,32 +508,35 @@ class RetinaFaceDetector(Detector):
             for start in range(0, len(idx), self.max_batch):
                 yield idx[start:start + self.max_batch], batch[start:start + self.max_batch]
 
-    def preprocess(self, batch: torch.Tensor) -> torch.Tensor:
+    def preprocess(self, batch: torch.Tensor, size: int | None = None) -> torch.Tensor:
         """N×H×W×3 uint8 RGB -> N×3×h×w float minus the training mean, resized.
 
         Stays RGB (see :func:`_rgb_input`); the uint8 -> float conversion
         and the mean subtraction are one pass when no resize is needed.
         """
         _, h, w, _ = batch.shape
-        nh, nw = self.input_size(h, w)
+        nh, nw = self.input_size(h, w, size)
         x = batch.permute(0, 3, 1, 2)  # a view; NHWC memory = channels_last
         if (nh, nw) != (h, w):
             x = F.interpolate(x.float(), size=(nh, nw), mode="bilinear", align_corners=False,
                               antialias=nh < h)
         return (x - self.mean).to(self.dtype).contiguous(memory_format=self.memory_format)
 
-    def detect(self, frames: Frames, thresh: float | None = None) -> list[Detections]:
+    def detect(self, frames: Frames, thresh: float | None = None,
+               size: int | None = None) -> list[Detections]:
+        """``size``: long side of the network input for this call (default ``face_size``)."""
         thresh = self.thresh if thresh is None else float(thresh)
         results: dict[int, Detections] = {}
         for idx, batch in self._batches(frames):
-            for i, det in zip(idx, self._detect_batch(batch, thresh), strict=True):
+            for i, det in zip(idx, self._detect_batch(batch, thresh, size), strict=True):
                 results[i] = det
         return [results[i] for i in range(len(results))]
 
     @torch.inference_mode()
-    def _detect_batch(self, batch: torch.Tensor, thresh: float) -> list[Detections]:
+    def _detect_batch(self, batch: torch.Tensor, thresh: float,
+                      size: int | None = None) -> list[Detections]:
         _, h, w, _ = batch.shape
-        x = self.preprocess(batch)
+        x = self.preprocess(batch, size)
         loc, conf, _ = self.model(x, landmarks=False)
         boxes = decode_boxes(loc.float(), self.priors(*x.shape[-2:]), self.cfg.variance)
         scores = conf[..., 1].float()

@@ -319,6 +319,7 @@ class YoloV3Detector(Detector):
         self._keep = torch.tensor(sorted(self.class_map), dtype=torch.long, device=self.device)
         self._labels = torch.tensor([self.class_map[i] for i in sorted(self.class_map)],
                                     dtype=torch.long, device=self.device)
+        self.labels = frozenset(self.class_map.values())
 
     def _class_map(self, class_map) -> dict[int, int]:
         if class_map is None:
@@ -334,9 +335,13 @@ class YoloV3Detector(Detector):
             raise ValueError(f"YOLOv3 input size must be a multiple of 32, got {size}")
         return size
 
-    def detect(self, frames: Frames, thresh: float | None = None) -> list[Detections]:
+    def detect(self, frames: Frames, thresh: float | None = None,
+               size: int | None = None) -> list[Detections]:
+        """Whole frames, each letterboxed to ``size`` (default ``input_size``; a
+        multiple of 32)."""
         images = frames_to_tensor(frames, self.device)
-        return self._run(images, self.thresh if thresh is None else thresh, self.input_size)
+        return self._run(images, self.thresh if thresh is None else thresh,
+                         self.input_size if size is None else int(size))
 
     def detect_crops(self, crops: Sequence[np.ndarray] | Sequence[torch.Tensor],
                      thresh: float | None = None, size: int | None = None) -> list[Detections]:

@@ -376,6 +376,7 @@ class YoloV8Detector(Detector):
             except ValueError:
                 ids.append(PLATE)  # a plate model's only class, whatever its name
         self.class_ids = torch.tensor(ids, dtype=torch.long)
+        self.labels = frozenset(ids)
 
     # -- preprocessing ------------------------------------------------------
     def _letterbox(self, images: torch.Tensor, size: int, square: bool):

@@ -27,17 +27,17 @@ from .settings import Settings
 MIN_CROP = 8  # vehicle boxes smaller than this (px) cannot hold a readable plate
 
 
-def load_detector(name: str, device: str | None, half: bool, **opts):
-    """Build a registry model from its converted checkpoint (fetched if absent)."""
-    from models.fetch import fetch
-    from models.registry import get
+def load_detector(name: str, device: str | None, half: bool, task: str | None = None,
+                  fmt: str = "auto", **opts):
+    """A detector for ``task`` from a registry name or a weights file (models/loader.py).
 
-    spec = get(name)
-    path = fetch(name)
-    builder = spec.load_function("builder")
-    detector = builder(path, device=device, half=half, **opts)
-    detector.name = name
-    return detector
+    Never downloads: a registry model must have been fetched (`anonymize
+    models fetch`), so a worker never reaches the network mid-job.
+    ``fmt`` forces a file's format; ``opts`` are pipeline hints (face_size).
+    """
+    from models.loader import load
+
+    return load(name, task, fmt, device=device, half=half, **opts)
 
 
 def vehicle_crops(frame: np.ndarray, vehicles: Detections, margin: float
@@ -84,11 +84,14 @@ class DetectionStack:
         want_plates = (s.plate_mode is not None) if plates is None else plates
         face_det = plate_det = vehicle_det = None
         if want_faces:
-            face_det = load_detector(s.face_model, device, s.half, face_size=s.face_size)
+            face_det = load_detector(s.face_model, device, s.half, "faces", s.face_model_format,
+                                     face_size=s.face_size)
         if want_plates:
-            plate_det = load_detector(s.plate_model, device, s.half)
+            plate_det = load_detector(s.plate_model, device, s.half, "plates",
+                                      s.plate_model_format)
             if s.plate_mode in ("two-stage", "both"):
-                vehicle_det = load_detector(s.vehicle_model, device, s.half)
+                vehicle_det = load_detector(s.vehicle_model, device, s.half, "vehicles",
+                                            s.vehicle_model_format)
         return cls(s, face_det, plate_det, vehicle_det)
 
     @property

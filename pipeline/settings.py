@@ -23,11 +23,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from models.registry import FILE_FORMATS
+
 ENV_PREFIX = "ANONYMIZE_"
 
 PLATE_MODES = ("both", "one-stage", "two-stage", "off")
 BLUR_MODES = ("blur", "pixelate", "solid")
 SHAPES = ("box", "ellipse")
+MODEL_FORMATS = ("auto", *FILE_FORMATS)
 BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True,
               "false": False, "0": False, "no": False, "off": False}
 
@@ -71,6 +74,13 @@ class Settings:
                             "weights file")
     vehicle_model: str = _opt("vehicles-centernet-mobilenetv3", "vehicle model of the "
                               "two-stage plate search: a registry name or a weights file")
+    face_model_format: str = _opt("auto", "format of a --face-model file: auto "
+                                  "(recognised from its content) or one of "
+                                  + ", ".join(FILE_FORMATS), choices=MODEL_FORMATS)
+    plate_model_format: str = _opt("auto", "format of a --plate-model file (as "
+                                   "--face-model-format)", choices=MODEL_FORMATS)
+    vehicle_model_format: str = _opt("auto", "format of a --vehicle-model file (as "
+                                     "--face-model-format)", choices=MODEL_FORMATS)
     # thresholds (research names)
     vehicle_thresh: float = _opt(0.2, "vehicle score threshold for two-stage, 0-1 "
                                  "(0.3 loses a fifth of the plates)", lo=0, hi=1)

@@ -73,7 +73,7 @@ class Client:
 
     def submit(self, source: str, settings, output: str | None = None) -> str:
         """Upload (or reference an ``s3://`` input in place), record and enqueue one job."""
-        from .jobs import source_key
+        from .jobs import source_key, upload_models
         from .state import new_job_id
 
         job = new_job_id()
@@ -85,6 +85,7 @@ class Client:
             if not path.is_file():
                 raise FileNotFoundError(f"input not found: {source}")
             source_url = self.storage.put_file(path, source_key(job, path.suffix.lower()))
+        settings = upload_models(self.storage, job, settings)  # model files travel with the job
         self.state.create(job, source_url=source_url, source_name=name,
                           settings=settings.to_dict(), storage_url=self.storage.url(),
                           output_ext=output_ext(name, output))

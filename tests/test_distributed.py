@@ -160,6 +160,31 @@ def test_job_output_equals_run_local(cluster, video, reference, tmp_path):
     assert f"jobs/{info['job']}/output.mp4" in keys
 
 
+def test_model_file_travels_to_the_workers(cluster, video, tmp_path):
+    """A face model given as a file (EgoBlur-style TorchScript, one face in the middle
+    of every frame) reaches the workers through S3 and is checked by its sha256."""
+    import torch
+
+    from models.fetch import sha256_file
+    from pipeline.settings import Settings
+    from tests.test_loader import FakeEgoBlur
+
+    path = tmp_path / "ego_face.jit"
+    torch.jit.save(torch.jit.script(FakeEgoBlur()), str(path))
+    digest = sha256_file(path)
+    client = cluster["client"]
+    settings = Settings.from_dict({**job_settings().to_dict(), "face_model": str(path)})
+    job = client.submit(str(video), settings, output="out.mp4")
+    info = client.wait(job, timeout=240)
+    assert info["status"] == "done", f"{info.get('error')} / {cluster['workers'][0].tail(3000)}"
+    client.download(job, tmp_path / "out.mp4")
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["models"] == {"faces": f"ego_face.jit (torchscript, sha256 {digest[:12]})"}
+    assert report["settings"]["face_model"].startswith(f"stored:jobs/{job}/models/{digest}.jit?")
+    assert report["detections"]["face"] == FRAMES
+    assert client.storage.list(f"jobs/{job}/models/") == []  # removed with the intermediates
+
+
 def test_non_video_fails_job_with_reason_and_worker_keeps_serving(cluster, tmp_path):
     bad = tmp_path / "notes.mp4"
     bad.write_text("this is not a video\n" * 50)

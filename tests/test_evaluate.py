@@ -368,12 +368,18 @@ def test_cli_runs_the_stack_it_is_given(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setitem(sys.modules, "pipeline.detect",
                         types.SimpleNamespace(DetectionStack=Recording))
+    import models.loader
+
+    # the model settings are checked before any image is read (no weights needed here)
+    monkeypatch.setattr(models.loader, "check_settings",
+                        lambda settings, fetched=True: seen.update(checked=settings))
     FakeStack.calls = []
     rc = main(["eval", "--dataset", str(tmp_path / "ds"), "--out-dir", str(tmp_path / "out"),
                "--mode", "one-stage", "--lp-thresh", "0.25", "--mask-scale", "1.1",
                "--batch-size", "2", "--device", "cpu"])
     assert rc == 0
     s = seen["settings"]
+    assert seen["checked"] is s
     assert (s.faces, s.plates, s.plate_mode) == (False, "one-stage", "one-stage")
     assert (s.lp_thresh, s.mask_scale, s.batch_size) == (0.25, 1.1, 2)
     assert FakeStack.calls == [2]

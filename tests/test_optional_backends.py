@@ -30,8 +30,9 @@ def test_user_models_are_registered_as_files():
     from models.registry import REGISTRY
 
     names = register_user_models()
-    assert set(names) == {"yolov3-darknet", "yolov3-keras", "mmdet", "serengil-retinaface",
-                          "egoblur-face", "egoblur-plate"}
+    assert set(names) == {"retinaface-biubug6", "yolov8-ultralytics", "yolov3-darknet",
+                          "yolov3-keras", "mmdet", "serengil-retinaface", "egoblur-face",
+                          "egoblur-plate"}
     assert register_user_models() == names  # idempotent
     for name in names:
         spec = REGISTRY[name]

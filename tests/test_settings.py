@@ -26,6 +26,8 @@ SAMPLES = {
     "face_model": ("retinaface-mobilenet0.25", "retinaface-mobilenet0.25"),
     "plate_model": ("plate-yolov8n-safelicensing", "plate-yolov8n-safelicensing"),
     "vehicle_model": ("vehicles-centernet-mobilenetv3", "vehicles-centernet-mobilenetv3"),
+    "face_model_format": ("biubug6", "biubug6"), "plate_model_format": ("darknet", "darknet"),
+    "vehicle_model_format": ("keras-h5", "keras-h5"),
     "vehicle_thresh": ("0.35", 0.35), "lp_thresh": ("0.05", 0.05), "face_thresh": ("0.4", 0.4),
     "nms_thresh": ("0.6", 0.6), "face_size": ("640", 640), "plate_size": ("1280", 1280),
     "crop_size": ("416", 416), "crop_margin": ("0.2", 0.2), "fill_frames": ("3", 3),

@@ -102,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
     faces = mode == "faces"
     settings = settings_from_args(args, faces=faces, plates="off" if faces else mode)
 
+    from models.loader import check_settings
+
+    check_settings(settings)  # a bad model setting fails before any image is read
+
     from pipeline.detect import DetectionStack
 
     t0 = time.perf_counter()

@@ -8,8 +8,9 @@ from .images import anonymize_images
 from .options import add_settings_arguments, settings_from_args
 
 #: settings of the plate search, which this command never runs
-PLATE_SETTINGS = ("faces", "plates", "plate_model", "vehicle_model", "vehicle_thresh",
-                  "lp_thresh", "plate_size", "crop_size", "crop_margin", "nms_thresh")
+PLATE_SETTINGS = ("faces", "plates", "plate_model", "vehicle_model", "plate_model_format",
+                  "vehicle_model_format", "vehicle_thresh", "lp_thresh", "plate_size",
+                  "crop_size", "crop_margin", "nms_thresh")
 
 HELP = "detect and blur faces in a folder of frames, writing the research face pickle"
 
@@ -24,9 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from models.loader import check_settings
     from pipeline.images import write_face_pickle
 
     settings = settings_from_args(args, faces=True, plates="off")
+    check_settings(settings)  # a bad model setting fails before any frame is read
     found = anonymize_images(args.frames_dir, args.save_dir, settings, args.quiet, unit="frame")
     pkl = write_face_pickle(Path(args.save_dir), found, Path(args.frames_dir))
     n = sum(len(d) for d in found.values())

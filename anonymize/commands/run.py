@@ -32,11 +32,13 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from models.loader import check_settings
     from pipeline.plan import prepare_local
 
     source, output = Path(args.input), Path(args.output)
     settings = settings_from_args(args)
-    # every check on the user's files before any model loads or frame is decoded
+    # every check on the user's settings and files before any model loads or frame is decoded
+    check_settings(settings)
     manifest = prepare_local(source, output, settings, args.detections_dir)
     for s in manifest.dropped_streams:
         warn(f"{s['type']} stream {s['index']} ({s['codec']}) of {source} is not in the "

@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from tasks.client import load_cluster_env
 
     load_cluster_env()
+    from models.loader import check_settings
     from tasks.client import Client
 
     from .options import settings_from_args
@@ -72,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
     if args.output and not args.wait:
         raise ValueError("-o/--output needs --wait")
     settings = settings_from_args(args)
+    # before anything is uploaded; registry names must be fetched on the workers,
+    # not here, and model files travel with the job
+    check_settings(settings, fetched=False)
     for source in args.inputs:  # the user's files, checked before anything is uploaded
         _check_input(source, _destination(args, source), settings)
     client = Client()

@@ -36,6 +36,24 @@ def no_conversion(files: dict[str, Path]) -> dict:
 
 _USER_MODELS = (
     ModelSpec(
+        name="retinaface-biubug6", task="faces", source=Source("file"),
+        licence="user-supplied; biubug6/Pytorch_Retinaface code and released weights MIT "
+                "(trained on WIDER FACE, research use terms of the dataset)",
+        classes=("face",), input_size="any (long side scaled to --face-size, default 1280)",
+        converter="models.optional:no_conversion", builder="models.retinaface:build",
+        notes="mobilenet0.25_Final.pth / Resnet50_Final.pth state dicts (DataParallel "
+              "`module.` prefixes are stripped); loaded as they are"),
+    ModelSpec(
+        name="yolov8-ultralytics", task="plates", source=Source("file"),
+        licence="user-supplied; weights trained with Ultralytics (AGPL-3.0 code, never "
+                "imported here); check the weights' own terms",
+        classes=("plate", "car", "motorcycle", "bus", "truck", "face"),
+        input_size="640 letterbox (crops at 320 in two-stage)",
+        converter="models.yolov8:convert_ultralytics_checkpoint",
+        builder="models.yolov8:build",
+        notes="Ultralytics YOLOv8 training checkpoint (.pt), read with the restricted "
+              "unpickler and converted when loaded; single-class models count as plates"),
+    ModelSpec(
         name="yolov3-darknet", task="vehicles", source=Source("file"),
         licence="user-supplied; darknet YOLOv3 reference weights are public domain (YOLO licence)",
         classes=("car", "motorcycle", "bus", "truck", "plate"),

@@ -44,6 +44,7 @@ class EgoBlurDetector(Detector):
             raise ValueError(f"channels must be BGR or RGB, not {channels!r}")
         self.module = load_torchscript(path, self.device)
         self.label = int(label)
+        self.labels = frozenset({self.label})
         self.thresh = float(thresh)
         self.nms_iou = float(nms_iou)
         self.channels = channels
@@ -55,7 +56,9 @@ class EgoBlurDetector(Detector):
         boxes, scores = (out[0], out[2]) if len(out) == 4 else (out[0], out[3])
         return boxes.reshape(-1, 4).float(), scores.reshape(-1).float()
 
-    def detect(self, frames: Frames, thresh: float | None = None) -> list[Detections]:
+    def detect(self, frames: Frames, thresh: float | None = None,
+               size: int | None = None) -> list[Detections]:
+        """``size`` is ignored: the TorchScript model resizes each frame itself."""
         thresh = self.thresh if thresh is None else float(thresh)
         results = []
         with torch.inference_mode():

@@ -170,8 +170,11 @@ class MMDetDetector(Detector):
 
         self.class_map = {int(k): (LABEL_IDS[v] if isinstance(v, str) else int(v))
                           for k, v in cmap.items()}
+        self.labels = frozenset(self.class_map.values())
 
-    def detect(self, frames: Frames, thresh: float | None = None) -> list[Detections]:
+    def detect(self, frames: Frames, thresh: float | None = None,
+               size: int | None = None) -> list[Detections]:
+        """``size`` is ignored: the mmdet config's test pipeline resizes."""
         thresh = self.thresh if thresh is None else float(thresh)
         images = [np.ascontiguousarray(f[..., ::-1]) for f in frames_to_numpy(frames)]  # BGR
         if not images:

@@ -57,6 +57,7 @@ def _load_package():
 
 class SerengilRetinaFace(Detector):
     name = "serengil-retinaface"
+    labels = frozenset({FACE})
 
     def __init__(self, weights: str | Path | None = None, device="cpu", half: bool = True,
                  thresh: float = 0.9, allow_upscaling: bool = True):
@@ -76,7 +77,9 @@ class SerengilRetinaFace(Detector):
         self.thresh = float(thresh)
         self.allow_upscaling = bool(allow_upscaling)
 
-    def detect(self, frames: Frames, thresh: float | None = None) -> list[Detections]:
+    def detect(self, frames: Frames, thresh: float | None = None,
+               size: int | None = None) -> list[Detections]:
+        """``size`` is ignored: the package scales each frame its own way."""
         thresh = self.thresh if thresh is None else float(thresh)
         frames = frames_to_numpy(frames)
         results = []
