@@ -250,6 +250,8 @@ class Worker(Server):
         env.update(self.extra_env)
         env.setdefault("OMP_NUM_THREADS", "1")
         env["PYTHONUNBUFFERED"] = "1"
+        # this checkout's code, whichever checkout the `anonymize` script was installed from
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
         return env
 
     def ready(self):

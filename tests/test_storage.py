@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from pipeline.storage import LocalStorage, S3Storage, open_storage, split_url
+from tasks.storage import LocalStorage, S3Storage, open_storage, split_url
 from tests.servers import redis_server, s3_server, servers_dir  # noqa: F401
 
 MiB = 1024 * 1024
