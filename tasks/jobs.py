@@ -145,6 +145,9 @@ def run_split(ctx: Context, job_id: str) -> int:
             part = video.split_segment(source, manifest.info, seg, tmp / f"{seg.index}.mkv")
             ctx.storage.put_file(part, segment_key(job_id, seg.index))
             part.unlink()
+        # the user's name, not this worker's temporary copy: a redelivered split
+        # writes the same manifest
+        manifest.info.path = manifest.source_name
         ctx.storage.put_json(manifest.to_dict(), manifest_key(job_id))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
