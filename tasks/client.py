@@ -118,6 +118,7 @@ class Client:
         from .jobs import source_key
         from .state import new_job_id
 
+        store = self.storage  # checked now, even for an input used in place: results go there
         job = new_job_id()
         name = PurePosixPath(source).name
         if source.startswith("s3://"):
@@ -127,7 +128,7 @@ class Client:
             if not path.is_file():
                 raise FileNotFoundError(f"input not found: {source}")
             with self._reaching("storage", self.storage_url):
-                source_url = self.storage.put_file(path, source_key(job, path.suffix.lower()))
+                source_url = store.put_file(path, source_key(job, path.suffix.lower()))
         with self._reaching("job state", self.service.state_url):
             self.state.create(job, source_url=source_url, source_name=name,
                               settings=settings.to_dict(), storage_url=self.storage_url,

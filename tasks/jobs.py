@@ -138,8 +138,7 @@ def run_split(ctx: Context, job_id: str) -> int:
             manifest = plan(source, settings, job.get("output_ext") or ".mp4")
         except video.VideoError as exc:  # name the user's file, not our temporary copy
             name = job.get("source_name") or "input"
-            raise video.VideoError(str(exc).replace(f"'{source}'", name)
-                                   .replace(str(source), name)) from None
+            raise video.VideoError(str(exc).replace(str(source), name)) from None
         manifest.source_name = job.get("source_name") or manifest.source_name
         for seg in manifest.segments:
             part = video.split_segment(source, manifest.info, seg, tmp / f"{seg.index}.mkv")
@@ -177,6 +176,7 @@ def run_process(ctx: Context, job_id: str, index: int, stack=None) -> bool:
     """Anonymize one segment and upload its video and detections. Returns whether the
     job still wanted it."""
     from pipeline.process import process_segment
+    from pipeline.video import VideoError
 
     from . import runtime
 
@@ -197,7 +197,10 @@ def run_process(ctx: Context, job_id: str, index: int, stack=None) -> bool:
 
     try:
         part = ctx.storage.get_file(segment_key(job_id, index), tmp / "segment.mkv")
-        result = process_segment(part, manifest, index, stack, tmp / "out.mp4", progress)
+        try:
+            result = process_segment(part, manifest, index, stack, tmp / "out.mp4", progress)
+        except VideoError as exc:  # name the user's file, not this worker's temporary copy
+            raise VideoError(str(exc).replace(str(part), manifest.source_name)) from None
         ctx.storage.put_file(tmp / "out.mp4", out_key(job_id, index))
         ctx.storage.put_json(result.to_dict(), detections_key(job_id, index))
     finally:

@@ -151,9 +151,11 @@ class RedisServer(Server):
         self.port = port or free_port()
 
     def command(self):
+        # an append-only file, as deploy/ runs Redis: a restart (stop, start) keeps the
+        # queues, the unacknowledged messages and the job states
         return [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
-                "--protected-mode", "no"]
+                "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+                "--dir", str(self.workdir), "--protected-mode", "no"]
 
     def ready(self):
         return port_open(self.port)
