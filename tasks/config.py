@@ -19,10 +19,13 @@ Reliability choices (why each is set):
   sweep after that, every ``unacked_restore_interval x unacked_restore_throttle``
   seconds (kombu 5.7; set by ``ANONYMIZE_UNACKED_RESTORE_INTERVAL`` /
   ``ANONYMIZE_UNACKED_RESTORE_THROTTLE``; tests use small values).
-- Broker outages: a worker reconnects by itself (``broker_connection_retry``,
-  up to ``broker_connection_max_retries`` attempts), and a task that enqueues
-  the next step while the broker restarts keeps trying for about half a minute
-  (``task_publish_retry_policy``) instead of failing the step.
+- Broker outages: a worker reconnects by itself, for as long as it takes
+  (``broker_connection_max_retries = None``); a batch running meanwhile goes
+  on (``worker_cancel_long_running_tasks_on_connection_loss = False``, stated
+  because Celery 6 turns it on: cancelling would throw away a GPU batch that
+  can still be acknowledged after the reconnect, as the Redis-restart test
+  shows); a task that enqueues the next step while the broker restarts keeps
+  trying for about half a minute (``task_publish_retry_policy``).
 - json only: no pickles from the network.
 """
 
@@ -76,6 +79,7 @@ def celery_config(service: ServiceSettings, environ: dict[str, str] | None = Non
         "broker_connection_retry": True,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,  # a worker waits for its broker to return
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_publish_retry": True,
         "task_publish_retry_policy": WORKER_PUBLISH_RETRY,
         "task_serializer": "json",
