@@ -131,7 +131,7 @@ class Client:
                 source_url = store.put_file(path, source_key(job, path.suffix.lower()))
         with self._reaching("job state", self.service.state_url):
             self.state.create(job, source_url=source_url, source_name=name,
-                              settings=settings.to_dict(), storage_url=self.storage_url,
+                              settings=settings.to_dict(), storage_url=store.url(),
                               output_ext=output_ext(name, output))
         self._send(SPLIT, (job, self.storage_url))
         return job
