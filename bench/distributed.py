@@ -118,10 +118,9 @@ def main() -> int:
             seconds, ok = submit(f"w{n}")
             rows.append((f"submit --wait, {n} worker(s)", seconds, "yes" if ok else "NO"))
 
-        from tasks import runtime
+        from tasks.state import JobState
 
-        runtime.reset()
-        state = runtime.job_state()
+        state = JobState(redis.url)
         for trial in range(args.trials):
             victim = workers[trial % len(workers)]
 

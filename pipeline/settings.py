@@ -34,13 +34,23 @@ MODEL_FORMATS = ("auto", *FILE_FORMATS)
 BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True,
               "false": False, "0": False, "no": False, "off": False}
 
-#: ``ANONYMIZE_*`` variables that are not anonymization settings, and who reads them
+#: ``ANONYMIZE_*`` variables that are not anonymization settings, and who reads them.
+#: The distributed path's are read by ``tasks/`` (``tasks.service.ServiceSettings``,
+#: ``tasks.config``); they are named here only so that the strict check below accepts
+#: them (a test keeps the two lists equal).
 OTHER_ENV = {
     "ANONYMIZE_CONFIG": "settings file read before the environment (same as --config)",
     "ANONYMIZE_MODELS_DIR": "cache of fetched and converted model weights",
     "ANONYMIZE_CLUSTER_ENV": "file of service variables written by `make up`",
     "ANONYMIZE_WORKER_DEVICE": "device of a worker's pool processes (`worker --device`)",
     "ANONYMIZE_RUNTIME": "inference backend on CPU: auto, torch, onnxruntime or openvino",
+    "ANONYMIZE_BROKER_URL": "distributed path: the task queue's server",
+    "ANONYMIZE_RESULT_BACKEND": "distributed path: where task results and job state live",
+    "ANONYMIZE_STORAGE_URL": "distributed path: object storage of job files",
+    "ANONYMIZE_S3_ENDPOINT_URL": "distributed path: endpoint of a non-AWS object store",
+    "ANONYMIZE_VISIBILITY_TIMEOUT": "distributed path: seconds before a task is handed out again",
+    "ANONYMIZE_TASK_MAX_RETRIES": "distributed path: retries of a failing task",
+    "ANONYMIZE_WORKER_MAX_MEMORY_MB": "distributed path: pool process memory limit",
     "ANONYMIZE_UNACKED_RESTORE_INTERVAL": "kombu Redis transport: restore sweep interval",
     "ANONYMIZE_UNACKED_RESTORE_THROTTLE": "kombu Redis transport: restore sweep throttle",
     "ANONYMIZE_UNACKED_MUTEX_EXPIRE": "kombu Redis transport: restore mutex expiry",
@@ -190,7 +200,7 @@ FIELDS: dict[str, Any] = {f.name: f for f in fields(Settings)}
 def env_names() -> set[str]:
     """Every ``ANONYMIZE_*`` variable the project reads."""
     from_settings = {ENV_PREFIX + name.upper() for name in FIELDS}
-    return from_settings | set(ServiceSettings.ENV.values()) | set(OTHER_ENV)
+    return from_settings | set(OTHER_ENV)
 
 
 def check_environment(env: dict[str, str] | os._Environ) -> None:
@@ -302,46 +312,3 @@ def describe(settings: Settings, sources: dict[str, str]) -> str:
         value = json.dumps(getattr(settings, name))
         lines.append(f"{name}:{' ' * (width - len(name))} {value:<32} # {sources[name]}")
     return "\n".join(lines)
-
-
-@dataclass
-class ServiceSettings:
-    """Where the distributed path finds its servers. Read from the environment only;
-    these names are the ones deploy/ (compose, Kubernetes) sets."""
-
-    broker_url: str = "redis://127.0.0.1:6379/0"
-    result_backend: str = ""  # defaults to broker_url
-    storage_url: str = "file://./anonymize-store"  # or s3://bucket/prefix
-    s3_endpoint_url: str = ""  # empty: AWS; else MinIO/SeaweedFS endpoint
-    visibility_timeout: int = 3600  # seconds; must exceed the longest batch
-    task_max_retries: int = 3
-    worker_max_memory_mb: int = 0  # per pool child, 0 = unlimited
-    extra: dict[str, str] = field(default_factory=dict)
-
-    ENV = {
-        "broker_url": "ANONYMIZE_BROKER_URL",
-        "result_backend": "ANONYMIZE_RESULT_BACKEND",
-        "storage_url": "ANONYMIZE_STORAGE_URL",
-        "s3_endpoint_url": "ANONYMIZE_S3_ENDPOINT_URL",
-        "visibility_timeout": "ANONYMIZE_VISIBILITY_TIMEOUT",
-        "task_max_retries": "ANONYMIZE_TASK_MAX_RETRIES",
-        "worker_max_memory_mb": "ANONYMIZE_WORKER_MAX_MEMORY_MB",
-    }
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> ServiceSettings:
-        env = os.environ if environ is None else environ
-        out = cls()
-        for name, var in cls.ENV.items():
-            if var in env and env[var] != "":
-                current = getattr(out, name)
-                if isinstance(current, int):
-                    try:
-                        setattr(out, name, int(env[var]))
-                    except ValueError:
-                        raise SettingsError(f"{var}: {env[var]!r} is not a whole number") from None
-                else:
-                    setattr(out, name, env[var])
-        if not out.result_backend:
-            out.result_backend = out.broker_url
-        return out

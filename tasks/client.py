@@ -1,7 +1,7 @@
 """The client side of the distributed path: submit a video, follow it, fetch the result.
 
 Used by ``anonymize submit|status|cancel`` and by the benchmarks. Where the
-servers are comes from the environment (``ServiceSettings``); when
+servers are comes from the environment (``tasks.service.ServiceSettings``); when
 ``ANONYMIZE_BROKER_URL`` is not set, the file ``.cluster/env`` written by
 ``make up`` (``deploy/local/cluster.sh``) is read first, so that on a
 one-machine cluster ``anonymize submit video.mp4 --wait`` just works.
@@ -15,7 +15,11 @@ import os
 import shlex
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path, PurePosixPath
+
+from models.errors import one_line
 
 CLUSTER_ENV = Path(".cluster") / "env"
 VIDEO_EXTS = (".mp4", ".mkv", ".mov", ".m4v")
@@ -54,28 +58,67 @@ def output_ext(source_name: str, output: str | None) -> str:
 
 
 class Client:
-    """Submits and follows jobs against one broker/state Redis and one storage."""
+    """Submits and follows jobs against one broker/state Redis and one storage.
 
-    def __init__(self, service=None):
-        from pipeline.settings import ServiceSettings
-        from pipeline.storage import open_storage
+    Built from ServiceSettings (the environment's by default); checks at once that
+    the broker and the job-state Redis answer, and checks the storage on first use,
+    so an unreachable server is a one-line :class:`~tasks.service.ServiceError`
+    within seconds. Nothing here retries for long: a client is a person waiting.
+    """
 
-        from . import runtime
-        from .app import make_app
+    def __init__(self, service=None, check: bool = True):
+        from .app import configure
+        from .service import ServiceSettings, check_services
+        from .state import JobState
 
         self.service = service or ServiceSettings.from_env()
-        # an app of its own: the module-level one was configured from the
-        # environment at import time, which may predate this client's settings
-        self.app = make_app(self.service)
+        if check:
+            check_services(self.service, storage=False)
+        self.app = configure(self.service)
         self.storage_url = self.service.storage_url
-        self.storage = open_storage(self.storage_url)
-        self.state = runtime.job_state()
+        self.state = JobState(self.service.state_url)
+
+    @cached_property
+    def storage(self):
+        from .service import check_storage
+
+        check_storage(self.storage_url, self.service.s3_endpoint_url)
+        return self._open(self.storage_url)
+
+    def _open(self, url: str):
+        from .storage import open_storage
+
+        return open_storage(url, endpoint_url=self.service.s3_endpoint_url or None,
+                            **({"retry_seconds": 10} if url.startswith("s3://") else {}))
+
+    @contextmanager
+    def _reaching(self, what: str, url: str):
+        """Redis or storage failing after the start-up check: still one line."""
+        import redis
+
+        from .service import ServiceError, redact
+        from .storage import StorageError
+
+        try:
+            yield
+        except (redis.RedisError, StorageError) as exc:
+            raise ServiceError(f"lost the {what} at {redact(url)} ({one_line(exc)})") from None
+
+    def _send(self, name: str, args: tuple) -> None:
+        """Publish one task on a connection of this client's own: one attempt, no
+        retry loop, nothing left open."""
+        with self._reaching("broker", self.service.broker_url), \
+                self.app.connection_for_write(self.service.broker_url) as conn:
+            self.app.send_task(name, args=args, connection=conn, retry=False,
+                               ignore_result=True)
 
     def submit(self, source: str, settings, output: str | None = None) -> str:
         """Upload (or reference an ``s3://`` input in place), record and enqueue one job."""
+        from .config import SPLIT
         from .jobs import source_key, upload_models
         from .state import new_job_id
 
+        store = self.storage  # checked now, even for an input used in place: results go there
         job = new_job_id()
         name = PurePosixPath(source).name
         if source.startswith("s3://"):
@@ -84,29 +127,56 @@ class Client:
             path = Path(source)
             if not path.is_file():
                 raise FileNotFoundError(f"input not found: {source}")
-            source_url = self.storage.put_file(path, source_key(job, path.suffix.lower()))
-        settings = upload_models(self.storage, job, settings)  # model files travel with the job
-        self.state.create(job, source_url=source_url, source_name=name,
-                          settings=settings.to_dict(), storage_url=self.storage.url(),
-                          output_ext=output_ext(name, output))
-        self.app.send_task("anonymize.split", args=(job, self.storage_url))
+            with self._reaching("storage", self.storage_url):
+                source_url = store.put_file(path, source_key(job, path.suffix.lower()))
+        with self._reaching("storage", self.storage_url):
+            settings = upload_models(store, job, settings)  # model files travel with the job
+        with self._reaching("job state", self.service.state_url):
+            self.state.create(job, source_url=source_url, source_name=name,
+                              settings=settings.to_dict(), storage_url=store.url(),
+                              output_ext=output_ext(name, output))
+        self._send(SPLIT, (job, self.storage_url))
         return job
 
+    def workers(self, timeout: float = 2.0) -> list[dict]:
+        """Ping replies of the workers listening on this broker."""
+        with self._reaching("broker", self.service.broker_url), \
+                self.app.connection_for_write(self.service.broker_url) as conn:
+            return self.app.control.ping(timeout=timeout, connection=conn)
+
     def get(self, job: str) -> dict:
-        info = self.state.get(job)
+        with self._reaching("job state", self.service.state_url):
+            info = self.state.get(job)
         if info is None:
             raise ValueError(f"unknown job: {job}")
         return info
 
+    def jobs(self) -> list[str]:
+        with self._reaching("job state", self.service.state_url):
+            return self.state.jobs()
+
     def wait(self, job: str, on_update: Callable[[dict], None] | None = None,
-             poll: float = 0.5, timeout: float | None = None) -> dict:
+             poll: float = 0.5, timeout: float | None = None, outage: float = 60.0) -> dict:
+        """Poll until the job is final. A job-state Redis that stops answering (a
+        restart) is waited for up to ``outage`` seconds before giving up."""
+        from .service import ServiceError
+
         deadline = None if timeout is None else time.monotonic() + timeout
+        lost_since = None
         while True:
-            info = self.get(job)
-            if on_update:
-                on_update(info)
-            if info["status"] in ("done", "failed", "cancelled"):
-                return info
+            try:
+                info = self.get(job)
+                lost_since = None
+            except ServiceError:
+                lost_since = lost_since or time.monotonic()
+                if time.monotonic() - lost_since > outage:
+                    raise
+                info = None
+            if info is not None:
+                if on_update:
+                    on_update(info)
+                if info["status"] in ("done", "failed", "cancelled"):
+                    return info
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job} not finished after {timeout:.0f}s")
             time.sleep(poll)
@@ -115,17 +185,20 @@ class Client:
         from .jobs import job_prefix
 
         self.get(job)
-        changed = self.state.cancel(job)
+        with self._reaching("job state", self.service.state_url):
+            changed = self.state.cancel(job)
         if delete:
-            self.storage.delete_prefix(job_prefix(job))
+            with self._reaching("storage", self.storage_url):
+                self.storage.delete_prefix(job_prefix(job))
         return changed
 
     def download(self, job: str, output: str | Path, records_dir: str | Path | None = None
                  ) -> dict[str, Path]:
         """Fetch the result video to ``output`` and the records (pickles, JSON, report)
         beside it or into ``records_dir``."""
-        from pipeline.storage import open_storage, split_url
         from pipeline.video.output import atomic_output
+
+        from .storage import split_url
 
         info = self.get(job)
         if info["status"] != "done":
@@ -134,10 +207,11 @@ class Client:
         records_dir = Path(records_dir) if records_dir else output.parent
         got = {}
         base, key = split_url(info["output_url"])
-        with atomic_output(output) as partial:  # never a half-downloaded file under its name
-            open_storage(base).get_file(key, partial)
+        with self._reaching("storage", base), atomic_output(output) as partial:
+            self._open(base).get_file(key, partial)  # never half a file under its name
         got["output"] = output
         for name, url in {**info.get("files", {}), "report": info["report_url"]}.items():
             base, key = split_url(url)
-            got[name] = open_storage(base).get_file(key, records_dir / key)
+            with self._reaching("storage", base):
+                got[name] = self._open(base).get_file(key, records_dir / key)
         return got

@@ -2,7 +2,8 @@
 
 Each step is a plain function of a :class:`Context` (storage, job state, a
 way to enqueue the next step), so it can run and be tested without a broker;
-the Celery tasks at the bottom only add retries and failure handling.
+the Celery tasks at the bottom only build the Context and leave retries to
+Celery (:class:`JobTask`).
 
 Object keys are deterministic (``jobs/<job>/segments/<i>.mkv``,
 ``jobs/<job>/out/<i>.mp4``, ``jobs/<job>/detections/<i>.json``, …): a task
@@ -26,10 +27,17 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .app import app
+from celery import Task
+from celery.exceptions import Reject
+
+from models.errors import one_line
+
+from .app import app, service
+from .config import PROCESS, REASSEMBLE, SPLIT
 from .state import JobState
 
 log = logging.getLogger(__name__)
@@ -157,7 +165,7 @@ def permanent_errors() -> tuple[type[BaseException], ...]:
 class Context:
     """What a step needs from the outside world."""
 
-    storage: object  # pipeline.storage.Storage
+    storage: object  # tasks.storage.Storage
     state: JobState
     enqueue: Callable[[str, tuple], None]  # (task name, args)
     workdir: str | None = None
@@ -167,7 +175,7 @@ class Context:
 
 
 def _fetch_source(ctx: Context, job: dict, dest_dir: Path) -> Path:
-    from pipeline.storage import open_storage, split_url
+    from .storage import open_storage, split_url
 
     name = PurePosixPath(job.get("source_name") or "source").name
     local = dest_dir / ("source" + PurePosixPath(name).suffix)
@@ -210,13 +218,15 @@ def run_split(ctx: Context, job_id: str) -> int:
             manifest = plan(source, settings, job.get("output_ext") or ".mp4")
         except video.VideoError as exc:  # name the user's file, not our temporary copy
             name = job.get("source_name") or "input"
-            raise video.VideoError(str(exc).replace(f"'{source}'", name)
-                                   .replace(str(source), name)) from None
+            raise video.VideoError(str(exc).replace(str(source), name)) from None
         manifest.source_name = job.get("source_name") or manifest.source_name
         for seg in manifest.segments:
             part = video.split_segment(source, manifest.info, seg, tmp / f"{seg.index}.mkv")
             ctx.storage.put_file(part, segment_key(job_id, seg.index))
             part.unlink()
+        # the user's name, not this worker's temporary copy: a redelivered split
+        # writes the same manifest
+        manifest.info.path = manifest.source_name
         ctx.storage.put_json(manifest.to_dict(), manifest_key(job_id))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -225,7 +235,7 @@ def run_split(ctx: Context, job_id: str) -> int:
                                 frames_total=manifest.info.n_frames):
         return 0  # cancelled meanwhile
     for seg in manifest.segments:
-        ctx.enqueue("anonymize.process", (job_id, seg.index))
+        ctx.enqueue(PROCESS, (job_id, seg.index))
     return n
 
 
@@ -246,6 +256,7 @@ def run_process(ctx: Context, job_id: str, index: int, stack=None) -> bool:
     """Anonymize one segment and upload its video and detections. Returns whether the
     job still wanted it."""
     from pipeline.process import process_segment
+    from pipeline.video import VideoError
 
     from . import runtime
 
@@ -267,7 +278,10 @@ def run_process(ctx: Context, job_id: str, index: int, stack=None) -> bool:
 
     try:
         part = ctx.storage.get_file(segment_key(job_id, index), tmp / "segment.mkv")
-        result = process_segment(part, manifest, index, stack, tmp / "out.mp4", progress)
+        try:
+            result = process_segment(part, manifest, index, stack, tmp / "out.mp4", progress)
+        except VideoError as exc:  # name the user's file, not this worker's temporary copy
+            raise VideoError(str(exc).replace(str(part), manifest.source_name)) from None
         ctx.storage.put_file(tmp / "out.mp4", out_key(job_id, index))
         ctx.storage.put_json(result.to_dict(), detections_key(job_id, index))
     finally:
@@ -276,7 +290,7 @@ def run_process(ctx: Context, job_id: str, index: int, stack=None) -> bool:
         ctx.state.add_frames(job_id, pending[0])
     done = ctx.state.segment_done(job_id, index)
     if done >= len(manifest.segments) and not ctx.state.is_final(job_id):
-        ctx.enqueue("anonymize.reassemble", (job_id,))
+        ctx.enqueue(REASSEMBLE, (job_id,))
     return True
 
 
@@ -334,63 +348,90 @@ def _context(store_url: str) -> Context:
     return Context(runtime.storage(store_url), runtime.job_state(), enqueue)
 
 
-def _backoff(attempt: int) -> float:
-    return min(2.0 * 2 ** attempt, 60.0)
-
-
-def _guarded(task, what: str, job_id: str, fn):
-    """Run a step: permanent errors fail the job; others are retried with backoff,
-    a bounded number of times, then fail the job with the reason."""
-    from pipeline.settings import ServiceSettings
-
-    state = task._ctx.state
+@contextmanager
+def _permanent_as_such():
+    """Turn errors that retrying cannot fix into :class:`PermanentError`, which Celery
+    does not retry. Done here rather than in ``dont_autoretry_for`` because those
+    classes live in modules that load PyAV and torch, which the worker's parent
+    process (where Celery builds its tasks) must not import."""
     try:
-        return fn()
+        yield
+    except PermanentError:
+        raise
     except permanent_errors() as exc:
-        log.warning("job %s: %s failed permanently: %s", job_id, what, exc)
-        state.fail(job_id, f"{what}: {_one_line(exc)}")
-        return None
-    except Exception as exc:
-        attempt = task.request.retries
-        limit = ServiceSettings.from_env().task_max_retries
-        reason = _one_line(exc)
-        if what.startswith("segment "):
-            state.segment_failed(job_id, int(what.split()[1]), reason, attempt + 1)
-        if attempt >= limit:
-            log.error("job %s: %s failed after %d attempts: %s", job_id, what, attempt + 1, reason)
-            state.fail(job_id, f"{what} failed after {attempt + 1} attempts: {reason}")
-            return None
-        log.warning("job %s: %s failed (%s); retry %d/%d", job_id, what, reason, attempt + 1,
-                    limit)
-        raise task.retry(countdown=_backoff(attempt), exc=exc, max_retries=limit) from None
+        raise PermanentError(one_line(exc)) from exc
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:500]
+class JobTask(Task):
+    """Celery's own retry policy, and the job's bookkeeping around it.
+
+    A permanent error fails the job at once with its one line. Anything else is
+    retried by Celery (``autoretry_for``) after 2, 4, 8 … 60 s, up to
+    ``ANONYMIZE_TASK_MAX_RETRIES`` times, each failed attempt of a segment
+    recorded in the job; the last failure fails the job with the reason.
+    """
+
+    autoretry_for = (Exception,)
+    dont_autoretry_for = (PermanentError,)
+    retry_backoff = 2
+    retry_backoff_max = 60
+    retry_jitter = False
+    throws = (PermanentError,)  # expected: logged as one line, not as a crash
+
+    @property
+    def max_retries(self) -> int:  # read at each failure, from the worker's settings
+        return service().task_max_retries
+
+    def step(self, args) -> str:
+        return f"segment {args[1]}" if self.name == PROCESS else self.name.rpartition(".")[2]
+
+    def on_retry(self, exc, task_id, args, kwargs, einfo):
+        attempt, reason = self.request.retries + 1, one_line(exc, 500)
+        if self.name == PROCESS:
+            _context(args[-1]).state.segment_failed(args[0], args[1], reason, attempt)
+        log.warning("job %s: %s failed (%s); retry %d/%d", args[0], self.step(args), reason,
+                    attempt, self.max_retries)
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        job_id, what = args[0], self.step(args)
+        state = _context(args[-1]).state
+        if isinstance(exc, PermanentError):
+            reason = f"{what}: {exc}"
+        else:
+            attempts = self.request.retries + 1
+            reason = f"{what} failed after {attempts} attempts: {one_line(exc, 500)}"
+            if self.name == PROCESS:
+                state.segment_failed(job_id, args[1], one_line(exc, 500), attempts)
+        log.warning("job %s failed: %s", job_id, reason)
+        state.fail(job_id, reason)
+
+    def retry(self, *args, **kwargs):
+        try:
+            return super().retry(*args, **kwargs)
+        except Reject as exc:
+            if exc.requeue:
+                raise
+            # the retry could not be published (broker away longer than the publish
+            # retries): Celery would drop the message and leave the job unfinished for
+            # ever; put it back instead (or, if the broker cannot hear that either, it
+            # stays unacknowledged and returns after the visibility timeout)
+            raise Reject(exc.reason, requeue=True) from None
 
 
-class _JobTask(app.Task):
-    """Keeps the task's Context for the duration of one run."""
-
-    _ctx: Context
-
-
-@app.task(bind=True, base=_JobTask, name="anonymize.split", max_retries=None)
-def split(self, job_id: str, store_url: str) -> int | None:
-    self._ctx = _context(store_url)
-    return _guarded(self, "split", job_id, lambda: run_split(self._ctx, job_id))
+@app.task(bind=True, base=JobTask, name=SPLIT)
+def split(self, job_id: str, store_url: str) -> int:
+    with _permanent_as_such():
+        return run_split(_context(store_url), job_id)
 
 
-@app.task(bind=True, base=_JobTask, name="anonymize.process", max_retries=None)
-def process(self, job_id: str, index: int, store_url: str) -> bool | None:
-    self._ctx = _context(store_url)
-    return _guarded(self, f"segment {index}", job_id,
-                    lambda: run_process(self._ctx, job_id, index))
+@app.task(bind=True, base=JobTask, name=PROCESS)
+def process(self, job_id: str, index: int, store_url: str) -> bool:
+    with _permanent_as_such():
+        return run_process(_context(store_url), job_id, index)
 
 
-@app.task(bind=True, base=_JobTask, name="anonymize.reassemble", max_retries=None)
+@app.task(bind=True, base=JobTask, name=REASSEMBLE)
 def reassemble(self, job_id: str, store_url: str) -> dict | None:
-    self._ctx = _context(store_url)
-    report = _guarded(self, "reassemble", job_id, lambda: run_reassemble(self._ctx, job_id))
+    with _permanent_as_such():
+        report = run_reassemble(_context(store_url), job_id)
     return None if report is None else {"output": report["output"]}

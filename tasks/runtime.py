@@ -122,27 +122,25 @@ def _remove_dir(path: Path, owner: int) -> None:
 
 
 def storage(url: str):
-    from pipeline.storage import open_storage
+    from .app import service
+    from .storage import open_storage
 
     with _lock:
         if url not in _storages:
-            _storages[url] = open_storage(url)
+            _storages[url] = open_storage(url, endpoint_url=service().s3_endpoint_url or None)
         return _storages[url]
 
 
 def job_state():
-    """JobState on the result backend's Redis (the broker's if the backend is not Redis)."""
+    """JobState on the result backend's Redis (the broker's if the backend is not Redis),
+    patient enough to ride out a restart of that Redis."""
     global _state
-    from pipeline.settings import ServiceSettings
-
+    from .app import service
     from .state import JobState
 
     with _lock:
         if _state is None:
-            service = ServiceSettings.from_env()
-            url = service.result_backend if service.result_backend.startswith(
-                ("redis://", "rediss://", "unix://")) else service.broker_url
-            _state = JobState(url)
+            _state = JobState(service().state_url, patient=True)
         return _state
 
 

@@ -30,13 +30,22 @@ def new_job_id() -> str:
 class JobState:
     """Read and update jobs in one Redis database."""
 
-    def __init__(self, url_or_client: Any, ttl: int = TTL):
+    def __init__(self, url_or_client: Any, ttl: int = TTL, patient: bool = False):
+        """``patient`` (workers): a command that meets a Redis restart is retried for
+        about 35 s (0.5, 1, 2, 4, then 5 s apart), so progress and the finished-segment
+        count survive a broker restart. Otherwise (clients: ``anonymize status``) one
+        attempt with short timeouts, so that a user waits seconds, not minutes."""
         if isinstance(url_or_client, str):
             import redis
+            from redis.backoff import ExponentialBackoff, NoBackoff
+            from redis.retry import Retry
 
+            retry = Retry(ExponentialBackoff(cap=5, base=0.5), 10) if patient \
+                else Retry(NoBackoff(), 0)
             url_or_client = redis.Redis.from_url(url_or_client, decode_responses=True,
-                                                 socket_timeout=10, socket_connect_timeout=5,
-                                                 retry_on_timeout=True)
+                                                 socket_timeout=10 if patient else 5,
+                                                 socket_connect_timeout=5 if patient else 3,
+                                                 retry=retry)
         self.r = url_or_client
         self.ttl = ttl
 

@@ -151,9 +151,11 @@ class RedisServer(Server):
         self.port = port or free_port()
 
     def command(self):
+        # an append-only file, as deploy/ runs Redis: a restart (stop, start) keeps the
+        # queues, the unacknowledged messages and the job states
         return [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
-                "--protected-mode", "no"]
+                "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+                "--dir", str(self.workdir), "--protected-mode", "no"]
 
     def ready(self):
         return port_open(self.port)
@@ -250,6 +252,8 @@ class Worker(Server):
         env.update(self.extra_env)
         env.setdefault("OMP_NUM_THREADS", "1")
         env["PYTHONUNBUFFERED"] = "1"
+        # this checkout's code, whichever checkout the `anonymize` script was installed from
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
         return env
 
     def ready(self):

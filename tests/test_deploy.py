@@ -11,7 +11,6 @@ a misspelt name would otherwise be ignored silently.
 
 from __future__ import annotations
 
-import ast
 import os
 import re
 import shlex
@@ -43,16 +42,10 @@ def pyproject() -> dict:
 
 
 def gpu_cpu_queues() -> tuple[str, str]:
-    """GPU_QUEUE / CPU_QUEUE as tasks/app.py defines them (read, not imported:
-    importing builds the Celery app)."""
-    tree = ast.parse((ROOT / "tasks" / "app.py").read_text())
-    found = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
-            for target in node.targets:
-                if isinstance(target, ast.Name):
-                    found[target.id] = node.value.value
-    return found["GPU_QUEUE"], found["CPU_QUEUE"]
+    """GPU_QUEUE / CPU_QUEUE as tasks/config.py defines them."""
+    from tasks.config import CPU_QUEUE, GPU_QUEUE
+
+    return GPU_QUEUE, CPU_QUEUE
 
 
 def known_env_names() -> set[str]:
@@ -214,10 +207,15 @@ def check_anonymize_command(argv: list[str]) -> None:
 
 
 def check_celery_command(argv: list[str]) -> None:
+    """``celery -A MODULE --config CONFIG …``: MODULE defines the app, and CONFIG is the
+    module that configures it from the environment (the app itself reads nothing)."""
     module = argv[argv.index("-A") + 1]
     path = ROOT / (module.replace(".", "/") + ".py")
     assert path.exists(), f"celery -A {module}: {path.relative_to(ROOT)} missing"
     assert re.search(r"^app\s*=", path.read_text(), re.M), f"{module} defines no `app`"
+    assert "--config" in argv, f"{argv}: without --config the app has no broker"
+    config = argv[argv.index("--config") + 1]
+    assert config == "tasks.celeryconfig", argv
 
 
 def run_compose(*args: str, env_file: Path) -> subprocess.CompletedProcess:
@@ -497,7 +495,7 @@ def test_env_cross_check_knows_the_fixed_names():
 
 def test_service_settings_read_the_compose_worker_environment():
     """The worker environment compose builds parses into ServiceSettings."""
-    from pipeline.settings import ServiceSettings
+    from tasks.service import ServiceSettings
 
     proc = run_compose("config", env_file=ENV_EXAMPLE)
     assert proc.returncode == 0, proc.stderr

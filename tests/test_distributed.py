@@ -12,19 +12,32 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.servers import Worker, redis_server, s3_server, servers_dir, wait_for  # noqa: F401
+from tests.servers import (  # noqa: F401
+    ROOT,
+    Worker,
+    redis_server,
+    s3_server,
+    servers_dir,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.models]
 
 FRAMES = 60
 GOP = 15
 VISIBILITY_S = 30
+#: a Redis restart longer than redis-py's own retries of a command (about 7 s)
+OUTAGE_S = 10
 
 
 def make_gop_video(src: Path, dst: Path, frames: int = FRAMES, gop: int = GOP) -> Path:
@@ -88,9 +101,6 @@ def cluster(redis_server, s3_server, servers_dir, reference):
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    from tasks import runtime
-
-    runtime.reset()
     workers = [Worker(servers_dir / "workers", env, name=f"w{i}") for i in (1, 2)]
     for w in workers:
         w.start()
@@ -104,7 +114,6 @@ def cluster(redis_server, s3_server, servers_dir, reference):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-    runtime.reset()
 
 
 def _frames(path: Path) -> dict[int, list[dict]]:
@@ -185,29 +194,199 @@ def test_model_file_travels_to_the_workers(cluster, video, tmp_path):
     assert client.storage.list(f"jobs/{job}/models/") == []  # removed with the intermediates
 
 
-def test_non_video_fails_job_with_reason_and_worker_keeps_serving(cluster, tmp_path):
-    bad = tmp_path / "notes.mp4"
-    bad.write_text("this is not a video\n" * 50)
+# ------------------------------------------------- unusual inputs through the cluster
+
+
+def cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    full = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "anonymize", *args], env=full,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+FAST_FLAGS = ["--plates", "off", "--face-size", "160", "--fill-frames", "2", "--segment-frames",
+              "30", "--preset", "ultrafast", "--device", "cpu", "--quiet"]
+
+
+def write_gif(path: Path, n: int = 8) -> Path:
+    import av
+
+    from tests.videos import synthetic_frame
+
+    with av.open(str(path), "w", format="gif") as c:
+        s = c.add_stream("gif", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 48, "rgb8"
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(synthetic_frame(i, 64, 48), format="rgb24")
+            for packet in s.encode(frame.reformat(format="rgb8")):
+                c.mux(packet)
+        for packet in s.encode(None):
+            c.mux(packet)
+    return path
+
+
+def faststart(src: Path, dst: Path) -> Path:
+    """``src`` remuxed with its index (moov) before the media data."""
+    import av
+
+    with av.open(str(src)) as inp, av.open(str(dst), "w", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    return dst
+
+
+def local_outcome(path: Path, out_ext: str, tmp: Path) -> str | None:
+    """The one-line error `anonymize run` gives on ``path`` (detection stubbed out: the
+    cluster's reasons come from the video plumbing), paths shown as names; None when
+    it succeeds."""
+    from pipeline import video as v
+    from pipeline.process import run_local
+    from pipeline.settings import Settings
+    from tests.test_run import _NoDetections
+
+    out = tmp / f"local-{path.stem}"
+    try:
+        run_local(path, out / f"out{out_ext}", Settings(plates="off", segment_frames=30,
+                                                        preset="ultrafast"),
+                  out, stack=_NoDetections())
+    except (v.VideoError, ValueError) as exc:
+        return str(exc).replace(str(path), path.name)
+    return None
+
+
+def test_unusual_inputs_fail_with_one_line_and_the_cluster_keeps_serving(cluster, tmp_path):
+    """Inputs the workers see only in storage (``s3://`` inputs skip the client's
+    checks): each job ends failed with its one-line reason — the same reason
+    `anonymize run` gives — or done where `run` succeeds; the workers survive and
+    the next good job completes."""
+    from tests.videos import make_video
+
+    s3, env = cluster["s3"], cluster["env"]
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 50)
+    whole = make_video(tmp_path / "whole.mp4", n_frames=30)
+    truncated = tmp_path / "truncated.mp4"  # its index (moov) is at the end: cut off
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    damaged = tmp_path / "damaged.mp4"  # its index is at the front: frames missing
+    data = faststart(whole, tmp_path / "faststart.mp4").read_bytes()
+    damaged.write_bytes(data[: len(data) * 6 // 10])
+    gif = write_gif(tmp_path / "anim.gif")
+    subtitled = make_video(tmp_path / "subtitled.mp4", n_frames=30, subtitles=True)
+    inputs = {p: ".mp4" for p in (text, truncated, damaged, gif)} | {subtitled: ".mkv"}
+    urls = {}
+    for path in inputs:
+        s3.client().upload_file(str(path), s3.bucket, f"inputs/{path.name}")
+        urls[path] = f"s3://{s3.bucket}/inputs/{path.name}"
+
+    several = (text, truncated, damaged, gif)
+    proc = cli("submit", *(urls[p] for p in several), "--wait", *FAST_FLAGS, env=env)
+    jobs = dict(zip(several, proc.stdout.split(), strict=True))
+    proc_mkv = cli("submit", urls[subtitled], "--wait", "-o", str(tmp_path / "out.mkv"),
+                   *FAST_FLAGS, env=env)
+    jobs[subtitled] = proc_mkv.stdout.split()[0]
     client = cluster["client"]
-    job = client.submit(str(bad), job_settings())
-    info = client.wait(job, timeout=120)
-    assert info["status"] == "failed"
-    assert info["error"].startswith("split: ") and "\n" not in info["error"]
+    for path, job in jobs.items():
+        info = client.get(job)
+        expected = local_outcome(path, inputs[path], tmp_path)
+        if expected is None:
+            assert info["status"] == "done", (path.name, info.get("error"))
+            continue
+        assert info["status"] == "failed", (path.name, info["status"])
+        error = info["error"]
+        assert "\n" not in error and re.match(r"(split|segment \d+|reassemble): ", error), error
+        assert "/tmp" not in error and "anonymize-" not in error, error  # no worker's paths
+        if "/tmp" not in expected:  # (a local message naming a temporary file differs)
+            assert error.split(": ", 1)[1] == expected, (path.name, error, expected)
+    assert proc.returncode == 1 and proc_mkv.returncode == 1
+    assert not (tmp_path / "out.mkv").exists()
+    for line in (proc.stderr + proc_mkv.stderr).splitlines():
+        if " failed: " in line:
+            assert line.startswith("anonymize: job "), line
+
+    status = cli("status", *jobs.values(), env=env)
+    assert status.returncode == 1
+    lines = status.stdout.splitlines()
+    assert len(lines) == len(jobs)
+    for line, (path, job) in zip(lines, jobs.items(), strict=True):
+        info = client.get(job)
+        assert line.startswith(f"{job}  {info['status']}  {path.name}")
+        if info["status"] == "failed":
+            assert line.endswith(f"error: {info['error']}")
+
     assert all(w.proc.poll() is None for w in cluster["workers"])
-    # both workers still answer
-    app = client.app
-    replies = wait_for(lambda: app.control.ping(timeout=2.0), 30, "worker ping")
+    replies = wait_for(lambda: client.workers(timeout=2.0), 30, "worker ping")
     assert len(replies) == 2
+    good = cli("submit", str(whole), "--wait", "-o", str(tmp_path / "good" / "out.mp4"),
+               *FAST_FLAGS, env=env)
+    assert good.returncode == 0, good.stderr
+    assert v_frames(tmp_path / "good" / "out.mp4") == 30
 
 
-def test_cancel_skips_remaining_work(cluster, video):
+def v_frames(path: Path) -> int:
+    from pipeline import video as v
+
+    return v.probe(path).n_frames
+
+
+# ------------------------------------------------------------------ broker faults
+
+
+def test_redis_restart_while_a_job_runs_does_not_leave_it_hanging(cluster, video, reference,
+                                                                  tmp_path, redis_server):
+    """Redis stops (writing its append-only file) while a segment is processed and
+    comes back on the same port and data after OUTAGE_S: the job ends done — or
+    failed with a reason, never stuck — and the workers serve the next job."""
     client = cluster["client"]
-    job = client.submit(str(video), job_settings())
-    assert client.cancel(job)
-    time.sleep(1.0)
-    info = client.wait(job, timeout=30)
-    assert info["status"] == "cancelled"
-    assert not info.get("output_url")
+    job = client.submit(str(video), job_settings(), output="out.mp4")
+    wait_for(lambda: int(client.get(job).get("frames_done") or 0) > 0, 180,
+             "processing to start", interval=0.2)
+    redis_server.stop()
+    time.sleep(OUTAGE_S)
+    redis_server.start()
+    started = time.monotonic()
+    info = client.wait(job, timeout=VISIBILITY_S * 6)
+    took = time.monotonic() - started
+    print(f"after the restart the job ended {info['status']} in {took:.0f}s")
+    if info["status"] == "failed":
+        assert info["error"] and "\n" not in info["error"]
+    else:
+        assert info["status"] == "done", info
+        got = client.download(job, tmp_path / "out.mp4")
+        assert_same_detections(got["output"].parent, reference)
+    (tmp_path / "next").mkdir()
+    _run_job(cluster, video, tmp_path / "next")
+
+
+def test_sigterm_of_a_worker_mid_segment_finishes_it_and_the_job(cluster, video, reference,
+                                                                  tmp_path):
+    """Warm shutdown (what Docker and Kubernetes send): the worker finishes the segment
+    it holds, acknowledges it and exits; the job completes on the other worker."""
+    victim, other = cluster["workers"]
+    client = cluster["client"]
+    before = victim.tail(10**7)
+    job = client.submit(str(video), job_settings(), output="out.mp4")
+
+    def victim_processing():
+        log = victim.tail(10**7)[len(before):]
+        held = re.findall(r"Task anonymize\.process\[([0-9a-f-]+)\] received", log)
+        return held and int(client.get(job).get("frames_done") or 0) > 0 and held[0]
+
+    try:
+        task_id = wait_for(victim_processing, 180, "the victim to process a segment",
+                           interval=0.2)
+        victim.proc.send_signal(signal.SIGTERM)  # the parent only, as a container stop does
+        victim.proc.wait(timeout=180)  # warm: after its segment, not never
+        log = victim.tail(10**7)[len(before):]
+        assert f"anonymize.process[{task_id}] succeeded" in log, log[-3000:]
+        info = client.wait(job, timeout=VISIBILITY_S * 6)
+        assert info["status"] == "done", f"{info.get('error')} / {other.tail(3000)}"
+        assert info["segments_done"] == 2
+        got = client.download(job, tmp_path / "out.mp4")
+        assert_same_detections(got["output"].parent, reference)
+    finally:
+        victim.start()
 
 
 def test_sigkill_of_a_worker_mid_batch_still_completes(cluster, video, reference, tmp_path):

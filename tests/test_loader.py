@@ -575,7 +575,7 @@ class FakeState:
 
 @pytest.fixture()
 def client(tmp_path):
-    from pipeline.storage import open_storage
+    from tasks.storage import open_storage
     from tasks.client import Client
 
     c = Client.__new__(Client)  # no broker: storage, state and app stand-ins

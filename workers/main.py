@@ -9,7 +9,7 @@ first task, or at once with ``preload=True``.
 Shutdown: SIGTERM (or Ctrl-C once) is Celery's warm shutdown: no new tasks
 are taken and the current batch finishes before exit. A hard kill loses
 nothing either: the unacknowledged message goes back to the queue after the
-visibility timeout (``tasks/app.py``).
+visibility timeout (``tasks/config.py``).
 """
 
 from __future__ import annotations
@@ -48,17 +48,23 @@ def _on_process_init(preload: bool):
 
 def run_worker(queues: str = "gpu,cpu", device: str | None = None, concurrency: int = 1,
                loglevel: str = "INFO", hostname: str | None = None, preload: bool = False,
-               pool: str = "prefork") -> int:
-    """Start a worker in this process and return when it has shut down."""
+               pool: str = "prefork", service=None) -> int:
+    """Start a worker in this process and return when it has shut down. ``service``
+    (a ``tasks.service.ServiceSettings``, the environment's by default) says where
+    the servers are; ``anonymize worker`` checks that they answer before this."""
+    from tasks.service import ServiceSettings
+
     names = parse_queues(queues)
+    service = service or ServiceSettings.from_env()
     if device:
         os.environ["ANONYMIZE_WORKER_DEVICE"] = device  # read by the pool children
     if "gpu" not in names:
         os.environ.setdefault("ANONYMIZE_WORKER_DEVICE", "cpu")
     from celery.signals import worker_process_init
 
-    from tasks.app import app
+    from tasks.app import configure
 
+    app = configure(service)
     worker_process_init.connect(_on_process_init(preload), weak=False)
     hostname = hostname or f"{'-'.join(names)}@{socket.gethostname()}"
     argv = ["worker", "--queues", ",".join(names), "--concurrency", str(concurrency),

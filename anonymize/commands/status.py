@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from tasks.client import Client
 
     client = Client()
-    jobs = args.jobs or client.state.jobs()
+    jobs = args.jobs or client.jobs()
     infos = [client.get(j) for j in jobs]
     if args.json:
         print(json.dumps(infos if not args.jobs or len(infos) != 1 else infos[0], indent=2))

@@ -27,7 +27,12 @@ def run(args: argparse.Namespace) -> int:
     load_cluster_env()
     if args.concurrency < 1:
         raise ValueError("--concurrency must be >= 1")
-    from workers.main import run_worker
+    from tasks.service import ServiceSettings, check_services
+    from workers.main import parse_queues, run_worker
 
+    parse_queues(args.queues)
+    service = ServiceSettings.from_env()
+    check_services(service)  # one line now, rather than Celery retrying for ever
     return run_worker(args.queues, device=args.device, concurrency=args.concurrency,
-                      loglevel=args.loglevel, hostname=args.hostname, preload=args.preload)
+                      loglevel=args.loglevel, hostname=args.hostname, preload=args.preload,
+                      service=service)

@@ -12,4 +12,4 @@
 set -eu
 host="$(hostname)"
 nodes="${CELERY_NODE_NAME:-gpu@$host,cpu@$host,gpu-cpu@$host,cpu-gpu@$host}"
-exec celery -A tasks.app inspect ping --destination "$nodes" --timeout 10 >/dev/null
+exec celery -A tasks.app --config tasks.celeryconfig inspect ping --destination "$nodes" --timeout 10 >/dev/null

@@ -90,7 +90,7 @@ up() {
   wait_port "$S3_PORT" 60 s3
   "$BIN/python" - <<'EOT'
 import time
-from pipeline.storage import open_storage
+from tasks.storage import open_storage
 import os
 deadline = time.time() + 60
 while True:  # the gateway answers before the bucket is ready
@@ -104,7 +104,7 @@ while True:  # the gateway answers before the bucket is ready
         time.sleep(1)
 EOT
 
-  start flower "$BIN/celery" -A tasks.app:app flower --address=127.0.0.1 \
+  start flower "$BIN/celery" -A tasks.app --config tasks.celeryconfig flower --address=127.0.0.1 \
     --port="$FLOWER_PORT" --basic-auth="$FLOWER_USER:$FLOWER_PASSWORD"
   start worker-gpu "$BIN/anonymize" worker --queues gpu --device "$GPU_DEVICE" \
     --hostname "gpu@%h" --concurrency 1

@@ -1,7 +1,9 @@
 """Object storage for jobs: a local directory or an S3 bucket, behind one interface.
 
 The distributed path moves every large thing (source video, segments, encoded
-segments, results) through storage and only keys through Redis. Keys are
+segments, results) through storage and only keys through Redis; ``pipeline/``
+never sees it (a task downloads its inputs to a folder, calls the pipeline on
+files, and uploads what it wrote). Keys are
 ``/``-separated relative names (``jobs/<job>/segments/3.mkv``). Writes are
 whole-object and atomic (a reader sees the old object or the new one, never a
 half-written file), so a redelivered task may simply overwrite.
@@ -21,6 +23,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from models.errors import one_line
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,11 @@ class Storage(ABC):
     @abstractmethod
     def url(self, key: str = "") -> str:
         """Full url of ``key`` (``file:///…`` or ``s3://bucket/…``)."""
+
+    @abstractmethod
+    def check(self, timeout: float) -> None:
+        """Raise ``tasks.service.ServiceError`` (one line naming the store) within about
+        ``timeout`` seconds unless the store can be used; no retries."""
 
     # conveniences shared by both backends
     def put_json(self, obj: Any, key: str) -> str:
@@ -160,6 +169,12 @@ class LocalStorage(Storage):
     def url(self, key=""):
         return self._path(key).as_uri() if key else self.root.as_uri()
 
+    def check(self, timeout=0.0):
+        from .service import ServiceError
+
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise ServiceError(f"storage {self.url()} is not writable; set ANONYMIZE_STORAGE_URL")
+
 
 class S3Storage(Storage):
     """An S3 bucket (AWS, MinIO, SeaweedFS, …) under an optional key prefix.
@@ -185,11 +200,11 @@ class S3Storage(Storage):
         config = Config(retries={"max_attempts": 3, "mode": "standard"},
                         connect_timeout=5, read_timeout=60,
                         s3={"addressing_style": "path"} if self.endpoint_url else None)
-        session = boto3.session.Session()
-        self.client = session.client("s3", endpoint_url=self.endpoint_url, config=config,
-                                     region_name=os.environ.get("AWS_DEFAULT_REGION",
-                                                                os.environ.get("AWS_REGION",
-                                                                               "us-east-1")))
+        self.region = os.environ.get("AWS_DEFAULT_REGION",
+                                     os.environ.get("AWS_REGION", "us-east-1"))
+        self._session = boto3.session.Session()
+        self.client = self._session.client("s3", endpoint_url=self.endpoint_url, config=config,
+                                           region_name=self.region)
         self.transfer = TransferConfig(multipart_threshold=multipart_bytes,
                                        multipart_chunksize=multipart_bytes,
                                        max_concurrency=max_concurrency)
@@ -287,6 +302,40 @@ class S3Storage(Storage):
 
     def url(self, key=""):
         return "s3://" + join_key(self.bucket, self.prefix, key)
+
+    def check(self, timeout=3.0):
+        """One HEAD of the bucket with a client of its own: no retries, short timeouts."""
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        from .service import START_HINT, ServiceError, redact
+
+        where = f"storage {self.url()} at {redact(self.endpoint_url or 'AWS S3')}"
+        config = Config(retries={"total_max_attempts": 1}, connect_timeout=timeout,
+                        read_timeout=timeout,
+                        s3={"addressing_style": "path"} if self.endpoint_url else None)
+        client = self._session.client("s3", endpoint_url=self.endpoint_url, config=config,
+                                      region_name=self.region)
+        try:
+            client.head_bucket(Bucket=self.bucket)
+        except NoCredentialsError:
+            raise ServiceError(f"{where}: no credentials; set AWS_ACCESS_KEY_ID and "
+                               "AWS_SECRET_ACCESS_KEY") from None
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            code = exc.response.get("Error", {}).get("Code", "") or str(status)
+            if status in (401, 403):
+                raise ServiceError(f"{where} refused the credentials ({code}); check "
+                                   "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") from None
+            if status == 404:
+                raise ServiceError(f"{where}: no bucket {self.bucket!r}; create it "
+                                   "(`make up` does), or set ANONYMIZE_STORAGE_URL") from None
+            raise ServiceError(f"{where} answered {code}") from None
+        except (BotoCoreError, OSError) as exc:
+            raise ServiceError(f"cannot reach the {where} ({one_line(exc)}); {START_HINT}, "
+                               "or set ANONYMIZE_S3_ENDPOINT_URL") from None
+        finally:
+            client.close()
 
 
 def open_storage(url: str, endpoint_url: str | None = None, **kwargs) -> Storage:
