@@ -575,14 +575,14 @@ class FakeState:
 
 @pytest.fixture()
 def client(tmp_path):
-    from tasks.storage import open_storage
     from tasks.client import Client
+    from tasks.service import ServiceSettings
 
-    c = Client.__new__(Client)  # no broker: storage, state and app stand-ins
-    c.storage_url = f"file://{tmp_path / 'store'}"
-    c.storage = open_storage(c.storage_url)
+    # no broker: a local storage, and stand-ins for the job state and the publisher
+    c = Client(ServiceSettings(storage_url=f"file://{tmp_path / 'store'}"), check=False)
     c.state = FakeState()
-    c.app = types.SimpleNamespace(sent=[], send_task=lambda name, args: c.app.sent.append(name))
+    c.app = types.SimpleNamespace(sent=[])
+    c._send = lambda name, args: c.app.sent.append(name)
     return c
 
 
@@ -658,9 +658,11 @@ def test_report_names_stored_models_as_the_loader_does(files, tmp_path, client):
         "faces": "retinaface-mobilenet0.25", "plates": "plate-yolov8n-pyplatex"}
 
 
-def test_worker_refuses_a_model_whose_sha256_differs(files, tmp_path, client):
-    from tasks import runtime
-    from tasks.jobs import Context, _guarded, parse_stored_model, run_process
+def test_worker_refuses_a_model_whose_sha256_differs(files, tmp_path, client, monkeypatch):
+    from tasks import jobs, runtime
+    from tasks.app import configure
+    from tasks.jobs import Context, parse_stored_model, run_process
+    from tasks.service import ServiceSettings
 
     runtime.reset()
     job, stored = _worker_job(client, files, tmp_path)
@@ -671,8 +673,10 @@ def test_worker_refuses_a_model_whose_sha256_differs(files, tmp_path, client):
     ctx = Context(client.storage, client.state, lambda name, args: None, str(tmp_path))
     with pytest.raises(WeightsError, match="sha256"):
         run_process(ctx, job, 0)
-    task = types.SimpleNamespace(_ctx=ctx, request=types.SimpleNamespace(retries=0))
-    assert _guarded(task, "segment 0", job, lambda: run_process(ctx, job, 0)) is None
+    # through the Celery task (run here, no broker): a permanent failure of the job
+    configure(ServiceSettings(broker_url="redis://127.0.0.1:9/0"))
+    monkeypatch.setattr(jobs, "_context", lambda store_url: ctx)
+    assert jobs.process.apply(args=(job, 0, client.storage.url())).failed()
     info = client.state.get(job)
     assert info["status"] == "failed"
     assert info["error"].startswith("segment 0: model file vehicles.weights: the stored copy "
@@ -681,8 +685,10 @@ def test_worker_refuses_a_model_whose_sha256_differs(files, tmp_path, client):
 
 
 def test_worker_without_a_fetched_registry_model_fails_the_job(tmp_path, monkeypatch, client):
-    from tasks import runtime
-    from tasks.jobs import Context, _guarded, manifest_key, run_process
+    from tasks import jobs, runtime
+    from tasks.app import configure
+    from tasks.jobs import Context, manifest_key
+    from tasks.service import ServiceSettings
 
     monkeypatch.setenv("ANONYMIZE_MODELS_DIR", str(tmp_path / "empty"))
     runtime.reset()
@@ -692,8 +698,9 @@ def test_worker_without_a_fetched_registry_model_fails_the_job(tmp_path, monkeyp
 
     client.storage.put_json(plan(video, Settings(plates="off")).to_dict(), manifest_key(job))
     ctx = Context(client.storage, client.state, lambda name, args: None, str(tmp_path))
-    task = types.SimpleNamespace(_ctx=ctx, request=types.SimpleNamespace(retries=0))
-    _guarded(task, "segment 0", job, lambda: run_process(ctx, job, 0))
+    configure(ServiceSettings(broker_url="redis://127.0.0.1:9/0"))
+    monkeypatch.setattr(jobs, "_context", lambda store_url: ctx)
+    assert jobs.process.apply(args=(job, 0, client.storage.url())).failed()
     assert client.state.get(job)["error"] == (
         "segment 0: --face-model: model retinaface-mobilenet0.25 is not fetched: run "
         "`anonymize models fetch retinaface-mobilenet0.25`")
