@@ -82,6 +82,7 @@ def bench_latency(device: str, repeats: int = 5) -> str:
 
 
 def bench_video(videos: list[Path], device: str) -> str:
+    from bench.transcode import transcode
     from pipeline import video
     from pipeline.process import run_local
     from pipeline.settings import Settings
@@ -92,7 +93,7 @@ def bench_video(videos: list[Path], device: str) -> str:
         for v in videos:
             info = video.probe(v)
             t = time.perf_counter()
-            video.transcode(v, Path(tmp) / "plain.mp4")
+            transcode(v, Path(tmp) / "plain.mp4")
             plain = time.perf_counter() - t
             t = time.perf_counter()
             rep = run_local(v, Path(tmp) / "anon.mp4", Settings(device=device), Path(tmp) / "det")
@@ -149,7 +150,7 @@ def main() -> int:
         parts.append("## Detector latency\n\n" + bench_latency(device))
     if "video" in sections:
         parts.append("## Whole videos: `anonymize run` vs plain decode+encode (same run)\n\n"
-                     "Plain = `pipeline.video.transcode` (decode + libx264 encode, same crf/preset). "
+                     "Plain = `bench/transcode.py` (decode + libx264 encode, same crf/preset). "
                      "Default settings (faces + `both` plate modes).\n\n" + bench_video(args.videos, device))
     if "eval" in sections:
         parts.append("## Detection quality (`anonymize eval`, default thresholds)\n\n"
