@@ -603,10 +603,10 @@ def _memory_section(opts: Options, deface: Path | None, work: Path, log) -> str:
             results[run][n] = row
             log(f"peers: memory {n} frames {run}: "
                 + (f"{_mib(row.m.tree_peak)} MiB" if row.ok else f"failed: {row.error}"))
-    return (f"### Memory with video length\n\nPeak RSS of the process tree on the first "
-            f"{cuts[0]} and {cuts[1]} frames of {SOURCE.name} (768×432; longer than the clip: "
-            f"the clip looped), re-encoded by the benchmark (crf 18), quiet machine.\n\n"
-            + memory_table(results, cuts))
+    return (f"### Memory with video length\n\nPeak RSS of the process tree on cuts of "
+            f"{cuts[0]} and {cuts[1]} frames made by the benchmark from {SOURCE.name} "
+            "(768×432, crf 18; the clip is looped where a cut is longer than it), without the "
+            "busy loop.\n\n" + memory_table(results, cuts))
 
 
 def _render(opts: Options, facts: list[str], parts: list[str], deface_problem: str) -> str:
