@@ -84,8 +84,6 @@ TEMP_NAMES = re.compile(r"anonymize-[\w-]{6,}|seg\d{5}|out\d{5}")
 # Cases the current code gets wrong, to be fixed next; strict, so a fix
 # shows up as XPASS and the mark has to go.
 _SEGMENT_MKV = "segment files are Matroska, which cannot hold {}: exit 2, \"'matroska' format does not support '{}' codec\""
-_AFTER_WORK = ("refused only after every frame was detected and encoded (progress bar, "
-               "models loaded), from the output muxer")
 XFAIL: dict[str, str] = {
     "gif": _SEGMENT_MKV.format("GIF", "gif"),
     "apng": _SEGMENT_MKV.format("APNG", "apng"),
@@ -104,14 +102,6 @@ XFAIL: dict[str, str] = {
     "lost-packet": "exit 0 with every decodable frame, but no damaged_frames in report.json and no warning",
     "garbage-packet": "exit 2, \"cannot decode video of .../anonymize-xxxx/seg00000.mkv (Invalid data "
                       "found ...)\": one bad packet ends the run, and the message names a temporary file",
-    "output-is-input": "refused after probing, behind a progress bar, and \"output must not overwrite "
-                       "the input\" names no file",
-    "output-symlink": "refused after probing, behind a progress bar, and \"output must not overwrite "
-                      "the input\" names no file",
-    "output-hard-link": "not refused: exit 0, the output is written through the link over the input",
-    "output-parent-is-file": "FileExistsError traceback (exit 1) after every frame was processed",
-    "output-avi": _AFTER_WORK + "; the message names the suffix, not the file",
-    "output-unknown-suffix": _AFTER_WORK + "; the message names the suffix, not the file",
 }
 
 

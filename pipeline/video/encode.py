@@ -26,7 +26,8 @@ def check_output_suffix(output: Path) -> str:
     if suffix not in OUTPUT_SUFFIXES:
         hint = " (AVI cannot keep per-frame timestamps)" if suffix == ".avi" else ""
         shown = suffix or f"{output.name!r} (no suffix)"
-        raise VideoError(f"unsupported output container {shown}{hint}: use .mp4, .mkv or .mov")
+        raise VideoError(f"cannot write {output}: unsupported output container {shown}{hint}; "
+                         f"use .mp4, .mkv or .mov")
     return suffix
 
 
