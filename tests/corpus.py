@@ -11,7 +11,9 @@ wrong path. The product promises two things for all of them:
   stream) with the same presentation times, as exact fractions of a
   second. Damaged streams decode what can be decoded: the skipped or
   concealed frames are counted in ``report.json`` (``damaged_frames``) and
-  a warning line goes to stderr.
+  a warning line goes to stderr. Streams that are not anonymized (a second
+  video stream, cover art) are left out, with a warning and a
+  ``dropped_streams`` entry in ``report.json``.
 * **refused**: exit 2 and one line ``anonymize: error: ...`` naming the
   user's file, the input untouched, nothing left behind; for mistakes that
   can be seen without decoding (wrong paths, output container, output
@@ -63,9 +65,10 @@ class Case:
     ``output-parent``): the user has to see which of their paths is wrong,
     never a temporary file of ours. ``keeps`` lists further promises an ok
     case checks (see ``tests/test_corpus.py``): ``rotation``, ``streams``
-    (audio/subtitle packets byte for byte), ``second-video`` (copied
-    untouched), ``no-location`` (GPS stripped). ``slow``: 16 frames or more,
-    over 5 s of CPU time per run where the others take 2-4 s."""
+    (audio/subtitle packets byte for byte), ``drops-video`` (further video
+    streams and cover art left out, warned about and reported),
+    ``no-location`` (GPS stripped). ``slow``: 16 frames or more, over 5 s of
+    CPU time per run where the others take 2-4 s."""
 
     name: str
     make: Callable[[Path], Job]
@@ -523,13 +526,12 @@ CASES: list[Case] = [
     Case("wrong-extension", _wrong_extension, OK, note="Matroska content named .mp4"),
     Case("edit-list-cut", _edit_list_cut, OK,
          note="the output holds the frames a player shows (from 0.2 s), at their times"),
-    Case("two-video-streams", _two_video_streams, OK, keeps=("second-video",),
-         note="expectation as decided: the second video stream is copied untouched. "
-              "Doubtful: a second camera view is as likely to show faces as the first, "
-              "so copying it unblurred leaks them; blurring it too (or refusing) seems safer"),
-    Case("cover-art", _cover_art, OK, keeps=("streams",),
-         note="the cover picture is not checked: copying it untouched could leak a face, "
-              "so dropping or blurring it are both acceptable"),
+    Case("two-video-streams", _two_video_streams, OK, keeps=("drops-video",),
+         note="only the first video stream is anonymized; the second could show faces, so "
+              "it is left out of the output, with a warning and a report entry"),
+    Case("cover-art", _cover_art, OK, keeps=("streams", "drops-video"),
+         note="the cover picture is not anonymized, so it is left out (warning, report "
+              "entry); the audio is copied"),
     # ---- damaged: decode what can be decoded, count and warn
     Case("truncated-mp4", _truncated_mp4, OK, damaged=True),
     Case("truncated-mkv", _truncated_mkv, OK, damaged=True),
