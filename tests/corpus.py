@@ -9,10 +9,13 @@ wrong path. The product promises two things for all of them:
 * **ok**: exit 0 and a video that plays exactly like the input: the frames
   a player shows (what PyAV decodes from the input's first/default video
   stream) with the same presentation times, as exact fractions of a
-  second. Damaged streams decode what can be decoded: the skipped or
-  concealed frames are counted in ``report.json`` (``damaged_frames``) and
-  a warning line goes to stderr. Streams that are not anonymized (a second
-  video stream, cover art) are left out, with a warning and a
+  second. Damaged streams decode what can be decoded: a frame that does
+  not decode is left out (a player cannot show it either, and keeps the
+  previous picture up until the next frame, which is how the output plays),
+  a frame decoded from damaged data is kept and anonymized; both are
+  counted in ``report.json`` (``damaged_frames``) and one warning line
+  naming the input goes to stderr. Streams that are not anonymized (a
+  second video stream, cover art) are left out, with a warning and a
   ``dropped_streams`` entry in ``report.json``.
 * **refused**: exit 2 and one line ``anonymize: error: ...`` naming the
   user's file, the input untouched, nothing left behind; for mistakes that
@@ -532,11 +535,16 @@ CASES: list[Case] = [
     Case("cover-art", _cover_art, OK, keeps=("streams", "drops-video"),
          note="the cover picture is not anonymized, so it is left out (warning, report "
               "entry); the audio is copied"),
-    # ---- damaged: decode what can be decoded, count and warn
-    Case("truncated-mp4", _truncated_mp4, OK, damaged=True),
-    Case("truncated-mkv", _truncated_mkv, OK, damaged=True),
-    Case("lost-packet", _lost_packet, OK, damaged=True),
-    Case("garbage-packet", _garbage_packet, OK, damaged=True),
+    # ---- damaged: decode what can be decoded, count and warn; frames that do not
+    # decode are left out, frames decoded from damaged data are kept
+    Case("truncated-mp4", _truncated_mp4, OK, damaged=True,
+         note="the last packet is torn (left out) and the index lists 9 frames past the end"),
+    Case("truncated-mkv", _truncated_mkv, OK, damaged=True,
+         note="the torn block cannot be read; every frame before it is whole"),
+    Case("lost-packet", _lost_packet, OK, damaged=True,
+         note="the frames after the lost reference are decoded from a stand-in: kept, counted"),
+    Case("garbage-packet", _garbage_packet, OK, damaged=True,
+         note="frame 10 does not decode (left out); 11-15 are predicted from it (kept, counted)"),
     # ---- not a video, or nothing decodes: refused, naming the input
     Case("truncated-mp4-no-index", _truncated_mp4_without_index, REFUSED,
          note="the index was to be written last; without it no frame can be found"),

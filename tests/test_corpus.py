@@ -6,10 +6,12 @@ and checks what the user gets:
 
 * ok: exit 0; the output's main video stream shows the same frames at the
   same times (pts × time base as exact fractions) as PyAV decodes from the
-  input's first/default video stream; ``report.json`` says ``frames_match``;
-  damaged inputs add ``damaged_frames`` > 0 and an ``anonymize: warning:``
-  line; clean ones report no damage; the input is byte-identical and only
-  the output and its records are left behind.
+  input's first/default video stream (for a damaged input: the frames that
+  decode); ``report.json`` says ``frames_match`` and counts those frames;
+  damaged inputs add ``damaged_frames`` > 0 and one ``anonymize: warning:``
+  line naming the input; clean ones report no damage and warn about
+  nothing but streams left out; the input is byte-identical and only the
+  output and its records are left behind.
 * refused: exit 2; stderr is exactly one line ``anonymize: error: ...``
   carrying the name of the user's file at fault and no temporary file of
   ours; every file and folder of the case is as it was (input bytes, no
@@ -81,27 +83,9 @@ PROGRESS = re.compile(r"\d+/\d+ \[[^\]]*(frame/s|s/frame)\]")
 # and segment files)
 TEMP_NAMES = re.compile(r"anonymize-[\w-]{6,}|seg\d{5}|out\d{5}")
 
-# Cases the current code gets wrong, to be fixed next; strict, so a fix
-# shows up as XPASS and the mark has to go.
-_SEGMENT_MKV = "segment files are Matroska, which cannot hold {}: exit 2, \"'matroska' format does not support '{}' codec\""
-XFAIL: dict[str, str] = {
-    "gif": _SEGMENT_MKV.format("GIF", "gif"),
-    "apng": _SEGMENT_MKV.format("APNG", "apng"),
-    "palette-png-mov": _SEGMENT_MKV.format("PNG", "png"),
-    "qtrle-mov": _SEGMENT_MKV.format("QuickTime RLE", "qtrle"),
-    "rawvideo-nut": "raw video cannot be stream-copied into a segment: exit 2, "
-                    "\"Invalid argument: '.../anonymize-xxxx/seg00000.mkv' returned 22\" (a temporary file)",
-    "rawvideo-avi": "raw video cannot be stream-copied into a segment: exit 2, "
-                    "\"Invalid argument: '.../anonymize-xxxx/seg00000.mkv' returned 22\" (a temporary file)",
-    "edit-list-cut": "exit 2, \"keyframe at pts 0 not found in .../cut.mp4\": the keyframe hidden by "
-                     "the edit list (negative pts) is not where the segment copy looks for it",
-    "truncated-mp4": "exit 2, \"segment 0: 1 frame(s) could not be decoded (first: 6)\": frames the "
-                     "index promises but the file lacks end the run",
-    "truncated-mkv": "exit 0 with every decodable frame, but no damaged_frames in report.json and no warning",
-    "lost-packet": "exit 0 with every decodable frame, but no damaged_frames in report.json and no warning",
-    "garbage-packet": "exit 2, \"cannot decode video of .../anonymize-xxxx/seg00000.mkv (Invalid data "
-                      "found ...)\": one bad packet ends the run, and the message names a temporary file",
-}
+# Cases the current code gets wrong, to be fixed next, with what goes wrong;
+# strict, so a fix shows up as XPASS and the mark has to go. None at present.
+XFAIL: dict[str, str] = {}
 
 
 def _param(case: Case):
@@ -253,12 +237,21 @@ def check_ok(case: Case, job: Job, r: Result, reference: list[Fraction], before:
     assert got == reference, first_mismatch(reference, got)
     report = json.loads((out.parent / "report.json").read_text())
     assert report["frames_match"] is True, "report.json: frames_match is not true"
+    assert report["frames"] == len(reference), f"report.json: frames {report['frames']}"
     warnings = [s for s in r.stderr.splitlines() if s.startswith("anonymize: warning:")]
+    for line in warnings:
+        assert job.input.name in line, f"a warning does not name the input: {line}"
+        assert not TEMP_NAMES.search(line), f"a warning names a temporary file: {line}"
+    damage_lines = [s for s in warnings if "damaged" in s]
     if case.damaged:
         assert report.get("damaged_frames", 0) >= 1, "report.json counts no damaged_frames"
-        assert warnings, "no `anonymize: warning:` line on stderr"
+        assert len(damage_lines) == 1, f"not one damage warning on stderr: {warnings}"
     else:
         assert report.get("damaged_frames", 0) == 0, f"damaged_frames: {report['damaged_frames']}"
+        assert not damage_lines, f"a clean input is called damaged: {damage_lines[0]}"
+    others = [s for s in warnings if s not in damage_lines]
+    if "drops-video" not in case.keeps:
+        assert not others, f"unexpected warning: {others[0]}"
     assert r.weights_opened, "no model weights were read: the detectors did not run"
     a, b = first_frame(job.input), first_frame(out)
     assert (b.width, b.height) == (a.width, a.height), "frame size changed"

@@ -21,14 +21,14 @@ Distributed workers and ``anonymize run`` use the same calls::
     join_segments(["enc0.mp4", ...], src, info, "out.mp4")
 """
 
-from .decode import iter_frames
+from .decode import DecodeLog, iter_frames, segment_tag
 from .encode import OUTPUT_SUFFIXES, VideoWriter, choose_pix_fmt, open_output
 from .join import join_segments
 from .probe import VideoError, VideoInfo, probe
-from .segments import Segment, plan_segments, segment_tag, split_segment
+from .segments import Segment, plan_segments, split_segment
 
 __all__ = [
-    "OUTPUT_SUFFIXES", "Segment", "VideoError", "VideoInfo", "VideoWriter", "choose_pix_fmt",
+    "OUTPUT_SUFFIXES", "DecodeLog", "Segment", "VideoError", "VideoInfo", "VideoWriter", "choose_pix_fmt",
     "iter_frames", "join_segments", "open_output", "plan_segments", "probe", "segment_tag",
     "split_segment",
 ]

@@ -129,6 +129,10 @@ class VideoWriter:
         if self._c is None:
             return
         try:
+            if not self.frames:
+                # no frame (a segment whose frames all failed to decode): still
+                # write a file, without a video stream, so the segment has an output
+                self._c.start_encoding()
             for packet in self._stream.encode(None):
                 self._c.mux(packet)
         finally:
