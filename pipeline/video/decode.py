@@ -81,10 +81,9 @@ class FrameTimes:
     video (a packet hidden by an edit list, say) and maps to None."""
 
     def __init__(self, tb: Fraction, tb_src: Fraction, offset: int, known: list[int] | None):
-        self.scale = tb / tb_src
+        self.scale = Fraction(tb) / Fraction(tb_src)  # one container tick, in source units
         self.offset = offset
         self.known = known
-        self.tolerance = max(Fraction(0), self.scale)  # one container tick, in source units
 
     def raw(self, label: int) -> int:
         return round(label * self.scale) - self.offset
@@ -94,13 +93,10 @@ class FrameTimes:
         if self.known is None:
             return round(x)
         i = bisect.bisect_left(self.known, x)
-        best = None
-        for k in self.known[max(0, i - 1) : i + 1]:
-            if abs(k - x) <= self.tolerance and (best is None or abs(k - x) < abs(best - x)):
-                best = k
-        if best is not None and self.scale <= 1 and best != x:
-            return None  # an exact time base: only exact matches are frames
-        return best
+        if self.scale <= 1:  # the container keeps the source's times exactly
+            return self.known[i] if i < len(self.known) and self.known[i] == x else None
+        near = [k for k in self.known[max(0, i - 1) : i + 1] if abs(k - x) <= self.scale]
+        return min(near, key=lambda k: abs(k - x)) if near else None
 
 
 def iter_frames(path, info: VideoInfo | None = None, threads: int = 0,

@@ -32,6 +32,10 @@ from models.errors import one_line
 
 # containers whose packet pts cannot be trusted without decoding
 _DECODE_PROBE_FORMATS = {"avi"}
+# codecs whose packets are all flagged keyframes although a frame may be drawn
+# over the previous one (APNG blending, sub-rectangles): decoding can only
+# start at the first frame
+_NO_KEYFRAMES = {"apng"}
 # demuxers that "play" text files (ANSI art and friends)
 _TEXT_FORMATS = {"tty", "bin", "xbin", "adf", "idf"}
 
@@ -68,10 +72,9 @@ class VideoInfo:
     colorspace: int = 2  # AVCOL_SPC_UNSPECIFIED
     color_primaries: int = 2
     color_trc: int = 2
-    #: what the demuxer could not read: ``unreadable`` frames (promised by the
-    #: index beyond the readable data, or 1 when the demuxer reported an error
-    #: without saying how much), ``rejected`` packets (AVI probe decode), the
-    #: demuxer's ``messages``
+    #: what the demuxer could not read: ``unreadable`` frames when it reported an
+    #: error (the frames the index promises beyond the packets read, at least
+    #: 1), ``rejected`` packets (AVI probe decode), FFmpeg's ``messages``
     damage: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -176,10 +179,8 @@ def probe(path) -> VideoInfo:
     damage: dict = {}
     with _ffmpeg_errors() as errors:
         frames, keys, end, read = _scan_packets(path, info.stream_index)
-    if promised > read:
-        damage["unreadable"] = promised - read
-    elif errors:
-        damage["unreadable"] = 1
+    if errors:  # the demuxer stopped on damage: the index's surplus, or at least one frame
+        damage["unreadable"] = max(1, promised - read)
     if info.format_name in _DECODE_PROBE_FORMATS or frames is None:
         frames, keys, end, rejected = _scan_decoded(path, info.stream_index)
         if rejected:
@@ -188,6 +189,8 @@ def probe(path) -> VideoInfo:
         damage["messages"] = errors[:5]
     if not frames:
         raise VideoError(f"video stream of {path} has no frames")
+    if info.codec in _NO_KEYFRAMES:
+        keys = []
     if keys[:1] != frames[:1]:
         keys = [frames[0]] + keys  # decoding from the stream's start reaches the first frame
     info.frame_pts = frames
