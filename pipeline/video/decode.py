@@ -230,7 +230,8 @@ def to_rgb(frame, width=None, height=None) -> np.ndarray:
 
 def source_times(info: VideoInfo, known: list[int] | None = None) -> FrameTimes:
     """Timestamp mapping for decoding the source itself (its own time base)."""
-    return FrameTimes(info.time_base, info.time_base, 0, known if known is not None else info.frame_pts)
+    known = known if known is not None else info.frame_pts
+    return FrameTimes(info.time_base, info.time_base, 0, known)
 
 
 def set_segment_tag(container, tag: dict) -> None:

@@ -21,9 +21,10 @@ distributed split task and ``anonymize run`` cut alike):
   source has palette frames (a palette can sit in a header or on a stream's
   first packet only, so a copy cut mid-stream would lose it), a muxer
   refuses a packet, or the copy's first picture does not decode to the
-  source's (raw video: NUT has no tag for every pixel layout AVI can hold): the segment's frames are decoded and stored losslessly
-  (FFV1, 8-bit RGB, every frame a keyframe, in NUT) with their source pts,
-  exactly the RGB frames decoding the source gives.
+  source's (raw video: NUT has no tag for every pixel layout AVI can hold):
+  the segment's frames are decoded and stored losslessly (FFV1, 8-bit RGB,
+  every frame a keyframe, in NUT) with their source pts, exactly the RGB
+  frames decoding the source gives.
 """
 
 from __future__ import annotations
