@@ -37,6 +37,7 @@ from .records import write_records, write_report
 from .settings import Settings
 from .temporal import fill_segment
 from .threads import ThreadBudget, apply_torch_threads, resolve_threads
+from .video.damage import damage_report, segment_damage, skipped_indices
 from .video.output import atomic_output
 
 Progress = Callable[[int], None]  # called with the number of frames just finished
@@ -44,21 +45,24 @@ Progress = Callable[[int], None]  # called with the number of frames just finish
 
 @dataclass
 class SegmentResult:
-    """Owned frames' final detections (after filling) and counts of one segment."""
+    """Owned frames' final detections (after filling) and counts of one segment;
+    ``damage``: owned frames skipped or concealed (see ``video.damage``)."""
 
     index: int
     frames: dict[int, Detections]
     n_filled: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    damage: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"index": self.index, "n_filled": self.n_filled, "timings": self.timings,
+                "damage": self.damage,
                 "frames": {str(k): v.to_dicts() for k, v in sorted(self.frames.items())}}
 
     @classmethod
     def from_dict(cls, d: dict) -> SegmentResult:
         return cls(d["index"], {int(k): Detections.from_dicts(v) for k, v in d["frames"].items()},
-                   d.get("n_filled", 0), d.get("timings", {}))
+                   d.get("n_filled", 0), d.get("timings", {}), d.get("damage", {}))
 
 
 # ------------------------------------------------------------------------- segment
@@ -120,6 +124,7 @@ class SegmentJob:
         self.final: dict[int, Detections] = {}
         self.n_filled = 0
         self.timings = {"decode_s": 0.0, "detect_s": 0.0, "blur_encode_s": 0.0}
+        self.decode_log = video.DecodeLog()
         self._encode_q: queue.Queue = queue.Queue(maxsize=4)
         self._stages: list[_Stage] = []
 
@@ -146,13 +151,17 @@ class SegmentJob:
                     stage.join(timeout=5)
             for stage in self._stages:
                 stage.check()
-        missing = [i for i in range(self.seg.start, self.seg.stop) if i not in self.final]
-        if missing:
-            raise video.VideoError(f"segment {self.index}: {len(missing)} frame(s) could not be "
-                                   f"decoded (first: {missing[0]})")
+        # frames that do not decode are left out and counted, as a player skips them
+        s = self.seg
+        damage = segment_damage(self.manifest.info, s.start, s.stop, s.ctx_start, s.ctx_stop,
+                                self.decode_log)
+        skipped = set(damage["skipped"])
+        lost = [i for i in range(s.start, s.stop) if i not in self.final and i not in skipped]
+        if lost:
+            raise RuntimeError(f"segment {self.index}: frame {lost[0]} decoded but not encoded")
         self.timings = {k: round(v, 3) for k, v in self.timings.items()}
         self.timings["total_s"] = round(time.perf_counter() - t0, 3)
-        return SegmentResult(self.index, self.final, self.n_filled, self.timings)
+        return SegmentResult(self.index, self.final, self.n_filled, self.timings, damage)
 
     _stop = False
 
@@ -185,7 +194,8 @@ class SegmentJob:
     def _decode(self, segment_file: Path, out: queue.Queue) -> None:
         t = time.perf_counter()
         for pts, rgb in video.iter_frames(segment_file, self.manifest.info,
-                                          threads=self.budget.decode):
+                                          threads=self.budget.decode, log=self.decode_log,
+                                          name=self.manifest.source_name):
             idx = self.index_of.get(pts)
             if idx is None:
                 continue
@@ -287,8 +297,14 @@ def finalize(manifest: Manifest, segment_videos: list[Path], results: list[Segme
     results = sorted(results, key=lambda r: r.index)
     if [r.index for r in results] != list(range(len(manifest.segments))):
         raise ValueError("finalize needs exactly one result per segment")
-    video.join_segments(segment_videos, source, manifest.info, output,
-                        keep_metadata=settings.keep_metadata)
+    info = manifest.info
+    # the frames a player shows: those listed by the source, less those that do not decode
+    skipped = skipped_indices([r.damage for r in results])
+    shown = [p for i, p in enumerate(info.frame_pts) if i not in skipped]
+    if not shown:
+        raise video.VideoError(f"no frame of {manifest.source_name} could be decoded")
+    video.join_segments(segment_videos, source, info, output,
+                        keep_metadata=settings.keep_metadata, frame_pts=shown)
     frames: dict[int, Detections] = {}
     for r in results:
         frames.update(r.frames)
@@ -310,8 +326,9 @@ def finalize(manifest: Manifest, segment_videos: list[Path], results: list[Segme
         "output": output_name or str(output),
         "input": _stream_facts(manifest.info),
         "output_stream": _stream_facts(out_info),
-        "frames": manifest.info.n_frames,
-        "frames_match": same_frame_times(manifest.info, out_info),
+        "frames": len(shown),
+        "frames_match": same_frame_times(shown, info.time_base, out_info),
+        **damage_report(info, [r.damage for r in results]),
         "segments": len(manifest.segments),
         "detections": counts,
         "filled_boxes": filled,
@@ -327,13 +344,14 @@ def finalize(manifest: Manifest, segment_videos: list[Path], results: list[Segme
     return report
 
 
-def same_frame_times(a: video.VideoInfo, b: video.VideoInfo) -> bool:
-    """Same number of frames at exactly the same times (pts × time base): a
-    container may store the source's time base as an equal finer one."""
-    if a.n_frames != b.n_frames:
+def same_frame_times(shown: list[int], time_base, b: video.VideoInfo) -> bool:
+    """Whether ``b`` holds exactly the frames ``shown`` (source pts in
+    ``time_base``: the source's frames that decode) at exactly their times
+    (pts × time base): a container may store the time base as an equal finer one."""
+    if len(shown) != b.n_frames:
         return False
-    ta, tb = Fraction(a.time_base), Fraction(b.time_base)
-    return all(p * ta == q * tb for p, q in zip(a.frame_pts, b.frame_pts, strict=True))
+    ta, tb = Fraction(time_base), Fraction(b.time_base)
+    return all(p * ta == q * tb for p, q in zip(shown, b.frame_pts, strict=True))
 
 
 def _stream_facts(info: video.VideoInfo) -> dict:

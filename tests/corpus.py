@@ -9,9 +9,14 @@ wrong path. The product promises two things for all of them:
 * **ok**: exit 0 and a video that plays exactly like the input: the frames
   a player shows (what PyAV decodes from the input's first/default video
   stream) with the same presentation times, as exact fractions of a
-  second. Damaged streams decode what can be decoded: the skipped or
-  concealed frames are counted in ``report.json`` (``damaged_frames``) and
-  a warning line goes to stderr.
+  second. Damaged streams decode what can be decoded: a frame that does
+  not decode is left out (a player cannot show it either, and keeps the
+  previous picture up until the next frame, which is how the output plays),
+  a frame decoded from damaged data is kept and anonymized; both are
+  counted in ``report.json`` (``damaged_frames``) and one warning line
+  naming the input goes to stderr. Streams that are not anonymized (a
+  second video stream, cover art) are left out, with a warning and a
+  ``dropped_streams`` entry in ``report.json``.
 * **refused**: exit 2 and one line ``anonymize: error: ...`` naming the
   user's file, the input untouched, nothing left behind; for mistakes that
   can be seen without decoding (wrong paths, output container, output
@@ -63,9 +68,10 @@ class Case:
     ``output-parent``): the user has to see which of their paths is wrong,
     never a temporary file of ours. ``keeps`` lists further promises an ok
     case checks (see ``tests/test_corpus.py``): ``rotation``, ``streams``
-    (audio/subtitle packets byte for byte), ``second-video`` (copied
-    untouched), ``no-location`` (GPS stripped). ``slow``: 16 frames or more,
-    over 5 s of CPU time per run where the others take 2-4 s."""
+    (audio/subtitle packets byte for byte), ``drops-video`` (further video
+    streams and cover art left out, warned about and reported),
+    ``no-location`` (GPS stripped). ``slow``: 16 frames or more, over 5 s of
+    CPU time per run where the others take 2-4 s."""
 
     name: str
     make: Callable[[Path], Job]
@@ -523,18 +529,22 @@ CASES: list[Case] = [
     Case("wrong-extension", _wrong_extension, OK, note="Matroska content named .mp4"),
     Case("edit-list-cut", _edit_list_cut, OK,
          note="the output holds the frames a player shows (from 0.2 s), at their times"),
-    Case("two-video-streams", _two_video_streams, OK, keeps=("second-video",),
-         note="expectation as decided: the second video stream is copied untouched. "
-              "Doubtful: a second camera view is as likely to show faces as the first, "
-              "so copying it unblurred leaks them; blurring it too (or refusing) seems safer"),
-    Case("cover-art", _cover_art, OK, keeps=("streams",),
-         note="the cover picture is not checked: copying it untouched could leak a face, "
-              "so dropping or blurring it are both acceptable"),
-    # ---- damaged: decode what can be decoded, count and warn
-    Case("truncated-mp4", _truncated_mp4, OK, damaged=True),
-    Case("truncated-mkv", _truncated_mkv, OK, damaged=True),
-    Case("lost-packet", _lost_packet, OK, damaged=True),
-    Case("garbage-packet", _garbage_packet, OK, damaged=True),
+    Case("two-video-streams", _two_video_streams, OK, keeps=("drops-video",),
+         note="only the first video stream is anonymized; the second could show faces, so "
+              "it is left out of the output, with a warning and a report entry"),
+    Case("cover-art", _cover_art, OK, keeps=("streams", "drops-video"),
+         note="the cover picture is not anonymized, so it is left out (warning, report "
+              "entry); the audio is copied"),
+    # ---- damaged: decode what can be decoded, count and warn; frames that do not
+    # decode are left out, frames decoded from damaged data are kept
+    Case("truncated-mp4", _truncated_mp4, OK, damaged=True,
+         note="the last packet is torn (left out) and the index lists 9 frames past the end"),
+    Case("truncated-mkv", _truncated_mkv, OK, damaged=True,
+         note="the torn block cannot be read; every frame before it is whole"),
+    Case("lost-packet", _lost_packet, OK, damaged=True,
+         note="the frames after the lost reference are decoded from a stand-in: kept, counted"),
+    Case("garbage-packet", _garbage_packet, OK, damaged=True,
+         note="frame 10 does not decode (left out); 11-15 are predicted from it (kept, counted)"),
     # ---- not a video, or nothing decodes: refused, naming the input
     Case("truncated-mp4-no-index", _truncated_mp4_without_index, REFUSED,
          note="the index was to be written last; without it no frame can be found"),

@@ -6,10 +6,12 @@ and checks what the user gets:
 
 * ok: exit 0; the output's main video stream shows the same frames at the
   same times (pts × time base as exact fractions) as PyAV decodes from the
-  input's first/default video stream; ``report.json`` says ``frames_match``;
-  damaged inputs add ``damaged_frames`` > 0 and an ``anonymize: warning:``
-  line; clean ones report no damage; the input is byte-identical and only
-  the output and its records are left behind.
+  input's first/default video stream (for a damaged input: the frames that
+  decode); ``report.json`` says ``frames_match`` and counts those frames;
+  damaged inputs add ``damaged_frames`` > 0 and one ``anonymize: warning:``
+  line naming the input; clean ones report no damage and warn about
+  nothing but streams left out; the input is byte-identical and only the
+  output and its records are left behind.
 * refused: exit 2; stderr is exactly one line ``anonymize: error: ...``
   carrying the name of the user's file at fault and no temporary file of
   ours; every file and folder of the case is as it was (input bytes, no
@@ -81,38 +83,9 @@ PROGRESS = re.compile(r"\d+/\d+ \[[^\]]*(frame/s|s/frame)\]")
 # and segment files)
 TEMP_NAMES = re.compile(r"anonymize-[\w-]{6,}|seg\d{5}|out\d{5}")
 
-# Cases the current code gets wrong, to be fixed next; strict, so a fix
-# shows up as XPASS and the mark has to go.
-_SEGMENT_MKV = "segment files are Matroska, which cannot hold {}: exit 2, \"'matroska' format does not support '{}' codec\""
-_AFTER_WORK = ("refused only after every frame was detected and encoded (progress bar, "
-               "models loaded), from the output muxer")
-XFAIL: dict[str, str] = {
-    "gif": _SEGMENT_MKV.format("GIF", "gif"),
-    "apng": _SEGMENT_MKV.format("APNG", "apng"),
-    "palette-png-mov": _SEGMENT_MKV.format("PNG", "png"),
-    "qtrle-mov": _SEGMENT_MKV.format("QuickTime RLE", "qtrle"),
-    "rawvideo-nut": "raw video cannot be stream-copied into a segment: exit 2, "
-                    "\"Invalid argument: '.../anonymize-xxxx/seg00000.mkv' returned 22\" (a temporary file)",
-    "rawvideo-avi": "raw video cannot be stream-copied into a segment: exit 2, "
-                    "\"Invalid argument: '.../anonymize-xxxx/seg00000.mkv' returned 22\" (a temporary file)",
-    "edit-list-cut": "exit 2, \"keyframe at pts 0 not found in .../cut.mp4\": the keyframe hidden by "
-                     "the edit list (negative pts) is not where the segment copy looks for it",
-    "two-video-streams": "exit 0, but the second video stream is not in the output",
-    "truncated-mp4": "exit 2, \"segment 0: 1 frame(s) could not be decoded (first: 6)\": frames the "
-                     "index promises but the file lacks end the run",
-    "truncated-mkv": "exit 0 with every decodable frame, but no damaged_frames in report.json and no warning",
-    "lost-packet": "exit 0 with every decodable frame, but no damaged_frames in report.json and no warning",
-    "garbage-packet": "exit 2, \"cannot decode video of .../anonymize-xxxx/seg00000.mkv (Invalid data "
-                      "found ...)\": one bad packet ends the run, and the message names a temporary file",
-    "output-is-input": "refused after probing, behind a progress bar, and \"output must not overwrite "
-                       "the input\" names no file",
-    "output-symlink": "refused after probing, behind a progress bar, and \"output must not overwrite "
-                      "the input\" names no file",
-    "output-hard-link": "not refused: exit 0, the output is written through the link over the input",
-    "output-parent-is-file": "FileExistsError traceback (exit 1) after every frame was processed",
-    "output-avi": _AFTER_WORK + "; the message names the suffix, not the file",
-    "output-unknown-suffix": _AFTER_WORK + "; the message names the suffix, not the file",
-}
+# Cases the current code gets wrong, to be fixed next, with what goes wrong;
+# strict, so a fix shows up as XPASS and the mark has to go. None at present.
+XFAIL: dict[str, str] = {}
 
 
 def _param(case: Case):
@@ -223,20 +196,6 @@ def packets_by_type(path: Path, kinds=("audio", "subtitle")) -> dict[str, list[l
     return out
 
 
-def other_video_packets(path: Path) -> list[list[bytes]]:
-    """Payloads of every video stream except the main one and cover pictures."""
-    with av.open(str(path)) as c:
-        main = main_video_stream(c)
-        others = [s for s in c.streams.video if s.index != main.index
-                  and not s.disposition & av.stream.Disposition.attached_pic]
-        got: dict[int, list[bytes]] = {s.index: [] for s in others}
-        if others:
-            for p in c.demux(*others):
-                if p.size:
-                    got[p.stream_index].append(bytes(p))
-    return [got[s.index] for s in others]
-
-
 def snapshot(root: Path) -> dict[str, str]:
     """Every file (content hash), symlink (target) and folder below ``root``."""
     state = {}
@@ -278,12 +237,21 @@ def check_ok(case: Case, job: Job, r: Result, reference: list[Fraction], before:
     assert got == reference, first_mismatch(reference, got)
     report = json.loads((out.parent / "report.json").read_text())
     assert report["frames_match"] is True, "report.json: frames_match is not true"
+    assert report["frames"] == len(reference), f"report.json: frames {report['frames']}"
     warnings = [s for s in r.stderr.splitlines() if s.startswith("anonymize: warning:")]
+    for line in warnings:
+        assert job.input.name in line, f"a warning does not name the input: {line}"
+        assert not TEMP_NAMES.search(line), f"a warning names a temporary file: {line}"
+    damage_lines = [s for s in warnings if "damaged" in s]
     if case.damaged:
         assert report.get("damaged_frames", 0) >= 1, "report.json counts no damaged_frames"
-        assert warnings, "no `anonymize: warning:` line on stderr"
+        assert len(damage_lines) == 1, f"not one damage warning on stderr: {warnings}"
     else:
         assert report.get("damaged_frames", 0) == 0, f"damaged_frames: {report['damaged_frames']}"
+        assert not damage_lines, f"a clean input is called damaged: {damage_lines[0]}"
+    others = [s for s in warnings if s not in damage_lines]
+    if "drops-video" not in case.keeps:
+        assert not others, f"unexpected warning: {others[0]}"
     assert r.weights_opened, "no model weights were read: the detectors did not run"
     a, b = first_frame(job.input), first_frame(out)
     assert (b.width, b.height) == (a.width, a.height), "frame size changed"
@@ -293,7 +261,7 @@ def check_ok(case: Case, job: Job, r: Result, reference: list[Fraction], before:
            if not (d.startswith("new ") and Path(d[4:]).name in allowed | _parents(out, root))]
     assert not new, f"unexpected changes: {new}"
     for promise in case.keeps:
-        KEEPS[promise](job)
+        KEEPS[promise](job, report, warnings)
 
 
 def _parents(out: Path, root: Path) -> set[str]:
@@ -316,30 +284,40 @@ def check_refused(case: Case, job: Job, r: Result, before: dict[str, str], root:
         assert not r.weights_opened, f"model weights were read: {r.weights_opened[0]}"
 
 
-def _keeps_rotation(job: Job) -> None:
+def _keeps_rotation(job: Job, report: dict, warnings: list[str]) -> None:
     want, got = first_frame(job.input).rotation, first_frame(job.output).rotation
     assert got == want, f"rotation {want} became {got}"
 
 
-def _keeps_streams(job: Job) -> None:
+def _keeps_streams(job: Job, report: dict, warnings: list[str]) -> None:
     assert packets_by_type(job.output) == packets_by_type(job.input), (
         "audio/subtitle packets differ from the input's")
 
 
-def _keeps_second_video(job: Job) -> None:
-    want = other_video_packets(job.input)
-    assert want, "the input has a single video stream"
-    assert other_video_packets(job.output) == want, "second video stream not copied untouched"
+def _drops_video(job: Job, report: dict, warnings: list[str]) -> None:
+    """Every video stream but the main one (a second camera, cover art) is left
+    out, and the user is told: a warning line and a report.json entry each."""
+    with av.open(str(job.input)) as c:
+        extra = [s.index for s in c.streams.video if s.index != main_video_stream(c).index]
+    assert extra, "the input has a single video stream"
+    with av.open(str(job.output)) as c:
+        kinds = [s.type for s in c.streams]
+    assert kinds.count("video") == 1, f"output streams: {kinds}"
+    dropped = [d for d in report["dropped_streams"] if d["type"] == "video"]
+    assert sorted(d["index"] for d in dropped) == extra, f"dropped_streams: {dropped}"
+    for index in extra:
+        assert any(f"video stream {index}" in w for w in warnings), (
+            f"no warning for video stream {index}: {warnings}")
 
 
-def _strips_location(job: Job) -> None:
+def _strips_location(job: Job, report: dict, warnings: list[str]) -> None:
     coordinates = LOCATION[:17].encode()  # "+48.8584+002.2945"
     assert coordinates in job.input.read_bytes()
     assert coordinates not in job.output.read_bytes(), "GPS location left in the output"
 
 
 KEEPS = {"rotation": _keeps_rotation, "streams": _keeps_streams,
-         "second-video": _keeps_second_video, "no-location": _strips_location}
+         "drops-video": _drops_video, "no-location": _strips_location}
 
 
 # ---------------------------------------------------------------------- test

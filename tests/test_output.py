@@ -8,6 +8,7 @@ output file really holds.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -19,8 +20,9 @@ import pytest
 from models.detections import Detections
 from pipeline.process import prepare_local, run_local
 from pipeline.settings import Settings
-from pipeline.video import VideoError
+from pipeline.video import VideoError, probe
 from pipeline.video.output import atomic_output, check_output_path, same_file
+from tests import corpus
 from tests.videos import make_video
 
 SETTINGS = Settings(plates="off", fill_frames=1, segment_frames=10)
@@ -190,3 +192,53 @@ def test_subtitles_the_output_cannot_hold_are_refused_before_work(tmp_path):
     with pytest.raises(VideoError, match=r"cannot copy subtitle stream 1 \(mov_text\)"):
         run_local(src, tmp_path / "out.mkv", SETTINGS, stack=stack)
     assert stack.calls == 0 and not (tmp_path / "out.mkv").exists()
+
+
+def player_times(path: Path) -> list[Fraction]:
+    """Times of the frames PyAV decodes, skipping packets the decoder rejects."""
+    times = []
+    with av.open(str(path)) as c:
+        vs = c.streams.video[0]
+        for packet in c.demux(vs):
+            try:
+                times += [f.pts * Fraction(f.time_base) for f in vs.decode(packet)]
+            except av.FFmpegError:
+                continue
+    return sorted(times)
+
+
+def test_damaged_input_gives_every_frame_that_decodes_and_counts_the_rest(tmp_path):
+    """Frame 10 of 16 is garbage: it is left out (the output holds the 15
+    others at their times), the 5 frames predicted from it are kept and
+    counted, and the report says so; the records hold the 15 frames."""
+    job = corpus.BY_NAME["garbage-packet"].make(tmp_path / "case")
+    out = tmp_path / "out.mp4"
+    report = run_local(job.input, out, SETTINGS, tmp_path / "det", stack=Recorder())
+    assert player_times(out) == player_times(job.input)
+    assert report["frames"] == 15 and report["frames_match"] is True
+    assert report["input"]["frames"] == 16
+    assert report["damaged_frames"] == 6
+    assert [f["index"] for f in report["damage"]["skipped"]["frames"]] == [10]
+    assert report["damage"]["concealed"]["count"] == 5
+    assert 10 * 512 not in probe(out).frame_pts
+    detections = json.loads((tmp_path / "det" / "detections.json").read_text())
+    assert [f["frame_idx"] for f in detections["frames"]] == [i for i in range(16) if i != 10]
+
+
+def test_a_damaged_first_keyframe_starts_the_output_where_decoding_can(tmp_path):
+    """The first keyframe is garbage: what decodes before the next keyframe is
+    what a player shows; the output shows the same, at the same times."""
+    src = corpus.write_video(tmp_path / "in.mp4", n_frames=12, gop=4)
+    pos, size, key = corpus._video_packets(src)[0]
+    assert key
+    data = bytearray(src.read_bytes())
+    data[pos + 6 : pos + size] = np.random.default_rng(2).integers(
+        0, 256, size - 6, dtype=np.uint8).tobytes()
+    src.write_bytes(bytes(data))
+    out = tmp_path / "out.mp4"
+    report = run_local(src, out, SETTINGS, tmp_path / "det", stack=Recorder())
+    want = player_times(src)
+    assert 0 < len(want) < 12
+    assert player_times(out) == want
+    assert report["frames"] == len(want) and report["frames_match"] is True
+    assert report["damaged_frames"] >= 12 - len(want)

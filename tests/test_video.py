@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from pipeline.video import (
+    DecodeLog,
     Segment,
     VideoError,
     VideoInfo,
@@ -23,8 +24,12 @@ from pipeline.video import (
     join_segments,
     plan_segments,
     probe,
+    segment_tag,
     split_segment,
 )
+from pipeline.video.damage import damage_report, segment_damage
+from pipeline.video.h264 import FrameNumCheck
+from tests import corpus
 from tests.videos import LOCATION, frame_number, make_audio_only, make_image, make_video
 
 REAL = {  # file: (frames, width, height, codec)
@@ -397,3 +402,170 @@ def test_join_refuses_missing_or_overlapping_segments(tmp_path):
         join_segments(encoded[:2] + encoded[3:], src, info, tmp_path / "gap.mp4")
     with pytest.raises(VideoError, match="overlaps"):
         join_segments([encoded[0], encoded[0]], src, info, tmp_path / "twice.mp4")
+
+
+# ------------------------------------------------------- codecs and segment files
+
+
+def _split_all(src, tmp_path: Path, target=4, context=1):
+    """Split every segment; return (info, {source pts: RGB} decoded from the
+    source, [(segment, tag, [(pts, RGB)] decoded from its file)])."""
+    info = probe(src)
+    full = dict(iter_frames(src, info))
+    out = []
+    for seg in plan_segments(info, target, context):
+        f = split_segment(src, info, seg, tmp_path / f"seg{seg.index}.mkv")
+        out.append((seg, segment_tag(f), list(iter_frames(f))))
+    return info, full, out
+
+
+SEGMENT_CODECS = {  # corpus maker -> how its segments are stored
+    "gif": "nut", "palette-png-mov": "ffv1", "qtrle-mov": "ffv1", "apng": "ffv1",
+    "rawvideo-avi": "ffv1", "rawvideo-nut": "ffv1", "prores-mov": "matroska",
+    "mjpeg-avi": "nut", "vp9-webm": "nut",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SEGMENT_CODECS))
+def test_segments_of_any_codec_decode_to_the_source_frames(name, tmp_path):
+    """Each segment file shows exactly its frames, with the source's pts and the
+    very pixels decoding the source gives, whichever way it had to be stored."""
+    job = corpus.BY_NAME[name].make(tmp_path / "case")
+    info, full, segs = _split_all(job.input, tmp_path)
+    assert len(full) == info.n_frames
+    for seg, tag, frames in segs:
+        assert (tag.get("decoded") or tag["container"]) == SEGMENT_CODECS[name]
+        assert [p for p, _ in frames] == info.frame_pts[seg.ctx_start : seg.ctx_stop]
+        assert all(np.array_equal(rgb, full[p]) for p, rgb in frames), f"segment {seg.index}"
+
+
+def test_segment_tag_holds_long_frame_lists(tmp_path):
+    """NUT reads back at most 1023 bytes of a metadata value: the tag is stored
+    in pieces and read back whole."""
+    src = make_video(tmp_path / "v.mp4", pts=vfr_pts(300, seed=5), gop=300)
+    info = probe(src)
+    (seg,) = plan_segments(info, 250, 5)
+    f = split_segment(src, info, seg, tmp_path / "s.mkv")
+    assert segment_tag(f)["frame_pts"] == info.frame_pts
+    assert [p for p, _ in iter_frames(f)] == info.frame_pts
+
+
+def test_edit_list_cut_shows_the_frames_a_player_shows(tmp_path):
+    """``ffmpeg -ss 0.2 -c copy``: the keyframe and four more frames are hidden
+    by the edit list (negative pts). They are decoded as references, never
+    shown: the segment gives frames 5.. of the original at 0 s.., and the
+    round trip keeps exactly those."""
+    job = corpus.BY_NAME["edit-list-cut"].make(tmp_path / "case")
+    info, full, segs = _split_all(job.input, tmp_path, target=8)
+    assert info.frame_pts[0] == 0 and info.n_frames == 15
+    assert info.keyframe_pts[0] == 0  # decodable from the stream's first (hidden) packet
+    assert list(full) == info.frame_pts
+    (seg, tag, frames), = segs
+    assert tag["pts_offset"] > 0  # the hidden keyframe's negative time, shifted
+    assert [p for p, _ in frames] == info.frame_pts
+    assert all(np.array_equal(rgb, full[p]) for p, rgb in frames)
+    numbers = [frame_number(rgb) for _, rgb in frames]
+    assert numbers == [(5 + i) % 13 for i in range(15)]
+    info, got = anonymize_like(job.input, tmp_path, tmp_path / "out.mp4", target=8)
+    assert_same_timing(info, got)
+
+
+# ------------------------------------------------------------- damaged input
+
+
+def _damaged(name: str, tmp_path: Path) -> tuple[VideoInfo, dict, DecodeLog]:
+    """Probe and split a corpus case into one segment; its damage and log."""
+    job = corpus.BY_NAME[name].make(tmp_path / "case")
+    info = probe(job.input)
+    (seg,) = plan_segments(info, 250, 2)
+    f = split_segment(job.input, info, seg, tmp_path / "seg.mkv")
+    log = DecodeLog()
+    shown = [p for p, _ in iter_frames(f, info, log=log, name=job.input.name)]
+    assert sorted(log.shown) == shown
+    return info, segment_damage(info, seg.start, seg.stop, seg.ctx_start, seg.ctx_stop, log), log
+
+
+def test_garbage_packet_is_skipped_and_its_successors_concealed(tmp_path):
+    info, damage, log = _damaged("garbage-packet", tmp_path)
+    assert info.n_frames == 16 and not info.damage
+    assert damage["skipped"] == [10]  # does not decode: left out
+    assert damage["concealed"] == [11, 12, 13, 14, 15]  # predicted from it: kept, counted
+    assert any("rejected" in m for m in damage["messages"])
+    report = damage_report(info, [damage])
+    assert report["damaged_frames"] == 6
+    assert report["damage"]["skipped"]["frames"] == [{"index": 10, "time_s": 0.4}]
+
+
+def test_lost_reference_is_found_from_the_frame_numbers(tmp_path):
+    """A P-frame packet removed cleanly: FFmpeg conceals it silently; the
+    H.264 frame number gap gives it away."""
+    info, damage, _ = _damaged("lost-packet", tmp_path)
+    assert info.n_frames == 15 and damage["skipped"] == []
+    assert damage["concealed"] == [10, 11, 12, 13, 14]
+
+
+def test_truncated_files_count_what_cannot_be_read(tmp_path):
+    info, damage, _ = _damaged("truncated-mp4", tmp_path)
+    assert info.damage["unreadable"] == 9  # the index lists 16 frames, 7 packets are there
+    assert damage["skipped"] == [6]  # the torn packet
+    assert damage_report(info, [damage])["damaged_frames"] == 10
+    info, damage, _ = _damaged("truncated-mkv", tmp_path / "mkv")
+    assert info.n_frames == 10 and info.damage["unreadable"] == 1
+    assert any("ended prematurely" in m for m in info.damage["messages"])
+    assert damage == {"skipped": [], "concealed": [], "messages": []}
+
+
+def test_clean_streams_report_no_damage(tmp_path):
+    for name in ("h264-bframes", "mpegts", "hevc", "vfr"):
+        info, damage, log = _damaged(name, tmp_path / name)
+        assert not info.damage and not log.suspect and not log.messages, name
+        assert damage_report(info, [damage]) == {"damaged_frames": 0}, name
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".ts"])
+def test_frame_num_check_flags_only_lost_references(tmp_path, suffix):
+    """Length-prefixed (MP4) and Annex B (MPEG-TS) H.264: clean streams with
+    B-frames give no alarm; a removed reference frame is flagged on the next
+    picture."""
+    clean = make_video(tmp_path / f"b{suffix}", n_frames=40, gop=20, bframes=2)
+    whole = corpus.write_video(tmp_path / f"p{suffix}", n_frames=16, gop=16)
+    lost = corpus._remux_without(whole, tmp_path / f"lost{suffix}", drop=6)
+    for path, want in ((clean, 0), (whole, 0), (lost, 1)):
+        with av.open(str(path)) as c:
+            vs = c.streams.video[0]
+            check = FrameNumCheck(vs.codec_context.extradata)
+            flagged = [p.pts for p in c.demux(vs) if p.size and check.packet(memoryview(p))]
+        assert len(flagged) == want, (path.name, flagged)
+
+
+def test_join_passes_over_segments_without_frames(tmp_path):
+    """A segment whose frames all failed to decode has an output without a
+    video stream; the join holds the other frames at their times."""
+    src = make_video(tmp_path / "src.mp4", n_frames=30, gop=10)
+    info = probe(src)
+    segs = plan_segments(info, 10, 0)
+    encoded = []
+    for seg in segs:
+        enc = tmp_path / f"e{seg.index}.mp4"
+        with VideoWriter(enc, info, preset="ultrafast") as w:
+            if seg.index != 1:
+                for pts, rgb in iter_frames(src, info):
+                    if seg.start <= info.index_of(pts) < seg.stop:
+                        w.write(rgb, pts)
+        encoded.append(enc)
+    with av.open(str(encoded[1])) as c:
+        assert not c.streams.video
+    kept = info.frame_pts[:10] + info.frame_pts[20:]
+    join_segments(encoded, src, info, tmp_path / "out.mp4", frame_pts=kept)
+    assert probe(tmp_path / "out.mp4").frame_pts == kept
+
+
+def test_video_of_which_no_frame_decodes_is_refused(tmp_path):
+    src = corpus.write_video(tmp_path / "noise.mp4", n_frames=6, gop=2)
+    data = bytearray(src.read_bytes())
+    rng = np.random.default_rng(1)
+    for pos, size, _ in corpus._video_packets(src):
+        data[pos + 4 : pos + size] = rng.integers(0, 256, size - 4, dtype=np.uint8).tobytes()
+    src.write_bytes(bytes(data))
+    with pytest.raises(VideoError, match="noise.mp4 has no decodable frames"):
+        probe(src)

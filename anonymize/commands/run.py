@@ -45,13 +45,17 @@ def run(args: argparse.Namespace) -> int:
              f"output: {s['reason']}")
     from pipeline.process import run_local  # loads torch: only once the input is known good
     from pipeline.records import REPORT_JSON
+    from pipeline.video.damage import damage_warning
 
     with tqdm(total=manifest.info.n_frames, unit="frame", disable=args.quiet, file=sys.stderr,
               desc=source.name) as bar:
         report = run_local(source, output, settings, args.detections_dir,
                            progress=bar.update, manifest=manifest)
-    summary = {k: report[k] for k in ("output", "frames", "frames_match", "detections",
-                                       "filled_boxes", "wall_s", "fps")}
+    damaged = damage_warning(source, report)
+    if damaged:
+        warn(damaged)
+    summary = {k: report[k] for k in ("output", "frames", "frames_match", "damaged_frames",
+                                       "detections", "filled_boxes", "wall_s", "fps")}
     summary["report"] = str(Path(report["files"]["detections_json"]).with_name(REPORT_JSON))
     print(json.dumps(summary, indent=2))
     return 0 if report["frames_match"] else 1

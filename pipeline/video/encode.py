@@ -26,7 +26,8 @@ def check_output_suffix(output: Path) -> str:
     if suffix not in OUTPUT_SUFFIXES:
         hint = " (AVI cannot keep per-frame timestamps)" if suffix == ".avi" else ""
         shown = suffix or f"{output.name!r} (no suffix)"
-        raise VideoError(f"unsupported output container {shown}{hint}: use .mp4, .mkv or .mov")
+        raise VideoError(f"cannot write {output}: unsupported output container {shown}{hint}; "
+                         f"use .mp4, .mkv or .mov")
     return suffix
 
 
@@ -128,6 +129,10 @@ class VideoWriter:
         if self._c is None:
             return
         try:
+            if not self.frames:
+                # no frame (a segment whose frames all failed to decode): still
+                # write a file, without a video stream, so the segment has an output
+                self._c.start_encoding()
             for packet in self._stream.encode(None):
                 self._c.mux(packet)
         finally:

@@ -119,10 +119,16 @@ def check_output_streams(source, info: VideoInfo, out_suffix: str,
     return plan
 
 
-def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadata=False) -> Path:
+def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadata=False,
+                  frame_pts: list[int] | None = None) -> Path:
     """Concatenate the encoded segments' video packets (stream copy), mux the
     source's streams that :func:`plan_streams` keeps by stream copy, keep
     rotation, strip container metadata unless ``keep_metadata``.
+
+    ``frame_pts``: the frames the output must hold (default: every frame of
+    the source; less the frames of a damaged source that do not decode). A
+    segment whose frames all failed to decode has no video stream and is
+    passed over.
 
     Packets of the two sources are merged by time as they are read, so memory
     does not grow with the video's length. Each video packet's duration is set
@@ -132,6 +138,10 @@ def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadat
     segment_paths = [Path(p) for p in segment_paths]
     if not segment_paths:
         raise ValueError("no segments to join")
+    segment_paths = [p for p in segment_paths if _has_video(p)]
+    expected = info.n_frames if frame_pts is None else len(frame_pts)
+    if not segment_paths:
+        raise VideoError(f"joined 0 frames but the source has {expected}: {out_path}")
     tb = info.time_base
     with open_input(source) as src, open_input(segment_paths[0]) as first, open_output(
         out_path, keep_metadata, info.time_base
@@ -151,9 +161,14 @@ def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadat
         others = _other_packets(src, copies)
         for _, packet in heapq.merge(video, others, key=lambda x: x[0]):
             dst.mux(packet)
-    if count[0] != info.n_frames:
-        raise VideoError(f"joined {count[0]} frames but the source has {info.n_frames}: {out_path}")
+    if count[0] != expected:
+        raise VideoError(f"joined {count[0]} frames but the source has {expected}: {out_path}")
     return out_path
+
+
+def _has_video(path: Path) -> bool:
+    with open_input(path) as c:
+        return bool(c.streams.video)
 
 
 def _stream_tags(tags: dict, keep: bool) -> dict:

@@ -2,24 +2,40 @@
 
 Frames are named by their presentation timestamp (``pts``) in the source
 video stream's time base; a frame's *index* is its position in
-``VideoInfo.frame_pts``. Containers whose packets carry trustworthy pts
-(MP4, MOV, MKV, ...) are probed by demuxing only; AVI and packets without
-pts are decoded once (no colour conversion) to learn which frames exist.
+``VideoInfo.frame_pts``, which lists the frames a player shows: packets an
+edit list hides (an MP4 cut by stream copy starts at the keyframe before
+the cut, with negative times) are decoded as references but are not frames
+of the video. ``keyframe_pts`` lists the shown frames where decoding can
+start: the shown keyframes, and the first shown frame (decoding from the
+stream's first packet reaches it even when its keyframe is hidden).
+Containers whose packets carry trustworthy pts (MP4, MOV, MKV, ...) are
+probed by demuxing only; AVI and packets without pts are decoded once (no
+colour conversion) to learn which frames exist.
+
+A damaged file is probed as far as it can be read; what the demuxer could
+not read is recorded in ``VideoInfo.damage`` (see :mod:`.damage`).
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 import av
+import av.logging
 
 from models.errors import one_line
 
 # containers whose packet pts cannot be trusted without decoding
 _DECODE_PROBE_FORMATS = {"avi"}
+# codecs whose packets are all flagged keyframes although a frame may be drawn
+# over the previous one (APNG blending, sub-rectangles): decoding can only
+# start at the first frame
+_NO_KEYFRAMES = {"apng"}
 # demuxers that "play" text files (ANSI art and friends)
 _TEXT_FORMATS = {"tty", "bin", "xbin", "adf", "idf"}
 
@@ -56,6 +72,10 @@ class VideoInfo:
     colorspace: int = 2  # AVCOL_SPC_UNSPECIFIED
     color_primaries: int = 2
     color_trc: int = 2
+    #: what the demuxer could not read: ``unreadable`` frames when it reported an
+    #: error (the frames the index promises beyond the packets read, at least
+    #: 1), ``rejected`` packets (AVI probe decode), FFmpeg's ``messages``
+    damage: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.time_base = Fraction(self.time_base)
@@ -120,7 +140,7 @@ def video_stream(container, path) -> av.video.stream.VideoStream:
 
 def probe(path) -> VideoInfo:
     """Read every video packet's timing (no decode for MP4/MOV/MKV/...) plus
-    the first frame (to check the codec decodes and read its rotation)."""
+    the first decodable frame (to check the codec decodes and read its rotation)."""
     with open_input(path) as c:
         vs = video_stream(c, path)
         cc = vs.codec_context
@@ -135,6 +155,7 @@ def probe(path) -> VideoInfo:
             for s in c.streams
             if s.index != vs.index
         ]
+        promised = vs.frames or 0
         info = VideoInfo(
             path=str(path),
             format_name=c.format.name,
@@ -155,86 +176,148 @@ def probe(path) -> VideoInfo:
             color_primaries=int(first.color_primaries),
             color_trc=int(first.color_trc),
         )
-    frames, keys, end = _scan_packets(path, info.stream_index)
+    damage: dict = {}
+    with _ffmpeg_errors() as errors:
+        frames, keys, end, read = _scan_packets(path, info.stream_index)
+    if errors:  # the demuxer stopped on damage: the index's surplus, or at least one frame
+        damage["unreadable"] = max(1, promised - read)
     if info.format_name in _DECODE_PROBE_FORMATS or frames is None:
-        frames, keys, end = _scan_decoded(path, info.stream_index)
+        frames, keys, end, rejected = _scan_decoded(path, info.stream_index)
+        if rejected:
+            damage["rejected"] = rejected
+    if errors:
+        damage["messages"] = errors[:5]
     if not frames:
         raise VideoError(f"video stream of {path} has no frames")
+    if info.codec in _NO_KEYFRAMES:
+        keys = []
+    if keys[:1] != frames[:1]:
+        keys = [frames[0]] + keys  # decoding from the stream's start reaches the first frame
     info.frame_pts = frames
     info.keyframe_pts = keys
     info.end_pts = end
+    info.damage = damage
     span = (end - frames[0]) * info.time_base
     info.duration_s = float(span)
     info.avg_fps = float(len(frames) / span) if span > 0 else 0.0
     return info
 
 
-def _first_frame(c, vs, path):
+@contextlib.contextmanager
+def _ffmpeg_errors() -> Iterator[list[str]]:
+    """FFmpeg's error messages (the demuxer's "File ended prematurely",
+    "partial file") while the calling thread works in the block, one line
+    each, in the list yielded (filled when the block ends).
+
+    PyAV keeps FFmpeg silent unless a log level is set: the level is set for
+    the block only and the messages are captured for this thread, so none
+    reaches stderr."""
+    level = av.logging.get_level()
+    messages: list[str] = []
+    av.logging.set_level(av.logging.ERROR)
     try:
-        for frame in c.decode(vs):
-            return frame, int(round(frame.rotation)) % 360
-    except av.FFmpegError as e:
-        raise VideoError(f"cannot decode video of {path} ({one_line(e)})") from None
-    raise VideoError(f"video stream of {path} has no decodable frames")
+        with av.logging.Capture(local=True) as logs:
+            yield messages
+    finally:
+        av.logging.set_level(level)
+    for lib_level, name, message in logs:
+        text = " ".join(message.split())
+        line = f"{name}: {text}" if name else text
+        if lib_level <= av.logging.ERROR and text and line not in messages:
+            messages.append(line)
+
+
+def _first_frame(c, vs, path):
+    """The first frame that decodes; packets the decoder rejects are skipped,
+    as a player skips them."""
+    packets = c.demux(vs)
+    last_error = None
+    while True:
+        try:
+            packet = next(packets)
+        except (StopIteration, av.FFmpegError):
+            break
+        try:
+            for frame in vs.decode(packet):
+                return frame, int(round(frame.rotation)) % 360
+        except av.FFmpegError as e:
+            last_error = e
+    why = f" ({one_line(last_error)})" if last_error is not None else ""
+    raise VideoError(f"video stream of {path} has no decodable frames{why}")
 
 
 def _scan_packets(path, index):
-    """Frame and keyframe pts from demuxing only; None when packets lack pts."""
-    pts, keys, end = [], [], None
+    """Frame and keyframe pts from demuxing only (None when packets lack pts),
+    and how many packets could be read. A demuxer error ends the scan (the
+    rest of the file cannot be read)."""
+    pts, keys, end, read = [], [], None, 0
+    missing_pts = False
     with av.open(str(path)) as c:
         vs = c.streams[index]
-        for p in c.demux(vs):
+        packets = c.demux(vs)
+        while True:
+            try:
+                p = next(packets)
+            except (StopIteration, av.FFmpegError):
+                break
+            if p.size == 0 and p.pts is None:
+                continue  # the end-of-stream marker
+            read += 1
             if p.size == 0 or p.is_discard:
                 continue  # discard: outside the edit list, never shown
             if p.pts is None:
-                return None, None, None
+                missing_pts = True
+                continue
             pts.append(p.pts)
             if p.is_keyframe:
                 keys.append(p.pts)
             stop = p.pts + (p.duration or 0)
             end = stop if end is None else max(end, stop)
+    if missing_pts:
+        return None, None, None, read
     pts.sort()
     if len(set(pts)) != len(pts):
-        return None, None, None
+        return None, None, None, read
     keys = sorted(set(keys) & set(pts))
     if pts and (end is None or end <= pts[-1]):
         end = pts[-1] + _typical_step(pts)
-    return pts, keys, end
+    return pts, keys, end, read
 
 
 def _scan_decoded(path, index):
     """Frame pts by decoding (no pixel conversion): for containers whose
-    packets do not say which frames exist (AVI drop/N-VOP packets)."""
-    labels, key_labels = [], []
+    packets do not say which frames exist (AVI drop/N-VOP packets). Packets
+    the decoder rejects are skipped and counted."""
+    labels, key_labels, rejected = [], [], 0
     with av.open(str(path)) as c:
         vs = c.streams[index]
         vs.codec_context.thread_type = "AUTO"
-        for p in c.demux(vs):
+        packets = c.demux(vs)
+        while True:
+            try:
+                p = next(packets)
+            except (StopIteration, av.FFmpegError):
+                break
             if p.is_keyframe and p.pts is not None and p.size > 1:
                 key_labels.append(p.pts)
-            for f in decode_packet(vs, p, path):
+            try:
+                frames = vs.decode(p)
+            except av.FFmpegError:
+                rejected += 1
+                continue
+            for f in frames:
                 if f.pts is None:
                     raise VideoError(f"frames without timestamps in {path}")
                 labels.append(f.pts)
     pts = sorted(labels)
+    if not pts:
+        return pts, [], None, rejected
     if len(set(pts)) != len(pts):
         raise VideoError(f"duplicate frame timestamps in {path}")
     keys = sorted(set(key_labels) & set(pts))
     if not keys or keys[0] != pts[0]:
         keys = sorted(set(keys) | {pts[0]})
-    return pts, keys, pts[-1] + _typical_step(pts)
-
-
-def decode_packet(stream, packet, path):
-    try:
-        return stream.decode(packet)
-    except av.FFmpegError as e:
-        raise VideoError(f"cannot decode video of {path} ({one_line(e)})") from None
-
-
-def has_pts(known: list[int], pts: int) -> bool:
-    i = bisect.bisect_left(known, pts)
-    return i < len(known) and known[i] == pts
+    return pts, keys, pts[-1] + _typical_step(pts), rejected
 
 
 def snap_pts(pts: int, known: list[int]) -> int:

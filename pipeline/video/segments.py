@@ -1,26 +1,61 @@
 """GOP-aligned segments: the unit of work of a job (a distributed "frame batch").
 
-``plan_segments`` cuts at keyframes; ``split_segment`` copies (no decode) the
-packets of one segment plus its context frames into a segment file whose
-tag (``ANONYMIZE_SEGMENT``) records the exact source pts of every frame in
-it, so a worker decodes exactly the frames it owns and their context.
-Matroska (``.mkv``) is the recommended suffix because it carries any source
-codec; it stores milliseconds, which the tag corrects.
+``plan_segments`` cuts at keyframes; ``split_segment`` writes the packets of
+one segment plus its context frames into a segment file whose tag
+(``ANONYMIZE_SEGMENT``, see :func:`.decode.segment_tag`) records the exact
+source pts of every frame it shows, so a worker decodes exactly the frames
+it owns and their context, whatever container the file is.
+
+Segment files (the same choice for the same source on every machine, so the
+distributed split task and ``anonymize run`` cut alike):
+
+* **stream copy** into the first container of ``_COPY_FORMATS`` whose header
+  takes the source stream (tried in memory): NUT first, which stores any
+  time base exactly and carries most codecs FFmpeg has (GIF, PNG, raw
+  video, which Matroska refuses), then Matroska (ProRes, which NUT refuses;
+  it stores milliseconds, which the tag corrects). Timestamps are shifted
+  by ``pts_offset`` (in the tag) when the first packet has a negative time,
+  since neither container stores negative times faithfully. MOV/MP4 are
+  not used: their edit lists would hide or retime packets on reading.
+* **decoded** when no container takes a copy (APNG, QuickTime RLE), the
+  source has palette frames (a palette can sit in a header or on a stream's
+  first packet only, so a copy cut mid-stream would lose it), a muxer
+  refuses a packet, or the copy's first picture does not decode to the
+  source's (raw video: NUT has no tag for every pixel layout AVI can hold):
+  the segment's frames are decoded and stored losslessly (FFV1, 8-bit RGB,
+  every frame a keyframe, in NUT) with their source pts, exactly the RGB
+  frames decoding the source gives.
 """
 
 from __future__ import annotations
 
 import bisect
-import json
+import contextlib
+import io
+import itertools
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 
-from .encode import open_output
+from .decode import (
+    DecodeLog,
+    FrameTimes,
+    decode_frames,
+    segment_tag,
+    set_segment_tag,
+    source_times,
+    to_rgb,
+)
 from .probe import VideoError, VideoInfo, open_input
 
-SEGMENT_TAG = "ANONYMIZE_SEGMENT"
+# containers tried for a stream copy, in order
+_COPY_FORMATS = ("nut", "matroska")
+# how decoded segments are stored: lossless, exact for the RGB frames decoding gives
+_LOSSLESS_CODEC, _LOSSLESS_PIX_FMT = "ffv1", "bgr0"
 
 
 @dataclass
@@ -70,17 +105,18 @@ def plan_segments(info: VideoInfo, target_frames: int, context: int) -> list[Seg
 
 
 def split_segment(source, info: VideoInfo, segment: Segment, out_path) -> Path:
-    """Copy (no decode) the video packets that decode to frames
-    [ctx_start, ctx_stop) into ``out_path``; pts are the source's.
+    """Write the packets that decode to frames [ctx_start, ctx_stop) into
+    ``out_path`` (stream copy, or decoded where a copy cannot be made; the
+    suffix does not matter, the file describes itself); pts are the source's.
 
-    Packets run in decode order from the keyframe at ctx_start up to the
-    keyframe at ctx_stop, plus any packets right after that keyframe which
-    present earlier (open-GOP leading pictures); the extra keyframe is then
-    dropped again by ``iter_frames``. Audio is not copied: ``join_segments``
-    takes it from the source."""
+    Packets run in decode order from the keyframe at ctx_start (from the
+    stream's first packet for the first segment: an edit list may hide the
+    keyframe it starts from) up to the keyframe at ctx_stop, plus any packets
+    right after that keyframe which present earlier (open-GOP leading
+    pictures); frames outside the range are dropped again by ``iter_frames``.
+    Audio is not copied: ``join_segments`` takes it from the source."""
     out_path = Path(out_path)
-    first_pts = info.frame_pts[segment.ctx_start]
-    stop_pts = info.frame_pts[segment.ctx_stop] if segment.ctx_stop < info.n_frames else None
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     tag = {
         "index": segment.index,
         "time_base": str(info.time_base),
@@ -88,40 +124,191 @@ def split_segment(source, info: VideoInfo, segment: Segment, out_path) -> Path:
         "ctx_stop": segment.ctx_stop,
         "frame_pts": info.frame_pts[segment.ctx_start : segment.ctx_stop],
     }
-    # keep_tags: an MP4 segment file must store the custom segment tag too
-    with open_input(source) as src, open_output(out_path, True, info.time_base) as dst:
-        vs = src.streams[info.stream_index]
-        ovs = dst.add_stream_from_template(vs)
-        if info.rotation:
-            ovs.set_display_rotation(info.rotation)
-        dst.metadata[SEGMENT_TAG] = json.dumps(tag, separators=(",", ":"))
-        if not _copy_run(src, vs, ovs, dst, first_pts, stop_pts, seek=True):
-            if not _copy_run(src, vs, ovs, dst, first_pts, stop_pts, seek=False):
-                raise VideoError(f"keyframe at pts {first_pts} not found in {source}")
+    with open_input(source) as src:
+        fmt = copy_container(src.streams[info.stream_index], info)
+    if fmt is not None:
+        try:
+            _write_copy(_packets(source, info, segment), fmt, info, out_path, dict(tag))
+            if _first_pictures_agree(out_path, source, info, segment):
+                return out_path
+        except av.FFmpegError:
+            pass  # a muxer refused a packet
+        out_path.unlink(missing_ok=True)
+    _write_decoded(_packets(source, info, segment), info, out_path, dict(tag), source)
     return out_path
 
 
-def _copy_run(src, vs, ovs, dst, first_pts, stop_pts, seek) -> bool:
-    """Mux packets from the keyframe ``first_pts`` to the keyframe
-    ``stop_pts`` (exclusive, decode order). The stop keyframe and what follows
-    it are kept only while following packets present before it (leading
-    pictures of an open GOP need it as reference). False if never started."""
-    if seek and first_pts > 0:
+def copy_container(stream, info: VideoInfo) -> str | None:
+    """The first of ``_COPY_FORMATS`` that takes a stream copy of ``stream``
+    (its header written in memory), or None when the segment must be decoded."""
+    if info.pix_fmt == "pal8":
+        return None
+    for fmt in _COPY_FORMATS:
         try:
-            src.seek(first_pts, backward=True, any_frame=False, stream=vs)
+            with av.open(io.BytesIO(), "w", format=fmt) as dst:
+                o = dst.add_stream_from_template(stream)
+                o.time_base = stream.time_base
+                dst.start_encoding()
+            return fmt
+        except (ValueError, av.FFmpegError):
+            continue
+    return None
+
+
+def _open_segment(path: Path, fmt: str):
+    # bitexact: no muxer-written encoder name or random ids
+    return av.open(str(path), "w", format=fmt, container_options={"fflags": "+bitexact"})
+
+
+def _write_copy(packets: Iterator[av.Packet], fmt: str, info: VideoInfo, out_path: Path,
+                tag: dict) -> None:
+    first = next(packets)
+    start = min(t for t in (first.pts, first.dts) if t is not None)
+    offset = max(0, -start)  # dts only grow in decode order, and pts >= dts
+    tag.update(pts_offset=offset, container=fmt)
+    with _open_segment(out_path, fmt) as dst:
+        ovs = dst.add_stream_from_template(first.stream)
+        ovs.time_base = first.stream.time_base
+        if info.rotation:
+            ovs.set_display_rotation(info.rotation)
+        set_segment_tag(dst, tag)
+        for p in itertools.chain([first], packets):
+            if offset:
+                p.pts += offset
+                if p.dts is not None:
+                    p.dts += offset
+            p.stream = ovs
+            dst.mux(p)
+
+
+def _first_pictures_agree(copy: Path, source, info: VideoInfo, segment: Segment) -> bool:
+    """Whether the copy's first shown picture decodes to the same pixels as the
+    source's: a container can drop what a codec needs to read its packets
+    (raw video's pixel layout), and then only the pictures tell."""
+    known = info.frame_pts[segment.ctx_start : segment.ctx_stop]
+    packets = _packets(source, info, segment)
+    first = next(packets)
+    want = _first_picture(itertools.chain([first], packets), first.stream.codec_context,
+                          source_times(info, known), info)
+    packets.close()
+    tag = segment_tag(copy) or {}
+    with open_input(copy) as c:
+        vs = c.streams.video[0]
+        tb = Fraction(vs.time_base.numerator, vs.time_base.denominator)
+        times = FrameTimes(tb, info.time_base, tag.get("pts_offset", 0), known)
+        got = _first_picture(_readable(c, vs), vs.codec_context, times, info)
+    return (want is None) == (got is None) and (want is None or np.array_equal(want, got))
+
+
+def _first_picture(packets, codec, times: FrameTimes, info: VideoInfo):
+    """The first decoded frame the video shows (not one hidden by an edit list)."""
+    for p in itertools.chain(packets, [None]):
+        try:
+            frames = codec.decode(p)
         except av.FFmpegError:
-            return False
-    elif not seek:
-        src.seek(0)
+            continue
+        for f in frames:
+            if f.pts is not None and times.frame(f.pts) is not None:
+                return to_rgb(f, info.width, info.height)
+    return None
+
+
+def _write_decoded(packets: Iterator[av.Packet], info: VideoInfo, out_path: Path, tag: dict,
+                   source) -> None:
+    """Decode the segment's frames and store them losslessly; damage met on
+    the way travels in the tag (``concealed``), missing frames are simply
+    not there (the segment job counts them)."""
+    first = next(packets)
+    codec = first.stream.codec_context
+    codec.thread_type = "AUTO"
+    known = tag["frame_pts"]
+    offset = max(0, -known[0])
+    tag.update(pts_offset=offset, container="nut", decoded=_LOSSLESS_CODEC)
+    log = DecodeLog()
+    tmp = out_path.with_name(out_path.name + ".frames")
+    try:
+        with _open_segment(tmp, "nut") as dst:
+            s = dst.add_stream(_LOSSLESS_CODEC)
+            s.width, s.height, s.pix_fmt = info.width, info.height, _LOSSLESS_PIX_FMT
+            s.time_base = s.codec_context.time_base = info.time_base
+            s.codec_context.gop_size = 1  # every frame a keyframe: damage does not spread
+            times = source_times(info, known)
+            for pts, frame in decode_frames(itertools.chain([first], packets), codec, times, log,
+                                            source):
+                if not known[0] <= pts <= known[-1]:
+                    continue
+                log.shown.add(pts)
+                rgb = av.VideoFrame.from_ndarray(to_rgb(frame, info.width, info.height), "rgb24")
+                out = rgb.reformat(format=_LOSSLESS_PIX_FMT)
+                out.pts, out.time_base = pts + offset, info.time_base
+                for p in s.encode(out):
+                    dst.mux(p)
+            for p in s.encode(None):
+                dst.mux(p)
+        missing = set(known) - log.shown
+        tag["concealed"] = sorted(log.concealed(missing) & set(known))
+        with open_input(tmp) as src, _open_segment(out_path, "nut") as dst:
+            vs = src.streams.video[0]
+            ovs = dst.add_stream_from_template(vs)
+            ovs.time_base = vs.time_base
+            set_segment_tag(dst, tag)
+            for p in src.demux(vs):
+                if p.size:
+                    p.stream = ovs
+                    dst.mux(p)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _packets(source, info: VideoInfo, segment: Segment) -> Iterator[av.Packet]:
+    """The source packets of a segment, in decode order (see :func:`split_segment`).
+    Seeks to the start keyframe; if the seek misses it, reads from the start."""
+    first_pts = info.frame_pts[segment.ctx_start]
+    stop_pts = info.frame_pts[segment.ctx_stop] if segment.ctx_stop < info.n_frames else None
+    from_start = segment.ctx_start == 0
+    for seek in (False,) if from_start else (True, False):
+        with open_input(source) as src:
+            vs = src.streams[info.stream_index]
+            if seek and first_pts > 0:
+                try:
+                    src.seek(first_pts, backward=True, any_frame=False, stream=vs)
+                except av.FFmpegError:
+                    continue
+            started = False
+            for p in _run(_readable(src, vs), first_pts, stop_pts, from_start, seek):
+                started = True
+                yield p
+            if started:
+                return
+    raise VideoError(f"keyframe at pts {first_pts} not found in {source}")
+
+
+def _readable(src, vs) -> Iterator[av.Packet]:
+    """The stream's packets with data; a demuxer error ends the file."""
+    packets = src.demux(vs)
+    while True:
+        try:
+            p = next(packets)
+        except (StopIteration, av.FFmpegError):
+            return
+        if p.size and p.pts is not None:
+            yield p
+
+
+def _run(packets, first_pts, stop_pts, from_start: bool, seek: bool) -> Iterator[av.Packet]:
+    """Packets from the keyframe ``first_pts`` (or the first packet) to the
+    keyframe ``stop_pts`` (exclusive, decode order). The stop keyframe and what
+    follows it are kept only while following packets present before it
+    (leading pictures of an open GOP need it as reference). Nothing if the
+    start is never found."""
     started = False
     held = None  # the stop keyframe, waiting to see whether leading pictures follow
-    for p in src.demux(vs):
-        if p.size == 0 or p.pts is None:
-            continue
+    for p in packets:
         if not started:
-            if not (p.is_keyframe and p.pts == first_pts):
+            if not (from_start or (p.is_keyframe and p.pts == first_pts)):
                 if p.pts > first_pts and p.is_keyframe and seek:
-                    return False
+                    return
                 continue
             started = True
         if stop_pts is not None:
@@ -132,16 +319,6 @@ def _copy_run(src, vs, ovs, dst, first_pts, stop_pts, seek) -> bool:
                 if p.pts >= stop_pts:
                     break
                 if held is not True:
-                    held.stream = ovs
-                    dst.mux(held)
+                    yield held
                     held = True
-        p.stream = ovs
-        dst.mux(p)
-    return started
-
-
-def segment_tag(path) -> dict | None:
-    """The ``split_segment`` description stored in a segment file, if any."""
-    with open_input(path) as c:
-        raw = c.metadata.get(SEGMENT_TAG) or c.metadata.get(SEGMENT_TAG.lower())
-    return json.loads(raw) if raw else None
+        yield p

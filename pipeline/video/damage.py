@@ -1,0 +1,106 @@
+"""Damaged input: which frames could not be shown as the file meant them.
+
+Policy (README, "Damaged input"): decode what can be decoded, as a player
+does, and say what could not be.
+
+* **skipped**: a frame the file lists (its packet is there, with a time)
+  that does not decode. It is *left out* of the output: a player cannot
+  show it either and keeps the previous picture on screen until the next
+  frame, which is exactly how the output plays, since every frame it holds
+  keeps its time and lasts until the next one. Nothing is invented: a
+  stand-in picture (the previous frame repeated) would be shown for a frame
+  nobody detected on, and would change what the player shows.
+* **concealed**: a frame the decoder did output, from damaged data: it
+  flagged the frame as concealed, or the frame is predicted (same GOP, later
+  in decode order) from a skipped, concealed or lost picture. It is kept
+  and anonymized like any other (its pixels are what a player shows).
+* **unreadable**: frames the file promised but that cannot even be read
+  (the container's index lists more frames than the file holds, or the
+  demuxer stopped with an error: at least one frame). No time is known.
+
+``damaged_frames`` is their sum; the report lists the first frames of each
+kind with their index and time, and the first messages FFmpeg gave.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+from .decode import DecodeLog
+from .probe import VideoInfo
+
+# frames listed per kind in the report (the counts are always complete)
+LISTED = 20
+
+
+def segment_damage(info: VideoInfo, start: int, stop: int, ctx_start: int, ctx_stop: int,
+                   log: DecodeLog) -> dict:
+    """Skipped and concealed frame indices among the frames [start, stop) a
+    segment owns, from the decoding of its context [ctx_start, ctx_stop)."""
+    known = info.frame_pts[ctx_start:ctx_stop]
+    missing = set(known) - log.shown
+    concealed = log.concealed(missing)
+    pts = info.frame_pts
+    return {
+        "skipped": [i for i in range(start, stop) if pts[i] in missing],
+        "concealed": [i for i in range(start, stop) if pts[i] in concealed],
+        "messages": list(log.messages),
+    }
+
+
+def skipped_indices(segment_damages: list[dict]) -> set[int]:
+    return {i for d in segment_damages for i in d.get("skipped", [])}
+
+
+def damage_report(info: VideoInfo, segment_damages: list[dict]) -> dict:
+    """The ``damaged_frames`` count and the ``damage`` details of report.json."""
+    skipped = sorted(skipped_indices(segment_damages))
+    concealed = sorted({i for d in segment_damages for i in d.get("concealed", [])} - set(skipped))
+    unreadable = int(info.damage.get("unreadable", 0)) + int(info.damage.get("rejected", 0))
+    messages: list[str] = []
+    for m in [*info.damage.get("messages", []), *(m for d in segment_damages
+                                                  for m in d.get("messages", []))]:
+        if m not in messages and len(messages) < 5:
+            messages.append(m)
+    total = len(skipped) + len(concealed) + unreadable
+    if not total:
+        return {"damaged_frames": 0}
+    return {
+        "damaged_frames": total,
+        "damage": {
+            "skipped": {"count": len(skipped), "frames": _listed(info, skipped),
+                        "meaning": "listed by the file but not decodable: left out of the output"},
+            "concealed": {"count": len(concealed), "frames": _listed(info, concealed),
+                          "meaning": "decoded from damaged data: kept and anonymized"},
+            "unreadable": {"count": unreadable,
+                           "meaning": "promised by the file but not readable (cut short)"},
+            "messages": messages,
+        },
+    }
+
+
+def _listed(info: VideoInfo, indices: list[int]) -> list[dict]:
+    tb = Fraction(info.time_base)
+    return [{"index": i, "time_s": round(float(info.frame_pts[i] * tb), 6)}
+            for i in indices[:LISTED]]
+
+
+def damage_warning(source, report: dict) -> str | None:
+    """One line for stderr, naming the user's file, or None for a clean input."""
+    n = report.get("damaged_frames", 0)
+    if not n:
+        return None
+    d = report["damage"]
+    parts = []
+    if d["skipped"]["count"]:
+        first = d["skipped"]["frames"][0]["time_s"]
+        parts.append(f"{d['skipped']['count']} could not be decoded and are left out "
+                     f"(first at {first:g} s)")
+    if d["concealed"]["count"]:
+        first = d["concealed"]["frames"][0]["time_s"]
+        parts.append(f"{d['concealed']['count']} were decoded from damaged data "
+                     f"(first at {first:g} s)")
+    if d["unreadable"]["count"]:
+        parts.append(f"{d['unreadable']['count']} could not be read (the file is cut short)")
+    return (f"{source} is damaged: {n} frame(s) affected: " + "; ".join(parts)
+            + "; details in report.json")
