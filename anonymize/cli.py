@@ -19,6 +19,8 @@ import sys
 #: command name -> module under anonymize.commands
 COMMANDS = {
     "run": "run",
+    "render": "render",
+    "review": "review",
     "submit": "submit",
     "status": "status",
     "cancel": "cancel",

@@ -29,19 +29,25 @@ class Manifest:
     context: int
     #: source streams left out of the output, with the reason (told to the user)
     dropped_streams: list[dict] = field(default_factory=list)
+    #: exclusion zones and forced regions (``pipeline/zones.py``), applied at blur time
+    zones: list[dict] = field(default_factory=list)
+    #: name of the detections file a render reads instead of running detectors
+    detections_file: str | None = None
 
     def to_dict(self) -> dict:
         return {"source_name": self.source_name, "info": self.info.to_dict(),
                 "segments": [s.to_dict() for s in self.segments],
                 "settings": self.settings.to_dict(), "context": self.context,
-                "dropped_streams": self.dropped_streams}
+                "dropped_streams": self.dropped_streams, "zones": self.zones,
+                "detections_file": self.detections_file}
 
     @classmethod
     def from_dict(cls, d: dict) -> Manifest:
         return cls(d["source_name"], video.VideoInfo.from_dict(d["info"]),
                    [video.Segment.from_dict(s) for s in d["segments"]],
                    Settings.from_dict(d["settings"]), d["context"],
-                   d.get("dropped_streams", []))
+                   d.get("dropped_streams", []), d.get("zones", []),
+                   d.get("detections_file"))
 
     @property
     def time_base(self) -> Fraction:

@@ -34,11 +34,14 @@ from . import video
 from .blur import anonymize_frame
 from .plan import Manifest, plan, prepare_local  # noqa: F401  (the steps of a job, re-exported)
 from .records import write_records, write_report
+from .render import RECORDED_SETTINGS
+from .review import REPORT_HTML, review_flags, write_page
 from .settings import Settings
 from .temporal import fill_segment
 from .threads import ThreadBudget, apply_torch_threads, resolve_threads
 from .video.damage import damage_report, segment_damage, skipped_indices
 from .video.output import atomic_output
+from .zones import ZoneSet
 
 Progress = Callable[[int], None]  # called with the number of frames just finished
 
@@ -99,6 +102,13 @@ class SegmentJob:
     blurs and encodes every frame whose temporal-fill context is complete.
     Frame order is kept by every stage. On CUDA a batch goes to the device
     once and is blurred there; only the blurred frame comes back.
+
+    The stack is a :class:`pipeline.detect.DetectionStack`, or anything with its
+    ``detect(frames)``; a stack with ``detect_at(indices, frames)`` is asked
+    with the frame indexes (``pipeline.render.RecordedDetections``: boxes read
+    from a file), and one marked ``video_only`` runs no model, so the threads
+    go to decoding and encoding. Zones (``manifest.zones``) apply after
+    filling, when a frame is blurred.
     """
 
     def __init__(self, manifest: Manifest, index: int, stack, out_video: Path,
@@ -111,8 +121,13 @@ class SegmentJob:
         self.out_video = Path(out_video)
         self.progress = progress
         self.device = str(getattr(stack, "device", "cpu"))
-        self.budget = budget or ThreadBudget.split(resolve_threads(self.settings.threads),
-                                                   self.device)
+        total = resolve_threads(self.settings.threads)
+        if budget is None and getattr(stack, "video_only", False):
+            budget = ThreadBudget(total, detect=1, encode=max(1, total - 1), decode=1)
+        self.budget = budget or ThreadBudget.split(total, self.device)
+        info = manifest.info
+        self.zones = ZoneSet.from_dicts(manifest.zones, info.width, info.height,
+                                        manifest.time_base) if manifest.zones else None
         ctx = manifest.context
         lo, hi = self.seg.start - ctx, self.seg.stop + ctx
         first = max(0, self.seg.ctx_start)
@@ -225,7 +240,11 @@ class SegmentJob:
     def _detect(self, batch: list[tuple[int, int, np.ndarray]]) -> None:
         td = time.perf_counter()
         frames = self._to_device([rgb for _, _, rgb in batch])
-        found = self.stack.detect(frames)
+        detect_at = getattr(self.stack, "detect_at", None)
+        if detect_at is not None:
+            found = detect_at([idx for idx, _, _ in batch], frames)
+        else:
+            found = self.stack.detect(frames)
         self.timings["detect_s"] += time.perf_counter() - td
         for (idx, pts, _), frame, d in zip(batch, frames, found, strict=True):
             self.dets[idx] = d.with_class(FACE, PLATE)
@@ -255,7 +274,7 @@ class SegmentJob:
             boxes = filled[idx]
             self.final[idx] = boxes
             self.n_filled += int(boxes.filled.sum())
-            self._put(self._encode_q, (pts, frame, boxes))
+            self._put(self._encode_q, (idx, pts, frame, boxes))
         for old in [k for k in self.dets if k < ready[-1][0] - ctx]:
             del self.dets[old]
 
@@ -266,11 +285,14 @@ class SegmentJob:
             item = self._get(self._encode_q)
             if item is _END:
                 return
-            pts, frame, boxes = item
+            idx, pts, frame, boxes = item
             t = time.perf_counter()
             out = anonymize_frame(frame, boxes, s.mode, s.shape, s.mask_scale)
             if not isinstance(out, np.ndarray):
                 out = out.cpu().numpy()
+            if self.zones:
+                original = frame if isinstance(frame, np.ndarray) else frame.cpu().numpy()
+                out = self.zones.apply(out, original, idx, pts, s.mode)
             writer.write(out, pts)
             self.timings["blur_encode_s"] += time.perf_counter() - t
             if self.progress:
@@ -308,8 +330,12 @@ def finalize(manifest: Manifest, segment_videos: list[Path], results: list[Segme
     frames: dict[int, Detections] = {}
     for r in results:
         frames.update(r.frames)
+    header = {"width": info.width, "height": info.height,
+              "settings": {k: getattr(settings, k) for k in RECORDED_SETTINGS},
+              "zones": manifest.zones}
     paths = write_records(detections_dir, frames, manifest.info.frame_pts, manifest.time_base,
-                          manifest.source_name)
+                          manifest.source_name, header)
+    paths["report_html"] = Path(detections_dir) / REPORT_HTML  # written by the caller
     out_info = video.probe(output)
     counts = {LABELS[c]: 0 for c in (FACE, PLATE)}
     filled = {LABELS[c]: 0 for c in (FACE, PLATE)}
@@ -335,11 +361,14 @@ def finalize(manifest: Manifest, segment_videos: list[Path], results: list[Segme
         "frames_with_filled_boxes": frames_filled,
         "frames_with_detections": sum(1 for d in frames.values() if len(d)),
         "dropped_streams": manifest.dropped_streams,
+        "zones": manifest.zones,
         "settings": settings.to_dict(),
         "timings": {k: round(sum(r.timings.get(k, 0.0) for r in results), 3)
                     for k in timing_keys},
         "files": {k: str(v) for k, v in paths.items()},
     }
+    times = {i: Fraction(info.frame_pts[i]) * manifest.time_base for i in frames}
+    report.update(review_flags(frames, times, settings.to_dict(), info.width, info.height))
     report.update(extra_report or {})
     return report
 
@@ -366,18 +395,23 @@ def _stream_facts(info: video.VideoInfo) -> dict:
 
 def run_local(source: Path, output: Path, settings: Settings, detections_dir: Path | None = None,
               stack=None, progress: Progress | None = None, workdir: Path | None = None,
-              manifest: Manifest | None = None) -> dict:
+              manifest: Manifest | None = None, zones: list[dict] | None = None,
+              extra_report: dict | None = None) -> dict:
     """``anonymize run``: the whole job on this machine, segment by segment. The
     output appears under its name only when complete (written beside it under a
-    temporary name, then renamed)."""
-    from .detect import DetectionStack
-
+    temporary name, then renamed). ``zones``: checked zone dicts (``pipeline/zones.py``)
+    for a manifest made here. ``report.html`` is written beside ``report.json``."""
     source, output = Path(source), Path(output)
     detections_dir = Path(detections_dir) if detections_dir else output.parent
     t0 = time.perf_counter()
-    manifest = manifest or prepare_local(source, output, settings, detections_dir)
+    if manifest is None:
+        manifest = prepare_local(source, output, settings, detections_dir)
+        manifest.zones = list(zones or [])
     t_load = time.perf_counter()
-    stack = stack or DetectionStack.from_settings(settings)
+    if stack is None:
+        from .detect import DetectionStack
+
+        stack = DetectionStack.from_settings(settings)
     load_s = time.perf_counter() - t_load
     tmp = Path(tempfile.mkdtemp(prefix="anonymize-", dir=workdir))
     try:
@@ -391,7 +425,8 @@ def run_local(source: Path, output: Path, settings: Settings, detections_dir: Pa
         with atomic_output(output) as partial:
             report = finalize(manifest, videos, results, source, partial, detections_dir,
                               extra_report={"models": stack.model_names,
-                                            "model_load_s": round(load_s, 3)},
+                                            "model_load_s": round(load_s, 3),
+                                            **(extra_report or {})},
                               output_name=str(output))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -399,4 +434,5 @@ def run_local(source: Path, output: Path, settings: Settings, detections_dir: Pa
     report["wall_s"] = round(wall, 3)
     report["fps"] = round(manifest.info.n_frames / wall, 2) if wall > 0 else None
     write_report(detections_dir, report)
+    write_page(detections_dir, output, report)
     return report

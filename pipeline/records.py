@@ -9,8 +9,14 @@ one place that turns per-frame detections into the formats people read:
   "time_s", "filename", "det"}`` with ``det`` in the ImageAI format of the
   evaluation pickle (name, percentage_probability 0-100, box_points).
 * ``detections.json`` — every frame's faces and plates as JSON rows
-  (label, xyxy, confidence, filled).
-* ``report.json`` — stream facts, counts, timings (written by the caller).
+  (id, label, xyxy, confidence, filled), with the frame size, the settings
+  that shape the output and the zones; the format ``anonymize render`` reads
+  back after a person's edits (``detections.schema.json``). Coordinates and
+  confidences are written as the shortest decimals that read back to the
+  very same float32 values, so rendering an unedited file blurs exactly the
+  pixels the run blurred.
+* ``report.json`` — stream facts, counts, timings, review flags (written by
+  the caller).
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
 
-from models.detections import FACE, PLATE, Detections
+import numpy as np
+
+from models.detections import FACE, LABELS, PLATE, Detections
 
 from .video.output import write_atomic
 
@@ -60,25 +68,47 @@ def plate_records(frames: Mapping[int, Detections], frame_pts: list[int],
     ]
 
 
+def _f32(value) -> float:
+    """The shortest decimal that reads back to the same float32."""
+    return float(np.format_float_positional(np.float32(value), unique=True, trim="-"))
+
+
+def detection_rows(frame: int, d: Detections) -> list[dict]:
+    """detections.json rows of one frame; ``id`` is ``<frame>:<row>``."""
+    return [
+        {"id": f"{frame}:{j}", "label": LABELS[int(c)], "xyxy": [_f32(v) for v in box],
+         "confidence": _f32(s), "filled": bool(f)}
+        for j, (box, s, c, f) in enumerate(zip(d.xyxy, d.confidence, d.class_id, d.filled,
+                                               strict=True))
+    ]
+
+
 def write_records(out_dir: Path, frames: Mapping[int, Detections], frame_pts: list[int],
-                  time_base: Fraction, source_name: str) -> dict[str, Path]:
+                  time_base: Fraction, source_name: str, header: dict | None = None
+                  ) -> dict[str, Path]:
     """Write faces.pkl, plates.pkl and detections.json into ``out_dir`` (each
-    atomically: a reader never sees half a file)."""
+    atomically: a reader never sees half a file). ``header``: more top-level
+    fields of detections.json (width, height, settings, zones)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"faces_pickle": out_dir / FACES_PKL, "plates_pickle": out_dir / PLATES_PKL,
              "detections_json": out_dir / DETECTIONS_JSON}
     write_atomic(paths["faces_pickle"], pickle.dumps(face_pickle(frames), protocol=4))
     write_atomic(paths["plates_pickle"],
                  pickle.dumps(plate_records(frames, frame_pts, time_base), protocol=4))
+    header = dict(header or {})
+    zones = header.pop("zones", [])
     doc = {
         "source": source_name,
         "time_base": str(time_base),
+        **header,
         "frames": [
             {"frame_idx": idx, "pts": frame_pts[idx],
-             "detections": frames[idx].with_class(FACE, PLATE).to_dicts()}
+             "detections": detection_rows(idx, frames[idx].with_class(FACE, PLATE))}
             for idx in sorted(frames)
         ],
     }
+    if zones:
+        doc["zones"] = zones
     write_atomic(paths["detections_json"], json.dumps(doc, separators=(",", ":")).encode())
     return paths
 

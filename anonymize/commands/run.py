@@ -15,6 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detections-dir",
                    help="where faces.pkl, plates.pkl, detections.json, report.json go "
                         "(default: beside OUTPUT)")
+    p.add_argument("--zones", metavar="FILE",
+                   help="exclusion zones (never blurred) and forced regions (always blurred): "
+                        "a JSON file holding only zones (format: README, Zones)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_settings_arguments(p)
 
@@ -40,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
     # every check on the user's settings and files before any model loads or frame is decoded
     check_settings(settings)
     manifest = prepare_local(source, output, settings, args.detections_dir)
+    if args.zones:
+        from pipeline.render import read_zones
+
+        manifest.zones = read_zones(Path(args.zones), manifest.info)
     for s in manifest.dropped_streams:
         warn(f"{s['type']} stream {s['index']} ({s['codec']}) of {source} is not in the "
              f"output: {s['reason']}")
@@ -57,5 +64,6 @@ def run(args: argparse.Namespace) -> int:
     summary = {k: report[k] for k in ("output", "frames", "frames_match", "damaged_frames",
                                        "detections", "filled_boxes", "wall_s", "fps")}
     summary["report"] = str(Path(report["files"]["detections_json"]).with_name(REPORT_JSON))
+    summary["report_html"] = report["files"]["report_html"]
     print(json.dumps(summary, indent=2))
     return 0 if report["frames_match"] else 1

@@ -1,0 +1,61 @@
+"""`anonymize review DIR`: rebuild report.html from a run's records."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "rebuild report.html (timeline, flagged frames) from a run's records"
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", metavar="DIR",
+                   help="folder holding detections.json and report.json of a run, render or "
+                        "submit -o download")
+    p.add_argument("--video", help="the anonymized output video (default: the one report.json "
+                                   "names, else the only video in DIR)")
+
+
+def find_video(folder, report: dict, given: str | None):
+    """The output video the thumbnails come from: ``given``, the report's output (as
+    written, or by its name in ``folder``), else the only video in ``folder``."""
+    from pathlib import Path, PurePosixPath
+
+    if given:
+        if not Path(given).is_file():
+            raise FileNotFoundError(f"video not found: {given}")
+        return Path(given)
+    named = str(report.get("output") or "")
+    candidates = [Path(named), Path(folder) / Path(named).name,
+                  Path(folder) / PurePosixPath(named).name] if named else []
+    for c in candidates:
+        if named and "://" not in str(c) and c.is_file():
+            return c
+    videos = [p for p in Path(folder).iterdir() if p.suffix.lower() in VIDEO_SUFFIXES]
+    if len(videos) == 1:
+        return videos[0]
+    raise FileNotFoundError(f"cannot tell which video in {folder} is the output; "
+                            f"give it with --video")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from pipeline.records import DETECTIONS_JSON, REPORT_JSON
+
+    folder = Path(args.dir)
+    for name in (DETECTIONS_JSON, REPORT_JSON):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name} not found: DIR must hold a run's records")
+    try:
+        report = json.loads((folder / REPORT_JSON).read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{folder / REPORT_JSON}: not valid JSON ({exc.msg})") from None
+    video = find_video(folder, report, args.video)
+    from pipeline.review import write_page
+
+    page = write_page(folder, video, report)
+    print(page)
+    return 0

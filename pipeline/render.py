@@ -1,0 +1,294 @@
+"""Re-rendering from a detections file: a person's corrections, no detector.
+
+No detector is perfect, so people who publish anonymized footage check it,
+fix the detections (add a missed plate, drop a blurred shop sign, mark the
+camera car's bonnet as never to blur) and render again. ``anonymize render``
+does that with the very pipeline of ``anonymize run`` (same segments,
+temporal filling, blurring, encoding and timing guarantees): only the
+detection step differs, :class:`RecordedDetections` hands out the file's
+boxes for each frame index instead of running models. Filling runs again on
+the boxes the file does not mark ``filled``, so an added box is held and
+interpolated like a detected one, and a removed box takes its filled
+neighbours with it.
+
+The file is checked completely before any frame is decoded: against the
+JSON Schema beside this module (``detections.schema.json``, also the
+documentation of the format) and against the video (frame size, frame
+indexes and timestamps, boxes and zones inside the frame). Every problem is
+one line naming the file, the frame and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from models.detections import FACE, PLATE, Detections, label_id
+
+SCHEMA_PATH = Path(__file__).with_name("detections.schema.json")
+#: settings recorded in detections.json that ``render`` takes over when no flag,
+#: variable or config file sets them (they decide what the output looks like)
+RECORDED_SETTINGS = ("fill_frames", "mode", "shape", "mask_scale", "crf", "preset",
+                     "keep_metadata", "segment_frames", "face_thresh", "lp_thresh")
+
+
+class DetectionsFileError(ValueError):
+    """A detections or zones file that cannot be used; one line naming file, frame, field."""
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+@dataclass
+class Edits:
+    """What a detections file asks for: per frame the boxes to start from (faces and
+    plates, neither filled, disabled nor removed), the zones, the settings it recorded."""
+
+    name: str
+    frames: dict[int, Detections]
+    zones: list[dict] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {"detections_file": self.name, **self.counts, "zones": len(self.zones)}
+
+
+# ------------------------------------------------------------------- reading
+
+
+def load_document(path: Path) -> dict:
+    """The JSON document of ``path``, or a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise DetectionsFileError(f"detections file not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise DetectionsFileError(f"{path}: not a JSON text file") from None
+    except json.JSONDecodeError as exc:
+        raise DetectionsFileError(f"{path}: not valid JSON (line {exc.lineno}, column "
+                                  f"{exc.colno}: {exc.msg})") from None
+
+
+def _where(doc: dict, path: Sequence) -> str:
+    """``frame 12, detections[0].xyxy`` for a JSON path into the document."""
+    parts = list(path)
+    head = ""
+    if len(parts) >= 2 and parts[0] == "frames" and isinstance(parts[1], int):
+        entry = doc["frames"][parts[1]] if isinstance(doc.get("frames"), list) else None
+        idx = entry.get("frame_idx") if isinstance(entry, dict) else None
+        head = f"frame {idx}" if isinstance(idx, int) else f"frames[{parts[1]}]"
+        parts = parts[2:]
+    text = ""
+    for p in parts:
+        text += f"[{p}]" if isinstance(p, int) else (f".{p}" if text else str(p))
+    return ", ".join(x for x in (head, text) if x) or "top level"
+
+
+def validate_document(doc, path: Path) -> None:
+    """Check ``doc`` against the schema and for what a schema cannot say (unique
+    frames and ids, removals that name existing boxes)."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(doc))
+    if error is not None:
+        where = _where(doc, error.absolute_path) if isinstance(doc, dict) else "top level"
+        raise DetectionsFileError(f"{path}: {where}: {_message(error)}")
+    seen_frames: set[int] = set()
+    ids: set[str] = set()
+    for entry in doc.get("frames", []):
+        f = entry["frame_idx"]
+        if f in seen_frames:
+            raise DetectionsFileError(f"{path}: frame {f}: listed twice")
+        seen_frames.add(f)
+        for j, row in enumerate(entry["detections"]):
+            if "id" in row:
+                if row["id"] in ids:
+                    raise DetectionsFileError(f"{path}: frame {f}, detections[{j}].id: "
+                                              f"{row['id']!r} is used twice")
+                ids.add(row["id"])
+    for k, rid in enumerate(doc.get("remove", [])):
+        if rid not in ids:
+            raise DetectionsFileError(f"{path}: remove[{k}]: no box has id {rid!r}")
+
+
+def _message(error) -> str:
+    """jsonschema's message, kept to one short line."""
+    if error.validator == "additionalProperties":
+        return error.message.replace(" were unexpected", " not allowed").replace(
+            " was unexpected", " not allowed")
+    if error.validator == "oneOf" and "box" in str(error.schema):
+        return "a zone needs exactly one of box or polygon"
+    if error.validator == "not" and "time_s" in str(error.schema):
+        return "a zone takes frames or time_s, not both"
+    text = error.message.splitlines()[0]
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def check_against_video(doc: dict, path: Path, info) -> None:
+    """What only the video can tell: same frame size, frame indexes within the video,
+    the timestamps of the frames, boxes and zones that touch the frame."""
+    w, h, n = info.width, info.height, info.n_frames
+    for key, want in (("width", w), ("height", h)):
+        if key in doc and doc[key] != want:
+            raise DetectionsFileError(f"{path}: {key}: {doc[key]} but the video is {w}x{h} "
+                                      f"(detections of another video?)")
+    for entry in doc.get("frames", []):
+        f = entry["frame_idx"]
+        if f >= n:
+            raise DetectionsFileError(f"{path}: frame {f}: beyond the video, which has {n} "
+                                      f"frames (0-{n - 1})")
+        if "pts" in entry and entry["pts"] != info.frame_pts[f]:
+            raise DetectionsFileError(f"{path}: frame {f}, pts: {entry['pts']} but that frame "
+                                      f"of the video has {info.frame_pts[f]} (detections of "
+                                      f"another video?)")
+        for j, row in enumerate(entry["detections"]):
+            problem = _box_problem(row["xyxy"], w, h)
+            if problem:
+                raise DetectionsFileError(f"{path}: frame {f}, detections[{j}].xyxy: {problem}")
+    check_zones(doc.get("zones", []), path, info)
+
+
+def check_zones(zones: list[dict], path: Path, info) -> None:
+    w, h, n = info.width, info.height, info.n_frames
+    for k, z in enumerate(zones):
+        shape = "box" if "box" in z else "polygon"
+        pts = np.array(z["box"] if shape == "box" else z["polygon"], np.float64).reshape(-1, 2)
+        bounds = [*pts.min(axis=0), *pts.max(axis=0)]
+        if shape == "box" and (z["box"][2] <= z["box"][0] or z["box"][3] <= z["box"][1]):
+            raise DetectionsFileError(f"{path}: zones[{k}].box: {z['box']} is empty "
+                                      f"(x2 <= x1 or y2 <= y1)")
+        problem = _box_problem(bounds, w, h, what=shape)
+        if problem:
+            raise DetectionsFileError(f"{path}: zones[{k}].{shape}: {problem}")
+        if "frames" in z:
+            a, b = z["frames"]
+            if b < a:
+                raise DetectionsFileError(f"{path}: zones[{k}].frames: last {b} before first {a}")
+            if a >= n:
+                raise DetectionsFileError(f"{path}: zones[{k}].frames: frame {a} is beyond the "
+                                          f"video, which has {n} frames (0-{n - 1})")
+        if "time_s" in z and z["time_s"][1] < z["time_s"][0]:
+            raise DetectionsFileError(f"{path}: zones[{k}].time_s: end {z['time_s'][1]} before "
+                                      f"start {z['time_s'][0]}")
+
+
+def _box_problem(xyxy, w: int, h: int, what: str = "box") -> str | None:
+    x1, y1, x2, y2 = (float(v) for v in xyxy)
+    if what == "box" and (x2 <= x1 or y2 <= y1):
+        return f"{_show(xyxy)} is empty (x2 <= x1 or y2 <= y1)"
+    if x1 >= w or y1 >= h or x2 <= 0 or y2 <= 0:
+        return f"{what} {_show(xyxy)} lies outside the {w}x{h} frame"
+    return None
+
+
+def _show(values) -> str:
+    return "[" + ", ".join(f"{float(v):g}" for v in values) + "]"
+
+
+def read_document(path: Path) -> dict:
+    """A detections file read and checked against the schema (not yet the video)."""
+    doc = load_document(Path(path))
+    validate_document(doc, Path(path))
+    return doc
+
+
+def read_detections(path: Path, info) -> Edits:
+    """Read, check and interpret a detections file for the video ``info`` describes."""
+    return edits_from(read_document(path), Path(path), info)
+
+
+def edits_from(doc: dict, path: Path, info) -> Edits:
+    """The edits of a schema-checked document, once checked against the video."""
+    path = Path(path)
+    check_against_video(doc, path, info)
+    removed = set(doc.get("remove", []))
+    frames: dict[int, Detections] = {}
+    counts = {"boxes": 0, "added": 0, "disabled": 0, "removed": 0, "filled_ignored": 0}
+    for entry in doc.get("frames", []):
+        rows = []
+        for row in entry["detections"]:
+            if row.get("filled", False):
+                counts["filled_ignored"] += 1
+            elif row.get("disabled", False):
+                counts["disabled"] += 1
+            elif row.get("id") in removed:
+                counts["removed"] += 1
+            else:
+                counts["boxes"] += 1
+                counts["added"] += "id" not in row
+                rows.append(row)
+        if rows:
+            frames[entry["frame_idx"]] = Detections(
+                [r["xyxy"] for r in rows], [r.get("confidence", 1.0) for r in rows],
+                [label_id(r["label"]) for r in rows])
+    return Edits(path.name, frames, list(doc.get("zones", [])), dict(doc.get("settings", {})),
+                 counts)
+
+
+def read_zones(path: Path, info=None) -> list[dict]:
+    """The zones of a ``--zones FILE`` (a document holding only zones)."""
+    path = Path(path)
+    doc = load_document(path)
+    validate_document(doc, path)
+    if doc.get("frames") or doc.get("remove"):
+        raise DetectionsFileError(f"{path}: --zones reads zones only, but the file has "
+                                  f"frames; re-render detections with `anonymize render "
+                                  f"--detections {path}`")
+    if info is not None:
+        check_zones(doc.get("zones", []), path, info)
+    return list(doc.get("zones", []))
+
+
+def recorded_settings(settings, sources: dict[str, str], recorded: dict):
+    """``settings`` with every value that came from the defaults replaced by the one
+    the detections file recorded (flag > environment > config file > file > default)."""
+    from .settings import Settings
+
+    changes = {k: v for k, v in recorded.items()
+               if k in RECORDED_SETTINGS and sources.get(k) == "default"}
+    if not changes:
+        return settings
+    return Settings.from_dict({**settings.to_dict(), **changes}, "detections file")
+
+
+# ------------------------------------------------------------------- the stack
+
+
+class RecordedDetections:
+    """A detection stack that reads boxes from a file instead of running models.
+
+    :class:`pipeline.process.SegmentJob` asks it through :meth:`detect_at`, with the
+    frame indexes of the batch; it holds no model, so the segment's threads go to
+    decoding and encoding (``video_only``)."""
+
+    device = "cpu"
+    video_only = True
+
+    def __init__(self, frames: dict[int, Detections], name: str = "detections.json"):
+        self.frames = frames
+        self.name = name
+
+    @classmethod
+    def from_edits(cls, edits: Edits) -> RecordedDetections:
+        return cls(edits.frames, edits.name)
+
+    @property
+    def model_names(self) -> dict[str, str]:
+        return {"detections": f"{self.name} (no detector)"}
+
+    def detect_at(self, indices: Sequence[int], frames) -> list[Detections]:
+        empty = Detections.empty()
+        return [self.frames.get(int(i), empty).with_class(FACE, PLATE) for i in indices]
+
+    def detect(self, frames):
+        raise TypeError("RecordedDetections needs frame indexes: call detect_at")
