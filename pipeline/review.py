@@ -508,6 +508,13 @@ def timeline_svg(frames: Mapping[int, Detections], n_frames: int, times: Mapping
                      f"L{x + 4:.2f},{y + 16} L{x:.2f},{y + 22} Z' fill='#333'><title>frame {f}: "
                      f"see its thumbnail</title></path></a>")
     y += 28
+    if not times:  # images: no time, the axis counts them
+        parts.append(f"<text x='{left}' y='{y + 12}' font-size='10'>1</text>"
+                     f"<text x='{left + plot}' y='{y + 12}' font-size='10' text-anchor='end'>"
+                     f"{n}</text>")
+        return (f"<svg id='timeline' viewBox='0 0 {width} {y + 18}' role='img' "
+                f"aria-label='detections per image' xmlns='http://www.w3.org/2000/svg'>"
+                + "".join(parts) + "</svg>")
     # time axis
     t0 = times.get(min(times), 0.0) if times else 0.0
     t1 = times.get(max(times), 0.0) if times else 0.0
@@ -700,3 +707,82 @@ def write_page(records_dir: Path, video: Path | None = None, report: dict | None
     page = render_page(report, frames, times, n_frames, flags, picked, thumbs,
                        doc.get("zones", []), width, height, note)
     return write_atomic(Path(out or records_dir / REPORT_HTML), page.encode())
+
+
+# ------------------------------------------------------------------- images
+
+
+def image_flags(found: Mapping[int, Detections], names: Mapping[int, str], settings: Mapping
+                ) -> list[Flag]:
+    """Flags of an image folder (no time, so no objects): each image's weakest face or
+    plate when just above its threshold, and the images with the most boxes."""
+    thresholds = {FACE: ("--face-thresh", float(settings.get("face_thresh", 0.5))),
+                  PLATE: ("--lp-thresh", float(settings.get("lp_thresh", 0.1)))}
+    flags = []
+    for i, d in found.items():
+        d = d.with_class(FACE, PLATE)
+        if not len(d):
+            continue
+        for c, (flag, th) in thresholds.items():
+            sub = d.with_class(c)
+            if len(sub) and sub.confidence.min() < th + NEAR_THRESHOLD:
+                k = int(sub.confidence.argmin())
+                flags.append(Flag(i, "weak", f"{LABELS[c]} at confidence "
+                                  f"{sub.confidence[k]:.2f}, just above {flag} {th:g}: a weak "
+                                  f"find (or not a {LABELS[c]}?)",
+                                  [_box(c, sub.xyxy[k])], None,
+                                  th + NEAR_THRESHOLD - float(sub.confidence[k])))
+        flags.append(Flag(i, "crowded", f"{len(d)} regions blurred in {names[i]}: a crowded "
+                          f"picture, where a miss is easiest", [], None, len(d)))
+    return sort_flags(flags)
+
+
+def write_image_page(out_dir: Path, found: Mapping[str, Detections], report: dict) -> Path:
+    """``report.html`` for an image folder: counts per image and a contact sheet of the
+    images most worth a look, thumbnails of the blurred images written in ``out_dir``."""
+    import cv2
+
+    from .video.output import write_atomic
+
+    out_dir = Path(out_dir)
+    order = list(found)
+    names = dict(enumerate(order))
+    frames = {i: found[name] for i, name in names.items()}
+    flags = image_flags(frames, names, report.get("settings", {}))
+    picked = pick_frames(flags)
+    thumbs, sizes = {}, {}
+    for i, _ in picked:
+        bgr = cv2.imread(str(out_dir / names[i]), cv2.IMREAD_COLOR)
+        if bgr is not None:
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            sizes[i] = rgb.shape[1], rgb.shape[0]
+            thumbs[i] = _jpeg(rgb)
+    mask_scale = float(report.get("settings", {}).get("mask_scale", 1.0))
+    cards = []
+    for i, fl in picked:
+        if i not in thumbs:
+            continue
+        w, h = sizes[i]
+        overlay = _overlay(frames[i].with_class(FACE, PLATE), [b for x in fl for b in x.boxes],
+                           [], w, h, mask_scale)
+        items = "".join(f"<li><span class='kind' style='color:{COLOURS[x.kind]}'>{x.kind}"
+                        f"</span> {_e(x.reason)}</li>" for x in fl)
+        cards.append(f"<figure class='thumb' id='f{i}'><div class='frame'>"
+                     f"<img alt='{_e(names[i])} (anonymized)' "
+                     f"src='data:image/jpeg;base64,{thumbs[i]}'>{overlay}</div>"
+                     f"<figcaption><b>{_e(names[i])}</b><ul>{items}</ul></figcaption></figure>")
+    n_img = len(order)
+    chart = timeline_svg({i: d.with_class(FACE, PLATE) for i, d in frames.items()}, n_img, {},
+                         flags, [i for i, _ in picked if i in thumbs], [])
+    title = f"Anonymization report: {report.get('source', '')}"
+    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width,initial-scale=1'>"
+            "<link rel='icon' href='data:,'>"
+            f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
+            f"<h1>{_e(title)}</h1>{_facts(report)}<h2>Boxes per image</h2>"
+            f"<p class='muted'>{n_img} images in file-name order.</p>{chart}{_legend()}"
+            f"<h2>Images worth a look ({len(cards)})</h2>"
+            "<p class='muted'>Thumbnails of the anonymized images; outlines: regions blurred, "
+            "the flagged box (yellow).</p>"
+            f"<div class='sheet'>{''.join(cards)}</div></body></html>")
+    return write_atomic(out_dir / REPORT_HTML, page.encode())

@@ -112,10 +112,16 @@ class Client:
             self.app.send_task(name, args=args, connection=conn, retry=False,
                                ignore_result=True)
 
-    def submit(self, source: str, settings, output: str | None = None) -> str:
-        """Upload (or reference an ``s3://`` input in place), record and enqueue one job."""
+    def submit(self, source: str, settings, output: str | None = None,
+               zones: list[dict] | None = None, detections: dict | None = None,
+               detections_file: str | None = None) -> str:
+        """Upload (or reference an ``s3://`` input in place), record and enqueue one job.
+
+        ``zones``: checked zone dicts, applied at blur time. ``detections``: a checked
+        detections document (``anonymize render``'s input, named ``detections_file``):
+        the job re-renders from it on the cpu queue, with no detector."""
         from .config import SPLIT
-        from .jobs import source_key, upload_models
+        from .jobs import edits_key, source_key, upload_models
         from .state import new_job_id
 
         store = self.storage  # checked now, even for an input used in place: results go there
@@ -129,12 +135,21 @@ class Client:
                 raise FileNotFoundError(f"input not found: {source}")
             with self._reaching("storage", self.storage_url):
                 source_url = store.put_file(path, source_key(job, path.suffix.lower()))
+        edits = {}
+        if detections is not None or zones:
+            doc = dict(detections or {})
+            doc["zones"] = list(doc.get("zones", [])) + list(zones or [])
+            edits = {"edits": "detections" if detections is not None else "zones",
+                     "detections_file": PurePosixPath(detections_file or "zones.json").name}
+            with self._reaching("storage", self.storage_url):
+                store.put_json(doc, edits_key(job))  # travels like the source
         with self._reaching("storage", self.storage_url):
-            settings = upload_models(store, job, settings)  # model files travel with the job
+            if detections is None:  # a re-render loads no model
+                settings = upload_models(store, job, settings)  # model files travel with the job
         with self._reaching("job state", self.service.state_url):
             self.state.create(job, source_url=source_url, source_name=name,
                               settings=settings.to_dict(), storage_url=store.url(),
-                              output_ext=output_ext(name, output))
+                              output_ext=output_ext(name, output), **edits)
         self._send(SPLIT, (job, self.storage_url))
         return job
 

@@ -47,9 +47,13 @@ TRANSPORT_ENV = {
 GPU_QUEUE = "gpu"
 CPU_QUEUE = "cpu"
 SPLIT, PROCESS, REASSEMBLE = "anonymize.split", "anonymize.process", "anonymize.reassemble"
+#: a segment of a job re-rendered from detections (`submit --detections`): no detector,
+#: so no GPU is needed
+RENDER = "anonymize.render"
 ROUTES = {
     SPLIT: {"queue": CPU_QUEUE},
     PROCESS: {"queue": GPU_QUEUE},
+    RENDER: {"queue": CPU_QUEUE},
     REASSEMBLE: {"queue": CPU_QUEUE},
 }
 

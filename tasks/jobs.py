@@ -19,6 +19,13 @@ file's sha256; a worker downloads it once per process and checks the
 sha256 before loading (``tasks/runtime.py``). Registry names travel as
 names: workers must have them fetched (``anonymize models fetch`` is part
 of a worker's set-up), or the job fails with the command to run.
+
+Zones (``submit --zones``) and the detections of a re-render (``submit
+--detections``) travel like the source: the client checks them and stores
+them as ``jobs/<job>/edits.json``; ``split`` copies the zones into the
+manifest and, for a re-render, enqueues ``render`` (cpu queue) instead of
+``process`` for each segment: the same step, with the boxes read from
+``edits.json`` instead of detected.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from celery.exceptions import Reject
 from models.errors import one_line
 
 from .app import app, service
-from .config import PROCESS, REASSEMBLE, SPLIT
+from .config import PROCESS, REASSEMBLE, RENDER, SPLIT
 from .state import JobState
 
 log = logging.getLogger(__name__)
@@ -71,6 +78,11 @@ def manifest_key(job: str) -> str:
 
 def output_key(job: str, ext: str) -> str:
     return f"jobs/{job}/output{ext}"
+
+
+def edits_key(job: str) -> str:
+    """The zones and, for a re-render, the detections of a job (see module doc)."""
+    return f"jobs/{job}/edits.json"
 
 
 def model_key(job: str, sha256: str, ext: str) -> str:
@@ -220,6 +232,8 @@ def run_split(ctx: Context, job_id: str) -> int:
             name = job.get("source_name") or "input"
             raise video.VideoError(str(exc).replace(str(source), name)) from None
         manifest.source_name = job.get("source_name") or manifest.source_name
+        if job.get("edits"):
+            _apply_edits(ctx, job_id, job, manifest)
         for seg in manifest.segments:
             part = video.split_segment(source, manifest.info, seg, tmp / f"{seg.index}.mkv")
             ctx.storage.put_file(part, segment_key(job_id, seg.index))
@@ -234,9 +248,40 @@ def run_split(ctx: Context, job_id: str) -> int:
     if not ctx.state.set_status(job_id, "processing", segments_total=n,
                                 frames_total=manifest.info.n_frames):
         return 0  # cancelled meanwhile
+    step = RENDER if manifest.detections_file else PROCESS
     for seg in manifest.segments:
-        ctx.enqueue(PROCESS, (job_id, seg.index))
+        ctx.enqueue(step, (job_id, seg.index))
     return n
+
+
+def _apply_edits(ctx: Context, job_id: str, job: dict, manifest) -> None:
+    """Zones into the manifest; for a re-render, the detections checked against the
+    video (an ``s3://`` input is seen here first) and named in the manifest."""
+    from pipeline.render import check_zones, edits_from
+
+    doc = ctx.storage.get_json(edits_key(job_id))
+    name = job.get("detections_file") or "detections.json"
+    if job["edits"] == "detections":
+        edits = edits_from(doc, name, manifest.info)
+        manifest.detections_file = edits.name
+    else:
+        check_zones(doc.get("zones", []), name, manifest.info)
+    manifest.zones = list(doc.get("zones", []))
+
+
+_edits: dict[str, object] = {}
+
+
+def _recorded(ctx: Context, job_id: str, manifest):
+    """The re-render's detections of a job, read once per process."""
+    from pipeline.render import edits_from
+
+    if job_id not in _edits:
+        if len(_edits) > 8:
+            _edits.clear()
+        doc = ctx.storage.get_json(edits_key(job_id))
+        _edits[job_id] = edits_from(doc, manifest.detections_file, manifest.info)
+    return _edits[job_id]
 
 
 _manifests: dict[str, object] = {}
@@ -264,7 +309,11 @@ def run_process(ctx: Context, job_id: str, index: int, stack=None) -> bool:
     if job is None:
         return False
     manifest = _manifest(ctx, job_id)
-    if stack is None:
+    if manifest.detections_file:  # a re-render: boxes from the job's file, no model
+        from pipeline.render import RecordedDetections
+
+        stack = RecordedDetections.from_edits(_recorded(ctx, job_id, manifest))
+    elif stack is None:
         settings = runtime.local_models(manifest.settings, ctx.storage)
         stack = runtime.detection_stack(settings)
     tmp = Path(tempfile.mkdtemp(prefix=f"proc-{job_id}-{index}-", dir=ctx.workdir))
@@ -298,6 +347,7 @@ def run_reassemble(ctx: Context, job_id: str) -> dict | None:
     """Join the processed segments into the output video; write pickles, JSON and report."""
     from pipeline.process import SegmentResult, finalize
     from pipeline.records import write_report
+    from pipeline.review import write_page
 
     job = _load_job(ctx, job_id)
     if job is None:
@@ -316,14 +366,23 @@ def run_reassemble(ctx: Context, job_id: str) -> dict | None:
         records = tmp / "records"
         records.mkdir()
         output = tmp / f"output{ext}"
-        models = job_models(manifest.settings)
+        extra = {"job": job_id}
+        if manifest.detections_file:
+            from pipeline.render import RecordedDetections
+
+            edits = _recorded(ctx, job_id, manifest)
+            extra.update(models=RecordedDetections.from_edits(edits).model_names,
+                         render=edits.summary())
+        else:
+            extra["models"] = job_models(manifest.settings)
         report = finalize(manifest, videos, results, source, output, records,
-                          extra_report={"job": job_id, "models": models})
+                          extra_report=extra)
         out_url = ctx.storage.put_file(output, output_key(job_id, ext))
         prefix = job_prefix(job_id)
         files = {k: ctx.storage.url(prefix + Path(v).name) for k, v in report["files"].items()}
         report.update(output=out_url, files=files)
         write_report(records, report)
+        write_page(records, output, report)  # thumbnails from the joined output
         ctx.storage.put_tree(records, prefix)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -383,11 +442,12 @@ class JobTask(Task):
         return service().task_max_retries
 
     def step(self, args) -> str:
-        return f"segment {args[1]}" if self.name == PROCESS else self.name.rpartition(".")[2]
+        return (f"segment {args[1]}" if self.name in (PROCESS, RENDER)
+                else self.name.rpartition(".")[2])
 
     def on_retry(self, exc, task_id, args, kwargs, einfo):
         attempt, reason = self.request.retries + 1, one_line(exc, 500)
-        if self.name == PROCESS:
+        if self.name in (PROCESS, RENDER):
             _context(args[-1]).state.segment_failed(args[0], args[1], reason, attempt)
         log.warning("job %s: %s failed (%s); retry %d/%d", args[0], self.step(args), reason,
                     attempt, self.max_retries)
@@ -400,7 +460,7 @@ class JobTask(Task):
         else:
             attempts = self.request.retries + 1
             reason = f"{what} failed after {attempts} attempts: {one_line(exc, 500)}"
-            if self.name == PROCESS:
+            if self.name in (PROCESS, RENDER):
                 state.segment_failed(job_id, args[1], one_line(exc, 500), attempts)
         log.warning("job %s failed: %s", job_id, reason)
         state.fail(job_id, reason)
@@ -426,6 +486,13 @@ def split(self, job_id: str, store_url: str) -> int:
 
 @app.task(bind=True, base=JobTask, name=PROCESS)
 def process(self, job_id: str, index: int, store_url: str) -> bool:
+    with _permanent_as_such():
+        return run_process(_context(store_url), job_id, index)
+
+
+@app.task(bind=True, base=JobTask, name=RENDER)
+def render(self, job_id: str, index: int, store_url: str) -> bool:
+    """``process`` of a re-render (cpu queue): boxes from the job's detections file."""
     with _permanent_as_such():
         return run_process(_context(store_url), job_id, index)
 

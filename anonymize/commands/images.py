@@ -34,15 +34,34 @@ def anonymize_images(folder, out_dir, settings, quiet: bool, unit: str = "img") 
 
 
 def run(args: argparse.Namespace) -> int:
+    import time
     from pathlib import Path
 
     from models.loader import check_settings
     from pipeline.images import write_image_detections
+    from pipeline.review import write_image_page
 
     settings = settings_from_args(args)
-    check_settings(settings)  # a bad model setting fails before any image is read
+    models = check_settings(settings)  # a bad model setting fails before any image is read
+    t0 = time.perf_counter()
     found = anonymize_images(args.img_dir, args.out_dir, settings, args.quiet)
+    wall = time.perf_counter() - t0
     pkl = write_image_detections(Path(args.out_dir), found)
     n = sum(len(d) for d in found.values())
-    print(f"{len(found)} images, {n} detections -> {args.out_dir} ({pkl.name})")
+    page = write_image_page(Path(args.out_dir), found, _report(args, settings, models, found,
+                                                                wall))
+    print(f"{len(found)} images, {n} detections -> {args.out_dir} ({pkl.name}, {page.name})")
     return 0
+
+
+def _report(args, settings, models, found, wall: float) -> dict:
+    """The facts report.html shows about an image job."""
+    from models.detections import FACE, LABELS, PLATE
+
+    counts = {LABELS[c]: sum(int((d.class_id == c).sum()) for d in found.values())
+              for c in (FACE, PLATE)}
+    return {"source": str(args.img_dir), "output": str(args.out_dir),
+            "detections": counts, "settings": settings.to_dict(),
+            "models": {task: ref.display for task, ref in (models or {}).items()},
+            "timings": {"wall_s": round(wall, 3),
+                        "images_per_s": round(len(found) / wall, 2) if wall > 0 else None}}

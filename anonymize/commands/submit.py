@@ -20,6 +20,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detections-dir", help="with -o: put the records here instead")
     p.add_argument("--timeout", type=float, default=None,
                    help="with --wait: give up after this many seconds (default: none)")
+    p.add_argument("--zones", metavar="FILE",
+                   help="exclusion zones / forced regions for every input (a JSON file "
+                        "holding only zones)")
+    p.add_argument("--detections", metavar="FILE",
+                   help="re-render one input from this (edited) detections.json on the cpu "
+                        "queue, with no detector (as `anonymize render`)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_settings_arguments(p)
 
@@ -38,11 +44,12 @@ def _destination(args, source: str) -> str | None:
     return str(out)
 
 
-def _check_input(source: str, dest: str | None, settings) -> None:
+def _check_input(source: str, dest: str | None, settings, zones=None, detections=None):
     """What ``anonymize run`` checks before work, for a job about to be uploaded:
-    a readable video whose streams the output container can hold, and an
-    output path that is not the input and can be written. ``s3://`` inputs
-    are checked by the split task (the job then fails with the reason)."""
+    a readable video whose streams the output container can hold, an output
+    path that is not the input and can be written, the zones and detections
+    against the video. ``s3://`` inputs are checked by the split task (the job
+    then fails with the reason)."""
     from pathlib import Path
 
     from pipeline.video import probe
@@ -57,10 +64,19 @@ def _check_input(source: str, dest: str | None, settings) -> None:
     info = probe(source)
     check_output_streams(source, info, output_ext(Path(source).name, dest),
                          settings.keep_metadata)
+    if zones is not None:
+        from pipeline.render import check_zones
+
+        check_zones(zones[1], zones[0], info)
+    if detections is not None:
+        from pipeline.render import edits_from
+
+        edits_from(detections[1], detections[0], info)
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
+    from pathlib import Path
 
     from tasks.client import load_cluster_env
 
@@ -72,17 +88,35 @@ def run(args: argparse.Namespace) -> int:
 
     if args.output and not args.wait:
         raise ValueError("-o/--output needs --wait")
-    settings = settings_from_args(args)
-    # before anything is uploaded; registry names must be fetched on the workers,
-    # not here, and model files travel with the job
-    check_settings(settings, fetched=False)
+    zones = detections = None
+    if args.zones:
+        from pipeline.render import read_zones
+
+        zones = (Path(args.zones), read_zones(Path(args.zones)))
+    if args.detections:
+        from pipeline.render import read_document
+
+        from .render import render_settings
+
+        if len(args.inputs) > 1:
+            raise ValueError("--detections re-renders one input; give one INPUT")
+        detections = (Path(args.detections), read_document(Path(args.detections)))
+        settings = render_settings(args, detections[1].get("settings", {}))
+    else:
+        settings = settings_from_args(args)
+        # before anything is uploaded; registry names must be fetched on the workers,
+        # not here, and model files travel with the job
+        check_settings(settings, fetched=False)
     for source in args.inputs:  # the user's files, checked before anything is uploaded
-        _check_input(source, _destination(args, source), settings)
+        _check_input(source, _destination(args, source), settings, zones, detections)
     client = Client()
     jobs = []
     for source in args.inputs:
         dest = _destination(args, source)
-        job = client.submit(source, settings, output=dest)
+        job = client.submit(source, settings, output=dest,
+                            zones=zones[1] if zones else None,
+                            detections=detections[1] if detections else None,
+                            detections_file=str(detections[0]) if detections else None)
         jobs.append((job, source, dest))
         print(job, flush=True)
     if not args.wait:

@@ -1,0 +1,328 @@
+"""`anonymize render`: a run's detections.json, edited, rendered with no detector.
+
+The reference run is the real pipeline with a stack that "detects" boxes
+scripted per frame index, on a textured video where a blurred region is
+unmistakable. The edits remove one box, add one and add an exclusion zone;
+the render must change exactly those places (compared with the run's output
+and the input, pixel by pixel) and nothing else, and keep every frame and
+timestamp of the input. Bad files are refused with one line, before work.
+"""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import av
+import jsonschema
+import numpy as np
+import pytest
+
+from anonymize.cli import main
+from models.detections import FACE, PLATE, Detections
+from pipeline import video
+from pipeline.blur import region_mask
+from pipeline.process import run_local
+from pipeline.render import SCHEMA_PATH, read_detections
+from pipeline.settings import Settings
+from pipeline.zones import ZoneSet, polygon_mask
+
+W, H, N, FILL, SCALE = 160, 96, 40, 2, 1.3
+A = [20.0, 20.0, 44.0, 44.0]  # a face on every frame
+B = [100.0, 60.0, 130.0, 72.0]  # a plate seen on frame 20 only (held 18-22)
+C = [110.0, 10.0, 140.0, 40.0]  # a face the detector missed, added on frame 30 (held 28-32)
+ZONE = [24, 24, 36, 36]  # inside A: never blurred on frames 5-9
+TB = Fraction(1, 12800)
+
+
+def texture(i: int) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    blocks = rng.integers(0, 256, (H // 4, W // 4, 3), dtype=np.uint8)
+    img = np.repeat(np.repeat(blocks, 4, axis=0), 4, axis=1)
+    return np.roll(img, i % 3, axis=1)  # frames differ a little
+
+
+def write_texture(path):
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv444p"
+        vs.time_base = vs.codec_context.time_base = TB
+        vs.codec_context.options = {"crf": "4", "preset": "ultrafast",
+                                    "x264-params": "keyint=8:min-keyint=8:scenecut=0:bframes=0"}
+        for i in range(N):
+            f = av.VideoFrame.from_ndarray(texture(i), format="rgb24").reformat(format="yuv444p")
+            f.pts, f.time_base = 300 + i * 512, TB
+            for p in vs.encode(f):
+                c.mux(p)
+        for p in vs.encode(None):
+            c.mux(p)
+    return path
+
+
+class IndexedStack:
+    """Boxes scripted per frame index (A everywhere, B on frame 20)."""
+
+    model_names = {"faces": "scripted"}
+
+    def detect_at(self, indices, frames):
+        out = []
+        for i in indices:
+            d = [Detections([A], [0.9], [FACE])]
+            if i == 20:
+                d.append(Detections([B], [0.8], [PLATE]))
+            out.append(Detections.merge(d))
+        return out
+
+
+def decode(path):
+    return [rgb.astype(np.int32) for _, rgb in video.iter_frames(path)]
+
+
+def regions_of(*boxes, label=FACE):
+    return region_mask(Detections(list(boxes), [1.0] * len(boxes), [label] * len(boxes)),
+                       W, H, SCALE)
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("render")
+    src = write_texture(tmp / "street.mp4")
+    settings = Settings(fill_frames=FILL, segment_frames=12, shape="box", mask_scale=SCALE,
+                        crf=4, preset="ultrafast", batch_size=4)
+    run_local(src, tmp / "run" / "out.mp4", settings, stack=IndexedStack())
+    return src, tmp
+
+
+@pytest.fixture(scope="module")
+def edited(ran):
+    src, tmp = ran
+    doc = json.loads((tmp / "run" / "detections.json").read_text())
+    frame20 = doc["frames"][20]["detections"]
+    b_id = next(r["id"] for r in frame20 if r["label"] == "plate")
+    doc["remove"] = [b_id]
+    doc["frames"][30]["detections"].append({"label": "face", "xyxy": C})
+    doc["zones"] = [{"kind": "exclude", "box": ZONE, "frames": [5, 9], "note": "logo"}]
+    path = tmp / "edited.json"
+    path.write_text(json.dumps(doc, indent=1))
+    out = tmp / "render" / "out.mp4"
+    assert main(["render", str(src), "--detections", str(path), "-o", str(out), "--quiet"]) == 0
+    return src, tmp / "run" / "out.mp4", out, path
+
+
+def test_the_run_writes_a_file_the_schema_accepts(ran):
+    _, tmp = ran
+    doc = json.loads((tmp / "run" / "detections.json").read_text())
+    jsonschema.validate(doc, json.loads(SCHEMA_PATH.read_text()))
+    assert (doc["width"], doc["height"]) == (W, H)
+    assert doc["settings"]["fill_frames"] == FILL
+    assert doc["frames"][20]["detections"][1]["id"] == "20:1"
+
+
+def test_render_keeps_every_frame_and_timestamp_of_the_input(edited):
+    src, _, out, _ = edited
+    a, b = video.probe(src), video.probe(out)
+    assert b.n_frames == a.n_frames == N
+    assert [p * b.time_base for p in b.frame_pts] == [p * a.time_base for p in a.frame_pts]
+    report = json.loads((out.parent / "report.json").read_text())
+    assert report["frames_match"] and report["render"]["removed"] == 1
+    assert report["render"]["added"] == 1 and report["models"] == {
+        "detections": "edited.json (no detector)"}
+
+
+def test_render_changes_exactly_the_edited_places(edited):
+    src, run_out, out, _ = edited
+    inp, run, ren = decode(src), decode(run_out), decode(out)
+    a, b, c = regions_of(A), regions_of(B, label=PLATE), regions_of(C)
+    zone = np.zeros((H, W), bool)
+    zone[ZONE[1]:ZONE[3], ZONE[0]:ZONE[2]] = True
+
+    def mean(x, y, m):
+        return float(np.abs(x - y)[m].mean())
+
+    for i in range(N):
+        edited_here = np.zeros((H, W), bool)
+        if 18 <= i <= 22:  # the removed plate (and the frames filling held it on)
+            assert mean(ren[i], inp[i], b) < 3, i
+            assert mean(run[i], inp[i], b) > 20, i
+            edited_here |= b
+        if 28 <= i <= 32:  # the added face, held like a detected one
+            assert mean(ren[i], inp[i], c) > 20, i
+            assert mean(run[i], inp[i], c) < 3, i
+            edited_here |= c
+        if 5 <= i <= 9:  # the exclusion zone is cut out of A's region, only there
+            assert mean(ren[i], inp[i], zone) < 3, i
+            assert mean(run[i], inp[i], zone) > 20, i
+            assert mean(ren[i], run[i], a & ~zone) < 3, i
+            edited_here |= zone
+        else:
+            assert mean(ren[i], inp[i], a) > 20, i  # A stays blurred
+        # everywhere else the render equals the run, but for encoding noise
+        grown = np.zeros_like(edited_here)
+        ys, xs = np.nonzero(edited_here)
+        if len(ys):
+            grown[max(0, ys.min() - 3):ys.max() + 4, max(0, xs.min() - 3):xs.max() + 4] = True
+        assert mean(ren[i], run[i], ~grown) < 1.5, i
+
+
+def test_render_records_the_final_boxes_and_zones(edited):
+    _, _, out, _ = edited
+    doc = json.loads((out.parent / "detections.json").read_text())
+    frames = {e["frame_idx"]: e["detections"] for e in doc["frames"]}
+    assert not [r for r in frames[20] if r["label"] == "plate"]
+    assert [r["xyxy"] for r in frames[30] if not r["filled"] and r["xyxy"] == C] == [C]
+    assert sum(r["filled"] for r in frames[28]) == 1  # C held backwards by filling
+    assert doc["zones"][0]["kind"] == "exclude"
+
+
+def test_unedited_detections_render_the_runs_boxes(ran, tmp_path):
+    src, tmp = ran
+    out = tmp_path / "again.mp4"
+    assert main(["render", str(src), "--detections", str(tmp / "run" / "detections.json"),
+                 "-o", str(out), "--quiet"]) == 0
+    first = json.loads((tmp / "run" / "detections.json").read_text())["frames"]
+    again = json.loads((tmp_path / "detections.json").read_text())["frames"]
+    assert again == first
+    diff = [np.abs(x - y).mean() for x, y in zip(decode(tmp / "run" / "out.mp4"), decode(out),
+                                                 strict=True)]
+    assert max(diff) < 0.5
+
+
+def test_render_refuses_to_overwrite_the_file_it_reads(ran, capsys):
+    src, tmp = ran
+    code = main(["render", str(src), "--detections", str(tmp / "run" / "detections.json"),
+                 "-o", str(tmp / "run" / "again.mp4"), "--quiet"])
+    assert code == 2 and "overwrite" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- bad files
+
+
+def _broken(doc: dict, how: str) -> dict:
+    doc = json.loads(json.dumps(doc))
+    rows = doc["frames"][3]["detections"]
+    if how == "label":
+        rows[0]["label"] = "car"
+    elif how == "outside":
+        rows[0]["xyxy"] = [200, 10, 230, 40]
+    elif how == "empty":
+        rows[0]["xyxy"] = [30, 10, 20, 40]
+    elif how == "beyond":
+        doc["frames"].append({"frame_idx": N + 5, "detections": []})
+    elif how == "field":
+        rows[0]["colour"] = "red"
+    elif how == "remove":
+        doc["remove"] = ["99:9"]
+    elif how == "pts":
+        doc["frames"][3]["pts"] += 1
+    elif how == "zone":
+        doc["zones"] = [{"kind": "exclude", "box": [0, 0, 5, 5], "polygon": [[0, 0], [1, 1],
+                                                                             [0, 1]]}]
+    elif how == "size":
+        doc["width"] = 640
+    return doc
+
+
+@pytest.mark.parametrize("how, expected", [
+    ("label", "frame 3, detections[0].label: 'car' is not one of"),
+    ("outside", "frame 3, detections[0].xyxy: box [200, 10, 230, 40] lies outside the 160x96"),
+    ("empty", "frame 3, detections[0].xyxy: [30, 10, 20, 40] is empty"),
+    ("beyond", f"frame {N + 5}: beyond the video, which has {N} frames"),
+    ("field", "frame 3, detections[0]: Additional properties are not allowed ('colour'"),
+    ("remove", "remove[0]: no box has id '99:9'"),
+    ("pts", "frame 3, pts:"),
+    ("zone", "zones[0]: a zone needs exactly one of box or polygon"),
+    ("size", "width: 640 but the video is 160x96"),
+])
+def test_a_bad_detections_file_is_one_line_before_any_work(ran, tmp_path, capsys, how, expected):
+    src, tmp = ran
+    doc = json.loads((tmp / "run" / "detections.json").read_text())
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(_broken(doc, how)))
+    out = tmp_path / "out.mp4"
+    assert main(["render", str(src), "--detections", str(bad), "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"anonymize: error: {bad}: "), err
+    assert expected in err, err
+    assert not out.exists() and not (tmp_path / "report.json").exists()
+
+
+def test_not_json_is_one_line(ran, tmp_path, capsys):
+    src, _ = ran
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"frames": [}')
+    assert main(["render", str(src), "--detections", str(bad), "-o",
+                 str(tmp_path / "o.mp4")]) == 2
+    assert "not valid JSON (line 1" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ zones
+
+
+def test_polygon_mask_takes_pixels_whose_centres_are_inside():
+    m = polygon_mask(np.array([[0, 0], [8, 0], [0, 8]]), 0, 0, 8, 8)
+    ys, xs = np.mgrid[0:8, 0:8]
+    assert np.array_equal(m, (xs + 0.5) + (ys + 0.5) < 8)
+    square = polygon_mask(np.array([[2, 2], [6, 2], [6, 5], [2, 5]]), 0, 0, 8, 8)
+    assert square.sum() == 12 and square[2:5, 2:6].all()
+
+
+def test_forced_regions_win_over_exclusions_and_follow_their_time_range():
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    zones = ZoneSet.from_dicts([
+        {"kind": "force", "box": [10, 10, 30, 30], "time_s": [1.0, 2.0]},
+        {"kind": "exclude", "polygon": [[20, 0], [60, 0], [60, 40], [20, 40]]},
+    ], 60, 40, Fraction(1, 10))
+    blurred = np.zeros_like(frame)  # "everything was blurred" stand-in
+    out = zones.apply(blurred.copy(), frame, 0, 15)  # t = 1.5 s: both apply
+    assert np.array_equal(out[:, 30:], frame[:, 30:])  # excluded, not forced: original
+    assert not np.array_equal(out[10:30, 20:30], frame[10:30, 20:30])  # forced wins
+    assert np.array_equal(out[:10, :20], blurred[:10, :20])  # neither: untouched
+    later = zones.apply(blurred.copy(), frame, 0, 25)  # t = 2.5 s: only the exclusion
+    assert np.array_equal(later[10:30, 20:30], frame[10:30, 20:30])
+
+
+def test_run_with_zones_blurs_a_forced_region_on_its_frames_only(tmp_path):
+    src = write_texture(tmp_path / "in.mp4")
+    zones = tmp_path / "zones.json"
+    zones.write_text(json.dumps({"zones": [{"kind": "force", "box": [60, 30, 100, 60],
+                                            "frames": [10, 19], "note": "overlay"}]}))
+
+    class Nothing:
+        model_names: dict = {}
+
+        def detect(self, frames):
+            return [Detections.empty() for _ in frames]
+
+    from pipeline.render import read_zones
+
+    info = video.probe(src)
+    run_local(src, tmp_path / "out.mp4", Settings(fill_frames=FILL, preset="ultrafast", crf=4),
+              stack=Nothing(), zones=read_zones(zones, info))
+    inp, out = decode(src), decode(tmp_path / "out.mp4")
+    for i in range(N):
+        diff = np.abs(inp[i] - out[i])[30:60, 60:100].mean()
+        assert (diff > 20) == (10 <= i <= 19), i
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["zones"][0]["note"] == "overlay"
+
+
+def test_zones_file_with_frames_is_refused(tmp_path):
+    from pipeline.render import DetectionsFileError, read_zones
+
+    path = tmp_path / "z.json"
+    path.write_text(json.dumps({"frames": [{"frame_idx": 0, "detections": []}]}))
+    with pytest.raises(DetectionsFileError, match="zones only"):
+        read_zones(path)
+
+
+def test_read_detections_ignores_filled_and_disabled_boxes(ran):
+    src, tmp = ran
+    doc = json.loads((tmp / "run" / "detections.json").read_text())
+    doc["frames"][0]["detections"][0]["disabled"] = True
+    path = tmp / "disabled.json"
+    path.write_text(json.dumps(doc))
+    edits = read_detections(path, video.probe(src))
+    assert 0 not in edits.frames and edits.counts["disabled"] == 1
+    assert edits.counts["filled_ignored"] == sum(
+        r["filled"] for e in doc["frames"] for r in e["detections"])

@@ -1,0 +1,190 @@
+"""Review flags, report.json entries and report.html, the page looked at in a real browser.
+
+The run is the real pipeline on the scene of test_run.py (a patch the
+scripted detector misses on marked frames: a short gap that filling closes
+and a long one it cannot), so the flags point at known frames.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from anonymize.cli import main
+from models.detections import FACE, PLATE, Detections
+from pipeline.process import run_local
+from pipeline.review import MAX_THUMBNAILS, find_flags, pick_frames, write_image_page
+from pipeline.settings import Settings
+from tests.browser import Browser
+from tests.test_run import FILL, N, ScriptedStack, write_scene
+
+
+def box(x, y, s=20, label=FACE, conf=0.9, filled=False):
+    return Detections([[x, y, x + s, y + s]], [conf], [label], [filled])
+
+
+def test_an_object_lost_mid_picture_is_flagged_where_no_fill_covers_it():
+    fill = 2
+    frames = {f: box(100, 100) if f <= 10 else Detections.empty() for f in range(30)}
+    for f in (11, 12):  # filling holds the last sighting for `fill` frames
+        frames[f] = box(100, 100, filled=True)
+    flags, n = find_flags(frames, {"fill_frames": fill}, 320, 240)
+    assert n == 1
+    vanish = [f for f in flags if f.kind == "vanish"]
+    assert [f.frame for f in vanish] == [13] and "frame 10" in vanish[0].reason
+    assert flags[0].kind == "vanish"  # the most urgent first
+    assert {f.kind for f in flags} >= {"first", "last"}
+
+
+def test_an_object_leaving_at_the_edge_is_not_a_vanish():
+    frames = {f: box(0, 100) if f <= 10 else Detections.empty() for f in range(30)}
+    flags, _ = find_flags(frames, {"fill_frames": 2}, 320, 240)
+    assert not [f for f in flags if f.kind == "vanish"]
+
+
+def test_long_interpolated_gaps_and_weak_finds_are_flagged():
+    frames = {f: box(100 + f, 100, label=PLATE, conf=0.8) for f in range(20)}
+    for f in (6, 7, 8, 9):
+        frames[f] = box(100 + f, 100, label=PLATE, filled=True)
+    frames[15] = box(115, 100, label=PLATE, conf=0.12)
+    flags, n = find_flags(frames, {"fill_frames": 5, "lp_thresh": 0.1}, 320, 240)
+    assert n == 1
+    gap = [f for f in flags if f.kind == "gap"]
+    assert [f.frame for f in gap] == [7] and "frames 6-9" in gap[0].reason
+    assert gap[0].boxes[0]["filled"]
+    weak = [f for f in flags if f.kind == "weak"]
+    assert [f.frame for f in weak] == [15] and "--lp-thresh 0.1" in weak[0].reason
+
+
+def test_the_contact_sheet_is_bounded_and_takes_the_most_urgent():
+    frames = {}
+    for f in range(400):  # 200 one-frame objects, each first and last seen
+        frames[f] = box(10 + (f % 10) * 25, 100) if f % 2 == 0 else Detections.empty()
+    flags, _ = find_flags(frames, {"fill_frames": 0}, 320, 240)
+    picked = pick_frames(flags)
+    assert len(picked) == MAX_THUMBNAILS
+    assert [f for f, _ in picked] == sorted(f for f, _ in picked)
+
+
+# ------------------------------------------------------------------ a real run
+
+
+@pytest.fixture(scope="module")
+def reviewed(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("review")
+    src = write_scene(tmp / "scene.mp4")
+    settings = Settings(fill_frames=FILL, segment_frames=10, shape="box", batch_size=4,
+                        crf=10, preset="ultrafast")
+    report = run_local(src, tmp / "out" / "scene.mp4", settings, stack=ScriptedStack())
+    return tmp / "out", report
+
+
+def test_report_json_lists_the_flags_with_frame_time_reason_boxes(reviewed):
+    folder, report = reviewed
+    saved = json.loads((folder / "report.json").read_text())
+    assert saved["review"] == report["review"]
+    assert saved["review_summary"]["flags"] >= len(saved["review"]) > 0
+    kinds = {e["kind"] for e in saved["review"]}
+    assert {"first", "last", "vanish", "appear"} <= kinds
+    for e in saved["review"]:
+        assert set(e) >= {"frame", "time_s", "kind", "reason", "boxes"}
+        assert 0 <= e["frame"] < N and e["reason"]
+        assert e["time_s"] == pytest.approx(e["frame"] * 512 / 12800)
+    # the 9-frame gap (30-38): filling holds 3 frames at each end, the middle is open
+    vanish = [e for e in saved["review"] if e["kind"] == "vanish"]
+    assert [e["frame"] for e in vanish] == [33]
+    assert saved["files"]["report_html"].endswith("report.html")
+
+
+def test_report_html_is_self_contained(reviewed):
+    folder, _ = reviewed
+    page = (folder / "report.html").read_text()
+    assert "<script" not in page
+    for ref in ("http://", "https://", "src='/", 'src="/'):
+        assert ref not in page.replace("http://www.w3.org/2000/svg", "")
+    assert "id='timeline'" in page and "class='thumb'" in page
+
+
+def test_report_html_in_a_real_browser(reviewed):
+    """Loads without a console error, shows the timeline and thumbnails that decode."""
+    folder, _ = reviewed
+    with Browser() as b:
+        b.open(folder / "report.html")
+        assert b.errors() == []
+        width = b.evaluate("document.querySelector('#timeline').getBoundingClientRect().width")
+        assert width > 300
+        bars = b.evaluate("document.querySelectorAll('#timeline rect.det-face').length")
+        assert bars > 10
+        shown = b.evaluate("[...document.querySelectorAll('figure.thumb img')]"
+                           ".filter(i => i.complete && i.naturalWidth > 0).length")
+        assert shown >= 1
+        outlined = b.evaluate("document.querySelectorAll('figure.thumb rect.region').length")
+        assert outlined >= 1
+        assert b.screenshot(width=1000, height=800)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_browser_check_sees_console_errors(tmp_path):
+    page = tmp_path / "bad.html"
+    page.write_text("<!DOCTYPE html><html><body><script>console.error('boom');"
+                    "undefinedFunction();</script></body></html>")
+    with Browser() as b:
+        b.open(page)
+        errors = b.errors()
+    assert any("boom" in e for e in errors) and len(errors) >= 2
+
+
+def test_thumbnails_show_only_anonymized_pixels(reviewed, tmp_path):
+    """A thumbnail is a frame of the output video: inside a blurred region its pixels
+    are as smooth as the output's, not the detector's sharp checkerboard."""
+    import base64
+
+    import cv2
+
+    folder, report = reviewed
+    page = (folder / "report.html").read_text()
+    first = page.split("data:image/jpeg;base64,")[1].split("'")[0]
+    img = cv2.imdecode(np.frombuffer(base64.b64decode(first), np.uint8), cv2.IMREAD_COLOR)
+    frame = int(page.split("<figure class='thumb' id='f")[1].split("'")[0])
+    dets = json.loads((folder / "detections.json").read_text())["frames"][frame]["detections"]
+    assert dets, "a flagged frame of this scene has a blurred region"
+    x1, y1, x2, y2 = dets[0]["xyxy"]
+    scale = img.shape[1] / report["input"]["width"]
+    crop = img[int(y1 * scale) + 2:int(y2 * scale) - 2, int(x1 * scale) + 2:int(x2 * scale) - 2]
+    grey = crop.astype(int).mean(axis=2)
+    assert np.abs(np.diff(grey, axis=1)).max() < 60  # no checkerboard edges left
+
+
+def test_review_rebuilds_the_page_from_the_records(reviewed, tmp_path, capsys):
+    folder, _ = reviewed
+    copy = tmp_path / "records"
+    shutil.copytree(folder, copy)
+    (copy / "report.html").unlink()
+    assert main(["review", str(copy)]) == 0
+    page = (copy / "report.html").read_text()
+    assert page.count("<figure class='thumb'") >= 1
+    assert capsys.readouterr().out.strip().endswith("report.html")
+
+
+def test_review_of_a_folder_without_records_is_one_line_error(tmp_path, capsys):
+    assert main(["review", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("anonymize: error: ") and err.count("\n") == 1
+
+
+def test_image_folder_page(tmp_path):
+    import cv2
+
+    rng = np.random.default_rng(0)
+    out = tmp_path / "out"
+    out.mkdir()
+    found = {}
+    for i in range(3):
+        cv2.imwrite(str(out / f"img{i}.png"), rng.integers(0, 255, (60, 80, 3), np.uint8))
+        found[f"img{i}.png"] = box(10, 10, conf=0.55 if i == 1 else 0.9)
+    page = write_image_page(out, found, {"source": "in", "output": str(out),
+                                         "settings": {"face_thresh": 0.5, "mask_scale": 1.3}})
+    text = page.read_text()
+    assert "img1.png" in text and "weak" in text and text.count("<figure class='thumb'") == 3
