@@ -326,3 +326,49 @@ def test_read_detections_ignores_filled_and_disabled_boxes(ran):
     assert 0 not in edits.frames and edits.counts["disabled"] == 1
     assert edits.counts["filled_ignored"] == sum(
         r["filled"] for e in doc["frames"] for r in e["detections"])
+
+
+# ------------------------------------------------------------------ distributed
+
+
+def test_submit_detections_renders_on_the_cpu_queue_like_render(edited, tmp_path):
+    """The job steps with a re-render's edits: split enqueues `render` (cpu queue) per
+    segment, which runs no model; the result equals `anonymize render`'s."""
+    from tasks import jobs
+    from tasks.config import CPU_QUEUE, RENDER, ROUTES
+    from tests.test_jobs import Harness
+
+    src, _, out, edits_path = edited
+    assert ROUTES[RENDER]["queue"] == CPU_QUEUE
+    doc = json.loads(edits_path.read_text())
+    settings = Settings(fill_frames=FILL, segment_frames=12, shape="box", mask_scale=SCALE,
+                        crf=4, preset="ultrafast")
+    h = Harness(tmp_path, src, settings)
+    h.storage.put_json(doc, jobs.edits_key(h.job))
+    h.state.jobs[h.job].update(edits="detections", detections_file="edited.json")
+    n = jobs.run_split(h.ctx, h.job)
+    assert h.take_sent() == [(RENDER, (h.job, i)) for i in range(n)]
+    for i in range(n):
+        assert jobs.run_process(h.ctx, h.job, i) is True  # no stack given: none loaded
+    report = jobs.run_reassemble(h.ctx, h.job)
+    assert report["frames_match"] and report["render"]["removed"] == 1
+    got = h.storage.get_json(f"jobs/{h.job}/detections.json")
+    want = json.loads((out.parent / "detections.json").read_text())
+    assert got["frames"] == want["frames"] and got["zones"] == want["zones"]
+    assert "report_html" in h.state.get(h.job)["files"]
+    page = h.storage.get_bytes(f"jobs/{h.job}/report.html").decode()
+    assert "<figure class='thumb'" in page
+
+
+def test_a_bad_detections_file_fails_the_split_with_one_line(ran, tmp_path):
+    from tasks import jobs
+    from tests.test_jobs import Harness
+
+    src, tmp = ran
+    doc = _broken(json.loads((tmp / "run" / "detections.json").read_text()), "beyond")
+    h = Harness(tmp_path, src, Settings(fill_frames=FILL, preset="ultrafast"))
+    h.storage.put_json(doc, jobs.edits_key(h.job))
+    h.state.jobs[h.job].update(edits="detections", detections_file="edited.json")
+    with pytest.raises(ValueError, match=f"edited.json: frame {N + 5}: beyond the video"):
+        jobs.run_split(h.ctx, h.job)
+    assert h.take_sent() == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "start a worker for the gpu (process) and/or cpu (split, reassemble) queues"
+HELP = "start a worker for the gpu (process) and/or cpu (split, render, reassemble) queues"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
