@@ -8,9 +8,11 @@ and the input, pixel by pixel) and nothing else, and keep every frame and
 timestamp of the input. Bad files are refused with one line, before work.
 """
 
+# ruff: noqa: F811 -- the fixtures imported from tests.servers are test parameters
 from __future__ import annotations
 
 import json
+import os
 from fractions import Fraction
 
 import av
@@ -26,6 +28,7 @@ from pipeline.process import run_local
 from pipeline.render import SCHEMA_PATH, read_detections
 from pipeline.settings import Settings
 from pipeline.zones import ZoneSet, polygon_mask
+from tests.servers import Worker, redis_server, s3_server, servers_dir  # noqa: F401
 
 W, H, N, FILL, SCALE = 160, 96, 40, 2, 1.3
 A = [20.0, 20.0, 44.0, 44.0]  # a face on every frame
@@ -246,6 +249,20 @@ def test_a_bad_detections_file_is_one_line_before_any_work(ran, tmp_path, capsys
     assert not out.exists() and not (tmp_path / "report.json").exists()
 
 
+def test_submit_refuses_bad_detections_before_reaching_a_server(ran, tmp_path, capsys,
+                                                                 monkeypatch):
+    src, tmp = ran
+    monkeypatch.setenv("ANONYMIZE_BROKER_URL", "redis://127.0.0.1:9/0")  # nobody there
+    doc = json.loads((tmp / "run" / "detections.json").read_text())
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(_broken(doc, "beyond")))
+    assert main(["submit", str(src), "--detections", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "beyond the video" in err
+    assert main(["submit", str(src), str(src), "--detections", str(bad)]) == 2
+    assert "one INPUT" in capsys.readouterr().err
+
+
 def test_not_json_is_one_line(ran, tmp_path, capsys):
     src, _ = ran
     bad = tmp_path / "bad.json"
@@ -372,3 +389,43 @@ def test_a_bad_detections_file_fails_the_split_with_one_line(ran, tmp_path):
     with pytest.raises(ValueError, match=f"edited.json: frame {N + 5}: beyond the video"):
         jobs.run_split(h.ctx, h.job)
     assert h.take_sent() == []
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_submit_detections_is_served_by_a_cpu_only_worker(edited, redis_server, s3_server,
+                                                          servers_dir, tmp_path):
+    """Real Redis, S3 and one worker that serves only the cpu queue and has no model:
+    `submit --detections` still finishes, and equals `anonymize render`."""
+    src, _, out, edits_path = edited
+    env = {**s3_server.client_env(), "ANONYMIZE_BROKER_URL": redis_server.url,
+           "ANONYMIZE_STORAGE_URL": s3_server.storage_url("render"),
+           "ANONYMIZE_WORKER_DEVICE": "cpu"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    worker = Worker(servers_dir / "cpu-render", env, queues="cpu", name="cpu-only")
+    worker.start()
+    try:
+        from tasks.client import Client
+
+        client = Client()
+        settings = Settings(fill_frames=FILL, segment_frames=12, shape="box", mask_scale=SCALE,
+                            crf=4, preset="ultrafast")
+        job = client.submit(str(src), settings, output="out.mp4",
+                            detections=json.loads(edits_path.read_text()),
+                            detections_file=str(edits_path))
+        info = client.wait(job, timeout=240)
+        assert info["status"] == "done", f"{info.get('error')} / {worker.tail(3000)}"
+        got = client.download(job, tmp_path / "out.mp4")
+        assert {"output", "detections_json", "report_html", "report"} <= set(got)
+        mine = json.loads((tmp_path / "detections.json").read_text())
+        want = json.loads((out.parent / "detections.json").read_text())
+        assert mine["frames"] == want["frames"] and mine["zones"] == want["zones"]
+        assert "<figure class='thumb'" in (tmp_path / "report.html").read_text()
+    finally:
+        worker.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
