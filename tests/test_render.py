@@ -360,7 +360,7 @@ def test_submit_detections_renders_on_the_cpu_queue_like_render(edited, tmp_path
     doc = json.loads(edits_path.read_text())
     settings = Settings(fill_frames=FILL, segment_frames=12, shape="box", mask_scale=SCALE,
                         crf=4, preset="ultrafast")
-    h = Harness(tmp_path, src, settings)
+    h = Harness(tmp_path, src, settings, job="render-1")  # workers cache per job id
     h.storage.put_json(doc, jobs.edits_key(h.job))
     h.state.jobs[h.job].update(edits="detections", detections_file="edited.json")
     n = jobs.run_split(h.ctx, h.job)
@@ -383,7 +383,7 @@ def test_a_bad_detections_file_fails_the_split_with_one_line(ran, tmp_path):
 
     src, tmp = ran
     doc = _broken(json.loads((tmp / "run" / "detections.json").read_text()), "beyond")
-    h = Harness(tmp_path, src, Settings(fill_frames=FILL, preset="ultrafast"))
+    h = Harness(tmp_path, src, Settings(fill_frames=FILL, preset="ultrafast"), job="render-2")
     h.storage.put_json(doc, jobs.edits_key(h.job))
     h.state.jobs[h.job].update(edits="detections", detections_file="edited.json")
     with pytest.raises(ValueError, match=f"edited.json: frame {N + 5}: beyond the video"):
