@@ -69,6 +69,9 @@ def _help_of(module_name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.memory import limit_heap_growth
+
+    limit_heap_growth()  # before the first frame buffer: flat memory on long videos
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=command if command in COMMANDS else None)

@@ -32,6 +32,7 @@ from models.detections import FACE, LABELS, PLATE, Detections
 
 from . import video
 from .blur import anonymize_frame
+from .memory import release_free_memory
 from .plan import Manifest, plan, prepare_local  # noqa: F401  (the steps of a job, re-exported)
 from .records import write_records, write_report
 from .render import RECORDED_SETTINGS
@@ -164,7 +165,8 @@ class SegmentJob:
                 self._stop = True
                 for stage in self._stages:
                     stage.join(timeout=5)
-            for stage in self._stages:
+            stages, self._stages = self._stages, []  # no cycle keeps the encoder alive
+            for stage in stages:
                 stage.check()
         # frames that do not decode are left out and counted, as a player skips them
         s = self.seg
@@ -420,6 +422,7 @@ def run_local(source: Path, output: Path, settings: Settings, detections_dir: Pa
             part = video.split_segment(source, manifest.info, seg, tmp / f"seg{seg.index:05d}.mkv")
             out = tmp / f"out{seg.index:05d}.mp4"
             results.append(process_segment(part, manifest, seg.index, stack, out, progress))
+            release_free_memory()
             videos.append(out)
             part.unlink()
         with atomic_output(output) as partial:

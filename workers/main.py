@@ -33,8 +33,10 @@ def parse_queues(text: str) -> list[str]:
 
 def _on_process_init(preload: bool):
     def init(**_):
+        from pipeline.memory import limit_heap_growth
         from tasks import runtime
 
+        limit_heap_growth()  # flat memory over many segments
         runtime.reset()  # nothing inherited from the parent is reused
         if preload:
             from pipeline.settings import Settings
