@@ -147,11 +147,12 @@ class NanoDetModule(torch.nn.Module):
     def boxes(self, bins: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
         """GFL decode of N×K×44 bins at anchor indices N×K -> N×K×4 xyxy, clipped."""
         n, k, _ = bins.shape
+        f32 = torch.float32  # the buffers follow the module to fp16 on GPUs; boxes do not
         prob = torch.softmax(bins.reshape(n, k, 4, REG_MAX + 1), dim=-1)
-        dist = torch.matmul(prob, self.project) * self.strides[anchor]  # N×K×4
-        center = self.centers[anchor]
+        dist = torch.matmul(prob, self.project.to(f32)) * self.strides.to(f32)[anchor]
+        center = self.centers.to(f32)[anchor]
         xyxy = torch.cat([center - dist[..., :2], center + dist[..., 2:]], dim=-1)
-        return torch.minimum(xyxy.clamp(min=0), self.limits)
+        return torch.minimum(xyxy.clamp(min=0), self.limits.to(f32))
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
