@@ -112,11 +112,6 @@ class Detections:
     def labels(self) -> list[str]:
         return [LABELS[i] for i in self.class_id]
 
-    @property
-    def area(self) -> np.ndarray:
-        wh = np.clip(self.xyxy[:, 2:] - self.xyxy[:, :2], 0, None)
-        return wh[:, 0] * wh[:, 1]
-
     def with_class(self, *class_ids: int) -> Detections:
         return self[np.isin(self.class_id, class_ids)]
 

@@ -148,13 +148,6 @@ register(ModelSpec(
 FILE_FORMATS: tuple[str, ...] = ("checkpoint", "biubug6", "serengil", "ultralytics", "darknet",
                                  "keras-h5", "torchscript", "mmdet")
 
-#: Default model per task: what `anonymize run` uses with no flags.
-DEFAULTS = {
-    "faces": "retinaface-mobilenet0.25",
-    "plates": "plate-yolov8n-pyplatex",
-    "vehicles": "vehicles-centernet-mobilenetv3",
-}
-
 
 def models_home() -> Path:
     """Cache of fetched, converted weights (outside the repository)."""

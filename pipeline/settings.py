@@ -82,8 +82,8 @@ class Settings:
                            "(`anonymize models list`) or a weights file")
     plate_model: str = _opt("plate-yolov8n-pyplatex", "plate model: a registry name or a "
                             "weights file")
-    vehicle_model: str = _opt("vehicles-centernet-mobilenetv3", "vehicle model of the "
-                              "two-stage plate search: a registry name or a weights file")
+    vehicle_model: str = _opt("vehicles-nanodet-g", "vehicle model of the two-stage plate "
+                              "search: a registry name or a weights file")
     face_model_format: str = _opt("auto", "format of a --face-model file: auto "
                                   "(recognised from its content) or one of "
                                   + ", ".join(FILE_FORMATS), choices=MODEL_FORMATS)
