@@ -49,6 +49,9 @@ class ModelSpec:
     #: "module:function" building a Detector from a checkpoint path
     builder: str
     notes: str = ""
+    #: fetched by a plain ``anonymize models fetch``; False for weights whose
+    #: licence a user must opt into (``--all`` or the name), see models/README.md
+    default_fetch: bool = True
 
     def load_function(self, which: str):
         module, func = getattr(self, which).split(":")
