@@ -362,9 +362,14 @@ class CenterFaceDetector(Detector):
     Each frame is scaled so that its long side is ``size`` pixels (``None``:
     native size) and zero-padded to multiples of 32. When the scaled frame
     is longer than ``max_side`` it is cut into overlapping tiles of at most
-    ``max_side`` pixels (see :mod:`models.tiling`); with ``tile_overview``
-    the whole frame also runs once scaled down to ``max_side``, which finds
-    the faces too large for the tile overlap. Boxes come back in the
+    ``max_side`` pixels (see :mod:`models.tiling`).
+
+    Enlarging finds small faces but loses large ones (beyond a few hundred
+    pixels in the network input CenterFace stops seeing faces; see
+    models/README.md). So with ``overview`` the frame also runs once at its
+    native size (at most ``max_side``) whenever the main pass is tiled or
+    enlarges it more than ``overview_above`` times, and both are merged; at
+    ×3 that pass costs a ninth of the main one. Boxes come back in the
     frame's pixels, class ``face``, confidence = heatmap value.
     """
 
@@ -372,8 +377,8 @@ class CenterFaceDetector(Detector):
 
     def __init__(self, model: CenterFace, device="cpu", half: bool = True, *,
                  size: int | None = None, thresh: float = 0.4, nms_thresh: float = 0.3,
-                 max_side: int = 1920, tile_overlap: float = 0.2, tile_overview: bool = True,
-                 top_k: int = 5000, max_batch: int = 16) -> None:
+                 max_side: int = 1920, tile_overlap: float = 0.2, overview: bool = True,
+                 overview_above: float = 2.0, top_k: int = 5000, max_batch: int = 16) -> None:
         super().__init__(device, half)
         # NHWC convolutions are faster on CPU (oneDNN); CUDA keeps the default
         self.memory_format = (torch.channels_last if self.device.type == "cpu"
@@ -384,9 +389,10 @@ class CenterFaceDetector(Detector):
         self.nms_thresh = float(nms_thresh)
         if max_side < ALIGN:
             raise ValueError(f"max_side must be at least {ALIGN}, got {max_side}")
-        self.max_side = int(max_side) // ALIGN * ALIGN  # tiles need no padding
+        self.max_side = int(max_side) // ALIGN * ALIGN
         self.tile_overlap = float(tile_overlap)
-        self.tile_overview = bool(tile_overview)
+        self.overview = bool(overview)
+        self.overview_above = float(overview_above)
         self.top_k = int(top_k)
         self.max_batch = max(1, int(max_batch))
 
@@ -423,19 +429,36 @@ class CenterFaceDetector(Detector):
                                       np.full(len(scores), FACE)))
         return out
 
+    def _whole(self, frames: list[torch.Tensor], height: int, width: int,
+               thresh: float) -> list[Detections]:
+        """Same-sized frames scaled to height×width, one pass each; frame pixels."""
+        fh, fw = frames[0].shape[:2]
+        out: list[Detections] = []
+        for start in range(0, len(frames), self.max_batch):
+            x = self._scaled(torch.stack(frames[start:start + self.max_batch]), height, width)
+            out += [det.scaled(fw / width, fh / height) for det in self._run(x, thresh)]
+        return out
+
     def _tiled(self, frame: torch.Tensor, height: int, width: int, thresh: float) -> Detections:
-        """One frame scaled to height×width, run as tiles (+ overview); frame pixels."""
+        """One frame scaled to height×width, run as tiles in one batch; frame pixels."""
         fh, fw = frame.shape[:2]
         x = self._scaled(frame[None], height, width)
-        tiles = tile_grid(height, width, self.max_side, self.tile_overlap)
+        tiles = tile_grid(height, width, self.max_side, self.tile_overlap, ALIGN)
         found = self._run(torch.cat([t.crop(x) for t in tiles]), thresh)
-        parts = [keep_whole(det, tile, height, width).scaled(fw / width, fh / height)
-                 for tile, det in zip(tiles, found, strict=True)]
-        if self.tile_overview:
-            oh, ow = input_size(fh, fw, self.max_side)
-            overview = self._run(self._scaled(frame[None], oh, ow), thresh)[0]
-            parts.append(overview.scaled(fw / ow, fh / oh))
-        return merge(parts, self.nms_thresh)
+        return merge([keep_whole(det, tile, height, width).scaled(fw / width, fh / height)
+                      for tile, det in zip(tiles, found, strict=True)], self.nms_thresh)
+
+    def passes(self, height: int, width: int, size: int | None
+               ) -> tuple[tuple[int, int], bool, tuple[int, int] | None]:
+        """What a height×width frame goes through: (scaled size, tiled?, overview size
+        or None)."""
+        h, w = input_size(height, width, size)
+        tiled = max(h, w) > self.max_side
+        enlarged = max(h, w) > self.overview_above * max(height, width)
+        overview = None
+        if self.overview and (tiled or enlarged):
+            overview = input_size(height, width, min(max(height, width), self.max_side))
+        return (h, w), tiled, overview
 
     # -- public ---------------------------------------------------------------
     @torch.inference_mode()
@@ -453,16 +476,18 @@ class CenterFaceDetector(Detector):
             groups.setdefault(tuple(im.shape), []).append(i)
         results: list[Detections] = [Detections.empty()] * len(images)
         for (fh, fw, _), idx in groups.items():
-            h, w = input_size(fh, fw, size)
-            if max(h, w) > self.max_side:
-                for i in idx:
-                    results[i] = self._tiled(images[i], h, w, thresh).clipped(fw, fh)
-                continue
-            for start in range(0, len(idx), self.max_batch):
-                chunk = idx[start:start + self.max_batch]
-                x = self._scaled(torch.stack([images[i] for i in chunk]), h, w)
-                for i, det in zip(chunk, self._run(x, thresh), strict=True):
-                    results[i] = det.scaled(fw / w, fh / h).clipped(fw, fh)
+            group = [images[i] for i in idx]
+            (h, w), tiled, overview = self.passes(fh, fw, size)
+            if tiled:
+                found = [self._tiled(frame, h, w, thresh) for frame in group]
+            else:
+                found = self._whole(group, h, w, thresh)
+            if overview is not None:
+                extra = self._whole(group, *overview, thresh)
+                found = [merge([a, b], self.nms_thresh)
+                         for a, b in zip(found, extra, strict=True)]
+            for i, det in zip(idx, found, strict=True):
+                results[i] = det.clipped(fw, fh)
         return results
 
 
@@ -474,12 +499,13 @@ def build(checkpoint_path: str | Path, device="cpu", half: bool = True,
     native size; ``face_size`` is accepted as the pipeline's name for it),
     ``thresh`` (default score threshold), ``nms_thresh`` (0.3),
     ``max_side`` (longest network input before tiling), ``tile_overlap``
-    (share of a tile, 0.2), ``tile_overview`` (also run the whole frame at
-    ``max_side`` when tiling, True), ``top_k`` (candidates per image before
-    NMS, 5000), ``max_batch`` (images per forward pass, 16).
+    (share of ``max_side``, 0.2), ``overview`` (also run the native size,
+    at most ``max_side``, when tiling or enlarging more than
+    ``overview_above`` = 2 times; True), ``top_k`` (candidates per image
+    before NMS, 5000), ``max_batch`` (images per forward pass, 16).
     """
     allowed = {"size", "face_size", "thresh", "nms_thresh", "max_side", "tile_overlap",
-               "tile_overview", "top_k", "max_batch"}
+               "overview", "overview_above", "top_k", "max_batch"}
     unknown = set(opts) - allowed
     if unknown:
         raise TypeError(f"unknown CenterFace options: {', '.join(sorted(unknown))}; "

@@ -4,9 +4,9 @@ A detector that must look at a frame larger than it can afford (memory,
 time, or the input sizes it was trained on) cuts the frame into tiles that
 overlap, runs each, and joins the results. Three rules make the join clean:
 
-* tile origins are spread evenly so that the first tile starts at 0, the
-  last ends at the frame edge and neighbours overlap by at least the given
-  share of a tile (:func:`tile_origins`, :func:`tile_grid`);
+* as few tiles as cover the frame with neighbours overlapping by at least
+  the given share of the largest tile, each only as large as that needs,
+  spread evenly from edge to edge (:func:`axis_tiles`, :func:`tile_grid`);
 * a box touching a tile edge that lies *inside* the frame is dropped: the
   object was cut by the tile, and the overlap shows it whole in a neighbour
   (:func:`inner_edge_mask`, :func:`keep_whole`). Objects larger than the
@@ -48,34 +48,38 @@ class Tile:
         return image[..., self.y0:self.y0 + self.height, self.x0:self.x0 + self.width]
 
 
-def tile_origins(length: int, tile: int, overlap: float) -> list[int]:
-    """Start offsets of tiles of ``tile`` pixels covering ``length`` pixels.
+def axis_tiles(length: int, max_tile: int, overlap: float, align: int = 1
+               ) -> tuple[list[int], int]:
+    """Origins and common length of the tiles covering ``length`` pixels along one axis.
 
-    Neighbours overlap by at least ``overlap`` × ``tile`` pixels; the origins
-    are spread evenly between 0 and ``length - tile`` so that no tile hangs
-    over the frame edge. One tile at 0 when it already covers everything.
+    The fewest tiles of at most ``max_tile`` pixels whose neighbours overlap
+    by at least ``overlap`` × ``max_tile`` pixels, each made as short as that
+    allows (rounded up to a multiple of ``align``), origins spread evenly from
+    0 to the far edge. Shrinking the tiles matters: 2160 px cut at 1920 would
+    otherwise run as two nearly whole 1920 px copies of the frame instead of
+    two 1280 px halves. One tile of ``length`` when it already fits.
     """
-    if tile <= 0:
-        raise ValueError(f"tile size must be positive, got {tile}")
+    if max_tile <= 0:
+        raise ValueError(f"tile size must be positive, got {max_tile}")
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    if length <= tile:
-        return [0]
-    step = max(1, int(tile * (1.0 - overlap)))
-    n = int(math.ceil((length - tile) / step)) + 1
-    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+    if length <= max_tile:
+        return [0], length
+    margin = int(round(overlap * max_tile))
+    n = math.ceil((length - margin) / (max_tile - margin))
+    size = math.ceil((length + (n - 1) * margin) / n)
+    size = min(max_tile, math.ceil(size / align) * align)
+    return [round(i * (length - size) / (n - 1)) for i in range(n)], size
 
 
-def tile_grid(height: int, width: int, tile: int, overlap: float) -> list[Tile]:
-    """Row-major tiles of at most ``tile``×``tile`` pixels covering a height×width frame.
-
-    Every tile has the same size (``min(tile, height)`` × ``min(tile,
-    width)``), so all of them fit in one batch.
-    """
-    th, tw = min(tile, height), min(tile, width)
-    return [Tile(x0, y0, tw, th)
-            for y0 in tile_origins(height, th, overlap)
-            for x0 in tile_origins(width, tw, overlap)]
+def tile_grid(height: int, width: int, max_tile: int, overlap: float,
+              align: int = 1) -> list[Tile]:
+    """Row-major tiles of at most ``max_tile``×``max_tile`` pixels covering a
+    height×width frame (:func:`axis_tiles` along each axis). Every tile has the
+    same size, so all of them fit in one batch."""
+    ys, th = axis_tiles(height, max_tile, overlap, align)
+    xs, tw = axis_tiles(width, max_tile, overlap, align)
+    return [Tile(x0, y0, tw, th) for y0 in ys for x0 in xs]
 
 
 def inner_edge_mask(xyxy: np.ndarray, tile: Tile, height: int, width: int,

@@ -23,7 +23,7 @@ from models.detections import FACE, Detections
 from models.fetch import WeightsError
 from models.ops import box_iou_np
 from models.registry import get
-from models.tiling import Tile, inner_edge_mask, keep_whole, merge, tile_grid, tile_origins
+from models.tiling import Tile, axis_tiles, inner_edge_mask, keep_whole, merge, tile_grid
 from pipeline.datasets import read_image
 
 MODEL = "centerface"
@@ -120,6 +120,16 @@ def test_input_size_scales_the_long_side():
     assert input_size(480, 360, 640) == (640, 480)
 
 
+def test_native_pass_joins_tiled_or_much_enlarged_inputs():
+    det = _random_detector(max_side=1920)
+    assert det.passes(1080, 1920, None) == ((1080, 1920), False, None)
+    assert det.passes(1080, 1920, 3840) == ((2160, 3840), True, (1080, 1920))
+    assert det.passes(2160, 3840, None) == ((2160, 3840), True, (1080, 1920))  # at most max_side
+    assert det.passes(300, 400, 800) == ((600, 800), False, None)  # ×2: not more than 2
+    assert det.passes(300, 400, 1200) == ((900, 1200), False, (300, 400))
+    assert _random_detector(overview=False).passes(300, 400, 1200)[2] is None
+
+
 def _random_detector(**opts) -> CenterFaceDetector:
     torch.manual_seed(0)
     return CenterFaceDetector(CenterFace().eval(), device="cpu", half=False, **opts)
@@ -141,16 +151,23 @@ def test_frames_are_padded_to_multiples_of_32_and_boxes_stay_in_the_frame():
 
 # -- tiling geometry ---------------------------------------------------------------------
 
-def test_tile_origins_cover_the_frame_with_overlap():
-    assert tile_origins(500, 640, 0.2) == [0]
-    origins = tile_origins(1000, 400, 0.2)
-    assert origins[0] == 0 and origins[-1] == 600
-    assert all(b - a <= 320 for a, b in zip(origins, origins[1:], strict=False))
+def test_tiles_cover_the_frame_with_overlap_and_no_more_than_needed():
+    assert axis_tiles(500, 640, 0.2) == ([0], 500)
+    # 2160 px at most 1920 with 384 px overlap: two tiles, shrunk to 1280 (multiple of 32)
+    assert axis_tiles(2160, 1920, 0.2, align=32) == ([0, 880], 1280)
+    origins, size = axis_tiles(3840, 1920, 0.2, align=32)
+    assert (origins, size) == ([0, 1152, 2304], 1536)
+    assert min(size - (b - a) for a, b in zip(origins, origins[1:], strict=False)) >= 384
+    for length, tile, overlap in ((1000, 400, 0.2), (4001, 640, 0.25), (1281, 1280, 0.2)):
+        origins, size = axis_tiles(length, tile, overlap)
+        assert origins[0] == 0 and origins[-1] + size == length and size <= tile
+        assert all(size - (b - a) >= overlap * tile - 1 for a, b in zip(origins, origins[1:],
+                                                                          strict=False))
     grid = tile_grid(900, 1000, 400, 0.25)
-    assert {(t.width, t.height) for t in grid} == {(400, 400)}
+    assert len({(t.width, t.height) for t in grid}) == 1
     assert max(t.x0 + t.width for t in grid) == 1000 and max(t.y0 + t.height for t in grid) == 900
     with pytest.raises(ValueError):
-        tile_origins(100, 50, 1.0)
+        axis_tiles(100, 50, 1.0)
 
 
 def test_boxes_cut_by_an_inner_tile_edge_are_dropped():
@@ -204,6 +221,7 @@ def test_build_options(tmp_path):
     assert build(path, face_size=640).size == 640  # the pipeline's name for it
     assert build(path, size=0).size is None
     assert build(path, max_side=1000).max_side == 992  # tiles need no padding
+    assert not build(path, overview=False, overview_above=3).overview
     with pytest.raises(TypeError, match="max_sid"):
         build(path, max_sid=640)
     with pytest.raises(TypeError, match="either"):
@@ -278,7 +296,7 @@ def _reference_boxes(outputs, thresh: float, nms_thresh: float = 0.3):
 @pytest.mark.models
 @pytest.mark.parametrize("size", [None, 640, 960])
 def test_converted_model_matches_onnxruntime_on_real_images(data_dir, checkpoint, reference, size):
-    det = build(checkpoint(MODEL), half=False, thresh=0.3)
+    det = build(checkpoint(MODEL), half=False, thresh=0.3, overview=False)
     for name in IMAGES:
         frame = read_image(data_dir / name)
         fh, fw = frame.shape[:2]
