@@ -283,3 +283,29 @@ def test_export_only_prepares_the_graph_and_keeps_the_module(home):
     with runtime.export_only():
         out = runtime.accelerate(module, TINY, ckpt, "cpu", backend="torch")
     assert out is module and len(exports) == 1 and (ckpt.parent / "tiny.onnx").exists()
+
+
+@pytest.mark.models
+def test_fetch_exports_the_graph_after_conversion(checkpoint, tmp_path, monkeypatch):
+    """models/fetch.py builds the converted model once in export-only mode."""
+    import shutil
+
+    from models.fetch import export_graphs
+    from models.registry import get
+
+    source = checkpoint(FACES)
+    monkeypatch.setenv("ANONYMIZE_MODELS_DIR", str(tmp_path))
+    ckpt = tmp_path / FACES / "model.pt"
+    ckpt.parent.mkdir()
+    shutil.copy(source, ckpt)
+    exported = []
+
+    def fake_export(module, spec, path):  # the real export is covered above
+        exported.append((type(module).__name__, spec.name))
+        path.write_bytes(b"graph")
+
+    monkeypatch.setattr(runtime, "export_onnx", fake_export)
+    export_graphs(get(FACES), ckpt)
+    assert exported == [("_Boxes", "retinaface")]
+    record = json.loads((ckpt.parent / "retinaface.json").read_text())
+    assert record["checkpoint_sha256"] == runtime.sha256_file(ckpt)
