@@ -249,6 +249,8 @@ def run_cells(models, backends, threads_list, load, graphs, args) -> list[dict]:
                         times: dict[str, list[float]] = {b: [] for b in workers}
                         for _ in range(args.runs):
                             for b, w in workers.items():
+                                if len(times[b]) >= 3 and sum(times[b]) > args.budget_s:
+                                    continue  # a collapsed backend: 3 runs tell enough
                                 times[b] += w.times(height, width, batch, 1)
                         for b, ts in times.items():
                             ms = statistics.median(ts) * 1000 / batch
@@ -299,6 +301,8 @@ def main() -> int:
     ap.add_argument("--batches", nargs="*", type=int, default=list(BATCHES))
     ap.add_argument("--load", nargs="*", default=["quiet", "loaded"], choices=["quiet", "loaded"])
     ap.add_argument("--runs", type=int, default=7, help="timed calls per cell (after 2 warm-up)")
+    ap.add_argument("--budget-s", type=float, default=20.0,
+                    help="a backend stops after 3 runs once its runs in a cell took this long")
     ap.add_argument("--json", type=Path, help="also write every measurement here")
     args = ap.parse_args()
     if args.worker:

@@ -405,17 +405,12 @@ class OpenVINOGraph:
             return _torch_outputs(result.to_tuple())
 
     def settings(self) -> dict:
-        """Thread settings as the compiled model reports them."""
-        compiled = next(iter(self._compiled.values()))[0] if self._compiled else None
-        if compiled is None:
-            compiled = self._compile(None if not self.static else (1, *self._example_rest()))[0]
+        """Thread settings as a compiled model reports them."""
+        compiled = (next(iter(self._compiled.values())) if self._compiled
+                    else self._compile(None))[0]
         return {key: compiled.get_property(key) for key in
                 ("INFERENCE_NUM_THREADS", "NUM_STREAMS", "ENABLE_CPU_PINNING",
                  "INFERENCE_PRECISION_HINT")}
-
-    def _example_rest(self) -> tuple[int, ...]:
-        dims = self._model.inputs[0].get_partial_shape()
-        return tuple(d.get_length() if d.is_static else 64 for d in list(dims)[1:])
 
     def __repr__(self) -> str:
         return f"OpenVINOGraph({self.path.name}, threads={self.threads}, static={self.static})"
