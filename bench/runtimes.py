@@ -70,11 +70,11 @@ def _centernet_trunk(checkpoint: Path):
     class Trunk(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.graph = graph
+            self.tfjs = graph
 
         def forward(self, x):
-            heads = self.graph.heads(x)
-            return tuple(heads[name] for name in self.graph.head_names)
+            heads = self.tfjs.heads(x)
+            return tuple(heads[name] for name in self.tfjs.head_names)
 
     return Trunk().eval()
 
@@ -92,6 +92,7 @@ def _export_centernet(trunk, path: Path) -> None:
         warnings.simplefilter("ignore")
         torch.onnx.export(trunk, (torch.randn(2, 3, 512, 512),), str(path), dynamo=False,
                           opset_version=17, input_names=["images"],
+                          output_names=list(trunk.tfjs.head_names),
                           dynamic_axes={"images": {0: "batch"}})
 
 
