@@ -171,7 +171,30 @@ def _runner(model: str, backend: str, threads: int, graph: str):
         session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return lambda x: session.run(None, {name: x.numpy()})
-    return runtime.OpenVINOGraph(graph, threads, static=backend == "openvino-static")
+    if backend == "openvino":
+        return runtime.OpenVINOGraph(graph, threads)
+    return _OpenVINOStatic(graph, threads)
+
+
+class _OpenVINOStatic:
+    """OpenVINO compiled once per input shape (as shipped: one dynamic model)."""
+
+    def __init__(self, graph: str, threads: int):
+        from models import runtime
+
+        self.core = runtime._ov_core()
+        self.config = runtime.OpenVINOGraph(graph, threads).config
+        self.model = self.core.read_model(graph)
+        self.requests: dict[tuple, object] = {}
+
+    def __call__(self, x):
+        arr = x.contiguous().numpy()
+        if arr.shape not in self.requests:
+            model = self.model.clone()
+            model.reshape({model.inputs[0].get_any_name(): list(arr.shape)})
+            compiled = self.core.compile_model(model, "CPU", self.config)
+            self.requests[arr.shape] = compiled.create_infer_request()
+        return self.requests[arr.shape].infer({0: arr})
 
 
 def worker(job: dict) -> None:

@@ -49,7 +49,6 @@ import logging
 import os
 import threading
 import warnings
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -364,56 +363,37 @@ class OpenVINOGraph:
 
     fp32 is requested explicitly (on CPUs with bf16 units OpenVINO would
     otherwise run bf16), one stream, no core pinning (the cores are shared).
-    ``static``: compile once per input shape (a few kept) instead of one
-    dynamic-shape model.
+    One dynamic-shape model serves every input size and batch: compiling per
+    shape was up to 1.7× faster next to a busy core (bench/runtimes.py), yet
+    not ahead of ONNX Runtime, and costs a compile for every new number of
+    crops in a batch.
     """
 
     backend = "openvino"
-    max_shapes = 4
 
-    def __init__(self, path: str | Path, threads: int, static: bool = False):
-        self.path, self.threads, self.static = Path(path), int(threads), bool(static)
+    def __init__(self, path: str | Path, threads: int):
+        self.path, self.threads = Path(path), int(threads)
         self.config = {"INFERENCE_NUM_THREADS": self.threads, "NUM_STREAMS": 1,
                        "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False,
                        "INFERENCE_PRECISION_HINT": "f32"}
-        self._model = _ov_core().read_model(str(path))
-        self._compiled: OrderedDict[tuple, tuple] = OrderedDict()
+        self.compiled = _ov_core().compile_model(_ov_core().read_model(str(path)), "CPU",
+                                                 self.config)
+        self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # an infer request serves one call at a time
-        if not self.static:
-            self._compile(None)
-
-    def _compile(self, shape: tuple | None):
-        key = shape if self.static else None
-        if key in self._compiled:
-            self._compiled.move_to_end(key)
-            return self._compiled[key]
-        model = self._model
-        if shape is not None:
-            model = self._model.clone()
-            model.reshape({model.inputs[0].get_any_name(): list(shape)})
-        compiled = _ov_core().compile_model(model, "CPU", self.config)
-        self._compiled[key] = (compiled, compiled.create_infer_request())
-        while len(self._compiled) > self.max_shapes:
-            self._compiled.popitem(last=False)
-        return self._compiled[key]
 
     def __call__(self, x: torch.Tensor):
         arr = _numpy_input(x)
         with self._lock:
-            _, request = self._compile(arr.shape if self.static else None)
-            result = request.infer({0: arr})
-            return _torch_outputs(result.to_tuple())
+            return _torch_outputs(self._request.infer({0: arr}).to_tuple())
 
     def settings(self) -> dict:
-        """Thread settings as a compiled model reports them."""
-        compiled = (next(iter(self._compiled.values())) if self._compiled
-                    else self._compile(None))[0]
-        return {key: compiled.get_property(key) for key in
+        """Thread settings as the compiled model reports them."""
+        return {key: self.compiled.get_property(key) for key in
                 ("INFERENCE_NUM_THREADS", "NUM_STREAMS", "ENABLE_CPU_PINNING",
                  "INFERENCE_PRECISION_HINT")}
 
     def __repr__(self) -> str:
-        return f"OpenVINOGraph({self.path.name}, threads={self.threads}, static={self.static})"
+        return f"OpenVINOGraph({self.path.name}, threads={self.threads})"
 
 
 def load_graph(path: str | Path, backend: str, threads: int | None = None):
