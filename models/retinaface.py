@@ -41,6 +41,7 @@ from .base import Detector, Frames
 from .detections import FACE, Detections
 from .fetch import WeightsError, load_checkpoint
 from .ops import nms
+from .runtime import GraphSpec, accelerate
 
 
 @dataclass(frozen=True)
@@ -443,6 +444,23 @@ def _rgb_input(model: RetinaFace) -> RetinaFace:
     return model
 
 
+class _Boxes(nn.Module):
+    """The network as the detector calls it: (loc, conf); the landmark head is
+    not needed for blurring, so the exported graph leaves it out."""
+
+    def __init__(self, model: RetinaFace) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, conf, _ = self.model(x, landmarks=False)
+        return loc, conf
+
+
+#: what models/runtime.py exports: any input size, so no stride constraint
+GRAPH = GraphSpec("retinaface", example=(2, 3, 448, 768), outputs=("loc", "conf"))
+
+
 class RetinaFaceDetector(Detector):
     """Faces in frames of any size, batched per frame size.
 
@@ -460,10 +478,11 @@ class RetinaFaceDetector(Detector):
                  face_size: int | None = 1280, thresh: float = 0.5, nms_thresh: float = 0.4,
                  top_k: int = 5000, max_batch: int = 16) -> None:
         super().__init__(device, half)
-        # NHWC convolutions are markedly faster on CPU (oneDNN); CUDA keeps the default
-        self.memory_format = (torch.channels_last if self.device.type == "cpu"
-                              else torch.contiguous_format)
-        self.model = self.prepare(_rgb_input(model)).to(memory_format=self.memory_format)
+        # NHWC convolutions are markedly faster in torch on CPU (oneDNN); CUDA keeps the default
+        cpu_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        self.model = self.prepare(_rgb_input(model)).to(memory_format=cpu_format)
+        #: what the detector calls: the torch module, or a fast graph of it (build())
+        self.net = _Boxes(self.model)
         self.cfg = model.cfg
         self.face_size = int(face_size) if face_size else None
         self.thresh = float(thresh)
@@ -473,6 +492,13 @@ class RetinaFaceDetector(Detector):
         # RGB order: the stem convolution was given RGB-ordered input channels
         self.mean = torch.tensor(MEAN_BGR[::-1], device=self.device).view(1, 3, 1, 1)
         self._priors: dict[tuple[int, int], torch.Tensor] = {}
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """channels-last input for torch on CPU; exported graphs and CUDA take NCHW."""
+        if self.device.type == "cpu" and isinstance(self.net, nn.Module):
+            return torch.channels_last
+        return torch.contiguous_format
 
     def input_size(self, height: int, width: int, size: int | None = None) -> tuple[int, int]:
         """Network input (height, width) for a frame: long side -> ``size`` (default
@@ -537,7 +563,7 @@ class RetinaFaceDetector(Detector):
                       size: int | None = None) -> list[Detections]:
         _, h, w, _ = batch.shape
         x = self.preprocess(batch, size)
-        loc, conf, _ = self.model(x, landmarks=False)
+        loc, conf = self.net(x)
         boxes = decode_boxes(loc.float(), self.priors(*x.shape[-2:]), self.cfg.variance)
         scores = conf[..., 1].float()
         if scores.shape[1] > self.top_k:  # biubug6's pre-NMS top-k
@@ -563,15 +589,18 @@ def build(checkpoint_path: str | Path, device="cpu", half: bool = True,
     Options: ``face_size`` (long side in pixels the frame is resized to;
     0/None = native size; default 1280), ``thresh`` (default score
     threshold, 0.5), ``nms_thresh`` (0.4), ``top_k`` (5000 candidates per
-    frame before NMS), ``max_batch`` (frames per forward pass, 16).
+    frame before NMS), ``max_batch`` (frames per forward pass, 16), ``runtime``
+    and ``threads`` (the network's backend and CPU threads, see models/runtime.py).
     """
-    allowed = {"face_size", "thresh", "nms_thresh", "top_k", "max_batch"}
+    allowed = {"face_size", "thresh", "nms_thresh", "top_k", "max_batch", "runtime", "threads"}
     unknown = set(opts) - allowed
     if unknown:
         raise TypeError(f"unknown RetinaFace options: {', '.join(sorted(unknown))}; "
                         f"known: {', '.join(sorted(allowed))}")
     ckpt = load_checkpoint(checkpoint_path)
     model = model_from_checkpoint(ckpt, str(checkpoint_path))
+    backend, threads = opts.pop("runtime", None), opts.pop("threads", None)
     det = RetinaFaceDetector(model, device=device, half=half, **opts)
+    det.net = accelerate(det.net, GRAPH, checkpoint_path, det.device, backend, threads)
     det.name = f"retinaface-{model.arch}"
     return det

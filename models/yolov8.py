@@ -45,9 +45,13 @@ from .boxes import letterbox_params
 from .detections import PLATE, Detections, label_id
 from .fetch import WeightsError, load_checkpoint
 from .ops import batched_nms
+from .runtime import GraphSpec, accelerate
 from .ultralytics_unpickle import load_pickled_checkpoint, module_tensors
 
 PAD_VALUE = 114
+#: what models/runtime.py exports: the whole network, head decoding included;
+#: inputs are letterboxed to multiples of the largest stride
+GRAPH = GraphSpec("yolov8", example=(2, 3, 384, 640), outputs=("predictions",), multiple=32)
 
 
 # ---------------------------------------------------------------- blocks
@@ -166,18 +170,28 @@ class Detect(nn.Module):
         self._anchor_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def anchors(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cell-centre points (anchors, 2) in grid units and their strides (anchors, 1)."""
+        """Cell-centre points (anchors, 2) in grid units and their strides (anchors, 1).
+
+        Cached per feature-map size, except while exporting: the sizes are
+        then symbolic (they cannot key a dict) and the grid must be part of
+        the exported graph.
+        """
+        if torch.compiler.is_compiling():
+            return self._grid(feats)
         key = (tuple(f.shape[2:] for f in feats), feats[0].device)
         if key not in self._anchor_cache:
-            points, strides = [], []
-            for f, s in zip(feats, self.strides, strict=True):
-                h, w = f.shape[2:]
-                sy, sx = torch.meshgrid(torch.arange(h, device=f.device) + 0.5,
-                                        torch.arange(w, device=f.device) + 0.5, indexing="ij")
-                points.append(torch.stack((sx, sy), -1).view(-1, 2))
-                strides.append(torch.full((h * w, 1), s, device=f.device))
-            self._anchor_cache[key] = (torch.cat(points).float(), torch.cat(strides).float())
+            self._anchor_cache[key] = self._grid(feats)
         return self._anchor_cache[key]
+
+    def _grid(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        points, strides = [], []
+        for f, s in zip(feats, self.strides, strict=True):
+            h, w = f.shape[2:]
+            sy, sx = torch.meshgrid(torch.arange(h, device=f.device) + 0.5,
+                                    torch.arange(w, device=f.device) + 0.5, indexing="ij")
+            points.append(torch.stack((sx, sy), -1).view(-1, 2))
+            strides.append(torch.full((h * w, 1), s, device=f.device))
+        return torch.cat(points).float(), torch.cat(strides).float()
 
     def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
         b = xs[0].shape[0]
@@ -536,7 +550,8 @@ def build(checkpoint_path: str | Path, device: str | torch.device | None = "cpu"
     ``opts``: thresh (0.1), size (640), crop_size (320), iou (0.5), tile
     (True: also run 2×size tiles on frames whose long side exceeds
     ``tile_above`` × size), tile_overlap (0.2), tile_above (2.0), max_batch
-    (16), max_det (300). ``fuse`` folds BatchNorm into the convolutions.
+    (16), max_det (300); runtime and threads (the network's backend and CPU
+    threads, see models/runtime.py). ``fuse`` folds BatchNorm into the convolutions.
     """
     ckpt = load_checkpoint(checkpoint_path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
@@ -544,6 +559,8 @@ def build(checkpoint_path: str | Path, device: str | torch.device | None = "cpu"
     net = _build_network(ckpt)
     if fuse:
         net.fuse()
+    backend, threads = opts.pop("runtime", None), opts.pop("threads", None)
     det = YoloV8Detector(net, ckpt["names"], device=device, half=half, **opts)
+    det.net = accelerate(det.net, GRAPH, checkpoint_path, det.device, backend, threads)
     det.name = Path(checkpoint_path).parent.name or "yolov8"
     return det

@@ -1,0 +1,311 @@
+"""Fast CPU graphs (models/runtime.py): same numbers as torch eager, a cache that
+notices tampering, the backend a setting asks for, the thread count it is given."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from models import retinaface, runtime, yolov8
+from pipeline.datasets import read_image
+
+GRAPH_BACKENDS = ("onnxruntime", "openvino")
+FACES = "retinaface-mobilenet0.25"
+PLATES = "plate-yolov8n-pyplatex"
+
+# Tolerances, fp32 graph vs fp32 eager; the differences measured on these images
+# are 13-75× smaller (RetinaFace loc 4e-5, conf 3e-6; YOLOv8 box 4e-4 px of the
+# input, score 1.3e-6; final boxes 6e-5 px, scores 9e-7). Raw outputs: RetinaFace
+# loc offsets and softmax scores; YOLOv8 rows of (cx, cy, w, h) in input pixels
+# (up to 960) and sigmoid scores.
+RAW_ATOL = {"loc": 1e-3, "conf": 1e-4, "yolo_box": 5e-3, "yolo_score": 1e-4}
+BOX_ATOL_PX = 1e-3  # final boxes in frame pixels
+SCORE_ATOL = 1e-4
+
+
+# -- real detectors, fast vs eager ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def built(checkpoint):
+    """``built(module, name, backend, **opts)`` -> detector, cached per arguments."""
+    cache: dict[tuple, object] = {}
+
+    def get(mod, name: str, backend: str, **opts):
+        key = (mod.__name__, name, backend, tuple(sorted(opts.items())))
+        if key not in cache:
+            cache[key] = mod.build(checkpoint(name), device="cpu", runtime=backend, threads=2,
+                                   **opts)
+        return cache[key]
+
+    return get
+
+
+def _frames(folder: Path, n: int, shape: tuple[int, int]) -> np.ndarray:
+    """The first ``n`` images of a real data set, resized to one (height, width)."""
+    files = sorted((folder / "images").iterdir())[:n]
+    return np.stack([cv2.resize(read_image(f), shape[::-1]) for f in files])
+
+
+def _assert_same_detections(fast, eager) -> int:
+    assert len(fast) == len(eager)
+    total = 0
+    for f, e in zip(fast, eager, strict=True):
+        assert len(f) == len(e)
+        np.testing.assert_allclose(f.xyxy, e.xyxy, atol=BOX_ATOL_PX, rtol=0)
+        np.testing.assert_allclose(f.confidence, e.confidence, atol=SCORE_ATOL, rtol=0)
+        np.testing.assert_array_equal(f.class_id, e.class_id)
+        total += len(f)
+    return total
+
+
+@pytest.mark.models
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", GRAPH_BACKENDS)
+@pytest.mark.parametrize("face_size", [640, 1280])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_retinaface_graph_matches_torch(data_dir, built, backend, face_size, batch):
+    fast = built(retinaface, FACES, backend, face_size=face_size)
+    eager = built(retinaface, FACES, "torch", face_size=face_size)
+    assert not isinstance(fast.net, torch.nn.Module) and isinstance(eager.net, torch.nn.Module)
+    frames = _frames(data_dir / "faces_kaggle_facemask", batch, (480, 640))
+    with torch.inference_mode():
+        x = eager.preprocess(torch.from_numpy(frames))
+        loc_e, conf_e = eager.net(x)
+        loc_f, conf_f = fast.net(x)
+    assert loc_f.shape == loc_e.shape and conf_f.shape == conf_e.shape
+    assert (loc_f - loc_e).abs().max() <= RAW_ATOL["loc"]
+    assert (conf_f - conf_e).abs().max() <= RAW_ATOL["conf"]
+    found = _assert_same_detections(fast(frames), eager(frames))
+    assert found > 0  # the comparison covered real faces
+
+
+@pytest.mark.models
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", GRAPH_BACKENDS)
+@pytest.mark.parametrize("size", [640, 960])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_yolov8_graph_matches_torch(data_dir, built, backend, size, batch):
+    fast = built(yolov8, PLATES, backend)
+    eager = built(yolov8, PLATES, "torch")
+    frames = _frames(data_dir / "plates_openalpr_us", batch, (720, 1280))
+    x, _ = eager._letterbox(torch.from_numpy(frames), size, square=False)
+    with torch.inference_mode():
+        ref, got = eager.net(x), fast.net(x)
+    assert got.shape == ref.shape == (batch, 5, x.shape[2] * x.shape[3] // 64 * 21 // 16)
+    assert (got[:, :4] - ref[:, :4]).abs().max() <= RAW_ATOL["yolo_box"]
+    assert (got[:, 4:] - ref[:, 4:]).abs().max() <= RAW_ATOL["yolo_score"]
+    found = _assert_same_detections(fast.detect(frames, size=size),
+                                     eager.detect(frames, size=size))
+    assert found > 0
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("backend", GRAPH_BACKENDS)
+def test_yolov8_graph_matches_torch_on_crops(data_dir, built, backend):
+    """Two-stage: crops of any shape letterboxed to one 320 batch."""
+    fast = built(yolov8, PLATES, backend)
+    eager = built(yolov8, PLATES, "torch")
+    frames = _frames(data_dir / "plates_openalpr_us", 3, (480, 640))
+    crops = [frames[0][100:400, 50:500], frames[1][:, 100:], frames[2][200:, :300]]
+    found = _assert_same_detections(fast.detect_crops(crops), eager.detect_crops(crops))
+    assert found > 0
+
+
+# -- backend selection and threads ---------------------------------------------------------
+
+def test_backend_follows_argument_then_environment(monkeypatch):
+    monkeypatch.delenv(runtime.ENV, raising=False)
+    assert runtime.select_backend(None, "cpu") == runtime.CPU_DEFAULT
+    monkeypatch.setenv(runtime.ENV, "openvino")
+    assert runtime.select_backend(None, "cpu") == "openvino"
+    assert runtime.select_backend("torch", "cpu") == "torch"  # the argument wins
+    monkeypatch.setenv(runtime.ENV, "tensorrt")
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        runtime.select_backend(None, "cpu")  # unreadable: an error, never a default
+
+
+def test_cuda_runs_the_torch_modules():
+    assert runtime.select_backend(None, "cuda") == "torch"
+    assert runtime.select_backend("auto", "cuda:1") == "torch"
+    with pytest.raises(ValueError, match="CPU only"):
+        runtime.select_backend("onnxruntime", "cuda")
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("backend", ["torch", *GRAPH_BACKENDS])
+def test_environment_setting_picks_the_detectors_backend(checkpoint, monkeypatch, backend):
+    monkeypatch.setenv(runtime.ENV, backend)
+    det = retinaface.build(checkpoint(FACES), device="cpu")
+    if backend == "torch":
+        assert isinstance(det.net, torch.nn.Module)
+        assert det.memory_format == torch.channels_last
+    else:
+        assert det.net.backend == backend
+        assert det.memory_format == torch.contiguous_format  # graphs take plain NCHW
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("threads", [1, 2])
+def test_thread_count_is_honoured(checkpoint, threads):
+    ort_det = yolov8.build(checkpoint(PLATES), runtime="onnxruntime", threads=threads)
+    assert ort_det.net.settings() == {"threads": threads, "spinning": "0"}
+    ov_det = yolov8.build(checkpoint(PLATES), runtime="openvino", threads=threads)
+    ov = ov_det.net.settings()
+    assert ov["INFERENCE_NUM_THREADS"] == threads
+    assert ov["NUM_STREAMS"] == 1 and ov["ENABLE_CPU_PINNING"] is False
+    assert str(ov["INFERENCE_PRECISION_HINT"]) in ("f32", "<Type: 'float32'>")
+
+
+def test_default_threads_are_the_cores_this_process_may_use():
+    import os
+
+    assert runtime.cpu_budget() == len(os.sched_getaffinity(0))
+    with pytest.raises(ValueError, match="threads"):
+        runtime.load_graph("unused.onnx", "onnxruntime", threads=0)
+
+
+# -- the graph cache ------------------------------------------------------------------------
+
+class _Tiny(torch.nn.Module):
+    """A small strided network: exports in seconds, still has dynamic shapes."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 3, 2, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        return y, y.mean(dim=(2, 3))
+
+
+TINY = runtime.GraphSpec("tiny", example=(2, 3, 32, 48), outputs=("features", "pooled"))
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A private models home holding one 'fetched' checkpoint; exports counted."""
+    monkeypatch.setenv("ANONYMIZE_MODELS_DIR", str(tmp_path))
+    ckpt = tmp_path / "tiny-model" / "model.pt"
+    ckpt.parent.mkdir()
+    torch.save(_Tiny().state_dict(), ckpt)
+    exports = []
+    real = runtime.export_onnx
+
+    def counting(module, spec, path):
+        exports.append(path)
+        real(module, spec, path)
+
+    monkeypatch.setattr(runtime, "export_onnx", counting)
+    return ckpt, exports
+
+
+def test_graph_is_exported_once_beside_the_checkpoint_and_runs(home):
+    ckpt, exports = home
+    module = _Tiny().eval()
+    graph = runtime.accelerate(module, TINY, ckpt, "cpu", backend="onnxruntime", threads=1)
+    assert len(exports) == 1
+    folder = ckpt.parent
+    record = json.loads((folder / "tiny.json").read_text())
+    assert record["checkpoint_sha256"] == runtime.sha256_file(ckpt)
+    assert record["onnx_sha256"] == runtime.sha256_file(folder / "tiny.onnx")
+    for shape in ((1, 3, 32, 48), (3, 3, 50, 70)):  # dynamic batch, height and width
+        x = torch.randn(shape)
+        with torch.no_grad():
+            want = module(x)
+        got = graph(x)
+        assert isinstance(got, tuple) and len(got) == 2
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+    runtime.accelerate(module, TINY, ckpt, "cpu", backend="openvino", threads=1)
+    assert len(exports) == 1  # cached: both backends read the same graph
+
+
+def test_tampered_graph_is_exported_again(home, caplog):
+    ckpt, exports = home
+    module = _Tiny().eval()
+    runtime.ensure_graph(module, TINY, ckpt)
+    path = ckpt.parent / "tiny.onnx"
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="models.runtime"):
+        runtime.ensure_graph(module, TINY, ckpt)
+    assert len(exports) == 2
+    assert "differs from its recorded sha256" in caplog.text and "exporting" in caplog.text
+    assert runtime.sha256_file(path) == json.loads((ckpt.parent / "tiny.json").read_text())[
+        "onnx_sha256"]
+
+
+def test_changed_checkpoint_or_weights_export_again(home):
+    ckpt, exports = home
+    module = _Tiny().eval()
+    runtime.ensure_graph(module, TINY, ckpt)
+    torch.save({"other": torch.zeros(1)}, ckpt)  # a new checkpoint file
+    runtime.ensure_graph(module, TINY, ckpt)
+    assert len(exports) == 2
+    with torch.no_grad():
+        module.conv.bias.add_(1.0)  # same file, different module (e.g. a conversion change)
+    runtime.ensure_graph(module, TINY, ckpt)
+    assert len(exports) == 3
+    runtime.ensure_graph(module, TINY, ckpt)
+    assert len(exports) == 3
+
+
+def test_edited_record_exports_again(home):
+    ckpt, exports = home
+    module = _Tiny().eval()
+    runtime.ensure_graph(module, TINY, ckpt)
+    meta = ckpt.parent / "tiny.json"
+    record = json.loads(meta.read_text())
+    meta.write_text(json.dumps(record | {"checkpoint_sha256": "0" * 64}))
+    runtime.ensure_graph(module, TINY, ckpt)
+    assert len(exports) == 2
+
+
+def test_user_supplied_weights_get_a_graph_folder_by_hash(home, tmp_path_factory):
+    ckpt, _ = home
+    elsewhere = tmp_path_factory.mktemp("user") / "weights.pt"
+    elsewhere.write_bytes(ckpt.read_bytes())
+    path = runtime.ensure_graph(_Tiny().eval(), TINY, elsewhere)
+    assert path.parent == runtime.models_home().resolve() / "graphs" / runtime.sha256_file(
+        elsewhere)[:16]
+
+
+def test_export_only_prepares_the_graph_and_keeps_the_module(home):
+    ckpt, exports = home
+    module = _Tiny().eval()
+    with runtime.export_only():
+        out = runtime.accelerate(module, TINY, ckpt, "cpu", backend="torch")
+    assert out is module and len(exports) == 1 and (ckpt.parent / "tiny.onnx").exists()
+
+
+@pytest.mark.models
+def test_fetch_exports_the_graph_after_conversion(checkpoint, tmp_path, monkeypatch):
+    """models/fetch.py builds the converted model once in export-only mode."""
+    import shutil
+
+    from models.fetch import export_graphs
+    from models.registry import get
+
+    source = checkpoint(FACES)
+    monkeypatch.setenv("ANONYMIZE_MODELS_DIR", str(tmp_path))
+    ckpt = tmp_path / FACES / "model.pt"
+    ckpt.parent.mkdir()
+    shutil.copy(source, ckpt)
+    exported = []
+
+    def fake_export(module, spec, path):  # the real export is covered above
+        exported.append((type(module).__name__, spec.name))
+        path.write_bytes(b"graph")
+
+    monkeypatch.setattr(runtime, "export_onnx", fake_export)
+    export_graphs(get(FACES), ckpt)
+    assert exported == [("_Boxes", "retinaface")]
+    record = json.loads((ckpt.parent / "retinaface.json").read_text())
+    assert record["checkpoint_sha256"] == runtime.sha256_file(ckpt)
