@@ -44,6 +44,7 @@ from .base import Detector, Frames, frames_to_tensor
 from .detections import FACE, Detections
 from .fetch import WeightsError, load_checkpoint
 from .ops import nms
+from .runtime import GraphSpec, accelerate
 from .tiling import keep_whole, merge, tile_grid
 
 #: MobileNetV2 stages (expansion t, channels c, repeats n, first stride s)
@@ -356,6 +357,24 @@ def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
+class _Heads(nn.Module):
+    """The network as the detector calls it: the three maps decoding needs; the
+    landmark head is not needed for blurring, so the exported graph leaves it out."""
+
+    def __init__(self, model: CenterFace) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        heat, size, offset, _ = self.model(x, landmarks=False)
+        return heat, size, offset
+
+
+#: what models/runtime.py exports: inputs are padded to multiples of 32
+GRAPH = GraphSpec("centerface", example=(2, 3, 448, 768), outputs=("heat", "size", "offset"),
+                  multiple=ALIGN)
+
+
 class CenterFaceDetector(Detector):
     """Faces in frames of any size, batched per frame size.
 
@@ -380,10 +399,10 @@ class CenterFaceDetector(Detector):
                  max_side: int = 1920, tile_overlap: float = 0.2, overview: bool = True,
                  overview_above: float = 2.0, top_k: int = 5000, max_batch: int = 16) -> None:
         super().__init__(device, half)
-        # NHWC convolutions are faster on CPU (oneDNN); CUDA keeps the default
-        self.memory_format = (torch.channels_last if self.device.type == "cpu"
-                              else torch.contiguous_format)
-        self.model = self.prepare(model).to(memory_format=self.memory_format)
+        cpu_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        self.model = self.prepare(model).to(memory_format=cpu_format)
+        #: what is called on a batch: the torch heads, or their exported graph (build())
+        self.net: nn.Module | object = _Heads(self.model)
         self.size = int(size) if size else None
         self.thresh = float(thresh)
         self.nms_thresh = float(nms_thresh)
@@ -395,6 +414,13 @@ class CenterFaceDetector(Detector):
         self.overview_above = float(overview_above)
         self.top_k = int(top_k)
         self.max_batch = max(1, int(max_batch))
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """NHWC for torch on CPU (oneDNN is faster so); exported graphs and CUDA take NCHW."""
+        if self.device.type == "cpu" and isinstance(self.net, nn.Module):
+            return torch.channels_last
+        return torch.contiguous_format
 
     # -- pre-processing ---------------------------------------------------
     def _scaled(self, batch: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -422,8 +448,7 @@ class CenterFaceDetector(Detector):
         """N×3×h×w float images -> unclipped detections in their pixels."""
         out: list[Detections] = []
         for start in range(0, len(x), self.max_batch):
-            heat, size, offset, _ = self.model(self._network_input(x[start:start + self.max_batch]),
-                                               landmarks=False)
+            heat, size, offset = self.net(self._network_input(x[start:start + self.max_batch]))
             for boxes, scores in decode(heat, size, offset, thresh, self.nms_thresh, self.top_k):
                 out.append(Detections(boxes.cpu().numpy(), scores.cpu().numpy(),
                                       np.full(len(scores), FACE)))
@@ -502,10 +527,11 @@ def build(checkpoint_path: str | Path, device="cpu", half: bool = True,
     (share of ``max_side``, 0.2), ``overview`` (also run the native size,
     at most ``max_side``, when tiling or enlarging more than
     ``overview_above`` = 2 times; True), ``top_k`` (candidates per image
-    before NMS, 5000), ``max_batch`` (images per forward pass, 16).
+    before NMS, 5000), ``max_batch`` (images per forward pass, 16), ``runtime``
+    and ``threads`` (the network's backend and CPU threads, see models/runtime.py).
     """
     allowed = {"size", "face_size", "thresh", "nms_thresh", "max_side", "tile_overlap",
-               "overview", "overview_above", "top_k", "max_batch"}
+               "overview", "overview_above", "top_k", "max_batch", "runtime", "threads"}
     unknown = set(opts) - allowed
     if unknown:
         raise TypeError(f"unknown CenterFace options: {', '.join(sorted(unknown))}; "
@@ -514,8 +540,10 @@ def build(checkpoint_path: str | Path, device="cpu", half: bool = True,
         if "size" in opts:
             raise TypeError("give CenterFace either size or face_size, not both")
         opts["size"] = opts.pop("face_size")
+    backend, threads = opts.pop("runtime", None), opts.pop("threads", None)
     ckpt = load_checkpoint(checkpoint_path)
     det = CenterFaceDetector(model_from_checkpoint(ckpt, str(checkpoint_path)), device=device,
                              half=half, **opts)
+    det.net = accelerate(det.net, GRAPH, checkpoint_path, det.device, backend, threads)
     det.name = Path(checkpoint_path).parent.name or "centerface"
     return det

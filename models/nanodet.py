@@ -44,6 +44,7 @@ from .base import Detector, Frames, frames_to_tensor
 from .coco_vehicles import COCO_VEHICLES, select, stretch, to_detections
 from .detections import Detections
 from .fetch import WeightsError, load_checkpoint
+from .runtime import GraphSpec, accelerate
 from .tfjs_torch import FORMAT, build_module, convert_graph, output_shapes
 
 INPUT_SIZE = 416
@@ -185,6 +186,11 @@ def load_module(checkpoint: dict | str | Path, size: int = INPUT_SIZE) -> NanoDe
                            ) from exc
 
 
+#: what models/runtime.py exports on CPU: the network at its training size
+GRAPH = GraphSpec("nanodet", example=(2, 3, INPUT_SIZE, INPUT_SIZE), outputs=("rows",),
+                  fixed_size=True)
+
+
 class NanoDetDetector(Detector):
     """COCO NanoDet-g keeping cars, motorcycles, buses and trucks."""
 
@@ -232,13 +238,20 @@ class NanoDetDetector(Detector):
 
 
 def build(checkpoint_path: str | Path, device="cpu", half: bool = True, thresh: float = 0.2,
-          nms_iou: float = 0.5, size: int = INPUT_SIZE, **_ignored) -> NanoDetDetector:
+          nms_iou: float = 0.5, size: int = INPUT_SIZE, runtime: str | None = None,
+          threads: int | None = None, **_ignored) -> NanoDetDetector:
     """Detector from a checkpoint made by :func:`convert_tfjs`.
 
     ``thresh``: default score threshold of :meth:`~NanoDetDetector.detect`;
     ``nms_iou``: class-agnostic NMS overlap; ``size``: input side (416, the
     training size; other multiples of 32 work since the graph is fully
-    convolutional). Other pipeline options do not apply and are ignored.
+    convolutional); ``runtime`` and ``threads``: the backend and CPU threads of
+    the default size's network (models/runtime.py; other sizes run in torch).
+    Other pipeline options do not apply and are ignored.
     """
-    return NanoDetDetector(load_checkpoint_dict(checkpoint_path), device=device, half=half,
-                           thresh=thresh, nms_iou=nms_iou, size=size)
+    det = NanoDetDetector(load_checkpoint_dict(checkpoint_path), device=device, half=half,
+                          thresh=thresh, nms_iou=nms_iou, size=size)
+    if det.size == INPUT_SIZE:
+        det._modules[INPUT_SIZE] = accelerate(det.module(INPUT_SIZE), GRAPH, checkpoint_path,
+                                              det.device, runtime, threads)
+    return det

@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FAST = ("--no-plates", "--face-size", "160", "--preset", "ultrafast", "--device", "cpu",
         "--fill-frames", "1", "--batch-size", "4", "--segment-frames", "8")
 
-RECORDS = {"faces.pkl", "plates.pkl", "detections.json", "report.json"}
+RECORDS = {"faces.pkl", "plates.pkl", "detections.json", "report.json", "report.html"}
 
 # `python -m anonymize`, plus an audit hook that appends every path Python
 # opens below CORPUS_MODELS_DIR to CORPUS_OPEN_LOG (through a descriptor
