@@ -61,6 +61,11 @@ from .registry import models_home
 
 log = logging.getLogger(__name__)
 
+# ONNX Runtime 1.32 starts a telemetry client on first use that writes a session
+# file into $TMPDIR and may send usage events; a privacy tool sends nothing and
+# leaves no files behind. Must be set before onnxruntime creates its environment.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 BACKENDS = ("torch", "onnxruntime", "openvino")
 ENV = "ANONYMIZE_RUNTIME"
 #: CPU backend used when none is asked for: the fastest one in bench/runtimes.py
