@@ -37,7 +37,7 @@ def make_video(src: Path, dst: Path, gop: int) -> Path:
 def settings_flags(fast: bool, segment_frames: int) -> list[str]:
     flags = ["--segment-frames", str(segment_frames), "--device", "cpu"]
     if fast:
-        flags += ["--no-plates", "--face-size", "320", "--preset", "ultrafast"]
+        flags += ["--no-plates", "--min-face", "32", "--preset", "ultrafast"]
     return flags
 
 

@@ -60,18 +60,18 @@ def bench_latency(device: str, repeats: int = 5) -> str:
         return (time.perf_counter() - t) / n * 1000
 
     rows = []
-    face = load_detector(s.face_model, device, s.half, face_size=s.face_size)
+    face = load_detector(s.face_model, device, s.half, min_face=s.min_face)
     plate = load_detector(s.plate_model, device, s.half)
     veh = load_detector(s.vehicle_model, device, s.half)
     crop = cv2.resize(frame, (300, 220))
     with torch.inference_mode():
         for b in (1, 4):
             batch = [frame] * b
-            rows.append((f"RetinaFace MobileNet0.25, long side {s.face_size}", b,
-                         timeit(lambda batch=batch: face.detect(batch, 0.5)) / b))
+            rows.append((f"{face.name}, min face {s.min_face} px", b,
+                         timeit(lambda batch=batch: face.detect(batch, s.face_thresh)) / b))
             rows.append(("YOLOv8n plates, 640 letterbox", b,
                          timeit(lambda batch=batch: plate.detect(batch, 0.1, size=640)) / b))
-            rows.append(("CenterNet vehicles, 512", b, timeit(lambda batch=batch: veh.detect(batch, 0.2)) / b))
+            rows.append((f"{veh.name} vehicles", b, timeit(lambda batch=batch: veh.detect(batch, 0.2)) / b))
         rows.append(("YOLOv8n plates, one 320 crop", 1,
                      timeit(lambda: plate.detect_crops([crop], 0.1, size=320))))
         for mode in ("two-stage", "one-stage", "both"):

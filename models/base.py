@@ -46,6 +46,19 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def side_for_min_object(height: int, width: int, min_object: float, smallest: float) -> int:
+    """Long side of the network input at which an object of ``min_object`` frame
+    pixels measures ``smallest`` pixels, the least its detector finds reliably.
+
+    Why: a fixed input size either wastes work (a small frame upscaled many
+    times) or loses small objects (a large frame shrunk); the smallest object
+    the user must not miss says how far each frame has to be scaled.
+    """
+    if min_object <= 0:
+        raise ValueError(f"smallest object size must be positive, got {min_object}")
+    return max(1, round(max(height, width) * float(smallest) / float(min_object)))
+
+
 def frames_to_tensor(frames: Frames, device: torch.device) -> list[torch.Tensor]:
     """Each frame as an H×W×3 uint8 tensor on ``device`` (no copy when already there)."""
     if isinstance(frames, torch.Tensor):

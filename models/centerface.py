@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Detector, Frames, frames_to_tensor
+from .base import Detector, Frames, frames_to_tensor, side_for_min_object
 from .detections import FACE, Detections
 from .fetch import WeightsError, load_checkpoint
 from .ops import nms
@@ -378,8 +378,10 @@ GRAPH = GraphSpec("centerface", example=(2, 3, 448, 768), outputs=("heat", "size
 class CenterFaceDetector(Detector):
     """Faces in frames of any size, batched per frame size.
 
-    Each frame is scaled so that its long side is ``size`` pixels (``None``:
-    native size) and zero-padded to multiples of 32. When the scaled frame
+    Each frame is scaled so that a face of ``min_face`` frame pixels measures
+    :attr:`smallest_face` pixels at the network input (or, with ``size``, so
+    that its long side is ``size`` pixels; neither: native size) and
+    zero-padded to multiples of 32. When the scaled frame
     is longer than ``max_side`` it is cut into overlapping tiles of at most
     ``max_side`` pixels (see :mod:`models.tiling`).
 
@@ -393,9 +395,13 @@ class CenterFaceDetector(Detector):
     """
 
     name = "centerface"
+    #: face width (px at the network input) from which recall stays above 0.9
+    #: on the shared face sets (models/README.md, "CenterFace")
+    smallest_face = 24
 
     def __init__(self, model: CenterFace, device="cpu", half: bool = True, *,
-                 size: int | None = None, thresh: float = 0.4, nms_thresh: float = 0.3,
+                 size: int | None = None, min_face: float | None = None, thresh: float = 0.4,
+                 nms_thresh: float = 0.3,
                  max_side: int = 1920, tile_overlap: float = 0.2, overview: bool = True,
                  overview_above: float = 2.0, top_k: int = 5000, max_batch: int = 16) -> None:
         super().__init__(device, half)
@@ -403,7 +409,10 @@ class CenterFaceDetector(Detector):
         self.model = self.prepare(model).to(memory_format=cpu_format)
         #: what is called on a batch: the torch heads, or their exported graph (build())
         self.net: nn.Module | object = _Heads(self.model)
+        if size and min_face:
+            raise ValueError("give CenterFace either size or min_face, not both")
         self.size = int(size) if size else None
+        self.min_face = float(min_face) if min_face else None
         self.thresh = float(thresh)
         self.nms_thresh = float(nms_thresh)
         if max_side < ALIGN:
@@ -485,14 +494,21 @@ class CenterFaceDetector(Detector):
             overview = input_size(height, width, min(max(height, width), self.max_side))
         return (h, w), tiled, overview
 
+    def side(self, height: int, width: int, size: int | None = None) -> int | None:
+        """Long side of the main pass for a height×width frame (None: native)."""
+        if size or self.size:
+            return size or self.size
+        if self.min_face:
+            return side_for_min_object(height, width, self.min_face, self.smallest_face)
+        return None
+
     # -- public ---------------------------------------------------------------
     @torch.inference_mode()
     def detect(self, frames: Frames, thresh: float | None = None,
                size: int | None = None) -> list[Detections]:
         """One :class:`Detections` per frame. ``size`` (long side of the network
-        input in pixels) overrides the detector's own for this call."""
+        input in pixels) overrides the detector's own scaling for this call."""
         thresh = self.thresh if thresh is None else float(thresh)
-        size = size or self.size
         images = frames_to_tensor(frames, self.device)
         groups: dict[tuple, list[int]] = {}
         for i, im in enumerate(images):
@@ -502,7 +518,7 @@ class CenterFaceDetector(Detector):
         results: list[Detections] = [Detections.empty()] * len(images)
         for (fh, fw, _), idx in groups.items():
             group = [images[i] for i in idx]
-            (h, w), tiled, overview = self.passes(fh, fw, size)
+            (h, w), tiled, overview = self.passes(fh, fw, self.side(fh, fw, size))
             if tiled:
                 found = [self._tiled(frame, h, w, thresh) for frame in group]
             else:
@@ -520,8 +536,10 @@ def build(checkpoint_path: str | Path, device="cpu", half: bool = True,
           **opts) -> CenterFaceDetector:
     """Detector from a converted checkpoint.
 
-    Options: ``size`` (long side in pixels the frame is scaled to; None/0 =
-    native size; ``face_size`` is accepted as the pipeline's name for it),
+    Options: ``min_face`` (smallest face to find, frame pixels: the frame is
+    scaled so that it measures ``smallest_face`` = 24 px; the pipeline's
+    ``--min-face``) or ``size`` (long side in pixels the frame is scaled to);
+    neither: native size;
     ``thresh`` (default score threshold), ``nms_thresh`` (0.3),
     ``max_side`` (longest network input before tiling), ``tile_overlap``
     (share of ``max_side``, 0.2), ``overview`` (also run the native size,
@@ -530,16 +548,12 @@ def build(checkpoint_path: str | Path, device="cpu", half: bool = True,
     before NMS, 5000), ``max_batch`` (images per forward pass, 16), ``runtime``
     and ``threads`` (the network's backend and CPU threads, see models/runtime.py).
     """
-    allowed = {"size", "face_size", "thresh", "nms_thresh", "max_side", "tile_overlap",
+    allowed = {"size", "min_face", "thresh", "nms_thresh", "max_side", "tile_overlap",
                "overview", "overview_above", "top_k", "max_batch", "runtime", "threads"}
     unknown = set(opts) - allowed
     if unknown:
         raise TypeError(f"unknown CenterFace options: {', '.join(sorted(unknown))}; "
                         f"known: {', '.join(sorted(allowed))}")
-    if "face_size" in opts:
-        if "size" in opts:
-            raise TypeError("give CenterFace either size or face_size, not both")
-        opts["size"] = opts.pop("face_size")
     backend, threads = opts.pop("runtime", None), opts.pop("threads", None)
     ckpt = load_checkpoint(checkpoint_path)
     det = CenterFaceDetector(model_from_checkpoint(ckpt, str(checkpoint_path)), device=device,

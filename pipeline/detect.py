@@ -33,7 +33,7 @@ def load_detector(name: str, device: str | None, half: bool, task: str | None = 
 
     Never downloads: a registry model must have been fetched (`anonymize
     models fetch`), so a worker never reaches the network mid-job.
-    ``fmt`` forces a file's format; ``opts`` are pipeline hints (face_size).
+    ``fmt`` forces a file's format; ``opts`` are pipeline hints (min_face).
     """
     from models.loader import load
 
@@ -85,7 +85,7 @@ class DetectionStack:
         face_det = plate_det = vehicle_det = None
         if want_faces:
             face_det = load_detector(s.face_model, device, s.half, "faces", s.face_model_format,
-                                     face_size=s.face_size)
+                                     min_face=s.min_face)
         if want_plates:
             plate_det = load_detector(s.plate_model, device, s.half, "plates",
                                       s.plate_model_format)

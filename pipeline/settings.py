@@ -78,7 +78,7 @@ class Settings:
     faces: bool = _opt(True, "detect and anonymize faces")
     plates: str = _opt("both", "licence plates: both (the union of one-stage and two-stage, "
                        "recall first), one-stage, two-stage or off", choices=PLATE_MODES)
-    face_model: str = _opt("retinaface-mobilenet0.25", "face model: a registry name "
+    face_model: str = _opt("centerface", "face model: a registry name "
                            "(`anonymize models list`) or a weights file")
     plate_model: str = _opt("plate-yolov8n-pyplatex", "plate model: a registry name or a "
                             "weights file")
@@ -95,12 +95,15 @@ class Settings:
     vehicle_thresh: float = _opt(0.2, "vehicle score threshold for two-stage, 0-1 "
                                  "(0.3 loses a fifth of the plates)", lo=0, hi=1)
     lp_thresh: float = _opt(0.1, "plate score threshold, 0-1 (low: recall first)", lo=0, hi=1)
-    face_thresh: float = _opt(0.5, "face score threshold, 0-1", lo=0, hi=1)
+    face_thresh: float = _opt(0.2, "face score threshold, 0-1 (low: recall first)", lo=0,
+                              hi=1)
     nms_thresh: float = _opt(0.5, "IoU above which overlapping plate boxes of the two "
                              "plate modes count as one, 0-1", lo=0, hi=1)
     # detector input sizes
-    face_size: int = _opt(1280, "long side frames are scaled to for face detection, px",
-                          lo=32)
+    min_face: int = _opt(16, "smallest face to find, in frame pixels: each frame is scaled "
+                         "so that such a face reaches the size the face model needs (24 px "
+                         "for CenterFace: x1.5 at 16); frames too large for one pass are "
+                         "tiled", lo=4)
     plate_size: int = _opt(960, "one-stage plate detector input size, px (640 misses "
                            "small plates)", lo=32)
     crop_size: int = _opt(320, "two-stage vehicle crop input size, px", lo=32)

@@ -218,14 +218,16 @@ def test_build_options(tmp_path):
     path = tmp_path / "model.pt"
     torch.save({"arch": "centerface", "format": "fused", "state_dict": CenterFace().state_dict()},
                path)
-    assert build(path, face_size=640).size == 640  # the pipeline's name for it
+    assert build(path, size=640).size == 640
+    det = build(path, min_face=12)  # the pipeline's --min-face: 12 px faces -> 24 px
+    assert det.size is None and det.side(1080, 1920) == 3840 and det.side(240, 320) == 640
     assert build(path, size=0).size is None
     assert build(path, max_side=1000).max_side == 992  # tiles need no padding
     assert not build(path, overview=False, overview_above=3).overview
     with pytest.raises(TypeError, match="max_sid"):
         build(path, max_sid=640)
-    with pytest.raises(TypeError, match="either"):
-        build(path, size=640, face_size=640)
+    with pytest.raises(ValueError, match="either"):
+        build(path, size=640, min_face=12)
     torch.save({"arch": "yolov8", "state_dict": {}}, path)
     with pytest.raises(WeightsError, match="CenterFace"):
         build(path)

@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # The real detector on small inputs: faces only, small detector input, the
 # fastest encoder preset, and short segments so that splitting and joining
 # (the distributed path's machinery) are exercised on every case.
-FAST = ("--no-plates", "--face-size", "160", "--preset", "ultrafast", "--device", "cpu",
+FAST = ("--no-plates", "--min-face", "48", "--preset", "ultrafast", "--device", "cpu",
         "--fill-frames", "1", "--batch-size", "4", "--segment-frames", "8")
 
 RECORDS = {"faces.pkl", "plates.pkl", "detections.json", "report.json", "report.html"}

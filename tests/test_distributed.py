@@ -63,7 +63,7 @@ def make_gop_video(src: Path, dst: Path, frames: int = FRAMES, gop: int = GOP) -
 def job_settings():
     from pipeline.settings import Settings
 
-    return Settings(plates="off", face_size=160, fill_frames=2, segment_frames=30,
+    return Settings(plates="off", min_face=48, fill_frames=2, segment_frames=30,
                     preset="ultrafast", device="cpu", batch_size=4)
 
 
@@ -203,7 +203,7 @@ def cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.Com
                           capture_output=True, text=True, timeout=timeout)
 
 
-FAST_FLAGS = ["--plates", "off", "--face-size", "160", "--fill-frames", "2", "--segment-frames",
+FAST_FLAGS = ["--plates", "off", "--min-face", "48", "--fill-frames", "2", "--segment-frames",
               "30", "--preset", "ultrafast", "--device", "cpu", "--quiet"]
 
 

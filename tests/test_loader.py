@@ -532,7 +532,7 @@ def test_research_two_stage_with_converted_yolov3_files(files, tmp_path):
 def test_run_with_a_face_model_file(files, tmp_path, kind):
     src = make_video(tmp_path / "in.mp4", n_frames=8, width=64, height=48)
     proc = cli("run", src, "-o", tmp_path / "out.mp4", "--face-model", files[kind],
-               "--no-plates", "--face-size", 64, "--device", "cpu", "--preset", "ultrafast",
+               "--no-plates", "--min-face", 16, "--device", "cpu", "--preset", "ultrafast",
                "--quiet")
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
@@ -655,7 +655,7 @@ def test_report_names_stored_models_as_the_loader_does(files, tmp_path, client):
         "plates": f"plates.h5 (keras-h5, sha256 {sha256_file(files['h5'])[:12]})",
         "vehicles": f"vehicles.weights (darknet, sha256 {sha256_file(files['darknet'])[:12]})"}
     assert job_models(Settings(plates="one-stage")) == {
-        "faces": "retinaface-mobilenet0.25", "plates": "plate-yolov8n-pyplatex"}
+        "faces": "centerface", "plates": "plate-yolov8n-pyplatex"}
 
 
 def test_worker_refuses_a_model_whose_sha256_differs(files, tmp_path, client, monkeypatch):
@@ -702,6 +702,6 @@ def test_worker_without_a_fetched_registry_model_fails_the_job(tmp_path, monkeyp
     monkeypatch.setattr(jobs, "_context", lambda store_url: ctx)
     assert jobs.process.apply(args=(job, 0, client.storage.url())).failed()
     assert client.state.get(job)["error"] == (
-        "segment 0: --face-model: model retinaface-mobilenet0.25 is not fetched: run "
-        "`anonymize models fetch retinaface-mobilenet0.25`")
+        "segment 0: --face-model: model centerface is not fetched: run "
+        "`anonymize models fetch centerface`")
     runtime.reset()

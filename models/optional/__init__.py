@@ -39,7 +39,7 @@ _USER_MODELS = (
         name="retinaface-biubug6", task="faces", source=Source("file"),
         licence="user-supplied; biubug6/Pytorch_Retinaface code and released weights MIT "
                 "(trained on WIDER FACE, research use terms of the dataset)",
-        classes=("face",), input_size="any (long side scaled to --face-size, default 1280)",
+        classes=("face",), input_size="any (scaled so a --min-face face measures 16 px)",
         converter="models.optional:no_conversion", builder="models.retinaface:build",
         notes="mobilenet0.25_Final.pth / Resnet50_Final.pth state dicts (DataParallel "
               "`module.` prefixes are stripped); loaded as they are"),
