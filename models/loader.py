@@ -52,7 +52,10 @@ _TASK_LABELS = {"faces": frozenset({FACE}), "plates": frozenset({PLATE}),
                 "vehicles": frozenset(VEHICLE_IDS)}
 
 #: builder options the pipeline passes, and the builders that take them
-_HINTS = {"min_face": ("models.retinaface:build", "models.centerface:build")}
+_FAST = ("models.retinaface:build", "models.centerface:build", "models.nanodet:build",
+         "models.yolov8:build")
+_HINTS = {"min_face": ("models.retinaface:build", "models.centerface:build"),
+          "threads": _FAST}
 
 
 class ModelError(WeightsError):
@@ -557,7 +560,7 @@ def load(value: str, task: str | None = None, fmt: str = "auto", device=None,
 
 
 def build(ref: ModelRef, device=None, half: bool = True, **hints):
-    """The detector of a resolved model. ``hints``: pipeline options (``min_face``)
+    """The detector of a resolved model. ``hints``: pipeline options (``min_face``, ``threads``)
     passed to the builders that take them."""
     spec = REGISTRY[ref.record]
     builder = spec.load_function("builder")

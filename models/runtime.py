@@ -112,11 +112,11 @@ def select_backend(backend: str | None, device: str | torch.device) -> str:
 
 
 def cpu_budget() -> int:
-    """Cores this process may run on: the default thread count of a graph."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    """Cores this process may run on (CPU affinity, cgroup quota): the default
+    thread count of a graph."""
+    from pipeline.threads import available_cores
+
+    return available_cores()
 
 
 @contextlib.contextmanager

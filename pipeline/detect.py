@@ -23,6 +23,7 @@ from models.detections import Detections
 from models.ops import nms
 
 from .settings import Settings
+from .threads import resolve_threads
 
 MIN_CROP = 8  # vehicle boxes smaller than this (px) cannot hold a readable plate
 
@@ -33,7 +34,7 @@ def load_detector(name: str, device: str | None, half: bool, task: str | None = 
 
     Never downloads: a registry model must have been fetched (`anonymize
     models fetch`), so a worker never reaches the network mid-job.
-    ``fmt`` forces a file's format; ``opts`` are pipeline hints (min_face).
+    ``fmt`` forces a file's format; ``opts`` are pipeline hints (min_face, threads).
     """
     from models.loader import load
 
@@ -83,15 +84,17 @@ class DetectionStack:
         want_faces = s.faces if faces is None else faces
         want_plates = (s.plate_mode is not None) if plates is None else plates
         face_det = plate_det = vehicle_det = None
+        # the networks run one after another, so each may use the whole budget
+        threads = resolve_threads(s.threads)
         if want_faces:
             face_det = load_detector(s.face_model, device, s.half, "faces", s.face_model_format,
-                                     min_face=s.min_face)
+                                     min_face=s.min_face, threads=threads)
         if want_plates:
             plate_det = load_detector(s.plate_model, device, s.half, "plates",
-                                      s.plate_model_format)
+                                      s.plate_model_format, threads=threads)
             if s.plate_mode in ("two-stage", "both"):
                 vehicle_det = load_detector(s.vehicle_model, device, s.half, "vehicles",
-                                            s.vehicle_model_format)
+                                            s.vehicle_model_format, threads=threads)
         return cls(s, face_det, plate_det, vehicle_det)
 
     @property
