@@ -560,7 +560,7 @@ def sweep_plates(out: Path) -> dict:
             tally.add_gt([b.xyxy[2] - b.xyxy[0] for b in gt])
             for det_name, det in detectors.items():
                 for mode, plate_size, crop_size in plate_configs(name):
-                    settings = Settings(plate_mode=mode, plate_size=plate_size or 960,
+                    settings = Settings(plates=mode, plate_size=plate_size or 960,
                                         crop_size=crop_size or 320)
                     stack = DetectionStack(settings, faces=None, plates=det,
                                            vehicles=vehicles if mode != "one-stage" else None)

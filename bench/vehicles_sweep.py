@@ -161,7 +161,7 @@ def section_twostage(caches: dict) -> str:
         records = load_annotations(DATA / ds)
         for label, name in MODELS.items():
             for t in THRESHOLDS:
-                settings = Settings(plate_mode="two-stage", vehicle_thresh=t)
+                settings = Settings(plates="two-stage", vehicle_thresh=t)
                 stack = DetectionStack(settings, faces=None, plates=plates,
                                        vehicles=CachedVehicles(name, caches[name]))
                 with tempfile.TemporaryDirectory() as tmp:
