@@ -44,9 +44,17 @@ SIZES = {
     # one-stage letterbox 640 and 960 (the default plate_size) of 16:9 frames; two-stage crops
     "yolov8": [(384, 640), (544, 960), (320, 320)],
     "centernet": [(512, 512)],
+    # the default face model on a 768×432 frame: native and ×1.5 (--min-face 16)
+    "centerface": [(448, 768), (672, 1152)],
+    # the default vehicle model: its training size
+    "nanodet": [(416, 416)],
 }
 MODELS = {"retinaface": "retinaface-mobilenet0.25", "yolov8": "plate-yolov8n-pyplatex",
-          "centernet": "vehicles-centernet-mobilenetv3"}
+          "centernet": "vehicles-centernet-mobilenetv3", "centerface": "centerface",
+          "nanodet": "vehicles-nanodet-g"}
+#: the detector module of each model that models/runtime.py exports
+MODULES = {"retinaface": "retinaface", "yolov8": "yolov8", "centerface": "centerface",
+           "nanodet": "nanodet"}
 BACKENDS = ("torch", "torch-passive", "onnxruntime", "onnxruntime-spin", "openvino",
             "openvino-static")
 BATCHES = (1, 4)
@@ -98,7 +106,9 @@ def _export_centernet(trunk, path: Path) -> None:
 
 def prepare_graphs(models: list[str], folder: Path) -> dict[str, str]:
     """Export (or find cached) each model's graph; CenterNet's goes to ``folder``."""
-    from models import retinaface, runtime, yolov8
+    import importlib
+
+    from models import runtime
     from models.registry import checkpoint_path
 
     paths = {}
@@ -108,7 +118,7 @@ def prepare_graphs(models: list[str], folder: Path) -> dict[str, str]:
             path = folder / "centernet-trunk.onnx"
             _export_centernet(_centernet_trunk(ckpt), path)
         else:
-            mod = retinaface if model == "retinaface" else yolov8
+            mod = importlib.import_module(f"models.{MODULES[model]}")
             path = runtime.ensure_graph(_torch_net(model, ckpt), mod.GRAPH, ckpt)
         paths[model] = str(path) if path else ""
     return paths
@@ -116,13 +126,12 @@ def prepare_graphs(models: list[str], folder: Path) -> dict[str, str]:
 
 def _torch_net(model: str, checkpoint: Path):
     """The eager module exactly as the detector calls it on CPU."""
-    from models import retinaface, yolov8
+    import importlib
 
-    if model == "retinaface":
-        return retinaface.build(checkpoint, runtime="torch").net
-    if model == "yolov8":
-        return yolov8.build(checkpoint, runtime="torch").net
-    return _centernet_trunk(checkpoint)
+    if model == "centernet":
+        return _centernet_trunk(checkpoint)
+    det = importlib.import_module(f"models.{MODULES[model]}").build(checkpoint, runtime="torch")
+    return det.module(416) if model == "nanodet" else det.net
 
 
 # -- one cell (worker process) -----------------------------------------------------
@@ -138,8 +147,8 @@ def _inputs(model: str, height: int, width: int, batch: int):
     x = torch.from_numpy(cv2.resize(img, (width, height))).permute(2, 0, 1).float()[None]
     if model == "retinaface":
         x = x - torch.tensor([123.0, 117.0, 104.0]).view(1, 3, 1, 1)
-    elif model == "yolov8":
-        x = x / 255.0
+    elif model in ("yolov8", "nanodet"):
+        x = x / 255.0  # scale only: the timing does not depend on the exact normalisation
     return x.repeat(batch, 1, 1, 1).contiguous()
 
 
@@ -152,7 +161,8 @@ def _runner(model: str, backend: str, threads: int, graph: str):
     if backend.startswith("torch"):
         torch.set_num_threads(threads)
         net = _torch_net(model, checkpoint_path(MODELS[model]))
-        fmt = torch.channels_last if model == "retinaface" else torch.contiguous_format
+        fmt = (torch.channels_last if model in ("retinaface", "centerface")
+               else torch.contiguous_format)
 
         def run(x):
             with torch.inference_mode():
