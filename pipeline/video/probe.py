@@ -246,6 +246,17 @@ def _first_frame(c, vs, path):
     raise VideoError(f"video stream of {path} has no decodable frames{why}")
 
 
+def demux_until_error(container, stream) -> Iterator[av.Packet]:
+    """The stream's packets, ending quietly where the demuxer fails: what follows
+    a damaged or cut-off part of a file cannot be read, as in a player."""
+    packets = container.demux(stream)
+    while True:
+        try:
+            yield next(packets)
+        except (StopIteration, av.FFmpegError):
+            return
+
+
 def _scan_packets(path, index):
     """Frame and keyframe pts from demuxing only (None when packets lack pts),
     and how many packets could be read. A demuxer error ends the scan (the
@@ -253,13 +264,7 @@ def _scan_packets(path, index):
     pts, keys, end, read = [], [], None, 0
     missing_pts = False
     with av.open(str(path)) as c:
-        vs = c.streams[index]
-        packets = c.demux(vs)
-        while True:
-            try:
-                p = next(packets)
-            except (StopIteration, av.FFmpegError):
-                break
+        for p in demux_until_error(c, c.streams[index]):
             if p.size == 0 and p.pts is None:
                 continue  # the end-of-stream marker
             read += 1
@@ -292,12 +297,7 @@ def _scan_decoded(path, index):
     with av.open(str(path)) as c:
         vs = c.streams[index]
         vs.codec_context.thread_type = "AUTO"
-        packets = c.demux(vs)
-        while True:
-            try:
-                p = next(packets)
-            except (StopIteration, av.FFmpegError):
-                break
+        for p in demux_until_error(c, vs):
             if p.is_keyframe and p.pts is not None and p.size > 1:
                 key_labels.append(p.pts)
             try:

@@ -50,7 +50,7 @@ from .decode import (
     source_times,
     to_rgb,
 )
-from .probe import VideoError, VideoInfo, open_input
+from .probe import VideoError, VideoInfo, demux_until_error, open_input
 
 # containers tried for a stream copy, in order
 _COPY_FORMATS = ("nut", "matroska")
@@ -286,14 +286,7 @@ def _packets(source, info: VideoInfo, segment: Segment) -> Iterator[av.Packet]:
 
 def _readable(src, vs) -> Iterator[av.Packet]:
     """The stream's packets with data; a demuxer error ends the file."""
-    packets = src.demux(vs)
-    while True:
-        try:
-            p = next(packets)
-        except (StopIteration, av.FFmpegError):
-            return
-        if p.size and p.pts is not None:
-            yield p
+    return (p for p in demux_until_error(src, vs) if p.size and p.pts is not None)
 
 
 def _run(packets, first_pts, stop_pts, from_start: bool, seek: bool) -> Iterator[av.Packet]:
