@@ -316,6 +316,30 @@ def _torch_outputs(outputs) -> torch.Tensor | tuple[torch.Tensor, ...]:
     return tensors[0] if len(tensors) == 1 else tensors
 
 
+#: input pixels per call of a CPU graph (the batch is split to stay under it)
+MAX_PIXELS_PER_CALL = 1_000_000
+
+
+def run_in_chunks(run, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """``run(numpy batch) -> list of numpy outputs`` over slices of ``x`` holding at
+    most :data:`MAX_PIXELS_PER_CALL` input pixels (at least one image), joined.
+
+    Why: a CPU runtime keeps the peak of its activations in its arena, and
+    those grow with the batch: eight 1152×672 CenterFace inputs in one call
+    took the process from 0.4 to 1.6 GB, while batching buys almost no speed
+    on a CPU (docs/benchmarks.md, "Inference runtimes"). Crops and small
+    inputs still go several to a call.
+    """
+    n, _, h, w = x.shape
+    step = max(1, MAX_PIXELS_PER_CALL // max(1, h * w))
+    arr = _numpy_input(x)
+    if n <= step:
+        return _torch_outputs(run(arr))
+    parts = [run(arr[i:i + step]) for i in range(0, n, step)]
+    return _torch_outputs([np.concatenate([np.asarray(p[k]) for p in parts])
+                           for k in range(len(parts[0]))])
+
+
 class OnnxRuntimeGraph:
     """An exported graph on ONNX Runtime's CPU provider; called like the module."""
 
@@ -337,7 +361,7 @@ class OnnxRuntimeGraph:
         self._input = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor):
-        return _torch_outputs(self.session.run(None, {self._input: _numpy_input(x)}))
+        return run_in_chunks(lambda arr: self.session.run(None, {self._input: arr}), x)
 
     def settings(self) -> dict:
         """Thread settings as the session reports them."""
@@ -387,9 +411,11 @@ class OpenVINOGraph:
         self._lock = threading.Lock()  # an infer request serves one call at a time
 
     def __call__(self, x: torch.Tensor):
-        arr = _numpy_input(x)
-        with self._lock:
-            return _torch_outputs(self._request.infer({0: arr}).to_tuple())
+        def infer(arr: np.ndarray):
+            with self._lock:
+                return [np.array(o) for o in self._request.infer({0: arr}).to_tuple()]
+
+        return run_in_chunks(infer, x)
 
     def settings(self) -> dict:
         """Thread settings as the compiled model reports them."""

@@ -309,3 +309,23 @@ def test_fetch_exports_the_graph_after_conversion(checkpoint, tmp_path, monkeypa
     assert exported == [("_Boxes", "retinaface")]
     record = json.loads((ckpt.parent / "retinaface.json").read_text())
     assert record["checkpoint_sha256"] == runtime.sha256_file(ckpt)
+
+
+def test_large_batches_run_in_chunks_and_join_in_order(monkeypatch):
+    """A CPU graph never sees more than MAX_PIXELS_PER_CALL input pixels at once
+    (its arena keeps the peak), and the caller still gets one batch back."""
+    monkeypatch.setattr(runtime, "MAX_PIXELS_PER_CALL", 2 * 8 * 8)
+    calls = []
+
+    def run(arr):
+        calls.append(len(arr))
+        return [arr.sum(axis=(1, 2, 3)), arr[:, :1]]
+
+    x = torch.arange(5 * 3 * 8 * 8, dtype=torch.float32).reshape(5, 3, 8, 8)
+    total, first = runtime.run_in_chunks(run, x)
+    assert calls == [2, 2, 1]
+    assert torch.equal(total, x.sum(dim=(1, 2, 3))) and torch.equal(first, x[:, :1])
+    calls.clear()
+    big = torch.zeros(1, 3, 16, 16)  # larger than the budget: still one image per call
+    runtime.run_in_chunks(run, big)
+    assert calls == [1]
