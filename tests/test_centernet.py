@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -19,6 +18,7 @@ from models.ops import box_iou, box_iou_np, nms
 from models.tfjs import TFJSFormatError, read_graph_model
 from models.tfjs_torch import build_module
 from pipeline.datasets import read_image
+from tests.detector_checks import check_mixed_size_batch
 from tests.fixtures.centernet_reference import VEHICLE_CHANNELS, graph_input
 
 MODEL = "vehicles-centernet-mobilenetv3"
@@ -271,16 +271,7 @@ def test_finds_annotated_cars_on_a_real_street_image(detector, data_dir):
 @pytest.mark.models
 @pytest.mark.slow
 def test_batch_of_different_sizes_matches_frames_run_alone(detector, data_dir):
-    ann = json.loads((data_dir / IMAGES / "annotations.json").read_text())
-    first = read_image(data_dir / IMAGES / ann["images"][0]["file"])
-    second = cv2.resize(read_image(data_dir / IMAGES / ann["images"][1]["file"]), (640, 360))
-    together = detector([first, second], thresh=0.2)
-    alone = [detector(first, thresh=0.2)[0], detector(second, thresh=0.2)[0]]
-    for a, b in zip(together, alone, strict=True):
-        assert len(a) == len(b) > 0
-        np.testing.assert_allclose(a.xyxy, b.xyxy, atol=0.05)
-        np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-4)
-    assert (together[1].xyxy[:, [0, 2]] <= 640).all() and (together[1].xyxy[:, [1, 3]] <= 360).all()
+    check_mixed_size_batch(detector, data_dir)
 
 
 @pytest.mark.models
