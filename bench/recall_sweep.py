@@ -445,7 +445,7 @@ def _onnxruntime_speed(small: np.ndarray, full: np.ndarray, repeats: int) -> dic
         return {}
     import tempfile
 
-    from models.centerface import dynamic_onnx
+    from models.centerface_weights import dynamic_onnx
     from models.fetch import _download_archive, _extract
     from models.registry import get
 

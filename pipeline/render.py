@@ -267,7 +267,7 @@ def recorded_settings(settings, sources: dict[str, str], recorded: dict):
 class RecordedDetections:
     """A detection stack that reads boxes from a file instead of running models.
 
-    :class:`pipeline.process.SegmentJob` asks it through :meth:`detect_at`, with the
+    :class:`pipeline.segment_job.SegmentJob` asks it through :meth:`detect_at`, with the
     frame indexes of the batch; it holds no model, so the segment's threads go to
     decoding and encoding (``video_only``)."""
 

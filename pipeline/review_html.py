@@ -1,10 +1,11 @@
 """report.html: the review of a run as one self-contained page.
 
 Facts of the job, a timeline of the boxes per frame and class (SVG), and a
-contact sheet of the flagged frames (``pipeline/review.py`` decides which
-and takes the thumbnails). Everything is inline: JPEG thumbnails as data
-URIs, SVG outlines over them, CSS in the head, no script, nothing fetched,
-so the page opens anywhere, offline, and can be archived with the video.
+contact sheet of the flagged frames (``pipeline/review_flags.py`` decides
+which, ``pipeline/thumbnails.py`` takes the thumbnails). Everything is
+inline: JPEG thumbnails as data URIs, SVG outlines over them, CSS in the
+head, no script, nothing fetched, so the page opens anywhere, offline, and
+can be archived with the video.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from models.detections import FACE, LABELS, PLATE, Detections
 
 from .blur import regions
-from .review import PRIORITY, Flag, review_report
+from .review_flags import PRIORITY, Flag, review_report
 
 COLOURS = {"face": "#e4572e", "plate": "#1f7ae0", "exclude": "#19a974", "force": "#9b51e0",
            "vanish": "#d7263d", "appear": "#d7263d", "gap": "#f29e4c", "weak": "#c9a800",

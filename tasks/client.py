@@ -121,8 +121,9 @@ class Client:
         detections document (``anonymize render``'s input, named ``detections_file``):
         the job re-renders from it on the cpu queue, with no detector."""
         from .config import SPLIT
-        from .jobs import edits_key, source_key, upload_models
+        from .keys import edits_key, source_key
         from .state import new_job_id
+        from .stored_models import upload_models
 
         store = self.storage  # checked now, even for an input used in place: results go there
         job = new_job_id()
@@ -197,7 +198,7 @@ class Client:
             time.sleep(poll)
 
     def cancel(self, job: str, delete: bool = False) -> bool:
-        from .jobs import job_prefix
+        from .keys import job_prefix
 
         self.get(job)
         with self._reaching("job state", self.service.state_url):

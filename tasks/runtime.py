@@ -6,8 +6,8 @@ CUDA is initialised only inside the process that uses it. The device is the
 worker's (``anonymize worker --device cuda:1`` sets ``ANONYMIZE_WORKER_DEVICE``);
 the job's own ``device`` setting is used only where the worker names none.
 
-Model files that travelled with a job (``tasks/jobs.py``, ``stored:`` model
-settings) are downloaded once per process into a temporary directory, laid
+Model files that travelled with a job (``tasks/stored_models.py``, ``stored:``
+model settings) are downloaded once per process into a temporary directory, laid
 out as the loader expects (companions beside the file, same stem), and
 checked against the sha256 the job names before anything loads them: a
 mismatch fails the job with one line rather than running other weights.
@@ -60,10 +60,10 @@ def detection_stack(settings) -> Any:
 def local_models(settings, store) -> Any:
     """``settings`` with each model stored with the job (``stored:`` setting) replaced by
     the path of a verified local copy; other settings unchanged."""
-    from models.loader import SETTING
+    from models.model_ref import SETTING
     from pipeline.settings import Settings
 
-    from .jobs import STORED
+    from .stored_models import STORED
 
     changes = {field: str(_stored_model(store, getattr(settings, field)))
                for field in SETTING.values() if getattr(settings, field).startswith(STORED)}
@@ -71,9 +71,9 @@ def local_models(settings, store) -> Any:
 
 
 def _stored_model(store, value: str) -> Path:
-    from models.loader import companion_name
+    from models.model_ref import companion_name
 
-    from .jobs import parse_stored_model
+    from .stored_models import parse_stored_model
 
     key, sha256, name, companions = parse_stored_model(value)
     name = PurePosixPath(name).name or "model" + PurePosixPath(key).suffix

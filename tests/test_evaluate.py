@@ -368,10 +368,10 @@ def test_cli_runs_the_stack_it_is_given(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setitem(sys.modules, "pipeline.detect",
                         types.SimpleNamespace(DetectionStack=Recording))
-    import models.loader
+    import models.resolve
 
     # the model settings are checked before any image is read (no weights needed here)
-    monkeypatch.setattr(models.loader, "check_settings",
+    monkeypatch.setattr(models.resolve, "check_settings",
                         lambda settings, fetched=True: seen.update(checked=settings))
     FakeStack.calls = []
     rc = main(["eval", "--dataset", str(tmp_path / "ds"), "--out-dir", str(tmp_path / "out"),

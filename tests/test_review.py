@@ -16,7 +16,8 @@ import pytest
 from anonymize.cli import main
 from models.detections import FACE, PLATE, Detections
 from pipeline.process import run_local
-from pipeline.review import MAX_THUMBNAILS, find_flags, pick_frames, write_image_page
+from pipeline.review import write_image_page
+from pipeline.review_flags import MAX_THUMBNAILS, find_flags, pick_frames
 from pipeline.settings import Settings
 from tests.browser import Browser
 from tests.test_run import FILL, N, ScriptedStack, write_scene

@@ -1,5 +1,6 @@
-"""Fast CPU graphs (models/runtime.py): same numbers as torch eager, a cache that
-notices tampering, the backend a setting asks for, the thread count it is given."""
+"""Fast CPU graphs (models/runtime.py, graph_export.py, graph_runners.py): same
+numbers as torch eager, a cache that notices tampering, the backend a setting
+asks for, the thread count it is given."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from models import retinaface, runtime, yolov8
+from models import graph_export, graph_runners, retinaface, runtime, yolov8
+from models.fetch import sha256_file
+from models.registry import models_home
 from pipeline.datasets import read_image
 
 GRAPH_BACKENDS = ("onnxruntime", "openvino")
@@ -164,9 +167,9 @@ def test_thread_count_is_honoured(checkpoint, threads):
 def test_default_threads_are_the_cores_this_process_may_use():
     from pipeline.threads import available_cores
 
-    assert runtime.cpu_budget() == available_cores()
+    assert graph_runners.cpu_budget() == available_cores()
     with pytest.raises(ValueError, match="threads"):
-        runtime.load_graph("unused.onnx", "onnxruntime", threads=0)
+        graph_runners.load_graph("unused.onnx", "onnxruntime", threads=0)
 
 
 # -- the graph cache ------------------------------------------------------------------------
@@ -195,13 +198,13 @@ def home(tmp_path, monkeypatch):
     ckpt.parent.mkdir()
     torch.save(_Tiny().state_dict(), ckpt)
     exports = []
-    real = runtime.export_onnx
+    real = graph_export.export_onnx
 
     def counting(module, spec, path):
         exports.append(path)
         real(module, spec, path)
 
-    monkeypatch.setattr(runtime, "export_onnx", counting)
+    monkeypatch.setattr(graph_export, "export_onnx", counting)
     return ckpt, exports
 
 
@@ -212,8 +215,8 @@ def test_graph_is_exported_once_beside_the_checkpoint_and_runs(home):
     assert len(exports) == 1
     folder = ckpt.parent
     record = json.loads((folder / "tiny.json").read_text())
-    assert record["checkpoint_sha256"] == runtime.sha256_file(ckpt)
-    assert record["onnx_sha256"] == runtime.sha256_file(folder / "tiny.onnx")
+    assert record["checkpoint_sha256"] == sha256_file(ckpt)
+    assert record["onnx_sha256"] == sha256_file(folder / "tiny.onnx")
     for shape in ((1, 3, 32, 48), (3, 3, 50, 70)):  # dynamic batch, height and width
         x = torch.randn(shape)
         with torch.no_grad():
@@ -229,42 +232,42 @@ def test_graph_is_exported_once_beside_the_checkpoint_and_runs(home):
 def test_tampered_graph_is_exported_again(home, caplog):
     ckpt, exports = home
     module = _Tiny().eval()
-    runtime.ensure_graph(module, TINY, ckpt)
+    graph_export.ensure_graph(module, TINY, ckpt)
     path = ckpt.parent / "tiny.onnx"
     data = bytearray(path.read_bytes())
     data[-10] ^= 0xFF
     path.write_bytes(bytes(data))
-    with caplog.at_level("WARNING", logger="models.runtime"):
-        runtime.ensure_graph(module, TINY, ckpt)
+    with caplog.at_level("WARNING", logger="models.graph_export"):
+        graph_export.ensure_graph(module, TINY, ckpt)
     assert len(exports) == 2
     assert "differs from its recorded sha256" in caplog.text and "exporting" in caplog.text
-    assert runtime.sha256_file(path) == json.loads((ckpt.parent / "tiny.json").read_text())[
+    assert sha256_file(path) == json.loads((ckpt.parent / "tiny.json").read_text())[
         "onnx_sha256"]
 
 
 def test_changed_checkpoint_or_weights_export_again(home):
     ckpt, exports = home
     module = _Tiny().eval()
-    runtime.ensure_graph(module, TINY, ckpt)
+    graph_export.ensure_graph(module, TINY, ckpt)
     torch.save({"other": torch.zeros(1)}, ckpt)  # a new checkpoint file
-    runtime.ensure_graph(module, TINY, ckpt)
+    graph_export.ensure_graph(module, TINY, ckpt)
     assert len(exports) == 2
     with torch.no_grad():
         module.conv.bias.add_(1.0)  # same file, different module (e.g. a conversion change)
-    runtime.ensure_graph(module, TINY, ckpt)
+    graph_export.ensure_graph(module, TINY, ckpt)
     assert len(exports) == 3
-    runtime.ensure_graph(module, TINY, ckpt)
+    graph_export.ensure_graph(module, TINY, ckpt)
     assert len(exports) == 3
 
 
 def test_edited_record_exports_again(home):
     ckpt, exports = home
     module = _Tiny().eval()
-    runtime.ensure_graph(module, TINY, ckpt)
+    graph_export.ensure_graph(module, TINY, ckpt)
     meta = ckpt.parent / "tiny.json"
     record = json.loads(meta.read_text())
     meta.write_text(json.dumps(record | {"checkpoint_sha256": "0" * 64}))
-    runtime.ensure_graph(module, TINY, ckpt)
+    graph_export.ensure_graph(module, TINY, ckpt)
     assert len(exports) == 2
 
 
@@ -272,8 +275,8 @@ def test_user_supplied_weights_get_a_graph_folder_by_hash(home, tmp_path_factory
     ckpt, _ = home
     elsewhere = tmp_path_factory.mktemp("user") / "weights.pt"
     elsewhere.write_bytes(ckpt.read_bytes())
-    path = runtime.ensure_graph(_Tiny().eval(), TINY, elsewhere)
-    assert path.parent == runtime.models_home().resolve() / "graphs" / runtime.sha256_file(
+    path = graph_export.ensure_graph(_Tiny().eval(), TINY, elsewhere)
+    assert path.parent == models_home().resolve() / "graphs" / sha256_file(
         elsewhere)[:16]
 
 
@@ -304,17 +307,17 @@ def test_fetch_exports_the_graph_after_conversion(checkpoint, tmp_path, monkeypa
         exported.append((type(module).__name__, spec.name))
         path.write_bytes(b"graph")
 
-    monkeypatch.setattr(runtime, "export_onnx", fake_export)
+    monkeypatch.setattr(graph_export, "export_onnx", fake_export)
     export_graphs(get(FACES), ckpt)
     assert exported == [("_Boxes", "retinaface")]
     record = json.loads((ckpt.parent / "retinaface.json").read_text())
-    assert record["checkpoint_sha256"] == runtime.sha256_file(ckpt)
+    assert record["checkpoint_sha256"] == sha256_file(ckpt)
 
 
 def test_large_batches_run_in_chunks_and_join_in_order(monkeypatch):
     """A CPU graph never sees more than MAX_PIXELS_PER_CALL input pixels at once
     (its arena keeps the peak), and the caller still gets one batch back."""
-    monkeypatch.setattr(runtime, "MAX_PIXELS_PER_CALL", 2 * 8 * 8)
+    monkeypatch.setattr(graph_runners, "MAX_PIXELS_PER_CALL", 2 * 8 * 8)
     calls = []
 
     def run(arr):
@@ -322,10 +325,10 @@ def test_large_batches_run_in_chunks_and_join_in_order(monkeypatch):
         return [arr.sum(axis=(1, 2, 3)), arr[:, :1]]
 
     x = torch.arange(5 * 3 * 8 * 8, dtype=torch.float32).reshape(5, 3, 8, 8)
-    total, first = runtime.run_in_chunks(run, x)
+    total, first = graph_runners.run_in_chunks(run, x)
     assert calls == [2, 2, 1]
     assert torch.equal(total, x.sum(dim=(1, 2, 3))) and torch.equal(first, x[:, :1])
     calls.clear()
     big = torch.zeros(1, 3, 16, 16)  # larger than the budget: still one image per call
-    runtime.run_in_chunks(run, big)
+    graph_runners.run_in_chunks(run, big)
     assert calls == [1]

@@ -117,7 +117,7 @@ def test_fastanpr_record_is_agpl_and_opt_in(monkeypatch):
     assert member == "fastanpr/best.pt" and len(digest) == 64
     assert "AGPL-3.0" in spec.licence and not spec.default_fetch
     assert spec.builder == "models.yolov8:build"
-    assert spec.converter == "models.yolov8:convert_ultralytics_checkpoint"
+    assert spec.converter == "models.yolov8_checkpoint:convert_ultralytics_checkpoint"
 
     fetched: list[str] = []
     monkeypatch.setattr(fetch_module, "fetch", lambda name, force=False: fetched.append(name))

@@ -18,7 +18,8 @@ from models.detections import PLATE, Detections
 from models.fetch import WeightsError, load_checkpoint
 from models.ops import box_iou_np
 from models.ultralytics_unpickle import Placeholder, load_pickled_checkpoint
-from models.yolov8 import YoloV8Detector, build, convert_ultralytics_checkpoint
+from models.yolov8 import YoloV8Detector, build
+from models.yolov8_checkpoint import convert_ultralytics_checkpoint
 
 MODELS = ("plate-yolov8n-pyplatex", "plate-yolov8n-safelicensing")
 REFERENCE = Path(__file__).parent / "fixtures" / "yolov8_plates_reference.json"

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     faces = mode == "faces"
     settings = settings_from_args(args, faces=faces, plates="off" if faces else mode)
 
-    from models.loader import check_settings
+    from models.resolve import check_settings
 
     check_settings(settings)  # a bad model setting fails before any image is read
 

@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from models.loader import check_settings
+    from models.resolve import check_settings
     from pipeline.images import write_face_pickle
 
     settings = settings_from_args(args, faces=True, plates="off")

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from models.loader import check_settings
+    from models.resolve import check_settings
     from pipeline.images import write_image_detections
     from pipeline.review import write_image_page
 

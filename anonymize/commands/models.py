@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _list() -> None:
-    from models.loader import FORMATS, formats_table
+    from models.file_formats import FORMATS, formats_table
     from models.registry import REGISTRY, checkpoint_path, models_home
 
     format_of = {r: f.name for f in FORMATS.values() if f.name != "checkpoint" for r in f.records}
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         _list()
         return 0
     from models.fetch import fetch, fetch_all, spec_of
-    from models.loader import fetch_help
+    from models.resolve import fetch_help
 
     if not args.names:
         paths = fetch_all(force=args.force, all_models=args.all_models)

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from models.loader import check_settings
+    from models.resolve import check_settings
     from pipeline.plan import prepare_local
 
     source, output = Path(args.input), Path(args.output)

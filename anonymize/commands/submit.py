@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from tasks.client import load_cluster_env
 
     load_cluster_env()
-    from models.loader import check_settings
+    from models.resolve import check_settings
     from tasks.client import Client
 
     from .options import settings_from_args

@@ -49,7 +49,7 @@ _USER_MODELS = (
                 "imported here); check the weights' own terms",
         classes=("plate", "car", "motorcycle", "bus", "truck", "face"),
         input_size="640 letterbox (crops at 320 in two-stage)",
-        converter="models.yolov8:convert_ultralytics_checkpoint",
+        converter="models.yolov8_checkpoint:convert_ultralytics_checkpoint",
         builder="models.yolov8:build",
         notes="Ultralytics YOLOv8 training checkpoint (.pt), read with the restricted "
               "unpickler and converted when loaded; single-class models count as plates"),

@@ -29,7 +29,7 @@ from models.base import Detector, Frames, frames_to_numpy
 from models.detections import Detections
 from models.fetch import WeightsError
 from models.ultralytics_unpickle import RestrictedUnpickler, placeholder_type
-from models.yolov3 import COCO_NAMES, default_class_map
+from models.yolov3_names import COCO_NAMES, default_class_map
 
 from . import require
 

@@ -1,0 +1,298 @@
+"""One segment's frames: decode, detect, fill, blur and encode, overlapped.
+
+This is the whole frame path of a job: a frame is decoded (``video.decode``),
+detected (``pipeline.detect``), blurred (``pipeline.blur``) and encoded
+(``video.encode``) here, and nowhere else. ``anonymize run`` calls it once
+per segment on this machine; a Celery worker calls it for the segment it
+was given (``tasks/steps.py``). Both therefore blur the same boxes on the
+same frames, also at segment boundaries.
+
+Memory stays flat: a segment is decoded once, frames are held only until
+the detections of ``context_frames(fill)`` later frames are known, then
+blurred, encoded and dropped; every queue between the stages is bounded.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from models.detections import FACE, PLATE, Detections
+
+from . import video
+from .blur import anonymize_frame
+from .plan import Manifest
+from .temporal import fill_segment
+from .threads import ThreadBudget, apply_torch_threads, resolve_threads
+from .video.damage import segment_damage
+from .zones import ZoneSet
+
+Progress = Callable[[int], None]  # called with the number of frames just finished
+
+
+
+@dataclass
+class SegmentResult:
+    """Owned frames' final detections (after filling) and counts of one segment;
+    ``damage``: owned frames skipped or concealed (see ``video.damage``)."""
+
+    index: int
+    frames: dict[int, Detections]
+    n_filled: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    damage: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "n_filled": self.n_filled, "timings": self.timings,
+                "damage": self.damage,
+                "frames": {str(k): v.to_dicts() for k, v in sorted(self.frames.items())}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SegmentResult:
+        return cls(d["index"], {int(k): Detections.from_dicts(v) for k, v in d["frames"].items()},
+                   d.get("n_filled", 0), d.get("timings", {}), d.get("damage", {}))
+
+
+# ------------------------------------------------------------------------- segment
+
+
+_END = object()  # end of a stage's stream
+
+
+class _Stage(threading.Thread):
+    """A pipeline stage in its own thread; an exception is kept and re-raised
+    in the caller by :meth:`check` (a failing stage must stop the run, not hang it)."""
+
+    def __init__(self, name: str, target: Callable[[], None]):
+        super().__init__(name=name, daemon=True)
+        self._target_fn = target
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._target_fn()
+        except BaseException as exc:  # re-raised in the caller's thread
+            self.error = exc
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+class SegmentJob:
+    """Detect, fill, blur and encode the frames segment ``index`` owns.
+
+    Three stages overlap: a decode thread fills a bounded queue of frames;
+    the calling thread takes batches and runs the detectors; an encode thread
+    blurs and encodes every frame whose temporal-fill context is complete.
+    Frame order is kept by every stage. On CUDA a batch goes to the device
+    once and is blurred there; only the blurred frame comes back.
+
+    The stack is a :class:`pipeline.detect.DetectionStack`, or anything with its
+    ``detect(frames)``; a stack with ``detect_at(indices, frames)`` is asked
+    with the frame indexes (``pipeline.render.RecordedDetections``: boxes read
+    from a file), and one marked ``video_only`` runs no model, so the threads
+    go to decoding and encoding. Zones (``manifest.zones``) apply after
+    filling, when a frame is blurred.
+    """
+
+    def __init__(self, manifest: Manifest, index: int, stack, out_video: Path,
+                 progress: Progress | None = None, budget: ThreadBudget | None = None):
+        self.manifest = manifest
+        self.settings = manifest.settings
+        self.seg = manifest.segments[index]
+        self.index = index
+        self.stack = stack
+        self.out_video = Path(out_video)
+        self.progress = progress
+        self.device = str(getattr(stack, "device", "cpu"))
+        total = resolve_threads(self.settings.threads)
+        if budget is None and getattr(stack, "video_only", False):
+            budget = ThreadBudget(total, detect=1, encode=max(1, total - 1), decode=1)
+        self.budget = budget or ThreadBudget.split(total, self.device)
+        info = manifest.info
+        self.zones = ZoneSet.from_dicts(manifest.zones, info.width, info.height,
+                                        manifest.time_base) if manifest.zones else None
+        ctx = manifest.context
+        lo, hi = self.seg.start - ctx, self.seg.stop + ctx
+        first = max(0, self.seg.ctx_start)
+        pts = manifest.info.frame_pts[first:self.seg.ctx_stop]
+        #: frame index of each decodable pts, only for frames this segment needs
+        self.index_of = {p: first + i for i, p in enumerate(pts) if lo <= first + i < hi}
+        self.dets: dict[int, Detections] = {}  # faces/plates per frame, until no longer context
+        self.pending: deque = deque()  # (idx, pts, frame) detected, waiting for fill context
+        self.final: dict[int, Detections] = {}
+        self.n_filled = 0
+        self.timings = {"decode_s": 0.0, "detect_s": 0.0, "blur_encode_s": 0.0}
+        self.decode_log = video.DecodeLog()
+        self._encode_q: queue.Queue = queue.Queue(maxsize=4)
+        self._stages: list[_Stage] = []
+
+    # -- the run ------------------------------------------------------------
+    def run(self, segment_file: Path) -> SegmentResult:
+        t0 = time.perf_counter()
+        apply_torch_threads(self.budget.detect)
+        frames_q: queue.Queue = queue.Queue(maxsize=max(2, self.settings.batch_size))
+        self.out_video.parent.mkdir(parents=True, exist_ok=True)
+        with video.VideoWriter(self.out_video, self.manifest.info, crf=self.settings.crf,
+                               preset=self.settings.preset, threads=self.budget.encode) as writer:
+            decoder = _Stage("decode", lambda: self._decode(Path(segment_file), frames_q))
+            encoder = _Stage("encode", lambda: self._encode(writer))
+            self._stages = [decoder, encoder]
+            decoder.start()
+            encoder.start()
+            try:
+                self._detect_all(frames_q)
+                self._put(self._encode_q, _END)
+                encoder.join()
+            finally:
+                self._stop = True
+                for stage in self._stages:
+                    stage.join(timeout=5)
+            stages, self._stages = self._stages, []  # no cycle keeps the encoder alive
+            for stage in stages:
+                stage.check()
+        # frames that do not decode are left out and counted, as a player skips them
+        s = self.seg
+        damage = segment_damage(self.manifest.info, s.start, s.stop, s.ctx_start, s.ctx_stop,
+                                self.decode_log)
+        skipped = set(damage["skipped"])
+        lost = [i for i in range(s.start, s.stop) if i not in self.final and i not in skipped]
+        if lost:
+            raise RuntimeError(f"segment {self.index}: frame {lost[0]} decoded but not encoded")
+        self.timings = {k: round(v, 3) for k, v in self.timings.items()}
+        self.timings["total_s"] = round(time.perf_counter() - t0, 3)
+        return SegmentResult(self.index, self.final, self.n_filled, self.timings, damage)
+
+    _stop = False
+
+    def _put(self, q: queue.Queue, item) -> None:
+        """Hand ``item`` to the next stage, failing (not hanging) if a stage died."""
+        while True:
+            for stage in self._stages:
+                stage.check()
+            if self._stop:
+                raise RuntimeError("segment job stopped")
+            try:
+                q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _get(self, q: queue.Queue):
+        """The next item from the previous stage, failing (not hanging) if a stage
+        died or the job was stopped."""
+        while True:
+            try:
+                return q.get(timeout=0.2)
+            except queue.Empty:
+                if self._stop:
+                    return _END
+                for stage in self._stages:
+                    stage.check()
+
+    # -- step 1: decode (own thread) ------------------------------------------
+    def _decode(self, segment_file: Path, out: queue.Queue) -> None:
+        t = time.perf_counter()
+        for pts, rgb in video.iter_frames(segment_file, self.manifest.info,
+                                          threads=self.budget.decode, log=self.decode_log,
+                                          name=self.manifest.source_name):
+            idx = self.index_of.get(pts)
+            if idx is None:
+                continue
+            self.timings["decode_s"] += time.perf_counter() - t
+            self._put(out, (idx, pts, rgb))
+            t = time.perf_counter()
+        self._put(out, _END)
+
+    # -- step 2: detect (calling thread) ----------------------------------------
+    def _detect_all(self, frames_q: queue.Queue) -> None:
+        batch: list[tuple[int, int, np.ndarray]] = []
+        last = -1
+        while True:
+            item = self._get(frames_q)
+            if item is _END:
+                break
+            batch.append(item)
+            last = max(last, item[0])
+            if len(batch) >= self.settings.batch_size:
+                self._detect(batch)
+                self._release(last, at_end=False)
+                batch = []
+        if batch:
+            self._detect(batch)
+        self._release(last, at_end=True)
+
+    def _detect(self, batch: list[tuple[int, int, np.ndarray]]) -> None:
+        td = time.perf_counter()
+        frames = self._to_device([rgb for _, _, rgb in batch])
+        detect_at = getattr(self.stack, "detect_at", None)
+        if detect_at is not None:
+            found = detect_at([idx for idx, _, _ in batch], frames)
+        else:
+            found = self.stack.detect(frames)
+        self.timings["detect_s"] += time.perf_counter() - td
+        for (idx, pts, _), frame, d in zip(batch, frames, found, strict=True):
+            self.dets[idx] = d.with_class(FACE, PLATE)
+            if self.seg.start <= idx < self.seg.stop:
+                self.pending.append((idx, pts, frame))
+
+    def _to_device(self, frames: list[np.ndarray]):
+        """On CUDA: the batch as one uint8 tensor on the device (a single copy)."""
+        if not self.device.startswith("cuda"):
+            return frames
+        import torch
+
+        host = torch.from_numpy(np.stack(frames)).pin_memory()
+        return host.to(self.device, non_blocking=True)
+
+    # -- step 3: fill, then hand ready frames to the encoder ---------------------
+    def _release(self, last_detected: int, at_end: bool) -> None:
+        ctx = self.manifest.context
+        ready = []
+        while self.pending and (at_end or self.pending[0][0] + ctx <= last_detected):
+            ready.append(self.pending.popleft())
+        if not ready:
+            return
+        filled = fill_segment(self.dets, [idx for idx, _, _ in ready],
+                              self.settings.fill_frames)
+        for idx, pts, frame in ready:
+            boxes = filled[idx]
+            self.final[idx] = boxes
+            self.n_filled += int(boxes.filled.sum())
+            self._put(self._encode_q, (idx, pts, frame, boxes))
+        for old in [k for k in self.dets if k < ready[-1][0] - ctx]:
+            del self.dets[old]
+
+    # -- step 4: blur + encode (own thread) --------------------------------------
+    def _encode(self, writer: video.VideoWriter) -> None:
+        s = self.settings
+        while True:
+            item = self._get(self._encode_q)
+            if item is _END:
+                return
+            idx, pts, frame, boxes = item
+            t = time.perf_counter()
+            out = anonymize_frame(frame, boxes, s.mode, s.shape, s.mask_scale)
+            if not isinstance(out, np.ndarray):
+                out = out.cpu().numpy()
+            if self.zones:
+                original = frame if isinstance(frame, np.ndarray) else frame.cpu().numpy()
+                out = self.zones.apply(out, original, idx, pts, s.mode)
+            writer.write(out, pts)
+            self.timings["blur_encode_s"] += time.perf_counter() - t
+            if self.progress:
+                self.progress(1)
+
+
+def process_segment(segment_file: Path, manifest: Manifest, index: int, stack,
+                    out_video: Path, progress: Progress | None = None) -> SegmentResult:
+    """Run :class:`SegmentJob` for segment ``index`` of ``manifest``."""
+    return SegmentJob(manifest, index, stack, out_video, progress).run(segment_file)
