@@ -237,12 +237,29 @@ class SegmentJob:
         if detect_at is not None:
             found = detect_at([idx for idx, _, _ in batch], frames)
         else:
-            found = self.stack.detect(frames)
+            found = self._detect_sampled(batch, frames)
         self.timings["detect_s"] += time.perf_counter() - td
         for (idx, pts, _), frame, d in zip(batch, frames, found, strict=True):
             self.dets[idx] = d.with_class(FACE, PLATE)
             if self.seg.start <= idx < self.seg.stop:
                 self.pending.append((idx, pts, frame))
+
+    def _detect_sampled(self, batch: list[tuple[int, int, np.ndarray]], frames
+                        ) -> list[Detections]:
+        """The stack's detections of the batch's frames whose index is a multiple
+        of ``detect_every`` (the index in the whole video, so every segment and
+        every worker samples the same frames); the others get none and are
+        covered by temporal filling, like frames a detector missed."""
+        every = self.settings.detect_every
+        if every <= 1:
+            return self.stack.detect(frames)
+        picked = [k for k, (idx, _, _) in enumerate(batch) if idx % every == 0]
+        found = [Detections.empty() for _ in batch]
+        if picked:
+            sub = frames[picked] if not isinstance(frames, list) else [frames[k] for k in picked]
+            for k, d in zip(picked, self.stack.detect(sub), strict=True):
+                found[k] = d
+        return found
 
     def _to_device(self, frames: list[np.ndarray]):
         """On CUDA: the batch as one uint8 tensor on the device (a single copy)."""

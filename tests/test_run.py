@@ -20,7 +20,7 @@ import pytest
 from models.detections import FACE, Detections
 from pipeline import video
 from pipeline.process import run_local
-from pipeline.settings import Settings
+from pipeline.settings import Settings, SettingsError
 from tests.videos import LOCATION, make_video
 
 W, H, N, PATCH = 192, 128, 48, 24
@@ -33,7 +33,7 @@ def patch_xy(i: int) -> tuple[int, int]:
     return 30 + 2 * i, 40 + (i % 5)
 
 
-def scene(i: int) -> np.ndarray:
+def scene(i: int, gaps=GAPS) -> np.ndarray:
     img = np.empty((H, W, 3), np.uint8)
     img[..., 0] = np.linspace(60, 180, W, dtype=np.uint8)[None, :]
     img[..., 1] = np.linspace(80, 160, H, dtype=np.uint8)[:, None]
@@ -42,12 +42,12 @@ def scene(i: int) -> np.ndarray:
     yy, xx = np.mgrid[0:PATCH, 0:PATCH]
     checker = (((yy // 4) + (xx // 4)) % 2 * 255).astype(np.uint8)
     img[y:y + PATCH, x:x + PATCH] = checker[..., None]
-    if i in GAPS:
+    if i in gaps:
         img[:MARK, :MARK] = 255
     return img
 
 
-def write_scene(path, gop=6):
+def write_scene(path, gop=6, gaps=GAPS):
     tb = Fraction(1, 12800)
     with av.open(str(path), "w") as c:
         vs = c.add_stream("libx264", rate=25)
@@ -56,7 +56,7 @@ def write_scene(path, gop=6):
         vs.codec_context.options = {"crf": "10", "preset": "ultrafast",
                                     "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0"}
         for i in range(N):
-            f = av.VideoFrame.from_ndarray(scene(i), format="rgb24")
+            f = av.VideoFrame.from_ndarray(scene(i, gaps), format="rgb24")
             f.pts, f.time_base = i * 512, tb
             for p in vs.encode(f):
                 c.mux(p)
@@ -86,6 +86,11 @@ class ScriptedStack:
         return out
 
 
+def patch_blurred(img: np.ndarray, i: int) -> bool:
+    x, y = patch_xy(i)
+    return edges(img[y + 2:y + PATCH - 2, x + 2:x + PATCH - 2]).max() < 60
+
+
 def decode_all(path):
     return [rgb for _, rgb in video.iter_frames(path)]
 
@@ -111,14 +116,45 @@ def test_frames_and_timestamps_are_kept(anonymized):
 def test_short_gaps_are_blurred_long_gaps_only_at_their_edges(anonymized):
     _, out, _, _ = anonymized
     frames = decode_all(out)
-    blurred = []
-    for i, img in enumerate(frames):
-        x, y = patch_xy(i)
-        blurred.append(edges(img[y + 2:y + PATCH - 2, x + 2:x + PATCH - 2]).max() < 60)
+    blurred = [patch_blurred(img, i) for i, img in enumerate(frames)]
     # every detected frame, the whole 3-frame gap, and FILL frames at each end
     # of the 9-frame gap are blurred; the middle of the long gap is not
     expected = [i not in GAPS or i in (12, 13, 14, 30, 31, 32, 36, 37, 38) for i in range(N)]
     assert blurred == expected
+
+
+class CountingStack(ScriptedStack):
+    """Records which frames it was shown, read from the patch's position
+    (its left edge is found at x = 29 + 2i), not from anything the pipeline tells it."""
+
+    def __init__(self):
+        self.seen: set[int] = set()
+
+    def detect(self, frames):
+        out = super().detect(frames)
+        for d in out:
+            self.seen.add(round((float(d.xyxy[0][0]) - 29) / 2))
+        return out
+
+
+def test_detect_every_nth_frame_still_blurs_every_frame(tmp_path):
+    src = write_scene(tmp_path / "scene.mp4", gaps=set())
+    stack = CountingStack()
+    settings = Settings(fill_frames=3, detect_every=3, segment_frames=10, shape="box",
+                        batch_size=4, crf=10, preset="ultrafast")
+    report = run_local(src, tmp_path / "out.mp4", settings, tmp_path / "det", stack=stack)
+    # only frames whose index in the whole video is a multiple of 3, in every segment
+    assert stack.seen == set(range(0, N, 3))
+    assert report["segments"] > 2
+    frames = decode_all(tmp_path / "out.mp4")
+    assert len(frames) == N
+    assert [i for i, img in enumerate(frames) if not patch_blurred(img, i)] == []
+
+
+def test_detect_every_needs_a_fill_window_that_bridges_it():
+    with pytest.raises(SettingsError, match="detect_every 4 needs fill_frames >= 3"):
+        Settings(detect_every=4, fill_frames=2)
+    assert Settings(detect_every=4, fill_frames=3).detect_every == 4
 
 
 def test_pixels_outside_regions_change_only_by_encoding_noise(anonymized):

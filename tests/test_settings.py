@@ -35,6 +35,7 @@ SAMPLES = {
     "mask_scale": ("1.5", 1.5), "crf": ("23", 23), "preset": ("veryfast", "veryfast"),
     "keep_metadata": ("yes", True), "device": ("cpu", "cpu"), "batch_size": ("2", 2),
     "half": ("off", False), "segment_frames": ("100", 100), "threads": ("3", 3),
+    "detect_every": ("2", 2),
 }
 
 
