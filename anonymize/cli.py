@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except _user_errors() as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"anonymize: error: {message}", file=sys.stderr)
+        from models.errors import one_line
+
+        print(f"anonymize: error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .centerface_net import ALIGN, CenterFace
+from .errors import one_line
 from .fetch import WeightsError
 
 
@@ -159,5 +160,5 @@ def model_from_checkpoint(ckpt, origin: str = "checkpoint") -> CenterFace:
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as exc:
-        raise WeightsError(f"{origin}: does not fit CenterFace: {str(exc).splitlines()[0]}") from None
+        raise WeightsError(f"{origin}: does not fit CenterFace: {one_line(exc)}") from None
     return model.eval()

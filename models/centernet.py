@@ -33,6 +33,7 @@ from torch import fx
 from .base import Detector, Frames, frames_to_tensor
 from .coco_vehicles import COCO_VEHICLES, select, stretch, to_detections
 from .detections import Detections
+from .errors import one_line
 from .fetch import WeightsError, load_checkpoint
 from .tfjs_convert import FORMAT, convert_graph
 from .tfjs_torch import build_module, output_shapes
@@ -129,7 +130,7 @@ def load_graph(checkpoint_path: str | Path) -> CenterNetModule:
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError,
             NotImplementedError) as exc:
         raise WeightsError(f"{checkpoint_path}: inconsistent TFJS graph checkpoint "
-                           f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+                           f"({type(exc).__name__}: {one_line(exc)})"
                            ) from exc
 
 

@@ -20,7 +20,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .errors import WeightsError
+from .errors import WeightsError, one_line
 from .registry import REGISTRY, ModelSpec, checkpoint_path
 
 # torch is imported where it is used: the loader's checks of model settings
@@ -148,8 +148,7 @@ def export_graphs(spec: ModelSpec, checkpoint: Path) -> None:
         raise
     except Exception as exc:
         raise WeightsError(f"{spec.name}: exporting its inference graph failed: "
-                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-                           ) from exc
+                           f"{one_line(exc)}") from exc
 
 
 def default_names(all_models: bool = False) -> list[str]:
@@ -177,4 +176,4 @@ def load_checkpoint(path: str | Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsError(f"weights file {path} is corrupt or not a checkpoint: "
-                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+                           f"{one_line(exc)}") from exc

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import one_line
 from .fetch import WeightsError
 from .yolov3_names import resolve_names
 from .yolov3_net import COCO_ANCHORS, YoloV3, make_checkpoint, make_config
@@ -112,8 +113,7 @@ def read_layers(path: Path) -> tuple[list[KerasConv], list[KerasBN], float | Non
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
-        raise WeightsError(f"{path.name} is not a Keras HDF5 file ({str(exc).splitlines()[0]})"
-                           ) from None
+        raise WeightsError(f"{path.name} is not a Keras HDF5 file ({one_line(exc)})") from None
     with f:
         root = f["model_weights"] if "model_weights" in f else f
         layer_names = [_decode(n) for n in root.attrs.get("layer_names", [])] or list(root.keys())

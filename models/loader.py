@@ -34,6 +34,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from .errors import one_line
 from .fetch import WeightsError
 from .file_formats import FORMATS
 from .model_labels import wrong_task
@@ -83,9 +84,8 @@ def _build_converted(ref: ModelRef, role: str, spec: ModelSpec, builder, device,
     except WeightsError:
         raise
     except Exception as exc:  # a converter meeting unexpected bytes
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{ref.path.name}: conversion as {ref.format} failed: {first}"
-                           ) from None
+        raise WeightsError(f"{ref.path.name}: conversion as {ref.format} failed: "
+                           f"{one_line(exc)}") from None
     with tempfile.TemporaryDirectory(prefix="anonymize-model-") as tmp:
         target = Path(tmp) / "model.pt"
         torch.save(checkpoint, target)

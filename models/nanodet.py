@@ -43,6 +43,7 @@ import torch
 from .base import Detector, Frames, frames_to_tensor
 from .coco_vehicles import COCO_VEHICLES, select, stretch, to_detections
 from .detections import Detections
+from .errors import one_line
 from .fetch import WeightsError, load_checkpoint
 from .runtime import GraphSpec, accelerate
 from .tfjs_convert import FORMAT, convert_graph
@@ -183,7 +184,7 @@ def load_module(checkpoint: dict | str | Path, size: int = INPUT_SIZE) -> NanoDe
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError,
             NotImplementedError) as exc:
         raise WeightsError(f"inconsistent NanoDet TFJS graph checkpoint "
-                           f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+                           f"({type(exc).__name__}: {one_line(exc)})"
                            ) from exc
 
 

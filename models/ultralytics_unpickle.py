@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from .errors import one_line
 from .fetch import WeightsError
 
 #: storage class name in the pickle -> dtype of its raw bytes
@@ -222,8 +223,8 @@ def load_pickled_checkpoint(path: str | Path) -> Any:
         except WeightsError:
             raise
         except Exception as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise WeightsError(f"{path.name}: corrupt checkpoint pickle: {msg}") from None
+            raise WeightsError(f"{path.name}: corrupt checkpoint pickle: {one_line(exc)}"
+                               ) from None
 
 
 def module_tensors(obj: Any, prefix: str = "") -> OrderedDict[str, torch.Tensor]:

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import one_line
+
 #: COCO anchors of yolov3.cfg (w, h in input pixels), small to large
 COCO_ANCHORS: list[list[int]] = [[10, 13], [16, 30], [33, 23], [30, 61], [62, 45], [59, 119],
                                  [116, 90], [156, 198], [373, 326]]
@@ -213,7 +215,7 @@ def model_from_checkpoint(checkpoint: dict) -> YoloV3:
         model = YoloV3(checkpoint["config"])
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except (KeyError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"YOLOv3 checkpoint does not match its config: {first}") from None
+        raise WeightsError(f"YOLOv3 checkpoint does not match its config: {one_line(exc)}"
+                           ) from None
     return model
 

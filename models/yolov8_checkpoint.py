@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .errors import one_line
 from .fetch import WeightsError
 from .ultralytics_unpickle import load_pickled_checkpoint, module_tensors
 from .yolov8_net import YoloV8
@@ -84,7 +85,6 @@ def network_from_checkpoint(ckpt: dict) -> YoloV8:
     try:
         net.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise WeightsError(f"YOLOv8 weights do not fit the yaml: {first}") from None
+        raise WeightsError(f"YOLOv8 weights do not fit the yaml: {one_line(exc)}") from None
     return net.eval()
 

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from models.errors import one_line
 from models.registry import FILE_FORMATS
 
 ENV_PREFIX = "ANONYMIZE_"
@@ -305,8 +306,7 @@ def read_config(path: Path) -> dict[str, Any]:
         else:
             data = json.loads(text)
     except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SettingsError(f"config file {path} cannot be read: {first}") from None
+        raise SettingsError(f"config file {path} cannot be read: {one_line(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+from models.errors import one_line
 from models.fetch import WeightsError
 from models.registry import REGISTRY, ModelSpec, Source, register
 
@@ -24,7 +25,7 @@ def require(module: str, extra: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(f"{module} is not installed: pip install 'anonymize[{extra}]' "
-                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                          f"({one_line(exc)})"
                           ) from None
 
 

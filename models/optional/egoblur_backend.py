@@ -19,6 +19,7 @@ import torch
 
 from models.base import Detector, Frames, frames_to_tensor
 from models.detections import FACE, PLATE, Detections
+from models.errors import one_line
 from models.fetch import WeightsError
 from models.ops import nms
 
@@ -30,8 +31,7 @@ def load_torchscript(path: str | Path, device: torch.device) -> torch.jit.Script
     try:
         return torch.jit.load(str(path), map_location=device).eval()
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path.name} is not a TorchScript model: {first}") from None
+        raise WeightsError(f"{path.name} is not a TorchScript model: {one_line(exc)}") from None
 
 
 class EgoBlurDetector(Detector):

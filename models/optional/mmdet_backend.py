@@ -27,6 +27,7 @@ import torch
 
 from models.base import Detector, Frames, frames_to_numpy
 from models.detections import Detections
+from models.errors import one_line
 from models.fetch import WeightsError
 from models.ultralytics_unpickle import RestrictedUnpickler, placeholder_type
 from models.yolov3_names import COCO_NAMES, default_class_map
@@ -61,8 +62,8 @@ def _restricted_load(path: Path) -> Any:
         except WeightsError:
             raise
         except Exception as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise WeightsError(f"{path.name}: corrupt checkpoint pickle: {msg}") from None
+            raise WeightsError(f"{path.name}: corrupt checkpoint pickle: {one_line(exc)}"
+                               ) from None
 
 
 def _classes_of(meta: Any) -> list[str] | None:

@@ -20,6 +20,7 @@ from torch import nn
 
 from models.base import Detector, Frames, frames_to_numpy
 from models.detections import FACE, Detections
+from models.errors import one_line
 from models.fetch import WeightsError
 
 from . import require
@@ -71,8 +72,8 @@ class SerengilRetinaFace(Detector):
         try:
             net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise WeightsError(f"{path.name} is not serengil's retinaface.pth: {first}") from None
+            raise WeightsError(f"{path.name} is not serengil's retinaface.pth: {one_line(exc)}"
+                               ) from None
         self.model = _OnDevice(net, self.device)
         self.thresh = float(thresh)
         self.allow_upscaling = bool(allow_upscaling)
