@@ -125,12 +125,15 @@ def _record(fmt: str, facts: dict, task: str | None, path: Path) -> str:
 def _companions(fmt: str, path: Path) -> dict[str, Path]:
     """Files that go with a model file, found beside it under its stem."""
     out: dict[str, Path] = {}
+
+    def required(suffix: str, what: str) -> Path:
+        found = path.with_suffix(suffix)
+        if not found.is_file():
+            raise ModelError(f"{path.name}: {what} {found.name} beside it")
+        return found
+
     if fmt == "darknet":
-        cfg = path.with_suffix(".cfg")
-        if not cfg.is_file():
-            raise ModelError(f"{path.name}: darknet weights need their network description "
-                             f"{cfg.name} beside them")
-        out["cfg"] = cfg
+        out["cfg"] = required(".cfg", "darknet weights need their network description")
         if path.with_suffix(".names").is_file():
             out["names"] = path.with_suffix(".names")
     elif fmt == "keras-h5":
@@ -140,11 +143,7 @@ def _companions(fmt: str, path: Path) -> dict[str, Path]:
                 out["names"] = cand
                 break
     elif fmt == "mmdet":
-        config = path.with_suffix(".py")
-        if not config.is_file():
-            raise ModelError(f"{path.name}: an mmdet checkpoint needs its config {config.name} "
-                             f"beside it")
-        out["config"] = config
+        out["config"] = required(".py", "an mmdet checkpoint needs its config")
     return out
 
 
