@@ -196,8 +196,10 @@ class RestrictedUnpickler(pickle.Unpickler):
         return self._storages[key]
 
 
-def load_pickled_checkpoint(path: str | Path) -> Any:
-    """Unpickle a torch zip checkpoint with :class:`RestrictedUnpickler`.
+def load_pickled_checkpoint(path: str | Path,
+                            unpickler: type[RestrictedUnpickler] = RestrictedUnpickler) -> Any:
+    """Unpickle a torch zip checkpoint with :class:`RestrictedUnpickler` (or a
+    subclass that admits more, ``unpickler``).
 
     Returns the checkpoint object with every foreign class replaced by a
     :class:`Placeholder`; raises a one-line :class:`WeightsError` for missing,
@@ -219,7 +221,7 @@ def load_pickled_checkpoint(path: str | Path) -> Any:
             payload = zf.read(pkls[0])
             if zf.namelist().count(f"{prefix}byteorder") and zf.read(f"{prefix}byteorder") != b"little":
                 raise WeightsError(f"{path.name}: big-endian checkpoints are not supported")
-            return RestrictedUnpickler(io.BytesIO(payload), zf, prefix, path.name).load()
+            return unpickler(io.BytesIO(payload), zf, prefix, path.name).load()
         except WeightsError:
             raise
         except Exception as exc:

@@ -27,9 +27,12 @@ import torch
 
 from models.base import Detector, Frames, frames_to_numpy
 from models.detections import Detections
-from models.errors import one_line
 from models.fetch import WeightsError
-from models.ultralytics_unpickle import RestrictedUnpickler, placeholder_type
+from models.ultralytics_unpickle import (
+    RestrictedUnpickler,
+    load_pickled_checkpoint,
+    placeholder_type,
+)
 from models.yolov3_names import COCO_NAMES, default_class_map
 
 from . import require
@@ -47,23 +50,6 @@ class _RunnerUnpickler(RestrictedUnpickler):
                     module == p or module.startswith(p + ".") for p in _INERT_PREFIXES):
                 return placeholder_type(module, name)
             raise
-
-
-def _restricted_load(path: Path) -> Any:
-    import io
-
-    with zipfile.ZipFile(path) as zf:
-        pkls = [n for n in zf.namelist() if n.endswith("data.pkl")]
-        if len(pkls) != 1:
-            raise WeightsError(f"{path.name}: expected one data.pkl, found {len(pkls)}")
-        prefix = pkls[0][: -len("data.pkl")]
-        try:
-            return _RunnerUnpickler(io.BytesIO(zf.read(pkls[0])), zf, prefix, path.name).load()
-        except WeightsError:
-            raise
-        except Exception as exc:
-            raise WeightsError(f"{path.name}: corrupt checkpoint pickle: {one_line(exc)}"
-                               ) from None
 
 
 def _classes_of(meta: Any) -> list[str] | None:
@@ -87,7 +73,7 @@ def read_checkpoint(path: str | Path, trusted: bool = False
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
         if zipfile.is_zipfile(path):
-            obj = _restricted_load(path)
+            obj = load_pickled_checkpoint(path, _RunnerUnpickler)
         elif trusted:
             obj = torch.load(path, map_location="cpu", weights_only=False)
         else:
