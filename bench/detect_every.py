@@ -37,6 +37,7 @@ DATA = ROOT.parent / "shared" / "data" / "videos"
 CACHE = ROOT / "bench" / ".cache" / "detect_every"
 sys.path.insert(0, str(ROOT))
 
+CACHE_FORMAT = "detection-rows/1"  # part of the cache key: older caches are not read
 COVERED = 0.95  # below: left (partly) unblurred
 MISSED = 0.05  # below: not blurred at all
 
@@ -46,8 +47,9 @@ def raw_detections(clip: Path, settings, max_frames: int) -> tuple[dict, tuple[i
     seconds of detection per frame."""
     from models.detections import FACE, PLATE, Detections
     from pipeline import video
+    from pipeline.records import detection_rows
 
-    key = hashlib.sha256(json.dumps([clip.name, max_frames, settings.to_dict()],
+    key = hashlib.sha256(json.dumps([CACHE_FORMAT, clip.name, max_frames, settings.to_dict()],
                                     sort_keys=True).encode()).hexdigest()[:16]
     cached = CACHE / f"{clip.stem}-{key}.json"
     if cached.is_file():
@@ -82,8 +84,11 @@ def raw_detections(clip: Path, settings, max_frames: int) -> tuple[dict, tuple[i
         flush()
     per_frame = spent / max(1, len(frames))
     CACHE.mkdir(parents=True, exist_ok=True)
+    # the rows of detections.json: float32 values that read back exactly, so a
+    # cached run measures the very same boxes as a fresh one
+    rows = {str(k): detection_rows(k, v) for k, v in frames.items()}
     cached.write_text(json.dumps({"size": size, "detect_s_per_frame": per_frame,
-                                  "frames": {str(k): v.to_dicts() for k, v in frames.items()}}))
+                                  "frames": rows}))
     return frames, size, per_frame
 
 
