@@ -94,7 +94,11 @@ class _Heads(nn.Module):
         return heat, size, offset
 
 
-#: what models/runtime.py exports: inputs are padded to multiples of 32
+#: what models/runtime.py exports: inputs are padded to multiples of 32. fp32 only
+#: (no ``cpu_bf16``): in bf16 box edges move by about a pixel at the network
+#: input and two dlib faces of 43 fell under 90 % coverage, and the larger
+#: scale that recovered them cost what bf16 saved (docs/benchmarks.md, "Half
+#: precision on CPU")
 GRAPH = GraphSpec("centerface", example=(2, 3, 448, 768), outputs=("heat", "size", "offset"),
                   multiple=ALIGN)
 

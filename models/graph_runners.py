@@ -69,6 +69,7 @@ class OnnxRuntimeGraph:
     """An exported graph on ONNX Runtime's CPU provider; called like the module."""
 
     backend = "onnxruntime"
+    precision = "f32"
 
     def __init__(self, path: str | Path, threads: int):
         import onnxruntime as ort
@@ -112,11 +113,43 @@ def _ov_core():
         return _OV_CORE
 
 
+_BF16: bool | None = None
+PRECISIONS = ("f32", "bf16")
+
+
+def amx_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU flags in ``cpuinfo`` (Linux) include AMX bf16 tiles."""
+    try:
+        return "amx_bf16" in cpuinfo.read_text().split()
+    except OSError:
+        return False
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has AMX bf16 tiles (:func:`amx_bf16`) and OpenVINO's
+    CPU plugin offers bf16 on it. There a bf16 graph ran 1.4-2.6× faster
+    than fp32 (docs/benchmarks.md, "Half precision on CPU"); CPUs with
+    AVX512-BF16 alone stay at fp32, as OpenVINO itself does by default,
+    since their gain was not measured here. Read once per process."""
+    global _BF16
+    if _BF16 is None:
+        _BF16 = False
+        if amx_bf16():
+            try:
+                caps = _ov_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+            except Exception:  # noqa: BLE001 - no OpenVINO CPU plugin: no bf16 either
+                caps = ()
+            _BF16 = "BF16" in {str(c).upper() for c in caps}
+    return _BF16
+
+
 class OpenVINOGraph:
     """An exported graph on OpenVINO's CPU plugin; called like the module.
 
-    fp32 is requested explicitly (on CPUs with bf16 units OpenVINO would
-    otherwise run bf16), one stream, no core pinning (the cores are shared).
+    ``precision`` is requested explicitly, fp32 unless bf16 is asked for (on
+    CPUs with bf16 units OpenVINO would otherwise pick bf16 by itself, and
+    the choice belongs to the ``half`` setting); one stream, no core pinning
+    (the cores are shared).
     One dynamic-shape model serves every input size and batch: compiling per
     shape was up to 1.7× faster next to a busy core (bench/runtimes.py), yet
     not ahead of ONNX Runtime, and costs a compile for every new number of
@@ -125,11 +158,13 @@ class OpenVINOGraph:
 
     backend = "openvino"
 
-    def __init__(self, path: str | Path, threads: int):
-        self.path, self.threads = Path(path), int(threads)
+    def __init__(self, path: str | Path, threads: int, precision: str = "f32"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.path, self.threads, self.precision = Path(path), int(threads), precision
         self.config = {"INFERENCE_NUM_THREADS": self.threads, "NUM_STREAMS": 1,
                        "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False,
-                       "INFERENCE_PRECISION_HINT": "f32"}
+                       "INFERENCE_PRECISION_HINT": precision}
         self.compiled = _ov_core().compile_model(_ov_core().read_model(str(path)), "CPU",
                                                  self.config)
         self._request = self.compiled.create_infer_request()
@@ -149,16 +184,20 @@ class OpenVINOGraph:
                  "INFERENCE_PRECISION_HINT")}
 
     def __repr__(self) -> str:
-        return f"OpenVINOGraph({self.path.name}, threads={self.threads})"
+        return f"OpenVINOGraph({self.path.name}, threads={self.threads}, {self.precision})"
 
 
-def load_graph(path: str | Path, backend: str, threads: int | None = None):
-    """An exported graph on ``backend`` (onnxruntime | openvino) with ``threads``."""
+def load_graph(path: str | Path, backend: str, threads: int | None = None,
+               precision: str = "f32"):
+    """An exported graph on ``backend`` (onnxruntime | openvino) with ``threads``;
+    ``precision`` bf16 is OpenVINO's only (ONNX Runtime runs fp32)."""
     threads = cpu_budget() if threads is None else int(threads)
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     if backend == "onnxruntime":
+        if precision != "f32":
+            raise ValueError(f"ONNX Runtime graphs run f32 here, not {precision}")
         return OnnxRuntimeGraph(path, threads)
     if backend == "openvino":
-        return OpenVINOGraph(path, threads)
+        return OpenVINOGraph(path, threads, precision)
     raise ValueError(f"no graph backend {backend!r}; graph backends: onnxruntime, openvino")

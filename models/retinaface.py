@@ -241,6 +241,6 @@ def build(checkpoint_path: str | Path, device="cpu", half: bool = True,
     model = model_from_checkpoint(ckpt, str(checkpoint_path))
     backend, threads = opts.pop("runtime", None), opts.pop("threads", None)
     det = RetinaFaceDetector(model, device=device, half=half, **opts)
-    det.net = accelerate(det.net, GRAPH, checkpoint_path, det.device, backend, threads)
+    det.net = accelerate(det.net, GRAPH, checkpoint_path, det.device, backend, threads, half)
     det.name = f"retinaface-{model.arch}"
     return det

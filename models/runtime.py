@@ -20,11 +20,17 @@ outputs). On CUDA the module itself comes back: torch in fp16 is the fast
 path there.
 
 Backend: ``backend`` argument, else ``ANONYMIZE_RUNTIME``
-(``auto|torch|onnxruntime|openvino``); ``auto`` is :data:`CPU_DEFAULT` on
-CPU and torch on CUDA. Threads: one explicit count per graph (a pipeline
-stage's budget; default: the cores this process may run on), with
-spin-waiting disabled so idle threads sleep instead of competing with a
-neighbour for the cores.
+(``auto|torch|onnxruntime|openvino``); ``auto`` is torch on CUDA, and on
+CPU OpenVINO in bf16 where the network's spec allows it (``cpu_bf16``:
+measured without coverage lost), the ``half`` setting is on (the default)
+and the CPU has AMX bf16 units (1.4-2.6× faster per call than fp32,
+docs/benchmarks.md "Half precision on CPU"); else :data:`CPU_DEFAULT` in
+fp32. ``half`` also makes an explicit ``openvino`` run such a network in
+bf16 on such a CPU; ONNX Runtime and torch on CPU always run fp32.
+
+Threads: one explicit count per graph (a pipeline stage's budget;
+default: the cores this process may run on), with spin-waiting disabled
+so idle threads sleep instead of competing with a neighbour for the cores.
 
 This module is what a detector calls: its graph's spec and the choice of
 backend. Exporting the graph and keeping it cached beside the checkpoint is
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,13 +51,15 @@ from pathlib import Path
 import torch
 
 from .graph_export import ensure_graph
-from .graph_runners import load_graph
+from .graph_runners import cpu_has_bf16, load_graph
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 ENV = "ANONYMIZE_RUNTIME"
-#: CPU backend used when none is asked for: the fastest one in bench/runtimes.py
+#: CPU backend used when none is asked for and bf16 is not used: the fastest
+#: fp32 one in bench/runtimes.py
 CPU_DEFAULT = "onnxruntime"
 
+log = logging.getLogger(__name__)
 _EXPORT_ONLY = contextvars.ContextVar("anonymize_runtime_export_only", default=False)
 
 
@@ -71,10 +80,14 @@ class GraphSpec:
     multiple: int = 1
     fixed_size: bool = False
     opset: int = 18
+    #: may run in bf16 on CPUs with AMX when ``half`` is on: set only where
+    #: ``anonymize eval`` showed no coverage lost (docs/benchmarks.md)
+    cpu_bf16: bool = False
 
 
-def select_backend(backend: str | None, device: str | torch.device) -> str:
-    """The backend to run on ``device``: ``backend`` or ``ANONYMIZE_RUNTIME`` or auto."""
+def select_backend(backend: str | None, device: str | torch.device, half: bool = False) -> str:
+    """The backend to run on ``device``: ``backend`` or ``ANONYMIZE_RUNTIME`` or auto
+    (which depends on ``half`` and the CPU, see the module's docstring)."""
     value = backend if backend is not None else os.environ.get(ENV, "auto")
     value = str(value).strip().lower()
     if value not in ("auto", *BACKENDS):
@@ -86,7 +99,15 @@ def select_backend(backend: str | None, device: str | torch.device) -> str:
             return "torch"
         raise ValueError(f"runtime {value!r} runs on CPU only; on {device} the torch modules "
                          f"run (fp16); use runtime torch or device cpu")
-    return CPU_DEFAULT if value == "auto" else value
+    if value == "auto":
+        return "openvino" if half and cpu_has_bf16() else CPU_DEFAULT
+    return value
+
+
+def cpu_precision(backend: str, half: bool) -> str:
+    """The precision of a CPU graph on ``backend``: bf16 on OpenVINO when
+    ``half`` and the CPU has bf16 units, else f32."""
+    return "bf16" if backend == "openvino" and half and cpu_has_bf16() else "f32"
 
 
 @contextlib.contextmanager
@@ -103,15 +124,19 @@ def export_only() -> Iterator[None]:
 
 def accelerate(module: torch.nn.Module, spec: GraphSpec, checkpoint: str | Path,
                device: str | torch.device, backend: str | None = None,
-               threads: int | None = None):
+               threads: int | None = None, half: bool = False):
     """``module`` itself (torch backend) or a fast graph exported from it that
     is called the same way. ``checkpoint`` is the weights file the module was
-    built from: it keys the cache."""
+    built from: it keys the cache. ``half``: the detector's half-precision
+    setting (bf16 on CPUs with AMX, for networks whose spec allows it)."""
     if _EXPORT_ONLY.get():
         ensure_graph(module, spec, checkpoint, quiet=True)
         return module
-    choice = select_backend(backend, device)
+    half = half and spec.cpu_bf16
+    choice = select_backend(backend, device, half)
     if choice == "torch":
         return module
     path = ensure_graph(module, spec, checkpoint)
-    return load_graph(path, choice, threads)
+    graph = load_graph(path, choice, threads, cpu_precision(choice, half))
+    log.info("%s network: %r", spec.name, graph)
+    return graph

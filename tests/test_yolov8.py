@@ -187,7 +187,8 @@ def detectors(checkpoint):
 
     def get(name: str) -> YoloV8Detector:
         if name not in cache:
-            cache[name] = build(checkpoint(name), device="cpu")
+            # fp32: held to the reference runtime's numbers (bf16: test_runtime.py)
+            cache[name] = build(checkpoint(name), device="cpu", half=False)
         return cache[name]
 
     return get
