@@ -14,7 +14,9 @@ Backends: ``torch`` (the detector's eager module, as it calls it),
 ``torch-passive`` (the same with ``OMP_WAIT_POLICY=PASSIVE``: idle OpenMP
 threads sleep), ``onnxruntime`` (spinning disabled, as shipped),
 ``onnxruntime-spin`` (ONNX Runtime's default spinning threads),
-``openvino`` (one dynamic-shape model, as shipped) and ``openvino-static``
+``openvino`` (one dynamic-shape model, fp32), ``openvino-bf16`` (the same
+in bf16: what the plate and vehicle networks run by default on CPUs with
+AMX; on other CPUs OpenVINO emulates it slowly) and ``openvino-static``
 (compiled per input shape).
 
     python bench/runtimes.py                    # quiet, then loaded
@@ -56,7 +58,7 @@ MODELS = {"retinaface": "retinaface-mobilenet0.25", "yolov8": "plate-yolov8n-pyp
 MODULES = {"retinaface": "retinaface", "yolov8": "yolov8", "centerface": "centerface",
            "nanodet": "nanodet"}
 BACKENDS = ("torch", "torch-passive", "onnxruntime", "onnxruntime-spin", "openvino",
-            "openvino-static")
+            "openvino-bf16", "openvino-static")
 BATCHES = (1, 4)
 
 
@@ -183,6 +185,8 @@ def _runner(model: str, backend: str, threads: int, graph: str):
         return lambda x: session.run(None, {name: x.numpy()})
     if backend == "openvino":
         return graph_runners.OpenVINOGraph(graph, threads)
+    if backend == "openvino-bf16":
+        return graph_runners.OpenVINOGraph(graph, threads, "bf16")
     return _OpenVINOStatic(graph, threads)
 
 
