@@ -127,7 +127,7 @@ def amx_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU has AMX bf16 tiles (:func:`amx_bf16`) and OpenVINO's
-    CPU plugin offers bf16 on it. There a bf16 graph ran 1.4-2.6× faster
+    CPU plugin offers bf16 on it. There a bf16 graph ran 1.5-2.7× faster
     than fp32 (docs/benchmarks.md, "Half precision on CPU"); CPUs with
     AVX512-BF16 alone stay at fp32, as OpenVINO itself does by default,
     since their gain was not measured here. Read once per process."""

@@ -23,7 +23,7 @@ Backend: ``backend`` argument, else ``ANONYMIZE_RUNTIME``
 (``auto|torch|onnxruntime|openvino``); ``auto`` is torch on CUDA, and on
 CPU OpenVINO in bf16 where the network's spec allows it (``cpu_bf16``:
 measured without coverage lost), the ``half`` setting is on (the default)
-and the CPU has AMX bf16 units (1.4-2.6× faster per call than fp32,
+and the CPU has AMX bf16 units (1.5-2.7× faster per call than fp32,
 docs/benchmarks.md "Half precision on CPU"); else :data:`CPU_DEFAULT` in
 fp32. ``half`` also makes an explicit ``openvino`` run such a network in
 bf16 on such a CPU; ONNX Runtime and torch on CPU always run fp32.
