@@ -6,7 +6,8 @@ plates reliably, whatever the scale that brought it there. This runs the
 default plate model one-stage (fp32, threshold 0.05, like the pipeline) on
 every image of the annotated plate sets at several long sides and counts,
 per bucket of plate width at the network input, the plates whose area is
-≥ 90 % under the blurred boxes (boxes grown 1.3×, as ``anonymize eval``).
+≥ 90 % under the blurred boxes (``anonymize eval``'s coverage, at the default
+mask scale).
 
     .venv/bin/python bench/plate_sizes.py --sizes 480,640,960,1280,1600
 """
@@ -46,7 +47,10 @@ def main() -> int:
     from models import yolov8
     from models.registry import checkpoint_path
     from pipeline.datasets import iter_samples, load_annotations
-    from pipeline.evaluate import COVERAGE_THRESH, blur_mask, covered_fraction, group_of_label
+    from pipeline.evaluate import COVERAGE_THRESH, evaluate_image, group_of_label
+    from pipeline.settings import Settings
+
+    mask_scale = Settings().mask_scale
 
     det = yolov8.build(checkpoint_path(args.model), device="cpu", half=False)
     print(f"{args.model}, one-stage, threshold {args.thresh}, fp32; covered / annotated plates "
@@ -60,14 +64,15 @@ def main() -> int:
             seen, hit = collections.Counter(), collections.Counter()
             for s in samples:
                 h, w = s.image.shape[:2]
-                mask = blur_mask(det.detect([s.image], args.thresh, size=size)[0], h, w, 1.3)
+                found = det.detect([s.image], args.thresh, size=size)[0]
+                ev = evaluate_image(found, s.gt, h, w, ("plate",), mask_scale=mask_scale)
                 k = size / max(h, w)
-                for g in s.gt:
-                    if group_of_label(g.label) != "plate":
+                for g, frac in zip(s.gt, ev.coverage, strict=True):
+                    if frac is None:  # not a plate
                         continue
                     b = bucket((g.xyxy[2] - g.xyxy[0]) * k)
                     seen[b] += 1
-                    hit[b] += covered_fraction(mask, g.xyxy) >= COVERAGE_THRESH - 1e-9
+                    hit[b] += frac >= COVERAGE_THRESH - 1e-9
             cells = [f"{hit[i]}/{seen[i]}" if seen[i] else "–" for i in range(len(EDGES))]
             print(f"| {name} | {size} | {sum(hit.values())}/{sum(seen.values())} | "
                   + " | ".join(cells) + " |", flush=True)

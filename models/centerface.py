@@ -286,6 +286,6 @@ def build(checkpoint_path: str | Path, device="cpu", half: bool = True,
     ckpt = load_checkpoint(checkpoint_path)
     det = CenterFaceDetector(model_from_checkpoint(ckpt, str(checkpoint_path)), device=device,
                              half=half, **opts)
-    det.net = accelerate(det.net, GRAPH, checkpoint_path, det.device, backend, threads)
+    det.net = accelerate(det.net, GRAPH, checkpoint_path, det.device, backend, threads, half)
     det.name = Path(checkpoint_path).parent.name or "centerface"
     return det
