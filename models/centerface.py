@@ -30,6 +30,7 @@ from .centerface_weights import model_from_checkpoint
 from .detections import FACE, Detections
 from .fetch import load_checkpoint
 from .ops import nms
+from .resize import resize_frames
 from .runtime import GraphSpec, accelerate
 from .tiling import keep_whole, merge, tile_grid
 
@@ -163,16 +164,13 @@ class CenterFaceDetector(Detector):
     def _scaled(self, batch: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """N×H×W×3 uint8 -> N×3×height×width float 0..255 (bilinear; antialiased
         when shrinking)."""
-        x = batch.permute(0, 3, 1, 2).float()
-        if (height, width) != tuple(batch.shape[1:3]):
-            x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False,
-                              antialias=height < batch.shape[1])
-        return x
+        return resize_frames(batch, height, width)
 
     def _network_input(self, x: torch.Tensor) -> torch.Tensor:
         """Zero-pad right and bottom to multiples of 32, cast, lay out for the device."""
         h, w = x.shape[-2:]
-        x = F.pad(x, (0, _aligned(w) - w, 0, _aligned(h) - h))
+        if (h, w) != (_aligned(h), _aligned(w)):
+            x = F.pad(x, (0, _aligned(w) - w, 0, _aligned(h) - h))
         return x.to(self.dtype).contiguous(memory_format=self.memory_format)
 
     def preprocess(self, batch: torch.Tensor, size: int | None = None) -> torch.Tensor:

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .detections import BUS, CAR, MOTORCYCLE, TRUCK, Detections
+from .resize import resize_frames
 
 #: COCO-80 index -> canonical label id
 COCO_VEHICLES: dict[int, int] = {2: CAR, 3: MOTORCYCLE, 5: BUS, 7: TRUCK}
@@ -25,21 +25,12 @@ def stretch(frame: torch.Tensor, height: int, width: int | None = None) -> torch
     """H×W×3 uint8 -> 1×3×height×width float32 in 0..255 (aspect not kept).
 
     Downscaling uses antialiasing (a 4K frame squeezed to 512 would
-    otherwise alias badly); upscaling is plain bilinear in float. On CPU
-    the antialiased downscale runs on the uint8 channels-last image,
-    torch's vectorised fast path (3× faster, within one grey level).
+    otherwise alias badly), on CPU in whole grey levels (torch's vectorised
+    uint8 kernel, 3× faster); upscaling is plain bilinear in float
+    (:func:`models.resize.resize_frames`).
     """
-    width = height if width is None else width
-    x = frame.permute(2, 0, 1)[None]
-    h, w = x.shape[2:]
-    if (h, w) == (height, width):
-        return x.float()
-    shrink = h > height or w > width
-    if not (shrink and x.device.type == "cpu"):
-        x = x.float()
-    x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False,
-                      antialias=shrink)
-    return x.float()
+    return resize_frames(frame[None], height, height if width is None else width,
+                         fast_shrink=True)
 
 
 def pairwise_iou(boxes: torch.Tensor) -> torch.Tensor:

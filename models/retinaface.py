@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .base import Detector, Frames, side_for_min_object
 from .detections import FACE, Detections
 from .fetch import load_checkpoint
 from .ops import nms
+from .resize import resize_frames
 from .retinaface_net import MEAN_BGR, Config, RetinaFace
 from .retinaface_weights import model_from_checkpoint
 from .runtime import GraphSpec, accelerate
@@ -180,10 +180,7 @@ class RetinaFaceDetector(Detector):
         """
         _, h, w, _ = batch.shape
         nh, nw = self.input_size(h, w, size)
-        x = batch.permute(0, 3, 1, 2)  # a view; NHWC memory = channels_last
-        if (nh, nw) != (h, w):
-            x = F.interpolate(x.float(), size=(nh, nw), mode="bilinear", align_corners=False,
-                              antialias=nh < h)
+        x = resize_frames(batch, nh, nw)
         return (x - self.mean).to(self.dtype).contiguous(memory_format=self.memory_format)
 
     def detect(self, frames: Frames, thresh: float | None = None,

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .base import Detector, Frames, frames_to_tensor
 from .boxes import letterbox_params
 from .detections import LABEL_IDS, Detections
 from .ops import batched_nms
+from .resize import resize_frames
 from .yolov3_names import default_class_map
 from .yolov3_net import YoloV3, model_from_checkpoint
 
@@ -34,10 +34,7 @@ def letterbox(images: list[torch.Tensor], size: int, dtype: torch.dtype
     for i, img in enumerate(images):
         h, w = int(img.shape[0]), int(img.shape[1])
         scale, nw, nh, left, top = letterbox_params(h, w, size)
-        x = img.permute(2, 0, 1)[None].float() / 255.0
-        if (nh, nw) != (h, w):
-            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False,
-                              antialias=nh < h)
+        x = resize_frames(img[None], nh, nw) / 255.0
         batch[i, :, top:top + nh, left:left + nw] = x[0].clamp(0, 1)
         geometry.append((scale, left, top))
     return batch.to(dtype), geometry

@@ -12,9 +12,11 @@ Pre/post-processing follows the Ultralytics predictor:
   centred; RGB / 255;
 * crops (two-stage): every crop letterboxed to a ``size``×``size`` square so
   crops of any shape share one batch;
-* resize with ``F.interpolate(bilinear, align_corners=False)`` on the
-  detector's device, rounded to integers: the same sampling as OpenCV's
-  ``INTER_LINEAR`` (within one grey level), and frames never leave the GPU;
+* resize bilinear (``align_corners=False``, no antialiasing) in float,
+  by torch's kernel (:func:`models.resize.resize_frames`) on the
+  detector's device, rounded to whole grey levels: the same sampling as
+  OpenCV's ``INTER_LINEAR`` (within one grey level), and frames never
+  leave the GPU;
 * output (N, 4 + nc, anchors) = cx, cy, w, h, score; score threshold, NMS
   (IoU 0.5), boxes mapped back to the input's pixels.
 
@@ -40,6 +42,7 @@ from .boxes import letterbox_params
 from .detections import PLATE, Detections, label_id
 from .fetch import WeightsError, load_checkpoint
 from .ops import batched_nms
+from .resize import resize_frames
 from .runtime import GraphSpec, accelerate
 from .yolov8_checkpoint import network_from_checkpoint
 from .yolov8_net import YoloV8
@@ -84,9 +87,9 @@ class YoloV8Detector(Detector):
         """(B,H,W,3) uint8 -> (B,3,h,w) model input + (scale, pad_left, pad_top)."""
         _, h, w, _ = images.shape
         scale, new_w, new_h, left, top = letterbox_params(h, w, size, self.stride, square)
-        x = images.permute(0, 3, 1, 2).float()
+        x = resize_frames(images, new_h, new_w, antialias=False,
+                          opencv_enlarge=False)
         if (new_h, new_w) != (h, w):
-            x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False)
             x = x.round_().clamp_(0, 255)
         if square:
             canvas_h = canvas_w = size

@@ -1,0 +1,63 @@
+"""Frame resizing into network inputs (models/resize.py) against torch's float
+bilinear interpolation, the reference every detector was written against."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.resize import resize_frames
+from tests.videos import synthetic_frame
+
+
+def frames(h, w, n=2, seed=0):
+    """Real-looking content (shapes and gradients) plus noise, so edges are sampled."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        f = synthetic_frame(i, w, h).astype(np.int16) + rng.integers(-20, 21, (h, w, 3))
+        out.append(np.clip(f, 0, 255).astype(np.uint8))
+    return torch.from_numpy(np.stack(out))
+
+
+def reference(batch, h, w, antialias):
+    shrink = h < batch.shape[1] or w < batch.shape[2]
+    return F.interpolate(batch.permute(0, 3, 1, 2).float(), size=(h, w), mode="bilinear",
+                         align_corners=False, antialias=antialias and shrink)
+
+
+@pytest.mark.parametrize("src,dst,antialias", [
+    ((432, 768), (648, 1152), True),  # enlarging (OpenCV on each plane)
+    ((48, 64), (97, 131), True),
+    ((480, 640), (480, 960), False),
+    ((1080, 1920), (540, 960), True),  # shrinking, antialiased
+    ((1080, 1920), (540, 960), False),  # shrinking like OpenCV's INTER_LINEAR
+    ((432, 768), (416, 416), True),  # one side shrinks, the other grows
+])
+def test_resizing_matches_float_bilinear(src, dst, antialias):
+    batch = frames(*src)
+    got = resize_frames(batch, *dst, antialias=antialias)
+    assert got.shape == (2, 3, *dst) and got.dtype == torch.float32 and got.is_contiguous()
+    assert float((got - reference(batch, *dst, antialias)).abs().max()) < 0.05
+
+
+@pytest.mark.parametrize("src,dst", [((1080, 1920), (540, 960)), ((432, 768), (416, 416))])
+def test_fast_shrink_is_within_one_grey_level(src, dst):
+    batch = frames(*src)
+    got = resize_frames(batch, *dst, fast_shrink=True)
+    assert got.shape == (2, 3, *dst) and got.is_contiguous()
+    diff = (got - reference(batch, *dst, True)).abs()
+    assert float(diff.max()) <= 1.01 and float(diff.mean()) < 0.5
+
+
+def test_same_size_keeps_exact_values():
+    batch = frames(48, 64)
+    got = resize_frames(batch, 48, 64)
+    assert torch.equal(got, batch.permute(0, 3, 1, 2).float())
+
+
+def test_enlarging_without_opencv_gives_torch_values_exactly():
+    """What the YOLO letterbox relies on: the same rounding as torch's own kernel."""
+    batch = frames(432, 768)
+    got = resize_frames(batch, 540, 960, antialias=False, opencv_enlarge=False)
+    assert torch.equal(got.round(), reference(batch, 540, 960, False).round())
