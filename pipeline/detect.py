@@ -4,7 +4,9 @@
   crops grown by ``crop_margin`` -> the plate detector over all crops of all
   frames in one batched call -> boxes shifted back into frame pixels.
 * ``one-stage``: the plate detector on whole frames (it tiles very large
-  frames itself).
+  frames itself), at ``plate_size`` and again at ``plate_second_size``: the
+  two input sizes find different plates (docs/benchmarks.md, "Plate input
+  size").
 * ``both``: the union of the two, duplicates removed by NMS. Recall-first,
   so it is the default (see README, "Plate modes").
 
@@ -135,9 +137,10 @@ class DetectionStack:
         sources: list[list[Detections]] = [[] for _ in range(n)]
         vehicles = [Detections.empty() for _ in range(n)]
         if s.plate_mode in ("one-stage", "both"):
-            found = self.plate_detector.detect(frames, s.lp_thresh, size=s.plate_size)
-            for i, d in enumerate(found):
-                sources[i].append(d)
+            for size in s.plate_sizes:
+                found = self.plate_detector.detect(frames, s.lp_thresh, size=size)
+                for i, d in enumerate(found):
+                    sources[i].append(d)
         if s.plate_mode in ("two-stage", "both"):
             vehicles = self.vehicle_detector.detect(frames, s.vehicle_thresh)
             for i, d in self._two_stage(frames, vehicles):

@@ -111,6 +111,10 @@ class Settings:
                          "tiled", lo=4)
     plate_size: int = _opt(960, "one-stage plate detector input size, px (640 misses "
                            "small plates)", lo=32)
+    plate_second_size: int = _opt(640, "one-stage plate detector also runs at this long "
+                                  "side, px, and the plates of both sizes are merged: the "
+                                  "weights' native 640 finds plates that 960 misses and the "
+                                  "reverse (0 = off)", lo=0)
     crop_size: int = _opt(320, "two-stage vehicle crop input size, px", lo=32)
     crop_margin: float = _opt(0.1, "vehicle box grown by this share of its size before "
                               "cropping (two-stage)", lo=0, hi=1)
@@ -158,11 +162,20 @@ class Settings:
         """Check every value against its type and limits (one-line SettingsError)."""
         for f in fields(self):
             setattr(self, f.name, coerce(f.name, getattr(self, f.name), "setting"))
+        if 0 < self.plate_second_size < 32:
+            raise SettingsError(f"plate_second_size must be 0 (off) or at least 32, got "
+                                f"{self.plate_second_size}")
         if self.detect_every - 1 > self.fill_frames:
             raise SettingsError(f"detect_every {self.detect_every} needs fill_frames >= "
                                 f"{self.detect_every - 1} (got {self.fill_frames}): the "
                                 "frames between detections would get no boxes")
         return self
+
+    @property
+    def plate_sizes(self) -> tuple[int, ...]:
+        """Long sides the one-stage plate pass runs at (the first is ``plate_size``)."""
+        second = self.plate_second_size
+        return (self.plate_size,) + ((second,) if second and second != self.plate_size else ())
 
     @property
     def plate_mode(self) -> str | None:

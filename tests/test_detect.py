@@ -75,3 +75,25 @@ def test_merge_plates_removes_duplicates_keeps_distinct():
     b = Detections([[1, 0, 10, 10]], [0.7], [PLATE])
     merged = merge_plates([a, b], 0.5)
     assert len(merged) == 2 and 0.7 not in merged.confidence
+
+
+class SizedPlates(FakePlates):
+    """Finds the plate only when run at ``sees_at`` long side; records the sizes asked."""
+
+    def __init__(self, sees_at):
+        super().__init__()
+        self.sees_at, self.sizes = sees_at, []
+
+    def detect(self, frames, thresh, size=640):
+        self.sizes.append(size)
+        return [self._find(f) if size == self.sees_at else Detections.empty() for f in frames]
+
+
+def test_one_stage_runs_at_both_plate_sizes_and_keeps_what_either_finds():
+    for second, found in ((640, 1), (0, 0), (960, 0)):
+        plates = SizedPlates(sees_at=640)
+        s = DetectionStack(Settings(plates="one-stage", faces=False, plate_size=960,
+                                    plate_second_size=second), None, plates, None)
+        out = s.detect([frame_with_plate()])
+        assert len(out[0].with_class(PLATE)) == found, second
+        assert plates.sizes == ([960, 640] if second == 640 else [960]), second

@@ -30,6 +30,7 @@ SAMPLES = {
     "vehicle_model_format": ("keras-h5", "keras-h5"),
     "vehicle_thresh": ("0.35", 0.35), "lp_thresh": ("0.05", 0.05), "face_thresh": ("0.4", 0.4),
     "nms_thresh": ("0.6", 0.6), "min_face": ("24", 24), "plate_size": ("1280", 1280),
+    "plate_second_size": ("0", 0),
     "crop_size": ("416", 416), "crop_margin": ("0.2", 0.2), "fill_frames": ("3", 3),
     "mode": ("pixelate", "pixelate"), "shape": ("ellipse", "ellipse"),
     "mask_scale": ("1.5", 1.5), "crf": ("23", 23), "preset": ("veryfast", "veryfast"),

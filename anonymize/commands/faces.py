@@ -10,7 +10,7 @@ from .options import add_settings_arguments, settings_from_args
 #: settings of the plate search, which this command never runs
 PLATE_SETTINGS = ("faces", "plates", "plate_model", "vehicle_model", "plate_model_format",
                   "vehicle_model_format", "vehicle_thresh", "lp_thresh", "plate_size",
-                  "crop_size", "crop_margin", "nms_thresh")
+                  "plate_second_size", "crop_size", "crop_margin", "nms_thresh")
 
 HELP = "detect and blur faces in a folder of frames, writing the research face pickle"
 
