@@ -97,7 +97,7 @@ class Settings:
     vehicle_thresh: float = _opt(0.2, "vehicle score threshold for two-stage, 0-1 "
                                  "(0.3 loses a fifth of the plates)", lo=0, hi=1)
     lp_thresh: float = _opt(0.05, "plate score threshold, 0-1 (low: recall first; 0.1 "
-                            "covers 0.890 instead of 0.907 of the Open Images plates)",
+                            "covers 0.900 instead of 0.922 of the Open Images plates)",
                             lo=0, hi=1)
     face_thresh: float = _opt(0.15, "face score threshold, 0-1 (low: recall first; 0.2 "
                               "misses 1 face in 100 more on the face-mask set)", lo=0,
