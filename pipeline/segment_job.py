@@ -30,7 +30,7 @@ from . import video
 from .blur import anonymize_frame
 from .plan import Manifest
 from .temporal import fill_segment
-from .threads import ThreadBudget, apply_torch_threads, resolve_threads
+from .threads import ThreadBudget, apply_detect_threads, resolve_threads
 from .video.damage import segment_damage
 from .zones import ZoneSet
 
@@ -138,7 +138,7 @@ class SegmentJob:
     # -- the run ------------------------------------------------------------
     def run(self, segment_file: Path) -> SegmentResult:
         t0 = time.perf_counter()
-        apply_torch_threads(self.budget.detect)
+        apply_detect_threads(self.budget.detect)
         frames_q: queue.Queue = queue.Queue(maxsize=max(2, self.settings.batch_size))
         self.out_video.parent.mkdir(parents=True, exist_ok=True)
         with video.VideoWriter(self.out_video, self.manifest.info, crf=self.settings.crf,

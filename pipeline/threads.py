@@ -80,9 +80,14 @@ def resolve_threads(threads: int) -> int:
     return threads if threads > 0 else available_cores()
 
 
-def apply_torch_threads(n: int) -> None:
-    """Limit torch's intra-op pool (process-wide) to ``n`` threads."""
+def apply_detect_threads(n: int) -> None:
+    """Limit the process-wide pools the detection stage uses to ``n`` threads:
+    torch's intra-op pool and OpenCV's (frame resizing, models/resize.py).
+    The exported graphs get their thread count when they are built."""
+    import cv2
     import torch
 
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+    if cv2.getNumThreads() != n:
+        cv2.setNumThreads(n)

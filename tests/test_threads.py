@@ -73,3 +73,19 @@ def test_detectors_get_the_threads_setting(monkeypatch):
     for det in (stack.face_detector, stack.plate_detector):
         assert det.net.threads == 1, det.name
     assert stack.vehicle_detector.module(416).threads == 1
+
+
+def test_detect_threads_limit_torch_and_opencv_pools():
+    """The frame resize runs in OpenCV's pool, which defaults to every core."""
+    import cv2
+    import torch
+
+    from pipeline.threads import apply_detect_threads
+
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        apply_detect_threads(1)
+        assert (torch.get_num_threads(), cv2.getNumThreads()) == (1, 1)
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
