@@ -82,6 +82,15 @@ def frames_to_numpy(frames: Frames) -> list[np.ndarray]:
     return [np.asarray(f) for f in frames]
 
 
+def tiling_options(detector, tile: bool) -> dict:
+    """``{"tile": tile}`` for a detector whose ``detect`` takes a ``tile`` switch
+    (the plate detectors that tile large frames), else nothing: every detector
+    is called the same way whether or not it tiles."""
+    if tile:
+        return {}
+    return {"tile": False} if "tile" in inspect.signature(detector.detect).parameters else {}
+
+
 class Detector(ABC):
     """Base class: holds the torch module, its device and precision.
 

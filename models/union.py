@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .base import Detector, Frames
+from .base import Detector, Frames, tiling_options
 from .detections import Detections
 from .tiling import merge
 
@@ -48,10 +48,12 @@ class UnionDetector(Detector):
 
     @torch.inference_mode()
     def detect(self, frames: Frames, thresh: float | None = None,
-               size: int | None = None) -> list[Detections]:
-        """One merged :class:`Detections` per frame, highest score first."""
+               size: int | None = None, tile: bool = True) -> list[Detections]:
+        """One merged :class:`Detections` per frame, highest score first; ``tile``
+        goes to the parts that tile (see :func:`models.base.tiling_options`)."""
         opts = self._options(thresh, size)
-        return self._merged([p.detect(frames, **opts) for p in self.parts])
+        return self._merged([p.detect(frames, **opts, **tiling_options(p, tile))
+                             for p in self.parts])
 
     @torch.inference_mode()
     def detect_crops(self, crops: Sequence[np.ndarray | torch.Tensor], thresh: float | None = None,

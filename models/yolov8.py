@@ -180,8 +180,10 @@ class YoloV8Detector(Detector):
     # -- public -------------------------------------------------------------
     @torch.inference_mode()
     def detect(self, frames: Frames, thresh: float | None = None,
-               size: int | None = None) -> list[Detections]:
-        """One-stage plates on whole frames; one :class:`Detections` per frame."""
+               size: int | None = None, tile: bool = True) -> list[Detections]:
+        """One-stage plates on whole frames; one :class:`Detections` per frame.
+        ``tile=False``: no tiles for this call (a second pass at a smaller size,
+        whose tiles would repeat the ×0.5 scale the main pass already covers)."""
         thresh = self.thresh if thresh is None else thresh
         size = size or self.size
         images = frames_to_tensor(frames, self.device)
@@ -193,7 +195,7 @@ class YoloV8Detector(Detector):
             batch = torch.stack([images[i] for i in idx])
             for i, det in zip(idx, self._run(batch, size, False, thresh), strict=True):
                 results[i] = det
-            if self.tile and max(shape[:2]) > self.tile_above * size:
+            if tile and self.tile and max(shape[:2]) > self.tile_above * size:
                 for i in idx:
                     results[i] = self._merge([results[i], self._tiled(images[i], size, thresh)])
         return results  # type: ignore[return-value]

@@ -4,9 +4,9 @@
   crops grown by ``crop_margin`` -> the plate detector over all crops of all
   frames in one batched call -> boxes shifted back into frame pixels.
 * ``one-stage``: the plate detector on whole frames (it tiles very large
-  frames itself), at ``plate_size`` and again at ``plate_second_size``: the
-  two input sizes find different plates (docs/benchmarks.md, "Plate input
-  size").
+  frames itself), at ``plate_size`` and again, never tiled, at
+  ``plate_second_size``: the two input sizes find different plates
+  (docs/benchmarks.md, "Second plate input size").
 * ``both``: the union of the two, duplicates removed by NMS. Recall-first,
   so it is the default (see README, "Plate modes").
 
@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from models.base import tiling_options
 from models.detections import Detections
 from models.ops import nms
 
@@ -137,8 +138,11 @@ class DetectionStack:
         sources: list[list[Detections]] = [[] for _ in range(n)]
         vehicles = [Detections.empty() for _ in range(n)]
         if s.plate_mode in ("one-stage", "both"):
-            for size in s.plate_sizes:
-                found = self.plate_detector.detect(frames, s.lp_thresh, size=size)
+            for k, size in enumerate(s.plate_sizes):
+                # the second, smaller size is a coarser view of the whole frame: its
+                # tiles would repeat the main pass's scale (docs/benchmarks.md)
+                found = self.plate_detector.detect(frames, s.lp_thresh, size=size,
+                                                   **tiling_options(self.plate_detector, k == 0))
                 for i, d in enumerate(found):
                     sources[i].append(d)
         if s.plate_mode in ("two-stage", "both"):

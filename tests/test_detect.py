@@ -82,10 +82,11 @@ class SizedPlates(FakePlates):
 
     def __init__(self, sees_at):
         super().__init__()
-        self.sees_at, self.sizes = sees_at, []
+        self.sees_at, self.sizes, self.tiles = sees_at, [], []
 
-    def detect(self, frames, thresh, size=640):
+    def detect(self, frames, thresh, size=640, tile=True):
         self.sizes.append(size)
+        self.tiles.append(tile)
         return [self._find(f) if size == self.sees_at else Detections.empty() for f in frames]
 
 
@@ -97,3 +98,12 @@ def test_one_stage_runs_at_both_plate_sizes_and_keeps_what_either_finds():
         out = s.detect([frame_with_plate()])
         assert len(out[0].with_class(PLATE)) == found, second
         assert plates.sizes == ([960, 640] if second == 640 else [960]), second
+        assert plates.tiles == ([True, False] if second == 640 else [True]), second
+
+
+def test_plate_detectors_without_tiles_are_called_as_before():
+    """A second-size pass passes tile=False only to a detector that takes it."""
+    plates = FakePlates()  # detect(frames, thresh, size): no tile switch
+    s = DetectionStack(Settings(plates="one-stage", faces=False), None, plates, None)
+    assert np.allclose(s.detect([frame_with_plate()])[0].with_class(PLATE).xyxy,
+                       [[180, 150, 240, 170]])

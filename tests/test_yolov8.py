@@ -264,3 +264,6 @@ def test_tiles_find_a_small_plate_in_a_4k_frame(data_dir, detectors, reference):
     tiled = det([frame], 0.1)[0]
     assert (box_iou_np(gt, tiled.xyxy).max(1) >= 0.5).all()
     assert (tiled.xyxy[:, 2] <= 3840).all() and (tiled.xyxy[:, 3] <= 2160).all()
+    # tile=False (the second plate size's pass): the full frame only, a subset
+    whole = det.detect([frame], 0.1, tile=False)[0]
+    assert len(whole) < len(tiled)
