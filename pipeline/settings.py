@@ -114,7 +114,7 @@ class Settings:
     plate_second_size: int = _opt(640, "one-stage plate detector also runs at this long "
                                   "side, px, and the plates of both sizes are merged: the "
                                   "weights' native 640 finds plates that 960 misses and the "
-                                  "reverse (0 = off)", lo=0)
+                                  "reverse; never tiled (0 = off)", lo=0)
     crop_size: int = _opt(320, "two-stage vehicle crop input size, px", lo=32)
     crop_margin: float = _opt(0.1, "vehicle box grown by this share of its size before "
                               "cropping (two-stage)", lo=0, hi=1)
