@@ -329,12 +329,18 @@ def measure(cmd: list[str], cwd: Path, env: dict, log_path: Path) -> Measure:
     return Measure(r["wall_s"], peak[0], r["maxrss_kib"] * 1024, r["cpu_s"], code, error, stdout)
 
 
+#: a busy loop that ends when its parent does: a benchmark killed mid-run must not
+#: leave a core spinning under every later measurement
+BUSY_LOOP = ("import os\nparent = os.getppid()\n"
+             "while os.getppid() == parent:\n    pass\n")
+
+
 class Burner:
     """A Python busy loop in its own process: keeps one core busy for the
     duration of a ``with`` block (the "loaded" rows)."""
 
     def __enter__(self) -> Burner:
-        self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        self.proc = subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
         time.sleep(0.2)  # spinning before the measured run starts
         return self
 

@@ -237,7 +237,9 @@ def worker(job: dict) -> None:
 
 def _busy_core() -> subprocess.Popen:
     """A process spinning on core 0: the busy neighbour."""
-    return subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", "while True: pass"])
+    from bench.peers import BUSY_LOOP
+
+    return subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", BUSY_LOOP])
 
 
 class Worker:
