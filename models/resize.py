@@ -45,7 +45,7 @@ def resize_frames(batch: torch.Tensor, height: int, width: int, *, antialias: bo
     on CPU with OpenCV; off, with torch's float kernel (see the module
     docstring for both).
     """
-    n, h, w = batch.shape[:3]
+    h, w = batch.shape[1:3]
     x = batch.permute(0, 3, 1, 2)  # a view; NHWC memory = channels_last
     if (h, w) == (height, width):
         return x.float().contiguous()

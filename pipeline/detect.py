@@ -139,8 +139,9 @@ class DetectionStack:
         vehicles = [Detections.empty() for _ in range(n)]
         if s.plate_mode in ("one-stage", "both"):
             for k, size in enumerate(s.plate_sizes):
-                # the second, smaller size is a coarser view of the whole frame: its
-                # tiles would repeat the main pass's scale (docs/benchmarks.md)
+                # the second size is another view of the whole frame, never tiled: its
+                # tiles (always at x0.5) would repeat, or nearly, a scale the main pass
+                # already covers (docs/benchmarks.md, "Second plate input size")
                 found = self.plate_detector.detect(frames, s.lp_thresh, size=size,
                                                    **tiling_options(self.plate_detector, k == 0))
                 for i, d in enumerate(found):
