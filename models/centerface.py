@@ -32,7 +32,7 @@ from .fetch import load_checkpoint
 from .ops import nms
 from .resize import resize_frames
 from .runtime import GraphSpec, accelerate
-from .tiling import keep_whole, merge, tile_grid
+from .tiling import absorb, keep_whole, merge, tile_grid
 
 # -- decoding -------------------------------------------------------------------------
 
@@ -114,25 +114,48 @@ class CenterFaceDetector(Detector):
     is longer than ``max_side`` it is cut into overlapping tiles of at most
     ``max_side`` pixels (see :mod:`models.tiling`).
 
-    Enlarging finds small faces but loses large ones (beyond a few hundred
-    pixels in the network input CenterFace stops seeing faces; see
-    models/README.md). So with ``overview`` the frame also runs once at its
-    native size (at most ``max_side``) whenever the main pass is tiled or
-    enlarges it more than ``overview_above`` times, and both are merged; at
-    ×3 that pass costs a ninth of the main one. Boxes come back in the
-    frame's pixels, class ``face``, confidence = heatmap value.
+    With ``overview`` (the default) further passes join the main one, their
+    boxes added by :func:`models.tiling.absorb` (a face found at two scales
+    becomes the box enclosing both):
+
+    * a second look at native size (at most ``max_side``) when the main pass
+      is tiled or enlarges more than :attr:`second_look_above` times: a
+      second scale finds faces the first scored under the threshold;
+    * smaller passes for large faces. Beyond about :attr:`largest_face`
+      pixels at the network input CenterFace stops seeing faces whole
+      (bench/face_sizes.py: 53 of 59 faces covered at 240 px, 36 at 480, 5
+      at 640), so passes follow, each :attr:`level_ratio` of the one before
+      (the faces of ``largest_face`` px in one measure twice
+      ``smallest_face`` in the next), until a face as wide as the frame's
+      short side measures at most ``largest_face`` px; each costs about 4 %
+      of the one before. They keep only faces at least ``smallest_face``
+      wide at their input: smaller ones are the previous pass's, and there
+      CenterFace finds few faces and much noise (docs/benchmarks.md, "Large
+      faces").
+
+    Boxes come back in the frame's pixels, class ``face``, confidence =
+    heatmap value.
     """
 
     name = "centerface"
     #: face width (px at the network input) from which recall stays above 0.9
     #: on the shared face sets (models/README.md, "CenterFace")
     smallest_face = 24
+    #: face width (px at the network input) up to which coverage stays about 0.9
+    #: (bench/face_sizes.py; docs/benchmarks.md, "Large faces")
+    largest_face = 240
+    #: scale of each overview pass relative to the pass before it: the largest faces
+    #: one pass sees measure twice ``smallest_face`` in the next
+    level_ratio = 2 * smallest_face / largest_face
+    #: a main pass enlarging more than this many times also gets a second look at
+    #: native size, as a tiled one does
+    second_look_above = 2.0
 
     def __init__(self, model: CenterFace, device="cpu", half: bool = True, *,
                  size: int | None = None, min_face: float | None = None, thresh: float = 0.4,
                  nms_thresh: float = 0.3,
                  max_side: int = 1920, tile_overlap: float = 0.2, overview: bool = True,
-                 overview_above: float = 2.0, top_k: int = 5000, max_batch: int = 16) -> None:
+                 top_k: int = 5000, max_batch: int = 16) -> None:
         super().__init__(device, half)
         cpu_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
         self.model = self.prepare(model).to(memory_format=cpu_format)
@@ -149,7 +172,6 @@ class CenterFaceDetector(Detector):
         self.max_side = int(max_side) // ALIGN * ALIGN
         self.tile_overlap = float(tile_overlap)
         self.overview = bool(overview)
-        self.overview_above = float(overview_above)
         self.top_k = int(top_k)
         self.max_batch = max(1, int(max_batch))
 
@@ -209,16 +231,27 @@ class CenterFaceDetector(Detector):
                       for tile, det in zip(tiles, found, strict=True)], self.nms_thresh)
 
     def passes(self, height: int, width: int, size: int | None
-               ) -> tuple[tuple[int, int], bool, tuple[int, int] | None]:
-        """What a height×width frame goes through: (scaled size, tiled?, overview size
-        or None)."""
+               ) -> list[tuple[int, int, bool, int]]:
+        """The passes a height×width frame goes through, each as (scaled height,
+        scaled width, tiled?, smallest box width kept at its input): the main pass
+        at long side ``size`` (None: native); with ``overview``, the native size
+        (at most ``max_side``) when the main pass is tiled or enlarges more than
+        :attr:`second_look_above` times, then each smaller pass the largest faces
+        the frame can hold need (see the class docstring)."""
         h, w = input_size(height, width, size)
-        tiled = max(h, w) > self.max_side
-        enlarged = max(h, w) > self.overview_above * max(height, width)
-        overview = None
-        if self.overview and (tiled or enlarged):
-            overview = input_size(height, width, min(max(height, width), self.max_side))
-        return (h, w), tiled, overview
+        out = [(h, w, max(h, w) > self.max_side, 0)]
+        if not self.overview:
+            return out
+        long_side, short_side = max(height, width), min(height, width)
+        if out[0][2] or max(h, w) > self.second_look_above * long_side:
+            h, w = input_size(height, width, min(long_side, self.max_side))
+            out.append((h, w, False, 0))
+        scale = max(h, w) / long_side
+        while self.largest_face < short_side * scale:
+            scale *= self.level_ratio
+            h, w = input_size(height, width, max(1, round(long_side * scale)))
+            out.append((h, w, max(h, w) > self.max_side, self.smallest_face))
+        return out
 
     def side(self, height: int, width: int, size: int | None = None) -> int | None:
         """Long side of the main pass for a height×width frame (None: native)."""
@@ -244,15 +277,17 @@ class CenterFaceDetector(Detector):
         results: list[Detections] = [Detections.empty()] * len(images)
         for (fh, fw, _), idx in groups.items():
             group = [images[i] for i in idx]
-            (h, w), tiled, overview = self.passes(fh, fw, self.side(fh, fw, size))
-            if tiled:
-                found = [self._tiled(frame, h, w, thresh) for frame in group]
-            else:
-                found = self._whole(group, h, w, thresh)
-            if overview is not None:
-                extra = self._whole(group, *overview, thresh)
-                found = [merge([a, b], self.nms_thresh)
-                         for a, b in zip(found, extra, strict=True)]
+            found: list[Detections] = [Detections.empty()] * len(group)
+            passes = self.passes(fh, fw, self.side(fh, fw, size))
+            for k, (h, w, tiled, min_width) in enumerate(passes):
+                if tiled:
+                    dets = [self._tiled(frame, h, w, thresh) for frame in group]
+                else:
+                    dets = self._whole(group, h, w, thresh)
+                for j, det in enumerate(dets):
+                    if min_width:
+                        det = det[(det.xyxy[:, 2] - det.xyxy[:, 0]) * (w / fw) >= min_width]
+                    found[j] = det if k == 0 else absorb(found[j], det, self.nms_thresh)
             for i, det in zip(idx, found, strict=True):
                 results[i] = det.clipped(fw, fh)
         return results
@@ -268,14 +303,13 @@ def build(checkpoint_path: str | Path, device="cpu", half: bool = True,
     neither: native size;
     ``thresh`` (default score threshold), ``nms_thresh`` (0.3),
     ``max_side`` (longest network input before tiling), ``tile_overlap``
-    (share of ``max_side``, 0.2), ``overview`` (also run the native size,
-    at most ``max_side``, when tiling or enlarging more than
-    ``overview_above`` = 2 times; True), ``top_k`` (candidates per image
+    (share of ``max_side``, 0.2), ``overview`` (also run the smaller
+    scales the frame's largest faces need; True), ``top_k`` (candidates per image
     before NMS, 5000), ``max_batch`` (images per forward pass, 16), ``runtime``
     and ``threads`` (the network's backend and CPU threads, see models/runtime.py).
     """
     allowed = {"size", "min_face", "thresh", "nms_thresh", "max_side", "tile_overlap",
-               "overview", "overview_above", "top_k", "max_batch", "runtime", "threads"}
+               "overview", "top_k", "max_batch", "runtime", "threads"}
     unknown = set(opts) - allowed
     if unknown:
         raise TypeError(f"unknown CenterFace options: {', '.join(sorted(unknown))}; "

@@ -12,8 +12,9 @@ overlap, runs each, and joins the results. Three rules make the join clean:
   (:func:`inner_edge_mask`, :func:`keep_whole`). Objects larger than the
   overlap can be dropped from every tile, so callers add a whole-frame pass
   at a smaller scale for those;
-* the survivors of all tiles (and of the whole-frame pass) are merged by
-  class-wise NMS (:func:`merge`), highest score first.
+* the survivors of all tiles are merged by class-wise NMS (:func:`merge`),
+  highest score first; a whole-frame pass at another scale joins them by
+  :func:`absorb`, which encloses rather than chooses.
 
 Pure geometry over :class:`Detections`; the detector decides the tile size
 and how to run the tiles.
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .boxes import box_iou_np
 from .detections import Detections
 from .ops import batched_nms
 
@@ -115,3 +117,28 @@ def merge(parts: list[Detections], iou: float) -> Detections:
     keep = batched_nms(torch.from_numpy(det.xyxy), torch.from_numpy(det.confidence),
                        torch.from_numpy(det.class_id), iou)
     return det[keep.numpy()]
+
+
+def absorb(base: Detections, extra: Detections, iou: float) -> Detections:
+    """``base`` joined by the boxes of another pass over the same frame at another
+    scale: a box of ``extra`` overlapping base boxes (IoU ≥ ``iou``, any class)
+    grows each of them to enclose it (keeping the higher score); the others are
+    added.
+
+    Why not NMS as for tiles: two scales see the same face differently, and
+    the better box is not the higher-scored one. Near its size limit a pass
+    finds part of a large face (IoU 0.2-0.6 with the whole), so keeping either
+    box alone can leave part of the face unblurred; the enclosing box covers
+    everything both passes saw, with one box per face.
+    """
+    if not len(extra) or not len(base):
+        return extra if not len(base) else base
+    overlaps = box_iou_np(extra.xyxy, base.xyxy) >= iou
+    xyxy, conf = base.xyxy.copy(), base.confidence.copy()
+    for e in np.flatnonzero(overlaps.any(axis=1)):
+        j = overlaps[e]
+        xyxy[j, :2] = np.minimum(xyxy[j, :2], extra.xyxy[e, :2])
+        xyxy[j, 2:] = np.maximum(xyxy[j, 2:], extra.xyxy[e, 2:])
+        conf[j] = np.maximum(conf[j], extra.confidence[e])
+    grown = Detections(xyxy, conf, base.class_id, base.filled)
+    return Detections.merge([grown, extra[~overlaps.any(axis=1)]])

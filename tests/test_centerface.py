@@ -16,7 +16,7 @@ from models.detections import FACE, Detections
 from models.fetch import WeightsError
 from models.ops import box_iou_np
 from models.registry import get
-from models.tiling import Tile, axis_tiles, inner_edge_mask, keep_whole, merge, tile_grid
+from models.tiling import Tile, absorb, axis_tiles, inner_edge_mask, keep_whole, merge, tile_grid
 from pipeline.datasets import read_image
 
 MODEL = "centerface"
@@ -113,14 +113,37 @@ def test_input_size_scales_the_long_side():
     assert input_size(480, 360, 640) == (640, 480)
 
 
-def test_native_pass_joins_tiled_or_much_enlarged_inputs():
+def test_smaller_passes_follow_until_the_largest_face_fits():
     det = _random_detector(max_side=1920)
-    assert det.passes(1080, 1920, None) == ((1080, 1920), False, None)
-    assert det.passes(1080, 1920, 3840) == ((2160, 3840), True, (1080, 1920))
-    assert det.passes(2160, 3840, None) == ((2160, 3840), True, (1080, 1920))  # at most max_side
-    assert det.passes(300, 400, 800) == ((600, 800), False, None)  # ×2: not more than 2
-    assert det.passes(300, 400, 1200) == ((900, 1200), False, (300, 400))
-    assert _random_detector(overview=False).passes(300, 400, 1200)[2] is None
+    # a face as wide as the short side measures at most 240 px in the last pass
+    assert det.passes(1080, 1920, None) == [(1080, 1920, False, 0), (216, 384, False, 24)]
+    # tiled: a second look at native size first
+    assert det.passes(1080, 1920, 3840) == [(2160, 3840, True, 0), (1080, 1920, False, 0),
+                                            (216, 384, False, 24)]
+    assert det.passes(300, 400, 800) == [(600, 800, False, 0), (120, 160, False, 24)]
+    assert det.passes(300, 400, 1200) == [(900, 1200, False, 0), (300, 400, False, 0),
+                                          (60, 80, False, 24)]  # enlarged more than x2
+    assert det.passes(180, 320, None) == [(180, 320, False, 0)]  # every face fits already
+    assert _random_detector(overview=False).passes(1080, 1920, 3840) == [(2160, 3840, True, 0)]
+
+
+@pytest.mark.parametrize("height,width,side", [(1080, 1920, 2880), (2160, 3840, 5760),
+                                               (144, 176, 264), (300, 400, 1200),
+                                               (720, 1280, 1920), (4320, 7680, 11520)])
+def test_passes_cover_every_face_width(height, width, side):
+    """From the smallest face the main pass sees to faces as wide as the frame's short
+    side, every face width lies within [smallest_face, largest_face] at the input of
+    some pass, and neighbouring passes overlap by a factor of two."""
+    det = _random_detector()
+    passes = det.passes(height, width, side)
+    scales = [max(h, w) / max(height, width) for h, w, _, _ in passes]
+    for (big, small), (*_, min_width) in zip(zip(scales, scales[1:], strict=False), passes[1:],
+                                             strict=True):
+        # the faces a pass sees up to largest_face measure at least smallest_face in the next;
+        # twice that for the large-face passes
+        factor = 2 if min_width else 1
+        assert det.largest_face / big * small >= factor * det.smallest_face * 0.95
+    assert min(height, width) * scales[-1] <= det.largest_face * 1.01
 
 
 def _random_detector(**opts) -> CenterFaceDetector:
@@ -186,6 +209,20 @@ def test_merge_removes_duplicates_within_a_class_only():
     assert len(merge([Detections.empty()], 0.5)) == 0
 
 
+def test_absorb_encloses_what_two_scales_saw_and_adds_the_rest():
+    # the main pass saw the upper part of a large face, the overview the whole face
+    main = Detections([[100, 80, 180, 150], [400, 10, 420, 30]], [0.9, 0.5], [FACE, FACE])
+    overview = Detections([[90, 60, 200, 200], [300, 300, 360, 370]], [0.4, 0.7], [FACE, FACE])
+    out = absorb(main, overview, 0.3)
+    np.testing.assert_array_equal(out.xyxy, [[90, 60, 200, 200], [400, 10, 420, 30],
+                                             [300, 300, 360, 370]])
+    np.testing.assert_allclose(out.confidence, [0.9, 0.5, 0.7])
+    inside = Detections([[110, 90, 170, 140]], [0.95], [FACE])  # within a main box: no change
+    np.testing.assert_array_equal(absorb(main, inside, 0.3).xyxy, main.xyxy)
+    assert absorb(Detections.empty(), overview, 0.3) == overview
+    assert absorb(main, Detections.empty(), 0.3) == main
+
+
 # -- weights errors, options -----------------------------------------------------------------
 
 def test_unreadable_onnx_is_a_weights_error(tmp_path):
@@ -216,7 +253,7 @@ def test_build_options(tmp_path):
     assert det.size is None and det.side(1080, 1920) == 3840 and det.side(240, 320) == 640
     assert build(path, size=0).size is None
     assert build(path, max_side=1000).max_side == 992  # tiles need no padding
-    assert not build(path, overview=False, overview_above=3).overview
+    assert not build(path, overview=False).overview
     with pytest.raises(TypeError, match="max_sid"):
         build(path, max_sid=640)
     with pytest.raises(ValueError, match="either"):
@@ -326,6 +363,42 @@ def test_finds_the_annotated_faces(data_dir, checkpoint):
         gt = np.array([b["xyxy"] for b in _faces(data_dir, name)], np.float32)
         assert set(dets.labels) == {"face"} and (dets.confidence <= 1).all()
         assert (box_iou_np(gt, dets.xyxy).max(axis=1) >= 0.5).all(), name
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("face_width,frame", [(420, (720, 1280)), (700, (1080, 1920))])
+def test_close_up_face_in_a_video_frame_is_covered(data_dir, checkpoint, face_width, frame):
+    """A face filling much of a 720p or 1080p frame: the main pass at ``--min-face
+    16`` (×1.5) puts it at 630-1050 px, where CenterFace no longer sees it whole;
+    the smaller passes must. Coverage as ``anonymize eval`` counts it (≥ 90 % of
+    the face under the blurred box, default mask scale). The photo is enlarged
+    to get there, which makes the face blurrier than a real close-up."""
+    import cv2
+
+    from pipeline.evaluate import COVERAGE_THRESH, blur_mask, covered_fraction
+    from pipeline.settings import Settings
+
+    image = read_image(data_dir / "faces_dlib_examples/images/2008_002506.jpg")
+    x1, y1, x2, y2 = max(_faces(data_dir, "faces_dlib_examples/images/2008_002506.jpg"),
+                         key=lambda b: b["xyxy"][2] - b["xyxy"][0])["xyxy"]
+    k = face_width / (x2 - x1)
+    height, width = frame
+    ch, cw = round(height / k), round(width / k)
+    h, w = image.shape[:2]
+    wx = int(np.clip((x1 + x2 - cw) / 2, 0, w - cw))
+    wy = int(np.clip((y1 + y2 - ch) / 2, 0, h - ch))
+    window = image[wy:wy + ch, wx:wx + cw]
+    scaled = cv2.resize(window, (width, height), interpolation=cv2.INTER_CUBIC)
+    box = [(x1 - wx) * width / cw, (y1 - wy) * height / ch, (x2 - wx) * width / cw,
+           (y2 - wy) * height / ch]
+    s = Settings()
+    covered = {}
+    for overview in (False, True):
+        det = build(checkpoint(MODEL), half=False, min_face=s.min_face, overview=overview)
+        found = det.detect([np.ascontiguousarray(scaled)], s.face_thresh)[0]
+        covered[overview] = covered_fraction(blur_mask(found, height, width, s.mask_scale), box)
+    assert covered[True] >= COVERAGE_THRESH, covered
+    assert covered[False] < COVERAGE_THRESH, f"the main pass alone covers it: {covered}"
 
 
 @pytest.mark.models
