@@ -102,8 +102,9 @@ class Settings:
     face_thresh: float = _opt(0.15, "face score threshold, 0-1 (low: recall first; 0.2 "
                               "misses 1 face in 100 more on the face-mask set)", lo=0,
                               hi=1)
-    nms_thresh: float = _opt(0.5, "IoU above which overlapping plate boxes of the two "
-                             "plate modes count as one, 0-1", lo=0, hi=1)
+    nms_thresh: float = _opt(0.5, "IoU above which plate boxes of two sources (input "
+                             "sizes, vehicle crops) count as one plate and are joined "
+                             "into their enclosing box, 0-1", lo=0, hi=1)
     # detector input sizes
     min_face: int = _opt(16, "smallest face to find, in frame pixels: each frame is scaled "
                          "so that such a face reaches the size the face model needs (24 px "

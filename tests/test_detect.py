@@ -70,11 +70,15 @@ def test_one_stage_and_both_agree_on_a_single_plate():
         assert np.allclose(out[0].with_class(PLATE).xyxy, [[180, 150, 240, 170]]), mode
 
 
-def test_merge_plates_removes_duplicates_keeps_distinct():
+def test_merge_plates_joins_views_of_one_plate_keeps_distinct():
     a = Detections([[0, 0, 10, 10], [50, 50, 60, 60]], [0.9, 0.5], [PLATE, PLATE])
-    b = Detections([[1, 0, 10, 10]], [0.7], [PLATE])
-    merged = merge_plates([a, b], 0.5)
-    assert len(merged) == 2 and 0.7 not in merged.confidence
+    b = Detections([[1, 0, 12, 10]], [0.7], [PLATE])
+    c = Detections([[100, 100, 120, 110]], [0.6], [PLATE])
+    merged = merge_plates([a, b, c], 0.5)
+    assert len(merged) == 3 and 0.7 not in merged.confidence
+    # the plate both sources saw keeps the enclosing box, so neither view's edge is lost
+    assert np.allclose(merged.xyxy[:3], [[0, 0, 12, 10], [50, 50, 60, 60], [100, 100, 120, 110]])
+    assert np.allclose(merged.confidence[:2], [0.9, 0.5])
 
 
 class SizedPlates(FakePlates):
