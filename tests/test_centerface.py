@@ -107,6 +107,36 @@ def test_decode_keeps_the_batch_apart_and_applies_nms():
     np.testing.assert_allclose(second[0].numpy(), [[-6, -6, 10, 10]])
 
 
+def test_decode_moves_every_edge_out_by_the_margin():
+    heat = torch.zeros(1, 1, 8, 8)
+    size = torch.full((1, 2, 8, 8), float(np.log(4.0)))
+    heat[0, 0, 0, 0] = 0.6
+    [(boxes, _)] = decode(heat, size, torch.zeros(1, 2, 8, 8), thresh=0.5, margin=1.5)
+    np.testing.assert_allclose(boxes.numpy(), [[-7.5, -7.5, 11.5, 11.5]])
+
+
+def test_detector_margin_is_in_network_input_pixels():
+    """The margin is set at the network input, so in the frame it scales with the pass."""
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            b, _, h, w = x.shape
+            heat = torch.zeros(b, 1, h // 4, w // 4)
+            heat[:, 0, 2, 2] = 0.9
+            return heat, torch.full((b, 2, h // 4, w // 4), float(np.log(4.0))), \
+                torch.zeros(b, 2, h // 4, w // 4)
+
+    frame = np.zeros((64, 64, 3), np.uint8)
+    boxes = {}
+    for margin in (0.0, 1.0):
+        det = CenterFaceDetector(CenterFace(), size=128, overview=False, edge_margin=margin)
+        det.net = Net()
+        boxes[margin] = det.detect([frame], 0.5)[0].xyxy
+    # 128 px input for a 64 px frame: one input pixel is half a frame pixel
+    np.testing.assert_allclose(boxes[1.0] - boxes[0.0], [[-0.5, -0.5, 0.5, 0.5]], atol=1e-5)
+    with pytest.raises(ValueError, match="edge_margin"):
+        CenterFaceDetector(CenterFace(), edge_margin=-1)
+
+
 def test_input_size_scales_the_long_side():
     assert input_size(375, 500, None) == (375, 500)
     assert input_size(375, 500, 1000) == (750, 1000)
@@ -328,7 +358,7 @@ def _reference_boxes(outputs, thresh: float, nms_thresh: float = 0.3):
 @pytest.mark.models
 @pytest.mark.parametrize("size", [None, 640, 960])
 def test_converted_model_matches_onnxruntime_on_real_images(data_dir, checkpoint, reference, size):
-    det = build(checkpoint(MODEL), half=False, thresh=0.3, overview=False)
+    det = build(checkpoint(MODEL), half=False, thresh=0.3, overview=False, edge_margin=0)
     for name in IMAGES:
         frame = read_image(data_dir / name)
         fh, fw = frame.shape[:2]
