@@ -109,8 +109,10 @@ def keep_whole(det: Detections, tile: Tile, height: int, width: int,
 
 
 def merge(parts: list[Detections], iou: float) -> Detections:
-    """Union of several detection sets of one frame (tiles, passes at other scales,
-    other detectors): concatenated, then NMS within each class, highest score first."""
+    """Union of several detection sets of one frame (tiles and the whole frame,
+    the parts of a :class:`models.union.UnionDetector`): concatenated, then NMS
+    within each class, highest score first. Passes at other scales are joined
+    by :func:`absorb` instead."""
     det = Detections.merge(parts)
     if len(det) == 0:
         return det

@@ -44,6 +44,7 @@ from .fetch import WeightsError, load_checkpoint
 from .ops import batched_nms
 from .resize import resize_frames
 from .runtime import GraphSpec, accelerate
+from .tiling import merge
 from .yolov8_checkpoint import network_from_checkpoint
 from .yolov8_net import YoloV8
 
@@ -169,14 +170,6 @@ class YoloV8Detector(Detector):
             parts.append(det[~inner].shifted(x0, y0))
         return Detections.merge(parts)
 
-    def _merge(self, parts: list[Detections]) -> Detections:
-        det = Detections.merge(parts)
-        if len(det) == 0:
-            return det
-        keep = batched_nms(torch.from_numpy(det.xyxy), torch.from_numpy(det.confidence),
-                           torch.from_numpy(det.class_id), self.iou)
-        return det[keep.numpy()]  # highest score first, like every other result
-
     # -- public -------------------------------------------------------------
     @torch.inference_mode()
     def detect(self, frames: Frames, thresh: float | None = None,
@@ -197,7 +190,8 @@ class YoloV8Detector(Detector):
                 results[i] = det
             if tile and self.tile and max(shape[:2]) > self.tile_above * size:
                 for i in idx:
-                    results[i] = self._merge([results[i], self._tiled(images[i], size, thresh)])
+                    results[i] = merge([results[i], self._tiled(images[i], size, thresh)],
+                                       self.iou)
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
