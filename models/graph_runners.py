@@ -4,15 +4,32 @@
 tensor and return torch tensors, one explicit thread count each, with
 spin-waiting disabled so idle threads sleep instead of competing with a
 neighbour for the cores; :func:`run_in_chunks` keeps each call under a
-pixel budget. Separate from exporting the graph (:mod:`models.graph_export`)
-and from choosing a backend (:mod:`models.runtime`): benchmarks build these
-runners directly on a graph file.
+pixel budget and spreads a batch over :class:`Lanes`. Separate from
+exporting the graph (:mod:`models.graph_export`) and from choosing a backend
+(:mod:`models.runtime`): benchmarks build these runners directly on a graph
+file.
+
+Lanes: a thread budget of N cores runs as up to :data:`MAX_LANES` lanes,
+each a single-threaded (or N/lanes-threaded) run of its own image, rather
+than one run whose N threads meet at every layer. On a shared machine a
+neighbour that takes a core stalls every layer of the lock-step run, while
+lanes just keep going on the core they still have: on 2 cores with the
+host's load near 1, CenterFace at 1152×672 took 98-172 ms per image in
+lock-step and 51-59 ms in two lanes (OpenVINO bf16; ONNX Runtime fp32
+130-150 vs 84-93 ms; docs/benchmarks.md, "Lanes"). A call holding a single
+large image (one photo of an image folder) has nothing to spread, so it
+runs on a lock-step runner with every thread, made on first use; a lone
+small slice (one vehicle crop) runs on a lane.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import queue
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -43,35 +60,165 @@ def _torch_outputs(outputs) -> torch.Tensor | tuple[torch.Tensor, ...]:
 
 #: input pixels per call of a CPU graph (the batch is split to stay under it)
 MAX_PIXELS_PER_CALL = 1_000_000
+#: most lanes per graph: a pipeline batch (8 frames) keeps four busy
+MAX_LANES = 4
+#: a lone slice with fewer input pixels runs on a lane rather than on all threads
+LOCKSTEP_MIN_PIXELS = 300_000
+
+Run = Callable[[np.ndarray], list]
 
 
-def run_in_chunks(run, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+def lane_split(threads: int) -> tuple[int, int]:
+    """(lanes, threads per lane) for a budget of ``threads`` cores: one thread
+    per lane up to :data:`MAX_LANES` lanes, then more threads per lane."""
+    threads = max(1, int(threads))
+    per_lane = math.ceil(threads / MAX_LANES)
+    return threads // per_lane, per_lane
+
+
+#: held by a runner's first run: see :func:`_first_run_alone`
+_FIRST_RUNS = threading.Lock()
+
+
+def _first_run_alone(runner: Run) -> Run:
+    """``runner``, whose first run waits until no other runner is in its first run.
+
+    Why: the runtimes' Python bindings initialise function-local statics on
+    their first call (OpenVINO's numpy conversion of the outputs). Two lanes
+    doing that at once deadlocked a run: one held the static's guard and
+    waited for the GIL, the other held the GIL and waited for the guard.
+    Once one first run has finished, those statics exist.
+    """
+    done = False
+
+    def run(arr: np.ndarray) -> list:
+        nonlocal done
+        if done:
+            return runner(arr)
+        with _FIRST_RUNS:  # waiting here releases the GIL
+            out = runner(arr)
+        done = True
+        return out
+
+    return run
+
+
+class Lanes:
+    """``count`` runners of one graph that run chunks of a batch concurrently.
+
+    ``make_runner()`` gives one runner (a ``numpy batch -> outputs`` callable)
+    per lane; a runner serves one chunk at a time, and its first run happens
+    alone (:func:`_first_run_alone`). The threads are started on first use
+    and again after a fork (a Celery prefork child inherits no threads), and
+    sleep between batches.
+    """
+
+    def __init__(self, make_runner: Callable[[], Run], count: int):
+        self.count = int(count)
+        self._make_runner = make_runner
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._free: queue.SimpleQueue | None = None
+
+    def _started(self) -> tuple[ThreadPoolExecutor, queue.SimpleQueue]:
+        with self._lock:
+            if self._pid != os.getpid():
+                free: queue.SimpleQueue = queue.SimpleQueue()
+                for _ in range(self.count):
+                    free.put(_first_run_alone(self._make_runner()))
+                self._pool = ThreadPoolExecutor(self.count, thread_name_prefix="graph-lane")
+                self._free, self._pid = free, os.getpid()
+            return self._pool, self._free
+
+    def map(self, chunks: list[np.ndarray]) -> list[list]:
+        """Outputs of every chunk, in order."""
+        pool, free = self._started()
+
+        def job(arr: np.ndarray) -> list:
+            runner = free.get()
+            try:
+                return runner(arr)
+            finally:
+                free.put(runner)
+
+        return list(pool.map(job, chunks))
+
+
+def run_in_chunks(run: Run, x: torch.Tensor, lanes: Lanes | None = None
+                  ) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """``run(numpy batch) -> list of numpy outputs`` over slices of ``x`` holding at
     most :data:`MAX_PIXELS_PER_CALL` input pixels (at least one image), joined.
+    With ``lanes`` the batch is cut into at least as many slices as lanes
+    (while it has images enough) and the slices run on the lanes; a batch that
+    stays one slice runs on ``run``.
 
-    Why: a CPU runtime keeps the peak of its activations in its arena, and
-    those grow with the batch: eight 1152×672 CenterFace inputs in one call
-    took the process from 0.4 to 1.6 GB, while batching buys almost no speed
-    on a CPU (docs/benchmarks.md, "Inference runtimes"). Crops and small
-    inputs still go several to a call.
+    Why the pixel budget: a CPU runtime keeps the peak of its activations in
+    its arena, and those grow with the batch: eight 1152×672 CenterFace inputs
+    in one call took the process from 0.4 to 1.6 GB, while batching buys
+    almost no speed on a CPU (docs/benchmarks.md, "Inference runtimes").
+    Crops and small inputs still go several to a call.
     """
     n, _, h, w = x.shape
     step = max(1, MAX_PIXELS_PER_CALL // max(1, h * w))
+    if lanes is not None and lanes.count > 1:
+        step = min(step, math.ceil(n / lanes.count))
     arr = _numpy_input(x)
     if n <= step:
         return _torch_outputs(run(arr))
-    parts = [run(arr[i:i + step]) for i in range(0, n, step)]
+    chunks = [arr[i:i + step] for i in range(0, n, step)]
+    parts = lanes.map(chunks) if lanes is not None and lanes.count > 1 else [run(c) for c in chunks]
     return _torch_outputs([np.concatenate([np.asarray(p[k]) for p in parts])
                            for k in range(len(parts[0]))])
 
 
-class OnnxRuntimeGraph:
+class _LanedGraph:
+    """What both runtimes share: a batch goes over the lanes, a call of one slice
+    to a lock-step runner with every thread (the only runner when the budget
+    makes one lane). Subclasses make the runners."""
+
+    def _setup_lanes(self, threads: int) -> None:
+        self.threads = int(threads)
+        count, self.threads_per_lane = lane_split(self.threads)
+        self.lanes = Lanes(self._lane_runner, count) if count > 1 else None
+        self._single: Run | None = None
+        self._single_lock = threading.Lock()  # a runner serves one call at a time
+
+    def _lane_runner(self) -> Run:
+        raise NotImplementedError
+
+    def _lockstep_runner(self) -> Run:
+        raise NotImplementedError
+
+    def _run_single(self, arr: np.ndarray) -> list:
+        if self.lanes is not None and arr[0, 0].size * len(arr) < LOCKSTEP_MIN_PIXELS:
+            # one small slice (a lone vehicle crop): a lane runs it; more threads
+            # would gain little, and making the lock-step runner costs a compile
+            return self.lanes.map([arr])[0]
+        with self._single_lock:
+            if self._single is None:
+                self._single = _first_run_alone(self._lockstep_runner())
+            return self._single(arr)
+
+    def __call__(self, x: torch.Tensor):
+        return run_in_chunks(self._run_single, x, self.lanes)
+
+
+class OnnxRuntimeGraph(_LanedGraph):
     """An exported graph on ONNX Runtime's CPU provider; called like the module."""
 
     backend = "onnxruntime"
     precision = "f32"
 
     def __init__(self, path: str | Path, threads: int):
+        self.path = Path(path)
+        self._setup_lanes(threads)
+        self.session = self._session(self.threads if self.lanes is None else self.threads_per_lane)
+        self._input = self.session.get_inputs()[0].name
+        if self.lanes is None:
+            self._single = _first_run_alone(self._runner(self.session))
+
+    def _session(self, threads: int):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -82,21 +229,31 @@ class OnnxRuntimeGraph:
         # idle pool threads sleep rather than spin: a busy neighbour keeps its core
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        self.path, self.threads = Path(path), int(threads)
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self._input = self.session.get_inputs()[0].name
+        return ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
 
-    def __call__(self, x: torch.Tensor):
-        return run_in_chunks(lambda arr: self.session.run(None, {self._input: arr}), x)
+    def _runner(self, session) -> Run:
+        return lambda arr: session.run(None, {self._input: arr})
+
+    def _lane_runner(self) -> Run:
+        # single-threaded runs execute on the calling lane's thread, so the lanes
+        # share one session (one copy of the weights); wider lanes get their own
+        if self.threads_per_lane == 1:
+            return self._runner(self.session)
+        return self._runner(self._session(self.threads_per_lane))
+
+    def _lockstep_runner(self) -> Run:
+        return self._runner(self._session(self.threads))
 
     def settings(self) -> dict:
-        """Thread settings as the session reports them."""
+        """Thread settings as the (lane) session reports them."""
         opts = self.session.get_session_options()
-        return {"threads": opts.intra_op_num_threads,
+        return {"threads": self.threads, "lanes": self.lanes.count if self.lanes else 1,
+                "threads_per_lane": opts.intra_op_num_threads,
                 "spinning": opts.get_session_config_entry("session.intra_op.allow_spinning")}
 
     def __repr__(self) -> str:
-        return f"OnnxRuntimeGraph({self.path.name}, threads={self.threads})"
+        lanes = self.lanes.count if self.lanes else 1
+        return f"OnnxRuntimeGraph({self.path.name}, threads={self.threads}, lanes={lanes})"
 
 
 _OV_CORE = None
@@ -143,13 +300,13 @@ def cpu_has_bf16() -> bool:
     return _BF16
 
 
-class OpenVINOGraph:
+class OpenVINOGraph(_LanedGraph):
     """An exported graph on OpenVINO's CPU plugin; called like the module.
 
     ``precision`` is requested explicitly, fp32 unless bf16 is asked for (on
     CPUs with bf16 units OpenVINO would otherwise pick bf16 by itself, and
-    the choice belongs to the ``half`` setting); one stream, no core pinning
-    (the cores are shared).
+    the choice belongs to the ``half`` setting); one stream per lane, each
+    lane an infer request of its own; no core pinning (the cores are shared).
     One dynamic-shape model serves every input size and batch: compiling per
     shape was up to 1.7× faster next to a busy core (bench/runtimes.py), yet
     not ahead of ONNX Runtime, and costs a compile for every new number of
@@ -161,21 +318,33 @@ class OpenVINOGraph:
     def __init__(self, path: str | Path, threads: int, precision: str = "f32"):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        self.path, self.threads, self.precision = Path(path), int(threads), precision
-        self.config = {"INFERENCE_NUM_THREADS": self.threads, "NUM_STREAMS": 1,
-                       "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False,
-                       "INFERENCE_PRECISION_HINT": precision}
-        self.compiled = _ov_core().compile_model(_ov_core().read_model(str(path)), "CPU",
-                                                 self.config)
-        self._request = self.compiled.create_infer_request()
-        self._lock = threading.Lock()  # an infer request serves one call at a time
+        self.path, self.precision = Path(path), precision
+        self._setup_lanes(threads)
+        self.model = _ov_core().read_model(str(path))
+        if self.lanes is None:
+            self.config = self._config(1, self.threads)
+        else:
+            self.config = self._config(self.lanes.count, self.lanes.count * self.threads_per_lane)
+        self.compiled = _ov_core().compile_model(self.model, "CPU", self.config)
+        if self.lanes is None:
+            self._single = _first_run_alone(self._runner(self.compiled))
 
-    def __call__(self, x: torch.Tensor):
-        def infer(arr: np.ndarray):
-            with self._lock:
-                return [np.array(o) for o in self._request.infer({0: arr}).to_tuple()]
+    def _config(self, streams: int, threads: int) -> dict:
+        return {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": streams,
+                "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
+                "ENABLE_CPU_PINNING": False, "INFERENCE_PRECISION_HINT": self.precision}
 
-        return run_in_chunks(infer, x)
+    @staticmethod
+    def _runner(compiled) -> Run:
+        request = compiled.create_infer_request()
+        return lambda arr: [np.array(o) for o in request.infer({0: arr}).to_tuple()]
+
+    def _lane_runner(self) -> Run:
+        return self._runner(self.compiled)
+
+    def _lockstep_runner(self) -> Run:
+        return self._runner(_ov_core().compile_model(self.model, "CPU",
+                                                     self._config(1, self.threads)))
 
     def settings(self) -> dict:
         """Thread settings as the compiled model reports them."""
@@ -184,7 +353,9 @@ class OpenVINOGraph:
                  "INFERENCE_PRECISION_HINT")}
 
     def __repr__(self) -> str:
-        return f"OpenVINOGraph({self.path.name}, threads={self.threads}, {self.precision})"
+        lanes = self.lanes.count if self.lanes else 1
+        return (f"OpenVINOGraph({self.path.name}, threads={self.threads}, lanes={lanes}, "
+                f"{self.precision})")
 
 
 def load_graph(path: str | Path, backend: str, threads: int | None = None,

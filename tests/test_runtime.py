@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -158,12 +160,14 @@ def test_environment_setting_picks_the_detectors_backend(checkpoint, monkeypatch
 @pytest.mark.models
 @pytest.mark.parametrize("threads", [1, 2])
 def test_thread_count_is_honoured(checkpoint, threads):
+    """On 1 or 2 cores every thread is a lane of its own (graph_runners.lane_split)."""
     ort_det = yolov8.build(checkpoint(PLATES), runtime="onnxruntime", threads=threads)
-    assert ort_det.net.settings() == {"threads": threads, "spinning": "0"}
+    assert ort_det.net.settings() == {"threads": threads, "lanes": threads,
+                                      "threads_per_lane": 1, "spinning": "0"}
     ov_det = yolov8.build(checkpoint(PLATES), runtime="openvino", threads=threads, half=False)
     ov = ov_det.net.settings()
     assert ov["INFERENCE_NUM_THREADS"] == threads
-    assert ov["NUM_STREAMS"] == 1 and ov["ENABLE_CPU_PINNING"] is False
+    assert ov["NUM_STREAMS"] == threads and ov["ENABLE_CPU_PINNING"] is False
     assert str(ov["INFERENCE_PRECISION_HINT"]) in ("f32", "<Type: 'float32'>")
 
 
@@ -428,3 +432,127 @@ def test_large_batches_run_in_chunks_and_join_in_order(monkeypatch):
     big = torch.zeros(1, 3, 16, 16)  # larger than the budget: still one image per call
     graph_runners.run_in_chunks(run, big)
     assert calls == [1]
+
+
+# -- lanes --------------------------------------------------------------------------------
+
+def test_lane_split_keeps_one_thread_per_lane_up_to_four_lanes():
+    assert [graph_runners.lane_split(t) for t in (1, 2, 3, 4, 5, 6, 8, 16)] == [
+        (1, 1), (2, 1), (3, 1), (4, 1), (2, 2), (3, 2), (4, 2), (4, 4)]
+
+
+class _Recorder:
+    """Runners for :class:`graph_runners.Lanes` that note who ran what."""
+
+    def __init__(self):
+        self.made, self.calls = 0, []
+        self.lock = threading.Lock()
+
+    def make(self):
+        with self.lock:
+            self.made += 1
+            ident = self.made
+        busy = threading.Lock()
+
+        def run(arr):
+            assert busy.acquire(blocking=False), "a runner was given two slices at once"
+            try:
+                with self.lock:
+                    self.calls.append((ident, len(arr)))
+                return [arr.sum(axis=(1, 2, 3)), arr[:, :1]]
+            finally:
+                busy.release()
+
+        return run
+
+
+def test_batches_are_spread_over_lanes_and_join_in_order():
+    rec = _Recorder()
+    lanes = graph_runners.Lanes(rec.make, 2)
+    single: list = []
+    x = torch.arange(5 * 3 * 4 * 4, dtype=torch.float32).reshape(5, 3, 4, 4)
+    total, first = graph_runners.run_in_chunks(lambda a: single.append(a) or [a], x, lanes)
+    assert torch.equal(total, x.sum(dim=(1, 2, 3))) and torch.equal(first, x[:, :1])
+    assert sorted(n for _, n in rec.calls) == [2, 3] and not single  # ceil(5 / 2) per slice
+    assert rec.made == 2
+
+def test_a_lone_slice_runs_lock_step_when_large_and_on_a_lane_when_small(monkeypatch):
+    monkeypatch.setattr(graph_runners, "LOCKSTEP_MIN_PIXELS", 8 * 8)  # 4×4: lane, 8×8: not
+    on_lane, made = [], []
+
+    class Graph(graph_runners._LanedGraph):
+        def __init__(self):
+            self._setup_lanes(2)
+
+        def _lane_runner(self):
+            return lambda arr: on_lane.append(len(arr)) or [arr.sum(axis=(1, 2, 3))]
+
+        def _lockstep_runner(self):
+            made.append(1)
+            return lambda arr: [arr * 2]
+
+    graph = Graph()
+    small, large = torch.ones(1, 3, 4, 4), torch.ones(1, 3, 8, 8)
+    assert torch.equal(graph(small), small.sum(dim=(1, 2, 3)))  # a lane's runner
+    assert on_lane == [1] and not made
+    assert torch.equal(graph(large), large * 2) and graph(large).shape == large.shape
+    assert made == [1]  # made once, on first use
+
+
+def test_lanes_run_at_the_same_time_after_first_runs_one_at_a_time():
+    """First runs never overlap (bindings initialise statics there, see
+    graph_runners._first_run_alone); later runs of two lanes meet at a barrier
+    that only opens when both run concurrently."""
+    barrier = threading.Barrier(2, timeout=10)
+    state = {"first": 0, "most": 0}
+    lock = threading.Lock()
+
+    def make():
+        calls = []
+
+        def run(arr):
+            calls.append(1)
+            if len(calls) == 1:
+                with lock:
+                    state["first"] += 1
+                    state["most"] = max(state["most"], state["first"])
+                time.sleep(0.05)
+                with lock:
+                    state["first"] -= 1
+            else:
+                barrier.wait()
+            return [arr]
+        return run
+
+    lanes = graph_runners.Lanes(make, 2)
+    chunks = [np.zeros((1, 3, 2, 2), np.float32), np.ones((1, 3, 2, 2), np.float32)]
+    for _ in range(2):
+        lanes.map(chunks)  # every runner's first run, whichever lane takes it
+    assert state["most"] == 1
+    out = lanes.map(chunks)
+    assert [float(o[0].max()) for o in out] == [0.0, 1.0]
+
+
+def test_lanes_start_again_after_a_fork(monkeypatch):
+    """A prefork worker child inherits no threads: the lanes notice the new pid."""
+    rec = _Recorder()
+    lanes = graph_runners.Lanes(rec.make, 2)
+    chunk = [np.zeros((1, 3, 2, 2), np.float32)] * 3
+    lanes.map(chunk)
+    assert rec.made == 2
+    monkeypatch.setattr(graph_runners.os, "getpid", lambda: -1)
+    lanes.map(chunk)
+    assert rec.made == 4
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("backend", GRAPH_BACKENDS)
+def test_lanes_give_the_lock_step_numbers(checkpoint, backend):
+    """Same graph, 2 lanes vs one lock-step runner: the same outputs (a slice's
+    numbers do not depend on which runner computed them)."""
+    path = yolov8.build(checkpoint(PLATES), runtime=backend, threads=1, half=False).net.path
+    laned = graph_runners.load_graph(path, backend, threads=2)
+    lockstep = graph_runners.load_graph(path, backend, threads=1)
+    assert laned.lanes is not None and lockstep.lanes is None
+    x = torch.rand(5, 3, 320, 320) * 255
+    np.testing.assert_allclose(laned(x).numpy(), lockstep(x).numpy(), atol=1e-3, rtol=1e-4)
