@@ -24,6 +24,7 @@ small slice (one vehicle crop) runs on a lane.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import queue
@@ -39,6 +40,8 @@ import torch
 # file into $TMPDIR and may send usage events; a privacy tool sends nothing and
 # leaves no files behind. Must be set before onnxruntime creates its environment.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+log = logging.getLogger(__name__)
 
 
 def cpu_budget() -> int:
@@ -300,6 +303,17 @@ def cpu_has_bf16() -> bool:
     return _BF16
 
 
+def openvino_cache_dir(graph: Path) -> Path:
+    """Where OpenVINO keeps compiled blobs of ``graph``: beside it.
+
+    Why: compiling the three default graphs took 1.55 s of every process
+    start; loading them from the cache 0.39 s (docs/benchmarks.md, "Start-up").
+    OpenVINO keys each blob by the graph file's content, the compile settings
+    and its own version, so a changed graph or setting compiles again.
+    """
+    return graph.parent / "openvino-cache"
+
+
 class OpenVINOGraph(_LanedGraph):
     """An exported graph on OpenVINO's CPU plugin; called like the module.
 
@@ -320,14 +334,25 @@ class OpenVINOGraph(_LanedGraph):
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.path, self.precision = Path(path), precision
         self._setup_lanes(threads)
-        self.model = _ov_core().read_model(str(path))
         if self.lanes is None:
             self.config = self._config(1, self.threads)
         else:
             self.config = self._config(self.lanes.count, self.lanes.count * self.threads_per_lane)
-        self.compiled = _ov_core().compile_model(self.model, "CPU", self.config)
+        self.compiled = self._compile(self.config)
         if self.lanes is None:
             self._single = _first_run_alone(self._runner(self.compiled))
+
+    def _compile(self, config: dict):
+        """The graph compiled for ``config``, through OpenVINO's model cache
+        (:func:`openvino_cache_dir`); compiled afresh when the cache cannot be
+        written (a read-only models folder)."""
+        try:
+            return _ov_core().compile_model(str(self.path), "CPU",
+                                            {**config, "CACHE_DIR": str(openvino_cache_dir(self.path))})
+        except RuntimeError as exc:
+            log.info("OpenVINO model cache unusable (%s); compiling %s without it",
+                     str(exc).strip().splitlines()[-1], self.path.name)
+            return _ov_core().compile_model(str(self.path), "CPU", config)
 
     def _config(self, streams: int, threads: int) -> dict:
         return {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": streams,
@@ -343,8 +368,7 @@ class OpenVINOGraph(_LanedGraph):
         return self._runner(self.compiled)
 
     def _lockstep_runner(self) -> Run:
-        return self._runner(_ov_core().compile_model(self.model, "CPU",
-                                                     self._config(1, self.threads)))
+        return self._runner(self._compile(self._config(1, self.threads)))
 
     def settings(self) -> dict:
         """Thread settings as the compiled model reports them."""

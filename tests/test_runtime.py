@@ -556,3 +556,25 @@ def test_lanes_give_the_lock_step_numbers(checkpoint, backend):
     assert laned.lanes is not None and lockstep.lanes is None
     x = torch.rand(5, 3, 320, 320) * 255
     np.testing.assert_allclose(laned(x).numpy(), lockstep(x).numpy(), atol=1e-3, rtol=1e-4)
+
+
+def test_openvino_graphs_compile_through_a_cache_beside_them(home, monkeypatch):
+    """The second process start loads the compiled blob; a cache that cannot be
+    written (read-only models folder) only costs the compile."""
+    ckpt, _ = home
+    path = graph_export.ensure_graph(_Tiny().eval(), TINY, ckpt)
+    cache = graph_runners.openvino_cache_dir(path)
+    assert not cache.exists()
+    x = torch.rand(2, 3, 32, 48)
+    first = graph_runners.OpenVINOGraph(path, 1)(x)
+    blobs = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    assert blobs  # the compiled graph was kept
+    again = graph_runners.OpenVINOGraph(path, 1)(x)
+    # and loaded: no blob added or written again
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == blobs
+    monkeypatch.setattr(graph_runners, "openvino_cache_dir",
+                        lambda graph: Path("/proc/no-such-folder/cache"))
+    fresh = graph_runners.OpenVINOGraph(path, 1)(x)
+    for a, b, c in zip(first, again, fresh, strict=True):
+        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, c)
