@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,12 @@ import torch
 # file into $TMPDIR and may send usage events; a privacy tool sends nothing and
 # leaves no files behind. Must be set before onnxruntime creates its environment.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+# OpenVINO's Python package, on import, sends a usage event to Google Analytics
+# from a forked process (openvino.tools.ovc through openvino_telemetry, counted as
+# consent unless the user opted out) and keeps a client id and counters in
+# ~/intel. A None entry makes ``import openvino_telemetry`` fail, and OpenVINO then
+# takes its own no-op stub. Must be in place before openvino is imported.
+sys.modules.setdefault("openvino_telemetry", None)
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -578,3 +581,15 @@ def test_openvino_graphs_compile_through_a_cache_beside_them(home, monkeypatch):
     for a, b, c in zip(first, again, fresh, strict=True):
         torch.testing.assert_close(a, b)
         torch.testing.assert_close(a, c)
+
+
+def test_openvino_sends_no_telemetry_and_writes_nothing_home(tmp_path):
+    """Importing OpenVINO through the runners: no usage event, no ~/intel client id."""
+    code = ("import sys; from models import graph_runners; graph_runners._ov_core(); "
+            "import openvino.tools.ovc.telemetry_utils as t; "
+            "print(sys.modules.get('openvino_telemetry'), t.tm.__name__)")
+    env = {**os.environ, "HOME": str(tmp_path), "CI": ""}
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent, env=env,
+                         capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    assert out == ["None", "openvino.tools.ovc.telemetry_stub"]
+    assert not (tmp_path / "intel").exists()
