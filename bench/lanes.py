@@ -40,7 +40,7 @@ def graph_path(name: str, task: str, backend: str) -> Path:
 
     os.environ["ANONYMIZE_RUNTIME"] = backend
     det = load_detector(name, "cpu", False, task, threads=1)
-    net = det.net if hasattr(det, "net") else next(iter(det._modules.values()))  # NanoDet
+    net = det.net if hasattr(det, "net") else det.module(det.size)  # NanoDet: one per size
     return net.path
 
 

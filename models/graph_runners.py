@@ -171,13 +171,14 @@ def run_in_chunks(run: Run, x: torch.Tensor, lanes: Lanes | None = None
     """
     n, _, h, w = x.shape
     step = max(1, MAX_PIXELS_PER_CALL // max(1, h * w))
-    if lanes is not None and lanes.count > 1:
+    laned = lanes is not None and lanes.count > 1
+    if laned:
         step = min(step, math.ceil(n / lanes.count))
     arr = _numpy_input(x)
     if n <= step:
         return _torch_outputs(run(arr))
     chunks = [arr[i:i + step] for i in range(0, n, step)]
-    parts = lanes.map(chunks) if lanes is not None and lanes.count > 1 else [run(c) for c in chunks]
+    parts = lanes.map(chunks) if laned else [run(c) for c in chunks]
     return _torch_outputs([np.concatenate([np.asarray(p[k]) for p in parts])
                            for k in range(len(parts[0]))])
 
@@ -224,6 +225,7 @@ class OnnxRuntimeGraph(_LanedGraph):
         self.path = Path(path)
         self._setup_lanes(threads)
         self.session = self._session(self.threads if self.lanes is None else self.threads_per_lane)
+        self._session_lent = False  # whether a lane runs on self.session yet
         self._input = self.session.get_inputs()[0].name
         if self.lanes is None:
             self._single = _first_run_alone(self._runner(self.session))
@@ -246,8 +248,10 @@ class OnnxRuntimeGraph(_LanedGraph):
 
     def _lane_runner(self) -> Run:
         # single-threaded runs execute on the calling lane's thread, so the lanes
-        # share one session (one copy of the weights); wider lanes get their own
-        if self.threads_per_lane == 1:
+        # share one session (one copy of the weights); wider lanes get their own,
+        # the first one the session made at start
+        if self.threads_per_lane == 1 or not self._session_lent:
+            self._session_lent = True
             return self._runner(self.session)
         return self._runner(self._session(self.threads_per_lane))
 

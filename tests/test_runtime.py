@@ -550,11 +550,12 @@ def test_lanes_start_again_after_a_fork(monkeypatch):
 
 @pytest.mark.models
 @pytest.mark.parametrize("backend", GRAPH_BACKENDS)
-def test_lanes_give_the_lock_step_numbers(checkpoint, backend):
+@pytest.mark.parametrize("threads", [2, 5])  # 2 lanes of 1 thread, 2 lanes of 2
+def test_lanes_give_the_lock_step_numbers(checkpoint, backend, threads):
     """Same graph, 2 lanes vs one lock-step runner: the same outputs (a slice's
     numbers do not depend on which runner computed them)."""
     path = yolov8.build(checkpoint(PLATES), runtime=backend, threads=1, half=False).net.path
-    laned = graph_runners.load_graph(path, backend, threads=2)
+    laned = graph_runners.load_graph(path, backend, threads=threads)
     lockstep = graph_runners.load_graph(path, backend, threads=1)
     assert laned.lanes is not None and lockstep.lanes is None
     x = torch.rand(5, 3, 320, 320) * 255
