@@ -31,7 +31,7 @@ from .centerface_weights import model_from_checkpoint
 from .detections import FACE, Detections
 from .fetch import load_checkpoint
 from .ops import nms
-from .resize import resize_frames
+from .resize import letterbox_frames
 from .runtime import GraphSpec, accelerate
 from .tiling import absorb, keep_whole, merge, tile_grid
 
@@ -198,10 +198,13 @@ class CenterFaceDetector(Detector):
         return torch.contiguous_format
 
     # -- pre-processing ---------------------------------------------------
-    def _scaled(self, batch: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """N×H×W×3 uint8 -> N×3×height×width float 0..255 (bilinear; antialiased
-        when shrinking)."""
-        return resize_frames(batch, height, width)
+    def _scaled(self, batch: torch.Tensor, height: int, width: int,
+                aligned: bool = False) -> torch.Tensor:
+        """N×H×W×3 uint8 -> N×3×height×width float 0..255 in whole grey levels
+        (bilinear; antialiased when shrinking); ``aligned``: already zero-padded
+        right and bottom to multiples of 32, as the network takes it."""
+        canvas = (_aligned(height), _aligned(width)) if aligned else None
+        return letterbox_frames(batch, height, width, canvas=canvas)
 
     def _network_input(self, x: torch.Tensor) -> torch.Tensor:
         """Zero-pad right and bottom to multiples of 32, cast, lay out for the device."""
@@ -213,7 +216,8 @@ class CenterFaceDetector(Detector):
     def preprocess(self, batch: torch.Tensor, size: int | None = None) -> torch.Tensor:
         """N×H×W×3 uint8 RGB frames -> the network input one untiled pass sees:
         scaled to long side ``size`` (None: as is), zero-padded to multiples of 32."""
-        return self._network_input(self._scaled(batch, *input_size(*batch.shape[1:3], size)))
+        return self._network_input(self._scaled(batch, *input_size(*batch.shape[1:3], size),
+                                                aligned=True))
 
     # -- passes -------------------------------------------------------------
     def _run(self, x: torch.Tensor, thresh: float) -> list[Detections]:
@@ -233,7 +237,8 @@ class CenterFaceDetector(Detector):
         fh, fw = frames[0].shape[:2]
         out: list[Detections] = []
         for start in range(0, len(frames), self.max_batch):
-            x = self._scaled(torch.stack(frames[start:start + self.max_batch]), height, width)
+            x = self._scaled(torch.stack(frames[start:start + self.max_batch]), height, width,
+                             aligned=True)
             out += [det.scaled(fw / width, fh / height) for det in self._run(x, thresh)]
         return out
 

