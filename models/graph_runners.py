@@ -113,14 +113,58 @@ def _first_run_alone(runner: Run) -> Run:
     return run
 
 
+_LANE_THREAD = threading.local()
+
+
+def on_lane_thread() -> bool:
+    """Whether the calling thread is a lane (a thread of a :class:`LanePool`)."""
+    return getattr(_LANE_THREAD, "active", False)
+
+
+def _mark_lane_thread() -> None:
+    _LANE_THREAD.active = True
+
+
+class LanePool:
+    """``count`` lane threads that run functions over items concurrently, in order.
+
+    A graph called from a lane thread runs right there, on a runner of its own
+    (:meth:`Lanes.run_here`), instead of handing its images to other threads:
+    so a caller that runs whole frames on a pool of lanes
+    (:class:`pipeline.detect.DetectionStack`) gets its resizing, inference and
+    decoding of each frame done on one thread, every lane busy. The threads
+    start on first use and again after a fork (a Celery prefork child
+    inherits no threads), and sleep while idle.
+    """
+
+    def __init__(self, count: int, name: str = "lane"):
+        self.count = max(1, int(count))
+        self._name = name
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _started(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pool = ThreadPoolExecutor(self.count, thread_name_prefix=self._name,
+                                                initializer=_mark_lane_thread)
+                self._pid = os.getpid()
+            return self._pool
+
+    def map(self, fn: Callable, items) -> list:
+        """``[fn(item) for item in items]``, run on the lanes."""
+        return list(self._started().map(fn, items))
+
+
 class Lanes:
     """``count`` runners of one graph that run chunks of a batch concurrently.
 
     ``make_runner()`` gives one runner (a ``numpy batch -> outputs`` callable)
     per lane; a runner serves one chunk at a time, and its first run happens
-    alone (:func:`_first_run_alone`). The threads are started on first use
-    and again after a fork (a Celery prefork child inherits no threads), and
-    sleep between batches.
+    alone (:func:`_first_run_alone`). The runners are made on first use and
+    again after a fork; the chunks of a call run on a :class:`LanePool`, or,
+    called from a lane thread, on that thread (:meth:`run_here`).
     """
 
     def __init__(self, make_runner: Callable[[], Run], count: int):
@@ -128,31 +172,33 @@ class Lanes:
         self._make_runner = make_runner
         self._lock = threading.Lock()
         self._pid: int | None = None
-        self._pool: ThreadPoolExecutor | None = None
         self._free: queue.SimpleQueue | None = None
+        self._pool = LanePool(self.count, "graph-lane")
 
-    def _started(self) -> tuple[ThreadPoolExecutor, queue.SimpleQueue]:
+    def _runners(self) -> queue.SimpleQueue:
         with self._lock:
             if self._pid != os.getpid():
                 free: queue.SimpleQueue = queue.SimpleQueue()
                 for _ in range(self.count):
                     free.put(_first_run_alone(self._make_runner()))
-                self._pool = ThreadPoolExecutor(self.count, thread_name_prefix="graph-lane")
                 self._free, self._pid = free, os.getpid()
-            return self._pool, self._free
+            return self._free
+
+    def run_here(self, chunks: list[np.ndarray]) -> list[list]:
+        """Outputs of every chunk, in order, run one after another on this thread
+        with a free runner (waiting for one while every runner is busy)."""
+        free = self._runners()
+        runner = free.get()
+        try:
+            return [runner(arr) for arr in chunks]
+        finally:
+            free.put(runner)
 
     def map(self, chunks: list[np.ndarray]) -> list[list]:
-        """Outputs of every chunk, in order."""
-        pool, free = self._started()
-
-        def job(arr: np.ndarray) -> list:
-            runner = free.get()
-            try:
-                return runner(arr)
-            finally:
-                free.put(runner)
-
-        return list(pool.map(job, chunks))
+        """Outputs of every chunk, in order, the chunks spread over the lanes."""
+        if on_lane_thread():
+            return self.run_here(chunks)
+        return self._pool.map(lambda arr: self.run_here([arr])[0], chunks)
 
 
 def run_in_chunks(run: Run, x: torch.Tensor, lanes: Lanes | None = None
@@ -161,7 +207,8 @@ def run_in_chunks(run: Run, x: torch.Tensor, lanes: Lanes | None = None
     most :data:`MAX_PIXELS_PER_CALL` input pixels (at least one image), joined.
     With ``lanes`` the batch is cut into at least as many slices as lanes
     (while it has images enough) and the slices run on the lanes; a batch that
-    stays one slice runs on ``run``.
+    stays one slice runs on ``run``. Called from a lane thread, every slice
+    runs on that thread, with a lane runner (:meth:`Lanes.run_here`).
 
     Why the pixel budget: a CPU runtime keeps the peak of its activations in
     its arena, and those grow with the batch: eight 1152×672 CenterFace inputs
@@ -172,10 +219,11 @@ def run_in_chunks(run: Run, x: torch.Tensor, lanes: Lanes | None = None
     n, _, h, w = x.shape
     step = max(1, MAX_PIXELS_PER_CALL // max(1, h * w))
     laned = lanes is not None and lanes.count > 1
-    if laned:
+    here = laned and on_lane_thread()  # the caller's lanes spread the work already
+    if laned and not here:
         step = min(step, math.ceil(n / lanes.count))
     arr = _numpy_input(x)
-    if n <= step:
+    if n <= step and not here:
         return _torch_outputs(run(arr))
     chunks = [arr[i:i + step] for i in range(0, n, step)]
     parts = lanes.map(chunks) if laned else [run(c) for c in chunks]
@@ -372,8 +420,12 @@ class OpenVINOGraph(_LanedGraph):
 
     @staticmethod
     def _runner(compiled) -> Run:
+        """A run on an infer request of its own that reads the caller's array in
+        place and copies each output once (the request reuses its output
+        buffers on the next run)."""
         request = compiled.create_infer_request()
-        return lambda arr: [np.array(o) for o in request.infer({0: arr}).to_tuple()]
+        return lambda arr: [np.array(o) for o in
+                            request.infer({0: arr}, share_inputs=True, share_outputs=True).to_tuple()]
 
     def _lane_runner(self) -> Run:
         return self._runner(self.compiled)

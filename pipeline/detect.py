@@ -16,6 +16,14 @@ become their enclosing box, not the higher-scored one.
 
 Models are loaded once per :class:`DetectionStack`; workers keep one per
 process and reuse it for every segment.
+
+On a CPU with 2+ cores the frames of a batch are detected on lanes
+(:class:`models.graph_runners.LanePool`, one lane per core up to four): each
+lane takes a frame and runs all of it, resizing, every network on a
+single-threaded runner of its own, decoding and merging, so every core
+works on its own frame. Before, the frame preparation between network
+calls ran on one thread while the networks' lanes waited for it
+(docs/benchmarks.md, "Frames on lanes").
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import torch
 
 from models.base import tiling_options
 from models.detections import Detections
+from models.graph_runners import LanePool, lane_split, on_lane_thread
 from models.tiling import absorb
 
 from .settings import Settings
@@ -90,6 +99,11 @@ class DetectionStack:
         self.face_detector = faces
         self.plate_detector = plates
         self.vehicle_detector = vehicles
+        detectors = [d for d in (faces, plates, vehicles) if d is not None]
+        on_cpu = all(getattr(getattr(d, "device", None), "type", "cpu") == "cpu" for d in detectors)
+        count = lane_split(resolve_threads(settings.threads))[0] if on_cpu else 1
+        #: lanes the frames of a batch are spread over (None: the calling thread does all)
+        self.lanes = LanePool(count, "detect-lane") if count > 1 else None
 
     @classmethod
     def from_settings(cls, settings: Settings, device: str | None = None,
@@ -129,6 +143,12 @@ class DetectionStack:
         n = len(frames)
         if n == 0:
             return []
+        if self.lanes is not None and n > 1 and not on_lane_thread():
+            return self.lanes.map(lambda k: self._detect(frames[k:k + 1], vehicles)[0], range(n))
+        return self._detect(frames, vehicles)
+
+    def _detect(self, frames, vehicles: bool) -> list[Detections]:
+        n = len(frames)
         s = self.settings
         parts: list[list[Detections]] = [[] for _ in range(n)]
         with torch.inference_mode():

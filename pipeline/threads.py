@@ -81,11 +81,17 @@ def resolve_threads(threads: int) -> int:
 
 
 def apply_detect_threads(n: int) -> None:
-    """Limit the process-wide pools the detection stage uses to ``n`` threads:
-    torch's intra-op pool and OpenCV's (frame resizing, models/resize.py).
-    The exported graphs get their thread count when they are built."""
+    """Size the process-wide pools the detection stage uses for a budget of ``n``
+    threads: torch's intra-op pool and OpenCV's (frame resizing,
+    models/resize.py) get the width of one lane, since the frames of a batch
+    run on lanes of their own (pipeline/detect.py; one thread each up to four
+    cores). The exported graphs get their thread count when they are built."""
     import cv2
     import torch
+
+    from models.graph_runners import lane_split
+
+    n = lane_split(n)[1]
 
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)

@@ -111,3 +111,55 @@ def test_plate_detectors_without_tiles_are_called_as_before():
     s = DetectionStack(Settings(plates="one-stage", faces=False), None, plates, None)
     assert np.allclose(s.detect([frame_with_plate()])[0].with_class(PLATE).xyxy,
                        [[180, 150, 240, 170]])
+
+
+# -- frames on lanes ----------------------------------------------------------------
+
+class ThreadNotingPlates(FakePlates):
+    """Notes the thread and the number of frames of every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def detect(self, frames, thresh, size=640):
+        import threading
+
+        self.calls.append((threading.current_thread().name, len(frames)))
+        return super().detect(frames, thresh, size)
+
+
+def frames_with_plates_at(xs):
+    out = []
+    for x in xs:
+        f = np.zeros((240, 400, 3), np.uint8)
+        f[100:110, x:x + 30] = 255
+        out.append(f)
+    return out
+
+
+def test_a_batch_runs_frame_by_frame_on_lanes_and_keeps_its_order():
+    """On 2+ CPU cores each frame is detected whole on a lane thread (resizing and
+    networks alike); the detections come back in frame order."""
+    plates = ThreadNotingPlates()
+    s = DetectionStack(Settings(plates="one-stage", faces=False, threads=2), None, plates, None)
+    assert s.lanes is not None and s.lanes.count == 2
+    xs = [10, 60, 110, 160, 210]
+    found = s.detect(frames_with_plates_at(xs))
+    assert [int(d.xyxy[0, 0]) for d in found] == xs
+    assert {n for _, n in plates.calls} == {1}
+    assert {name.rsplit("_", 1)[0] for name, _ in plates.calls} == {"detect-lane"}
+
+
+def test_one_core_or_a_gpu_keeps_the_batch_together():
+    plates = ThreadNotingPlates()
+    s = DetectionStack(Settings(plates="one-stage", faces=False, threads=1), None, plates, None)
+    assert s.lanes is None
+    s.detect(frames_with_plates_at([10, 60, 110]))
+    assert {n for _, n in plates.calls} == {3}
+
+    class OnGpu(ThreadNotingPlates):
+        device = __import__("torch").device("cuda")
+
+    gpu = DetectionStack(Settings(plates="one-stage", faces=False, threads=4), None, OnGpu(), None)
+    assert gpu.lanes is None

@@ -594,3 +594,29 @@ def test_openvino_sends_no_telemetry_and_writes_nothing_home(tmp_path):
                          capture_output=True, text=True, timeout=120, check=True).stdout.split()
     assert out == ["None", "openvino.tools.ovc.telemetry_stub"]
     assert not (tmp_path / "intel").exists()
+
+
+def test_a_graph_called_on_a_lane_thread_runs_there_on_a_runner_of_its_own():
+    """Frames on lanes (pipeline/detect.py): a lane's graph calls run on that lane's
+    thread, never on the graph's own lanes or its lock-step runner, and two lanes
+    never share a runner at once (the recorder asserts it)."""
+    rec = _Recorder()
+    lanes = graph_runners.Lanes(rec.make, 2)
+    threads: list = []
+
+    def run_single(arr):
+        raise AssertionError("the lock-step runner ran")
+
+    def on_lane(k):
+        x = torch.full((3, 3, 4, 4), float(k))
+        total, _ = graph_runners.run_in_chunks(run_single, x, lanes)
+        threads.append(threading.current_thread().name)
+        return total
+
+    pool = graph_runners.LanePool(2, "test-lane")
+    out = pool.map(on_lane, range(6))
+    assert [float(t[0]) for t in out] == [k * 48.0 for k in range(6)]
+    assert {n for _, n in rec.calls} == {3}  # the whole batch at once: not split again
+    assert {name.rsplit("_", 1)[0] for name in threads} == {"test-lane"}
+    assert lanes._pool._pool is None  # the graph's own lane threads never started
+    assert not graph_runners.on_lane_thread()

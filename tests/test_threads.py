@@ -75,8 +75,9 @@ def test_detectors_get_the_threads_setting(monkeypatch):
     assert stack.vehicle_detector.module(416).threads == 1
 
 
-def test_detect_threads_limit_torch_and_opencv_pools():
-    """The frame resize runs in OpenCV's pool, which defaults to every core."""
+def test_detect_threads_limit_torch_and_opencv_pools_to_one_lane():
+    """The frame resize runs in OpenCV's pool, which defaults to every core; each
+    lane of the detection stage resizes its own frame, so a pool gets a lane's width."""
     import cv2
     import torch
 
@@ -84,8 +85,9 @@ def test_detect_threads_limit_torch_and_opencv_pools():
 
     before = torch.get_num_threads(), cv2.getNumThreads()
     try:
-        apply_detect_threads(1)
-        assert (torch.get_num_threads(), cv2.getNumThreads()) == (1, 1)
+        for budget, width in ((1, 1), (2, 1), (4, 1), (8, 2)):
+            apply_detect_threads(budget)
+            assert (torch.get_num_threads(), cv2.getNumThreads()) == (width, width)
     finally:
         torch.set_num_threads(before[0])
         cv2.setNumThreads(before[1])
