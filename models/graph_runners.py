@@ -17,9 +17,10 @@ lanes just keep going on the core they still have: on 2 cores with the
 host's load near 1, CenterFace at 1152×672 took 98-172 ms per image in
 lock-step and 51-59 ms in two lanes (OpenVINO bf16; ONNX Runtime fp32
 130-150 vs 84-93 ms; docs/benchmarks.md, "Lanes"). A call holding a single
-large image (one photo of an image folder) has nothing to spread, so it
-runs on a lock-step runner with every thread, made on first use; a lone
-small slice (one vehicle crop) runs on a lane.
+image runs on one lane. It used to get a lock-step runner of its own with
+every thread, made on first use; that cost a second compiled graph and its
+memory: the lone last frame of a segment raised the peak RSS of a default
+run by about 120 MB (docs/benchmarks.md, "Frames on lanes").
 """
 
 from __future__ import annotations
@@ -72,8 +73,6 @@ def _torch_outputs(outputs) -> torch.Tensor | tuple[torch.Tensor, ...]:
 MAX_PIXELS_PER_CALL = 1_000_000
 #: most lanes per graph: a pipeline batch (8 frames) keeps four busy
 MAX_LANES = 4
-#: a lone slice with fewer input pixels runs on a lane rather than on all threads
-LOCKSTEP_MIN_PIXELS = 300_000
 
 Run = Callable[[np.ndarray], list]
 
@@ -206,9 +205,9 @@ def run_in_chunks(run: Run, x: torch.Tensor, lanes: Lanes | None = None
     """``run(numpy batch) -> list of numpy outputs`` over slices of ``x`` holding at
     most :data:`MAX_PIXELS_PER_CALL` input pixels (at least one image), joined.
     With ``lanes`` the batch is cut into at least as many slices as lanes
-    (while it has images enough) and the slices run on the lanes; a batch that
-    stays one slice runs on ``run``. Called from a lane thread, every slice
-    runs on that thread, with a lane runner (:meth:`Lanes.run_here`).
+    (while it has images enough) and the slices run on the lanes (called
+    from a lane thread: all on that thread, :meth:`Lanes.run_here`); without,
+    on ``run``.
 
     Why the pixel budget: a CPU runtime keeps the peak of its activations in
     its arena, and those grow with the batch: eight 1152×672 CenterFace inputs
@@ -223,7 +222,7 @@ def run_in_chunks(run: Run, x: torch.Tensor, lanes: Lanes | None = None
     if laned and not here:
         step = min(step, math.ceil(n / lanes.count))
     arr = _numpy_input(x)
-    if n <= step and not here:
+    if n <= step and not laned:
         return _torch_outputs(run(arr))
     chunks = [arr[i:i + step] for i in range(0, n, step)]
     parts = lanes.map(chunks) if laned else [run(c) for c in chunks]
@@ -232,31 +231,22 @@ def run_in_chunks(run: Run, x: torch.Tensor, lanes: Lanes | None = None
 
 
 class _LanedGraph:
-    """What both runtimes share: a batch goes over the lanes, a call of one slice
-    to a lock-step runner with every thread (the only runner when the budget
-    makes one lane). Subclasses make the runners."""
+    """What both runtimes share: every call goes over the lanes, or, when the
+    budget makes one lane, to the one runner with every thread. Subclasses make
+    the runners."""
 
     def _setup_lanes(self, threads: int) -> None:
         self.threads = int(threads)
         count, self.threads_per_lane = lane_split(self.threads)
         self.lanes = Lanes(self._lane_runner, count) if count > 1 else None
-        self._single: Run | None = None
+        self._single: Run | None = None  # set by the subclass when there are no lanes
         self._single_lock = threading.Lock()  # a runner serves one call at a time
 
     def _lane_runner(self) -> Run:
         raise NotImplementedError
 
-    def _lockstep_runner(self) -> Run:
-        raise NotImplementedError
-
     def _run_single(self, arr: np.ndarray) -> list:
-        if self.lanes is not None and arr[0, 0].size * len(arr) < LOCKSTEP_MIN_PIXELS:
-            # one small slice (a lone vehicle crop): a lane runs it; more threads
-            # would gain little, and making the lock-step runner costs a compile
-            return self.lanes.map([arr])[0]
         with self._single_lock:
-            if self._single is None:
-                self._single = _first_run_alone(self._lockstep_runner())
             return self._single(arr)
 
     def __call__(self, x: torch.Tensor):
@@ -302,9 +292,6 @@ class OnnxRuntimeGraph(_LanedGraph):
             self._session_lent = True
             return self._runner(self.session)
         return self._runner(self._session(self.threads_per_lane))
-
-    def _lockstep_runner(self) -> Run:
-        return self._runner(self._session(self.threads))
 
     def settings(self) -> dict:
         """Thread settings as the (lane) session reports them."""
@@ -429,9 +416,6 @@ class OpenVINOGraph(_LanedGraph):
 
     def _lane_runner(self) -> Run:
         return self._runner(self.compiled)
-
-    def _lockstep_runner(self) -> Run:
-        return self._runner(self._compile(self._config(1, self.threads)))
 
     def settings(self) -> dict:
         """Thread settings as the compiled model reports them."""

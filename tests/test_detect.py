@@ -43,8 +43,9 @@ def frame_with_plate():
     return img
 
 
-def stack(mode):
-    return DetectionStack(Settings(plates=mode, faces=False), None, FakePlates(), FakeVehicles())
+def stack(mode, threads=0):
+    return DetectionStack(Settings(plates=mode, faces=False, threads=threads), None, FakePlates(),
+                          FakeVehicles())
 
 
 def test_vehicle_crops_grow_by_margin_and_clip():
@@ -56,7 +57,7 @@ def test_vehicle_crops_grow_by_margin_and_clip():
 
 
 def test_two_stage_maps_crop_boxes_back_to_frame():
-    s = stack("two-stage")
+    s = stack("two-stage", threads=1)  # no lanes (one core, or a GPU): frames go together
     out = s.detect([frame_with_plate(), frame_with_plate()])
     assert s.plate_detector.crop_calls == 1  # all crops of all frames in one call
     plates = out[0].with_class(PLATE)

@@ -479,27 +479,23 @@ def test_batches_are_spread_over_lanes_and_join_in_order():
     assert sorted(n for _, n in rec.calls) == [2, 3] and not single  # ceil(5 / 2) per slice
     assert rec.made == 2
 
-def test_a_lone_slice_runs_lock_step_when_large_and_on_a_lane_when_small(monkeypatch):
-    monkeypatch.setattr(graph_runners, "LOCKSTEP_MIN_PIXELS", 8 * 8)  # 4×4: lane, 8×8: not
-    on_lane, made = [], []
+def test_a_lone_slice_runs_on_a_lane_whatever_its_size():
+    """No second, lock-step runner is ever made: it cost a compiled graph and its
+    memory for the lone last frame of a segment."""
+    on_lane = []
 
     class Graph(graph_runners._LanedGraph):
         def __init__(self):
             self._setup_lanes(2)
 
         def _lane_runner(self):
-            return lambda arr: on_lane.append(len(arr)) or [arr.sum(axis=(1, 2, 3))]
-
-        def _lockstep_runner(self):
-            made.append(1)
-            return lambda arr: [arr * 2]
+            return lambda arr: on_lane.append(arr.shape) or [arr.sum(axis=(1, 2, 3))]
 
     graph = Graph()
-    small, large = torch.ones(1, 3, 4, 4), torch.ones(1, 3, 8, 8)
-    assert torch.equal(graph(small), small.sum(dim=(1, 2, 3)))  # a lane's runner
-    assert on_lane == [1] and not made
-    assert torch.equal(graph(large), large * 2) and graph(large).shape == large.shape
-    assert made == [1]  # made once, on first use
+    for shape in ((1, 3, 4, 4), (1, 3, 1024, 1024)):
+        x = torch.ones(shape)
+        assert torch.equal(graph(x), x.sum(dim=(1, 2, 3)))
+    assert on_lane == [(1, 3, 4, 4), (1, 3, 1024, 1024)]
 
 
 def test_lanes_run_at_the_same_time_after_first_runs_one_at_a_time():
