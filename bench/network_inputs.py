@@ -31,13 +31,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import cv2  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from bench.resize_speed import clip_batch  # noqa: E402
 from models.boxes import letterbox_params  # noqa: E402
 from models.resize import letterbox_frames, resize_frames  # noqa: E402
-from pipeline.video import iter_frames  # noqa: E402
 
 CLIP = ROOT.parent / "shared" / "data" / "videos" / "intel_car-detection.mp4"
 
@@ -103,9 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
-    frames = [rgb for _, (_, rgb) in zip(range(args.frames), iter_frames(args.clip),
-                                         strict=False)]
-    batch = torch.from_numpy(np.stack(frames))
+    batch = clip_batch(args.clip, args.frames)
     print(f"{args.clip.name}: {batch.shape[2]}×{batch.shape[1]}, batches of {len(batch)}, "
           f"{args.threads} thread(s)\n")
     print("| input | float ms/frame | whole grey levels ms/frame | float ÷ grey | max difference (grey levels) |")

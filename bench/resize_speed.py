@@ -51,6 +51,12 @@ def nchw(batch: torch.Tensor, h: int, w: int) -> torch.Tensor:
 METHODS = {"channels-last": channels_last, "nchw": nchw, "resize_frames": resize_frames}
 
 
+def clip_batch(clip: Path, frames: int) -> torch.Tensor:
+    """The first ``frames`` frames of ``clip`` as one N×H×W×3 uint8 batch."""
+    got = [rgb for _, (_, rgb) in zip(range(frames), iter_frames(clip), strict=False)]
+    return torch.from_numpy(np.stack(got))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clip", type=Path, default=CLIP)
@@ -60,9 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    frames = [rgb for _, (_, rgb) in zip(range(args.frames), iter_frames(args.clip),
-                                         strict=False)]
-    batch = torch.from_numpy(np.stack(frames))
+    batch = clip_batch(args.clip, args.frames)
     print(f"{args.clip.name}: {batch.shape[2]}×{batch.shape[1]}, batches of {len(batch)}, "
           f"{args.threads} torch threads\n")
     print("| to | " + " | ".join(METHODS) + " |")
