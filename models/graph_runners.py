@@ -124,6 +124,29 @@ def _mark_lane_thread() -> None:
     _LANE_THREAD.active = True
 
 
+class _PerProcess:
+    """A value made on first use in each process: a forked child (a Celery
+    prefork worker) inherits no threads, so it makes its own thread pool and
+    its own runners rather than using the parent's."""
+
+    def __init__(self, make: Callable):
+        self._make = make
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._value = None
+
+    @property
+    def made(self) -> bool:
+        """Whether this process has made its value yet."""
+        return self._pid == os.getpid()
+
+    def get(self):
+        with self._lock:
+            if not self.made:
+                self._value, self._pid = self._make(), os.getpid()
+            return self._value
+
+
 class LanePool:
     """``count`` lane threads that run functions over items concurrently, in order.
 
@@ -138,22 +161,17 @@ class LanePool:
 
     def __init__(self, count: int, name: str = "lane"):
         self.count = max(1, int(count))
-        self._name = name
-        self._lock = threading.Lock()
-        self._pid: int | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._threads = _PerProcess(lambda: ThreadPoolExecutor(
+            self.count, thread_name_prefix=name, initializer=_mark_lane_thread))
 
-    def _started(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._pid != os.getpid():
-                self._pool = ThreadPoolExecutor(self.count, thread_name_prefix=self._name,
-                                                initializer=_mark_lane_thread)
-                self._pid = os.getpid()
-            return self._pool
+    @property
+    def started(self) -> bool:
+        """Whether the lane threads run in this process."""
+        return self._threads.made
 
     def map(self, fn: Callable, items) -> list:
         """``[fn(item) for item in items]``, run on the lanes."""
-        return list(self._started().map(fn, items))
+        return list(self._threads.get().map(fn, items))
 
 
 class Lanes:
@@ -169,24 +187,19 @@ class Lanes:
     def __init__(self, make_runner: Callable[[], Run], count: int):
         self.count = int(count)
         self._make_runner = make_runner
-        self._lock = threading.Lock()
-        self._pid: int | None = None
-        self._free: queue.SimpleQueue | None = None
+        self._free = _PerProcess(self._runners)  # the runners not serving a chunk
         self._pool = LanePool(self.count, "graph-lane")
 
     def _runners(self) -> queue.SimpleQueue:
-        with self._lock:
-            if self._pid != os.getpid():
-                free: queue.SimpleQueue = queue.SimpleQueue()
-                for _ in range(self.count):
-                    free.put(_first_run_alone(self._make_runner()))
-                self._free, self._pid = free, os.getpid()
-            return self._free
+        free: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(self.count):
+            free.put(_first_run_alone(self._make_runner()))
+        return free
 
     def run_here(self, chunks: list[np.ndarray]) -> list[list]:
         """Outputs of every chunk, in order, run one after another on this thread
         with a free runner (waiting for one while every runner is busy)."""
-        free = self._runners()
+        free = self._free.get()
         runner = free.get()
         try:
             return [runner(arr) for arr in chunks]
@@ -262,7 +275,8 @@ class OnnxRuntimeGraph(_LanedGraph):
     def __init__(self, path: str | Path, threads: int):
         self.path = Path(path)
         self._setup_lanes(threads)
-        self.session = self._session(self.threads if self.lanes is None else self.threads_per_lane)
+        # without lanes the budget is one thread, so this is every thread then too
+        self.session = self._session(self.threads_per_lane)
         self._session_lent = False  # whether a lane runs on self.session yet
         self._input = self.session.get_inputs()[0].name
         if self.lanes is None:
@@ -380,10 +394,8 @@ class OpenVINOGraph(_LanedGraph):
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.path, self.precision = Path(path), precision
         self._setup_lanes(threads)
-        if self.lanes is None:
-            self.config = self._config(1, self.threads)
-        else:
-            self.config = self._config(self.lanes.count, self.lanes.count * self.threads_per_lane)
+        streams = self.lanes.count if self.lanes else 1
+        self.config = self._config(streams, streams * self.threads_per_lane)
         self.compiled = self._compile(self.config)
         if self.lanes is None:
             self._single = _first_run_alone(self._runner(self.compiled))

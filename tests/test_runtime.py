@@ -614,5 +614,5 @@ def test_a_graph_called_on_a_lane_thread_runs_there_on_a_runner_of_its_own():
     assert [float(t[0]) for t in out] == [k * 48.0 for k in range(6)]
     assert {n for _, n in rec.calls} == {3}  # the whole batch at once: not split again
     assert {name.rsplit("_", 1)[0] for name in threads} == {"test-lane"}
-    assert lanes._pool._pool is None  # the graph's own lane threads never started
+    assert not lanes._pool.started  # the graph's own lane threads never started
     assert not graph_runners.on_lane_thread()
