@@ -8,7 +8,8 @@ threads each default to "all cores", and spin-waiting threads that lose
 their core to a neighbour stall everyone else. So the budget (``--threads``;
 default: the cores this process may really use, read from its CPU affinity
 and its cgroup CPU quota) is divided explicitly: detection gets the bulk,
-encoding and decoding get what their share of the work needs.
+x264 its own thread rule applied to the budget (its threads block, never
+spin), decoding one thread.
 """
 
 from __future__ import annotations
@@ -58,9 +59,14 @@ class ThreadBudget:
     ``detect`` runs the detectors (intra-op threads of the inference
     runtime); ``encode`` is x264's thread count; ``decode`` the decoder's.
     On a CPU-only run detection is most of the work (80-90 % of the CPU
-    time per frame), so it gets every core: the encode and decode threads
-    only fill the gaps while detection waits, and none of them spin. On a
-    GPU the CPU does the video work, so x264 gets the cores."""
+    time per frame), so it gets every core. x264 gets its own default, 1.5
+    frame threads per core (counted from this budget, so a cgroup quota
+    holds): its threads block rather than spin, so they only take what
+    detection leaves, and when detection is done they flush the frames x264
+    still holds (its look-ahead, 40 frames at ``medium``) on every core
+    instead of one. One x264 thread left a core idle for that flush, about
+    1.5 s at the end of each segment (docs/benchmarks.md, "x264 threads").
+    On a GPU the CPU does the video work, so x264 gets the cores."""
 
     total: int
     detect: int
@@ -72,7 +78,7 @@ class ThreadBudget:
         total = max(1, int(total))
         if device.startswith("cuda"):
             return cls(total, detect=1, encode=max(1, total - 1), decode=1)
-        return cls(total, detect=total, encode=1 if total < 4 else 2, decode=1)
+        return cls(total, detect=total, encode=total * 3 // 2 or 1, decode=1)
 
 
 def resolve_threads(threads: int) -> int:
