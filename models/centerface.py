@@ -31,7 +31,7 @@ from .centerface_weights import model_from_checkpoint
 from .detections import FACE, Detections
 from .fetch import load_checkpoint
 from .ops import nms
-from .resize import letterbox_frames
+from .resize import letterbox_frames, letterbox_tiles
 from .runtime import GraphSpec, accelerate
 from .tiling import absorb, keep_whole, merge, tile_grid
 
@@ -245,19 +245,17 @@ class CenterFaceDetector(Detector):
     def _tiled(self, frame: torch.Tensor, height: int, width: int, thresh: float) -> Detections:
         """One frame scaled to height×width, run as tiles in one batch; frame pixels.
 
-        The tiles are copied once, straight into a batch already zero-padded
-        to multiples of 32: cutting them out and padding them after made two
-        copies of a batch that is 64 MB at 1080p (two 1632-px tiles), and
-        those copies, page faults included, were a quarter of a lane's time
-        on a 1080p clip (py-spy)."""
+        The tiles go straight into a batch already zero-padded to multiples
+        of 32 (:func:`models.resize.letterbox_tiles`): cutting them out of
+        the scaled float frame and padding them after made two copies of a
+        batch that is 64 MB at 1080p (two 1632-px tiles), and those copies,
+        page faults included, were a quarter of a lane's time on a 1080p
+        clip (py-spy)."""
         fh, fw = frame.shape[:2]
-        x = self._scaled(frame[None], height, width)
         tiles = tile_grid(height, width, self.max_side, self.tile_overlap, ALIGN)
         th, tw = tiles[0].height, tiles[0].width
-        batch = x.new_zeros((len(tiles), x.shape[1], _aligned(th), _aligned(tw)))
-        for i, tile in enumerate(tiles):
-            batch[i, :, :th, :tw] = tile.crop(x[0])
-        found = self._run(batch, thresh)
+        found = self._run(letterbox_tiles(frame, height, width, tiles,
+                                          (_aligned(th), _aligned(tw))), thresh)
         return merge([keep_whole(det, tile, height, width).scaled(fw / width, fh / height)
                       for tile, det in zip(tiles, found, strict=True)], self.nms_thresh)
 

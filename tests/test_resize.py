@@ -110,3 +110,24 @@ def test_cpu_letterbox_agrees_with_the_other_devices_kernel(dst):
     other = resize._torch_letterbox(batch, *dst, dst[0] + 4, dst[1], 2, 0, 114, 1.0, False)
     diff = (cpu - other).abs()
     assert float(diff.max()) <= 1 and float(diff.mean()) < 0.2
+
+
+@pytest.mark.parametrize("src,dst,antialias", [
+    ((216, 384), (324, 576), True),  # enlarged (CenterFace at --min-face 16): the uint8 path
+    ((216, 384), (216, 384), True),  # native size
+    ((432, 768), (300, 560), True),  # an antialiased shrink: the float path
+])
+def test_letterbox_tiles_are_the_letterboxed_frame_cut_and_padded(src, dst, antialias):
+    """What CenterFace's tiled pass runs: the same values as cutting each tile out of
+    :func:`letterbox_frames`' output and zero-padding it to the canvas."""
+    from models.tiling import tile_grid
+
+    frame = frames(*src, n=1)[0]
+    tiles = tile_grid(*dst, dst[0] + 12, 0.2, 32)  # whole height (unaligned), cut across
+    assert len(tiles) > 1 and tiles[0].height % 32  # several tiles that need padding
+    canvas = (-(-tiles[0].height // 32) * 32, -(-tiles[0].width // 32) * 32)
+    got = resize.letterbox_tiles(frame, *dst, tiles, canvas, antialias=antialias)
+    whole = letterbox_frames(frame[None], *dst, antialias=antialias)
+    want = torch.stack([F.pad(t.crop(whole[0]), (0, canvas[1] - t.width, 0, canvas[0] - t.height))
+                        for t in tiles])
+    assert got.dtype == torch.float32 and torch.equal(got, want)
