@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .base import Detector, Frames, frames_to_tensor, side_for_min_object
@@ -198,30 +197,26 @@ class CenterFaceDetector(Detector):
         return torch.contiguous_format
 
     # -- pre-processing ---------------------------------------------------
-    def _scaled(self, batch: torch.Tensor, height: int, width: int,
-                aligned: bool = False) -> torch.Tensor:
-        """N×H×W×3 uint8 -> N×3×height×width float 0..255 in whole grey levels
-        (bilinear; antialiased when shrinking); ``aligned``: already zero-padded
+    def _scaled(self, batch: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """N×H×W×3 uint8 -> N×3×h×w float 0..255 in whole grey levels: scaled to
+        height×width (bilinear; antialiased when shrinking) and zero-padded
         right and bottom to multiples of 32, as the network takes it."""
-        canvas = (_aligned(height), _aligned(width)) if aligned else None
-        return letterbox_frames(batch, height, width, canvas=canvas)
+        return letterbox_frames(batch, height, width, canvas=(_aligned(height), _aligned(width)))
 
     def _network_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Zero-pad right and bottom to multiples of 32, cast, lay out for the device."""
-        h, w = x.shape[-2:]
-        if (h, w) != (_aligned(h), _aligned(w)):
-            x = F.pad(x, (0, _aligned(w) - w, 0, _aligned(h) - h))
+        """Cast and lay out for the device (``x`` is already padded to multiples of 32)."""
         return x.to(self.dtype).contiguous(memory_format=self.memory_format)
 
     def preprocess(self, batch: torch.Tensor, size: int | None = None) -> torch.Tensor:
         """N×H×W×3 uint8 RGB frames -> the network input one untiled pass sees:
         scaled to long side ``size`` (None: as is), zero-padded to multiples of 32."""
-        return self._network_input(self._scaled(batch, *input_size(*batch.shape[1:3], size),
-                                                aligned=True))
+        return self._network_input(self._scaled(batch, *input_size(*batch.shape[1:3], size)))
 
     # -- passes -------------------------------------------------------------
     def _run(self, x: torch.Tensor, thresh: float) -> list[Detections]:
-        """N×3×h×w float images -> unclipped detections in their pixels."""
+        """N×3×h×w float images, h and w multiples of 32 (:meth:`_scaled`,
+        :func:`models.resize.letterbox_tiles`) -> unclipped detections in their
+        pixels (padding included)."""
         out: list[Detections] = []
         for start in range(0, len(x), self.max_batch):
             heat, size, offset = self.net(self._network_input(x[start:start + self.max_batch]))
@@ -237,8 +232,7 @@ class CenterFaceDetector(Detector):
         fh, fw = frames[0].shape[:2]
         out: list[Detections] = []
         for start in range(0, len(frames), self.max_batch):
-            x = self._scaled(torch.stack(frames[start:start + self.max_batch]), height, width,
-                             aligned=True)
+            x = self._scaled(torch.stack(frames[start:start + self.max_batch]), height, width)
             out += [det.scaled(fw / width, fh / height) for det in self._run(x, thresh)]
         return out
 

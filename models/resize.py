@@ -105,16 +105,24 @@ def letterbox_frames(batch: torch.Tensor, height: int, width: int, *,
     OpenCV on the uint8 frames (see the module docstring); the rest, and every
     other device, is torch's float kernel rounded to whole grey levels.
     """
-    h, w = batch.shape[1:3]
     ch, cw = canvas or (height, width)
     top, left = offset
     if not (0 <= top <= ch - height and 0 <= left <= cw - width):
         raise ValueError(f"a {height}x{width} image at {offset} does not fit a {ch}x{cw} canvas")
-    shrink = height < h or width < w
-    if batch.device.type == "cpu" and not (shrink and antialias):
+    if _opencv_letterboxes(batch.device, batch.shape[1:3], height, width, antialias):
         out = _opencv_letterbox(batch.numpy(), height, width, ch, cw, top, left, fill, scale)
         return torch.from_numpy(out)
     return _torch_letterbox(batch, height, width, ch, cw, top, left, fill, scale, antialias)
+
+
+def _opencv_letterboxes(device: torch.device, source_hw: Sequence[int], height: int, width: int,
+                        antialias: bool) -> bool:
+    """Whether OpenCV on the uint8 frames makes a letterbox of frames sized
+    ``source_hw`` on ``device``: on CPU, unless an antialiased shrink (torch's
+    uint8 kernel makes that)."""
+    h, w = source_hw
+    shrink = height < h or width < w
+    return device.type == "cpu" and not (shrink and antialias)
 
 
 def _torch_letterbox(batch: torch.Tensor, height: int, width: int, ch: int, cw: int,
@@ -169,8 +177,8 @@ def _opencv_letterbox(frames: np.ndarray, height: int, width: int, ch: int, cw: 
 def letterbox_tiles(frame: torch.Tensor, height: int, width: int, tiles: Sequence,
                     canvas: tuple[int, int], antialias: bool = True) -> torch.Tensor:
     """One H×W×3 uint8 frame resized to height×width as :func:`letterbox_frames`
-    makes it, cut into ``tiles`` (objects with ``x0``, ``y0``, ``width``,
-    ``height``; all of one size), each at the top left of a zero ``canvas``
+    makes it, cut into ``tiles`` (:class:`models.tiling.Tile`, all of one
+    size), each at the top left of a zero ``canvas``
     (ch, cw): len(tiles)×3×ch×cw float32, the same values as cutting the
     letterboxed frame.
 
@@ -180,9 +188,7 @@ def letterbox_tiles(frame: torch.Tensor, height: int, width: int, tiles: Sequenc
     to cut from is 56 MB more to write and read for every frame."""
     th, tw = tiles[0].height, tiles[0].width
     ch, cw = canvas
-    h, w = frame.shape[:2]
-    shrink = height < h or width < w
-    if frame.device.type == "cpu" and not (shrink and antialias):
+    if _opencv_letterboxes(frame.device, frame.shape[:2], height, width, antialias):
         scaled = np.empty((height, width, 3), np.uint8)
         _opencv_resize_into(frame.numpy(), scaled)
         out = np.zeros((len(tiles), 3, ch, cw), np.float32)
@@ -192,5 +198,5 @@ def letterbox_tiles(frame: torch.Tensor, height: int, width: int, tiles: Sequenc
     x = letterbox_frames(frame[None], height, width, antialias=antialias)[0]
     out = x.new_zeros((len(tiles), 3, ch, cw))
     for i, tile in enumerate(tiles):
-        out[i, :, :th, :tw] = x[:, tile.y0:tile.y0 + th, tile.x0:tile.x0 + tw]
+        out[i, :, :th, :tw] = tile.crop(x)
     return out
