@@ -36,13 +36,10 @@ import torch.nn.functional as F  # noqa: E402
 
 from bench.resize_speed import clip_batch  # noqa: E402
 from models.boxes import letterbox_params  # noqa: E402
+from models.centerface import _aligned  # noqa: E402
 from models.resize import letterbox_frames, resize_frames  # noqa: E402
 
 CLIP = ROOT.parent / "shared" / "data" / "videos" / "intel_car-detection.mp4"
-
-
-def _aligned(n: int) -> int:
-    return (n + 31) // 32 * 32
 
 
 def centerface_float(batch: torch.Tensor, scale: float):

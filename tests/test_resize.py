@@ -120,12 +120,13 @@ def test_cpu_letterbox_agrees_with_the_other_devices_kernel(dst):
 def test_letterbox_tiles_are_the_letterboxed_frame_cut_and_padded(src, dst, antialias):
     """What CenterFace's tiled pass runs: the same values as cutting each tile out of
     :func:`letterbox_frames`' output and zero-padding it to the canvas."""
+    from models.centerface import _aligned
     from models.tiling import tile_grid
 
     frame = frames(*src, n=1)[0]
     tiles = tile_grid(*dst, dst[0] + 12, 0.2, 32)  # whole height (unaligned), cut across
     assert len(tiles) > 1 and tiles[0].height % 32  # several tiles that need padding
-    canvas = (-(-tiles[0].height // 32) * 32, -(-tiles[0].width // 32) * 32)
+    canvas = (_aligned(tiles[0].height), _aligned(tiles[0].width))
     got = resize.letterbox_tiles(frame, *dst, tiles, canvas, antialias=antialias)
     whole = letterbox_frames(frame[None], *dst, antialias=antialias)
     want = torch.stack([F.pad(t.crop(whole[0]), (0, canvas[1] - t.width, 0, canvas[0] - t.height))
