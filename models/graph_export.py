@@ -58,7 +58,7 @@ def graph_folder(checkpoint: str | Path, checkpoint_sha: str | None = None) -> P
 def _class_sources(filename: str, mtime_ns: int) -> dict[str, str]:
     """qualname -> source text of every class in one file (one parse per file;
     ``inspect.getsource`` parses the file again for every class)."""
-    source = Path(filename).read_text()
+    source = Path(filename).read_text(encoding="utf-8")
     lines = source.splitlines()
     out: dict[str, str] = {}
 
@@ -112,7 +112,7 @@ def _stale(path: Path, expected: dict) -> str | None:
     if not path.exists() or not meta.exists():
         return "no exported graph"
     try:
-        record = json.loads(meta.read_text())
+        record = json.loads(meta.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return f"unreadable {meta.name}"
     for key, value in expected.items():
@@ -156,7 +156,7 @@ def ensure_graph(module: torch.nn.Module, spec: GraphSpec, checkpoint: str | Pat
         record = {**expected, "onnx_sha256": sha256_file(tmp), "torch": torch.__version__}
         tmp.replace(path)
         meta_tmp = path.with_suffix(".json.tmp")
-        meta_tmp.write_text(json.dumps(record, indent=2))
+        meta_tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
         meta_tmp.replace(path.with_suffix(".json"))
     return path
 

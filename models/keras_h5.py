@@ -214,7 +214,7 @@ def _anchors_from(names: str | list[str] | None, anchors) -> list[list[int]] | N
         flat = [float(v) for v in (anchors.replace(" ", "").split(",")
                                     if isinstance(anchors, str) else np.ravel(anchors))]
     elif isinstance(names, str) and names.lower().endswith(".json") and Path(names).is_file():
-        raw = json.loads(Path(names).read_text()).get("anchors")
+        raw = json.loads(Path(names).read_text(encoding="utf-8")).get("anchors")
         if raw is None:
             return None
         groups = [list(map(float, g)) for g in raw]

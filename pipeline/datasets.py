@@ -97,7 +97,7 @@ def load_annotations(dataset_dir: str | Path) -> list[ImageRecord]:
     if not anno.is_file():
         raise FileNotFoundError(f"no annotations.json in dataset directory {root}")
     try:
-        data = json.loads(anno.read_text())
+        data = json.loads(anno.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{anno} is not valid JSON: {exc}") from exc
     images = data.get("images") if isinstance(data, dict) else None
@@ -131,7 +131,7 @@ def load_yolo_dir(anno_dir: str | Path, img_dir: str | Path,
     records = []
     for img in images:
         txt = anno_dir / f"{img.stem}.txt"
-        boxes = parse_yolo_txt(txt.read_text(), class_labels) if txt.is_file() else []
+        boxes = parse_yolo_txt(txt.read_text(encoding="utf-8"), class_labels) if txt.is_file() else []
         records.append(ImageRecord(img, boxes, normalized=True, name=img.name))
     return records
 

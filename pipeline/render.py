@@ -43,7 +43,7 @@ class DetectionsFileError(ValueError):
 
 @lru_cache(maxsize=1)
 def schema() -> dict:
-    return json.loads(SCHEMA_PATH.read_text())
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
 @dataclass
@@ -70,7 +70,7 @@ def load_document(path: Path) -> dict:
     if not path.is_file():
         raise DetectionsFileError(f"detections file not found: {path}")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise DetectionsFileError(f"{path}: not a JSON text file") from None
     except json.JSONDecodeError as exc:

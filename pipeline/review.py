@@ -61,9 +61,9 @@ def write_page(records_dir: Path, video: Path | None = None, report: dict | None
     from .video.output import write_atomic
 
     records_dir = Path(records_dir)
-    doc = json.loads((records_dir / DETECTIONS_JSON).read_text())
+    doc = json.loads((records_dir / DETECTIONS_JSON).read_text(encoding="utf-8"))
     if report is None:
-        report = json.loads((records_dir / REPORT_JSON).read_text())
+        report = json.loads((records_dir / REPORT_JSON).read_text(encoding="utf-8"))
     frames, exact = frames_of(doc)
     times = {k: float(v) for k, v in exact.items()}
     inp = report.get("input", {})

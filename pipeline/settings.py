@@ -314,7 +314,7 @@ def read_config(path: Path) -> dict[str, Any]:
     """A settings file's mapping, keys normalised to the field names."""
     if not path.is_file():
         raise SettingsError(f"config file not found: {path}")
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml

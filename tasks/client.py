@@ -37,7 +37,7 @@ def load_cluster_env(path: str | Path | None = None, environ: dict | None = None
     path = Path(path)
     if not path.is_file():
         return None
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         line = line.strip()
         if not line or line.startswith("#") or "=" not in line:
             continue

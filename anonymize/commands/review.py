@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} not found: DIR must hold a run's records")
     try:
-        report = json.loads((folder / REPORT_JSON).read_text())
+        report = json.loads((folder / REPORT_JSON).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{folder / REPORT_JSON}: not valid JSON ({exc.msg})") from None
     video = find_video(folder, report, args.video)
