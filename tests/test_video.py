@@ -439,6 +439,20 @@ def test_segments_of_any_codec_decode_to_the_source_frames(name, tmp_path):
         assert all(np.array_equal(rgb, full[p]) for p, rgb in frames), f"segment {seg.index}"
 
 
+@pytest.mark.parametrize("case", ["cfr-bframes-audio-rot90", "vfr-audio", "ntsc-timebase"])
+def test_matroska_sources_with_b_frames_keep_their_first_frames(case, tmp_path):
+    """Matroska stores no decode times: FFmpeg leaves them unset on the first
+    packets of a B-frame stream, and the segment copy must still show every
+    frame at its own time (the first two were once lost as undecodable)."""
+    src = make_video(tmp_path / "src.mkv", **CASES[case])
+    info, full, segs = _split_all(src, tmp_path, target=20, context=3)
+    assert len(full) == info.n_frames == len(CASES[case].get("pts") or range(
+        CASES[case].get("n_frames", 30)))
+    for seg, _, frames in segs:
+        assert [p for p, _ in frames] == info.frame_pts[seg.ctx_start : seg.ctx_stop]
+        assert all(np.array_equal(rgb, full[p]) for p, rgb in frames), f"segment {seg.index}"
+
+
 def test_segment_tag_holds_long_frame_lists(tmp_path):
     """NUT reads back at most 1023 bytes of a metadata value: the tag is stored
     in pieces and read back whole."""

@@ -160,8 +160,39 @@ def _open_segment(path: Path, fmt: str):
     return av.open(str(path), "w", format=fmt, container_options={"fflags": "+bitexact"})
 
 
+#: packets looked ahead for the first decode timestamp (a B-frame stream's
+#: delay is a few packets; a stream with none at all is left to the muxer)
+_DTS_LOOKAHEAD = 64
+
+
+def _with_dts(packets: Iterator[av.Packet]) -> Iterator[av.Packet]:
+    """``packets`` with the decode timestamps the demuxer left unset before its
+    first one filled in, a packet duration apart, ending before that one.
+
+    Why: Matroska stores no dts. For a stream with B-frames FFmpeg can guess
+    them only from the packet after its reorder delay on, so the first
+    packets of an MKV come without one; muxed as they are, NUT shifts the
+    whole segment by the guess it makes itself (two frames for x264's
+    defaults), the frames' times no longer match the tag, and the first
+    frames were lost as if undecodable. With every dts known the shift is
+    ``pts_offset``'s, which the tag records."""
+    head: list[av.Packet] = []
+    for p in packets:
+        head.append(p)
+        if p.dts is not None or len(head) > _DTS_LOOKAHEAD:
+            break
+    if len(head) > 1 and head[-1].dts is not None:
+        step = max(1, head[-1].duration or 0)  # any step > 0 keeps decode order
+        dts = head[-1].dts
+        for p in reversed(head[:-1]):
+            dts = p.dts = min(p.pts, dts - step)  # increasing, and never after its pts
+    yield from head
+    yield from packets
+
+
 def _write_copy(packets: Iterator[av.Packet], fmt: str, info: VideoInfo, out_path: Path,
                 tag: dict) -> None:
+    packets = _with_dts(packets)
     first = next(packets)
     start = min(t for t in (first.pts, first.dts) if t is not None)
     offset = max(0, -start)  # dts only grow in decode order, and pts >= dts
