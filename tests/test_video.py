@@ -121,6 +121,7 @@ def test_probe_reports_frames_keyframes_and_streams(tmp_path):
     assert info.avg_fps == pytest.approx(25.0)
     assert info.duration_s == pytest.approx(1.2)
     assert info.rotation == 90
+    assert info.sample_aspect_ratio == ""  # square pixels
     assert info.stream_index == 0
     assert info.other_streams == [{"index": 1, "type": "audio", "codec": "aac"}]
 
@@ -296,6 +297,8 @@ CASES = {
     "odd-size-rot270": dict(n_frames=45, width=63, height=47, bframes=2, audio=True, rotation=270),
     "ntsc-timebase": dict(n_frames=40, fps=30, time_base=Fraction(1, 30000), bframes=2),
     "yuv422": dict(n_frames=30, pix_fmt="yuv422p", audio=True),
+    "anamorphic-pal-wide": dict(n_frames=30, width=90, height=72, sar=Fraction(64, 45),
+                                bframes=2, audio=True),
 }
 
 
@@ -315,6 +318,8 @@ def test_round_trip_plays_like_the_source(tmp_path, case, suffix):
     if suffix == ".mp4":
         assert got.time_base == info.time_base
     assert got.rotation == info.rotation
+    assert info.sample_aspect_ratio == str(CASES[case].get("sar") or "")
+    assert got.sample_aspect_ratio == info.sample_aspect_ratio
     assert (got.width, got.height) == (info.width, info.height)
     assert got.pix_fmt == choose_pix_fmt(info)
     assert_same_packets(out, src, "audio", shift)

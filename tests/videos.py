@@ -52,13 +52,15 @@ def make_video(
     audio: bool = False,
     subtitles: bool = False,
     rotation: int = 0,
+    sar: Fraction | None = None,
     metadata: dict | None = None,
 ) -> Path:
     """Write a test video; returns its path.
 
     ``pts`` (in ``time_base``, default 1/(fps·512)) gives variable frame
     rate; ``audio`` adds a 16 kHz AAC sine; ``subtitles`` a text stream
-    (mov_text in MP4, SubRip in Matroska); ``metadata`` goes into the
+    (mov_text in MP4, SubRip in Matroska); ``sar`` the pixels' aspect ratio
+    (anamorphic video); ``metadata`` goes into the
     container (MP4 with ``use_metadata_tags`` so any key survives).
     """
     path = Path(path)
@@ -84,6 +86,8 @@ def make_video(
                 "preset": "ultrafast" if not bframes else "veryfast",
                 "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}",
             }
+        if sar is not None:
+            vs.codec_context.sample_aspect_ratio = sar
         if rotation:
             vs.set_display_rotation(rotation)
         streams = [vs]

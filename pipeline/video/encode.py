@@ -100,6 +100,8 @@ class VideoWriter:
         cc.thread_type = "AUTO"
         cc.thread_count = threads  # 0: x264 picks (1.5x the cores)
         cc.options = {"crf": str(crf), "preset": preset, "x264-params": "bframes=0"}
+        if info.sample_aspect_ratio:  # anamorphic pixels keep their shape
+            cc.sample_aspect_ratio = Fraction(info.sample_aspect_ratio)
         if info.rotation:
             s.set_display_rotation(info.rotation)
         self._stream = s

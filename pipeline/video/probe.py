@@ -72,6 +72,9 @@ class VideoInfo:
     colorspace: int = 2  # AVCOL_SPC_UNSPECIFIED
     color_primaries: int = 2
     color_trc: int = 2
+    #: pixel shape, "num/den" (anamorphic video: PAL 16:9 is 720x576 at 64/45);
+    #: "" for square or unknown pixels
+    sample_aspect_ratio: str = ""
     #: what the demuxer could not read: ``unreadable`` frames when it reported an
     #: error (the frames the index promises beyond the packets read, at least
     #: 1), ``rejected`` packets (AVI probe decode), FFmpeg's ``messages``
@@ -175,6 +178,7 @@ def probe(path) -> VideoInfo:
             colorspace=int(first.colorspace),
             color_primaries=int(first.color_primaries),
             color_trc=int(first.color_trc),
+            sample_aspect_ratio=_pixel_shape(vs),
         )
     damage: dict = {}
     with _ffmpeg_errors() as errors:
@@ -201,6 +205,16 @@ def probe(path) -> VideoInfo:
     info.duration_s = float(span)
     info.avg_fps = float(len(frames) / span) if span > 0 else 0.0
     return info
+
+
+def _pixel_shape(vs) -> str:
+    """The stream's sample aspect ratio as "num/den" ("" when square or unset):
+    the container's where it has one, as FFmpeg's players take it, else the
+    codec's."""
+    for sar in (vs.sample_aspect_ratio, vs.codec_context.sample_aspect_ratio):
+        if sar and sar.numerator > 0 and sar.denominator > 0:
+            return "" if sar == 1 else f"{sar.numerator}/{sar.denominator}"
+    return ""
 
 
 @contextlib.contextmanager
