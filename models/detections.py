@@ -135,6 +135,23 @@ class Detections:
         keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
         return Detections(xyxy, self.confidence, self.class_id, self.filled)[keep]
 
+    def unrotated(self, k: int, width: int, height: int) -> Detections:
+        """Boxes found on ``np.rot90(frame, k)`` (the frame turned k quarter
+        turns counter-clockwise) mapped back into ``frame``, which is
+        ``width`` x ``height``: detectors see a rotated video upright, its
+        boxes stay in the stored pixels that are blurred."""
+        x1, y1, x2, y2 = self.xyxy.T
+        k %= 4
+        if k == 0:
+            return self
+        if k == 1:
+            xyxy = np.stack([width - y2, x1, width - y1, x2], axis=1)
+        elif k == 2:
+            xyxy = np.stack([width - x2, height - y2, width - x1, height - y1], axis=1)
+        else:
+            xyxy = np.stack([y1, height - x2, y2, height - x1], axis=1)
+        return Detections(xyxy, self.confidence, self.class_id, self.filled)
+
     def dilated(self, scale: float) -> Detections:
         """Boxes grown about their centres by ``scale`` (the ``--mask-scale``)."""
         c = (self.xyxy[:, :2] + self.xyxy[:, 2:]) / 2

@@ -75,13 +75,15 @@ class Sample:
     gt: list[GTBox]
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to RGB uint8 (H, W, 3), ignoring EXIF orientation."""
+def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
+    """Decode an image file to RGB uint8 (H, W, 3): the stored pixels, or with
+    ``upright`` turned as a viewer shows them (the EXIF orientation applied,
+    as phones store portrait photos sideways)."""
     import cv2
 
     path = Path(path)
     data = np.fromfile(str(path), dtype=np.uint8)  # also works for non-ASCII paths
-    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    flags = cv2.IMREAD_COLOR if upright else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
     bgr = cv2.imdecode(data, flags) if data.size else None
     if bgr is None:
         raise ValueError(f"cannot decode image: {path}")
@@ -157,6 +159,12 @@ def iter_samples(records: Iterable[ImageRecord]) -> Iterator[Sample]:
     for rec in records:
         image = read_image(rec.path)
         h, w = image.shape[:2]
+        if rec.width and rec.height and (rec.width, rec.height) != (w, h):
+            # annotated as a viewer shows it (EXIF orientation applied)?
+            turned = read_image(rec.path, upright=True)
+            if turned.shape[:2] == (rec.height, rec.width):
+                image = turned
+                h, w = image.shape[:2]
         if rec.width and rec.height and (rec.width, rec.height) != (w, h):
             warnings.warn(f"{rec.path}: annotated as {rec.width}x{rec.height} but decodes as "
                           f"{w}x{h}; boxes are used as annotated", stacklevel=2)

@@ -91,6 +91,27 @@ def merge_plates(parts: Sequence[Detections], iou: float) -> Detections:
     return out
 
 
+def detect_upright(stack, frames, rotation: int) -> list[Detections]:
+    """``stack.detect`` on frames turned as a player shows them (``rotation``:
+    the video's display rotation, counter-clockwise degrees), boxes mapped
+    back into the stored frames.
+
+    Why: phones store portrait video as landscape frames plus a rotation, and
+    the detectors are trained on upright faces: on the dlib photos turned a
+    quarter, face coverage fell from 1.000 to 0.907. Costs one copy of each
+    frame. ``frames``: H×W×3 arrays, or one N×H×W×3 tensor."""
+    k = (rotation // 90) % 4
+    if k == 0 or len(frames) == 0:
+        return stack.detect(frames)
+    if isinstance(frames, torch.Tensor):
+        h, w = frames.shape[1:3]
+        upright = torch.rot90(frames, k, dims=(1, 2)).contiguous()
+    else:
+        h, w = frames[0].shape[:2]
+        upright = [np.ascontiguousarray(np.rot90(f, k)) for f in frames]
+    return [d.unrotated(k, w, h) for d in stack.detect(upright)]
+
+
 class DetectionStack:
     """Faces + plates (+ the vehicles of the two-stage path) for batches of frames."""
 

@@ -28,6 +28,7 @@ from models.detections import FACE, PLATE, Detections
 
 from . import video
 from .blur import anonymize_frame
+from .detect import detect_upright
 from .plan import Manifest
 from .temporal import fill_segment
 from .threads import ThreadBudget, apply_detect_threads, resolve_threads
@@ -251,13 +252,14 @@ class SegmentJob:
         every worker samples the same frames); the others get none and are
         covered by temporal filling, like frames a detector missed."""
         every = self.settings.detect_every
+        rotation = self.manifest.info.rotation
         if every <= 1:
-            return self.stack.detect(frames)
+            return detect_upright(self.stack, frames, rotation)
         picked = [k for k, (idx, _, _) in enumerate(batch) if idx % every == 0]
         found = [Detections.empty() for _ in batch]
         if picked:
             sub = frames[picked] if not isinstance(frames, list) else [frames[k] for k in picked]
-            for k, d in zip(picked, self.stack.detect(sub), strict=True):
+            for k, d in zip(picked, detect_upright(self.stack, sub, rotation), strict=True):
                 found[k] = d
         return found
 

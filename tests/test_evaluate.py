@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import cv2
@@ -263,6 +264,26 @@ def test_exif_rotated_jpeg_is_read_as_stored(tmp_path):
     image = read_image(path)
     assert image.shape == (20, 40, 3)
     assert image[10, 5, 0] > 200 and image[10, 35, 0] < 50
+
+
+def test_exif_rotated_jpeg_is_read_upright_when_asked_or_annotated_so(tmp_path):
+    rgb = np.zeros((20, 40, 3), np.uint8)
+    rgb[:, :20] = (255, 0, 0)
+    data = cv2.imencode(".jpg", rgb[:, :, ::-1])[1].tobytes()
+    (tmp_path / "images").mkdir()
+    path = tmp_path / "images" / "rotated.jpg"
+    path.write_bytes(data[:2] + exif_orientation_segment(6) + data[2:])
+    assert read_image(path, upright=True).shape == (40, 20, 3)
+    # a dataset annotated as a viewer shows the photo (20 wide, 40 high) is
+    # evaluated on those pixels; one annotated as stored, on the stored ones
+    for width, height in ((20, 40), (40, 20)):
+        doc = {"images": [{"file": "images/rotated.jpg", "width": width, "height": height,
+                           "boxes": [{"label": "face", "xyxy": [1, 1, 5, 5]}]}]}
+        (tmp_path / "annotations.json").write_text(json.dumps(doc), encoding="utf-8")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no "annotated as ... but decodes as" warning
+            (sample,) = iter_samples(load_annotations(tmp_path))
+        assert sample.image.shape == (height, width, 3)
 
 
 def test_undecodable_image_is_a_user_error(tmp_path):

@@ -2,6 +2,7 @@
 
 import pickle
 
+import cv2
 import numpy as np
 import pytest
 
@@ -41,3 +42,34 @@ def test_images_writes_imageai_detections(data_dir, tmp_path, checkpoint):
     assert set(det) == {"name", "percentage_probability", "box_points"}
     assert 0 <= det["percentage_probability"] <= 100
     assert len(list(tmp_path.glob("*.jpg"))) == 9
+
+
+def test_images_turns_exif_rotated_photos_upright_and_finds_their_faces(data_dir, tmp_path):
+    """A phone photo stored sideways with an EXIF orientation: detection runs on
+    the upright picture, which is what is written (without EXIF) and what the
+    detections refer to."""
+    from models.detections import Detections, label_id
+    from pipeline.datasets import load_annotations
+    from pipeline.evaluate import blur_mask, covered_fraction
+    from tests.test_evaluate import exif_orientation_segment
+
+    root = data_dir / "faces_dlib_examples"
+    (record,) = [r for r in load_annotations(root) if r.name.endswith("2007_007763.jpg")]
+    upright = read_image(record.path)
+    stored = np.ascontiguousarray(np.rot90(upright, 1))  # orientation 6 turns it back
+    data = cv2.imencode(".jpg", stored[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "phone.jpg").write_bytes(data[:2] + exif_orientation_segment(6) + data[2:])
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(tmp_path / "out"),
+                 "--quiet", "--no-plates", "--device", "cpu"]) == 0
+    out = read_image(tmp_path / "out" / "phone.jpg")
+    assert out.shape == upright.shape
+    assert read_image(tmp_path / "out" / "phone.jpg", upright=True).shape == upright.shape
+    (row,) = pickle.loads((tmp_path / "out" / "detections.pkl").read_bytes())
+    found = Detections([d["box_points"] for d in row["det"]],
+                       [d["percentage_probability"] / 100 for d in row["det"]],
+                       [label_id(d["name"]) for d in row["det"]])
+    mask = blur_mask(found, *upright.shape[:2], mask_scale=1.3)
+    for gt in record.boxes:
+        assert covered_fraction(mask, gt.xyxy) >= 0.9, gt.xyxy
