@@ -38,10 +38,21 @@ def write_rgb(path: Path, rgb: np.ndarray) -> None:
         raise ValueError(f"could not write image: {path}")
 
 
-def iter_batches(paths: list[Path], size: int) -> Iterator[list[tuple[Path, np.ndarray]]]:
+def iter_batches(paths: list[Path], size: int, skipped: list[tuple[Path, str]] | None = None
+                 ) -> Iterator[list[tuple[Path, np.ndarray]]]:
+    """Decoded images in batches of ``size``. With a ``skipped`` list, a file
+    that does not decode is recorded there (path, reason) and passed over, so
+    one broken photo does not stop a folder; without one it raises."""
     batch = []
     for p in paths:
-        batch.append((p, read_image(p, upright=True)))
+        try:
+            image = read_image(p, upright=True)
+        except ValueError as e:
+            if skipped is None:
+                raise
+            skipped.append((p, str(e)))
+            continue
+        batch.append((p, image))
         if len(batch) >= size:
             yield batch
             batch = []
@@ -50,13 +61,15 @@ def iter_batches(paths: list[Path], size: int) -> Iterator[list[tuple[Path, np.n
 
 
 def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
-                     progress: Callable[[int], None] | None = None) -> dict[str, Detections]:
+                     progress: Callable[[int], None] | None = None,
+                     skipped: list[tuple[Path, str]] | None = None) -> dict[str, Detections]:
     """Blur every image of ``img_dir`` into ``out_dir`` (same relative paths);
-    returns detections per relative path."""
+    returns detections per relative path. Files that do not decode go to
+    ``skipped`` (see :func:`iter_batches`)."""
     img_dir, out_dir = Path(img_dir), Path(out_dir)
     paths = list_images(img_dir)
     found: dict[str, Detections] = {}
-    for batch in iter_batches(paths, settings.batch_size):
+    for batch in iter_batches(paths, settings.batch_size, skipped):
         dets = stack.detect([img for _, img in batch])
         for (path, img), d in zip(batch, dets, strict=True):
             rel = str(path.relative_to(img_dir))

@@ -80,6 +80,9 @@ def _facts(report: dict) -> str:
             else "<b>differ from the input</b>")
     if report.get("damaged_frames"):
         row("damaged frames", _e(report["damaged_frames"]))
+    if report.get("undecodable"):
+        row("left out (undecodable, not anonymized)",
+            "<b>" + ", ".join(f"<code>{_e(n)}</code>" for n in report["undecodable"]) + "</b>")
     det, filled = report.get("detections", {}), report.get("filled_boxes", {})
     row("detections", ", ".join(f"{_e(k)}: {v}" for k, v in det.items()))
     row("boxes added by filling", ", ".join(f"{_e(k)}: {v}" for k, v in filled.items()))

@@ -73,3 +73,24 @@ def test_images_turns_exif_rotated_photos_upright_and_finds_their_faces(data_dir
     mask = blur_mask(found, *upright.shape[:2], mask_scale=1.3)
     for gt in record.boxes:
         assert covered_fraction(mask, gt.xyxy) >= 0.9, gt.xyxy
+
+
+def test_an_undecodable_file_is_left_out_with_a_warning_and_the_rest_is_done(
+        data_dir, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg"
+    (folder / "a_good.jpg").write_bytes(good.read_bytes())
+    (folder / "b_broken.jpg").write_bytes(good.read_bytes()[:2000])
+    (folder / "c_text.png").write_text("not an image\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(out), "--quiet",
+                 "--no-plates", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(": ")[1] for line in err] == ["warning"] * 2
+    assert "b_broken.jpg; left out" in err[0] and "c_text.png; left out" in err[1]
+    assert sorted(p.name for p in out.iterdir()) == ["a_good.jpg", "detections.pkl",
+                                                     "report.html"]
+    rows = pickle.loads((out / "detections.pkl").read_bytes())
+    assert [r["filename"] for r in rows] == ["a_good.jpg"] and rows[0]["det"]
+    assert "b_broken.jpg" in (out / "report.html").read_text(encoding="utf-8")

@@ -30,8 +30,10 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args, faces=True, plates="off")
     check_settings(settings)  # a bad model setting fails before any frame is read
-    found = anonymize_images(args.frames_dir, args.save_dir, settings, args.quiet, unit="frame")
+    found, skipped = anonymize_images(args.frames_dir, args.save_dir, settings, args.quiet,
+                                      unit="frame")
     pkl = write_face_pickle(Path(args.save_dir), found, Path(args.frames_dir))
     n = sum(len(d) for d in found.values())
-    print(f"{len(found)} frames, {n} faces -> {args.save_dir} ({pkl.name})")
-    return 0
+    left = f", {len(skipped)} left out (undecodable)" if skipped else ""
+    print(f"{len(found)} frames, {n} faces{left} -> {args.save_dir} ({pkl.name})")
+    return 1 if skipped else 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .options import add_settings_arguments, settings_from_args
+from .run import warn
 
 HELP = "blur faces and plates in every image of a folder"
 
@@ -16,9 +17,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_settings_arguments(p, video=False)
 
 
-def anonymize_images(folder, out_dir, settings, quiet: bool, unit: str = "img") -> dict:
+def anonymize_images(folder, out_dir, settings, quiet: bool, unit: str = "img"
+                     ) -> tuple[dict, list[str]]:
     """Detect and blur every image of ``folder`` into ``out_dir`` with a progress
-    bar; shared by `images` and `faces`. Returns detections per relative path."""
+    bar; shared by `images` and `faces`. Returns detections per relative path
+    and the files that did not decode: each gets one warning line on stderr
+    and is left out, the others are still done (the command then exits 1)."""
     import sys
     from pathlib import Path
 
@@ -29,8 +33,13 @@ def anonymize_images(folder, out_dir, settings, quiet: bool, unit: str = "img") 
 
     paths = list_images(Path(folder))
     stack = DetectionStack.from_settings(settings)
+    skipped: list = []
     with tqdm(total=len(paths), unit=unit, disable=quiet, file=sys.stderr) as bar:
-        return anonymize_folder(Path(folder), Path(out_dir), stack, settings, bar.update)
+        found = anonymize_folder(Path(folder), Path(out_dir), stack, settings, bar.update,
+                                 skipped)
+    for _, reason in skipped:
+        warn(f"{reason}; left out")
+    return found, [str(Path(p).relative_to(folder)) for p, _ in skipped]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,14 +53,16 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     models = check_settings(settings)  # a bad model setting fails before any image is read
     t0 = time.perf_counter()
-    found = anonymize_images(args.img_dir, args.out_dir, settings, args.quiet)
+    found, skipped = anonymize_images(args.img_dir, args.out_dir, settings, args.quiet)
     wall = time.perf_counter() - t0
     pkl = write_image_detections(Path(args.out_dir), found)
     n = sum(len(d) for d in found.values())
-    page = write_image_page(Path(args.out_dir), found, _report(args, settings, models, found,
-                                                                wall))
-    print(f"{len(found)} images, {n} detections -> {args.out_dir} ({pkl.name}, {page.name})")
-    return 0
+    report = _report(args, settings, models, found, wall) | {"undecodable": skipped}
+    page = write_image_page(Path(args.out_dir), found, report)
+    left = f", {len(skipped)} left out (undecodable)" if skipped else ""
+    print(f"{len(found)} images, {n} detections{left} -> {args.out_dir} "
+          f"({pkl.name}, {page.name})")
+    return 1 if skipped else 0
 
 
 def _report(args, settings, models, found, wall: float) -> dict:
