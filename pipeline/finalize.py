@@ -37,6 +37,7 @@ def finalize(manifest: Manifest, segment_videos: list[Path], results: list[Segme
         raise video.VideoError(f"no frame of {manifest.source_name} could be decoded")
     video.join_segments(segment_videos, source, info, output,
                         keep_metadata=settings.keep_metadata, frame_pts=shown)
+    shift = video.start_shift(info)  # a source starting before 0 starts at 0
     frames: dict[int, Detections] = {}
     for r in results:
         frames.update(r.frames)
@@ -63,7 +64,8 @@ def finalize(manifest: Manifest, segment_videos: list[Path], results: list[Segme
         "input": _stream_facts(manifest.info),
         "output_stream": _stream_facts(out_info),
         "frames": len(shown),
-        "frames_match": same_frame_times(shown, info.time_base, out_info),
+        "frames_match": same_frame_times(shown, info.time_base, out_info, shift),
+        "start_shift_s": float(shift * info.time_base),
         **damage_report(info, [r.damage for r in results]),
         "segments": len(manifest.segments),
         "detections": counts,
@@ -83,14 +85,15 @@ def finalize(manifest: Manifest, segment_videos: list[Path], results: list[Segme
     return report
 
 
-def same_frame_times(shown: list[int], time_base, b: video.VideoInfo) -> bool:
+def same_frame_times(shown: list[int], time_base, b: video.VideoInfo, shift: int = 0) -> bool:
     """Whether ``b`` holds exactly the frames ``shown`` (source pts in
     ``time_base``: the source's frames that decode) at exactly their times
-    (pts × time base): a container may store the time base as an equal finer one."""
+    (pts × time base, plus ``shift`` ticks for a source that starts before 0):
+    a container may store the time base as an equal finer one."""
     if len(shown) != b.n_frames:
         return False
     ta, tb = Fraction(time_base), Fraction(b.time_base)
-    return all(p * ta == q * tb for p, q in zip(shown, b.frame_pts, strict=True))
+    return all((p + shift) * ta == q * tb for p, q in zip(shown, b.frame_pts, strict=True))
 
 
 def _stream_facts(info: video.VideoInfo) -> dict:

@@ -26,11 +26,19 @@ from pipeline.video import (
     probe,
     segment_tag,
     split_segment,
+    start_shift,
 )
 from pipeline.video.damage import damage_report, segment_damage
 from pipeline.video.h264 import FrameNumCheck
 from tests import corpus
-from tests.videos import LOCATION, frame_number, make_audio_only, make_image, make_video
+from tests.videos import (
+    LOCATION,
+    frame_number,
+    make_audio_only,
+    make_image,
+    make_video,
+    synthetic_frame,
+)
 
 REAL = {  # file: (frames, width, height, codec)
     "intel_car-detection.mp4": (377, 768, 432, "h264"),
@@ -326,6 +334,28 @@ def test_round_trip_plays_like_the_source(tmp_path, case, suffix):
     assert [s["type"] for s in got.other_streams] == [s["type"] for s in info.other_streams]
     numbers = [frame_number(rgb) for _, rgb in iter_frames(out, got)]
     assert numbers == [full[p] for p in info.frame_pts]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_a_transport_stream_whose_clock_wrapped_keeps_every_frame(tmp_path, suffix):
+    """An MPEG-TS recorded across the wrap of its 33-bit clock is read with the
+    frames before the wrap at negative times; an MP4 would hide those behind
+    an edit list. The output shows every frame, in order, all moved by one
+    amount so that the first is at 0."""
+    pts = [2**33 - 10 * 3600 + i * 3600 for i in range(30)]
+    src = make_video(tmp_path / "wrapped.ts", pts=pts, time_base=Fraction(1, 90000), bframes=2)
+    info0 = probe(src)
+    assert info0.frame_pts[0] < 0 < info0.frame_pts[-1]
+    full = {p: frame_number(rgb) for p, rgb in iter_frames(src, info0)}
+    out = tmp_path / f"out{suffix}"
+    info, got = anonymize_like(src, tmp_path, out)
+    shift = start_shift(info)
+    assert shift * info.time_base == Fraction(36000, 90000)
+    want = [float((p + shift) * info.time_base) for p in info.frame_pts]
+    assert [float(p * got.time_base) for p in got.frame_pts] == pytest.approx(want, abs=5e-4)
+    numbers = [frame_number(rgb) for _, rgb in iter_frames(out, got)]
+    made = [frame_number(synthetic_frame(i, 64, 48)) for i in range(30)]
+    assert numbers == [full[p] for p in info.frame_pts] == made
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".mkv"])

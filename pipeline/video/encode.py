@@ -15,7 +15,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from .probe import VideoError, VideoInfo
+from .probe import VideoError, VideoInfo, start_shift
 
 OUTPUT_SUFFIXES = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
 
@@ -82,6 +82,7 @@ class VideoWriter:
         self.info = info
         self.pix_fmt = pix_fmt or choose_pix_fmt(info)
         self._last_pts: int | None = None
+        self._shift = start_shift(info)  # a source starting before 0 is written from 0
         self.frames = 0
         self._c = open_output(self.path, time_base=info.time_base)
         tb = info.time_base
@@ -120,7 +121,7 @@ class VideoWriter:
         if self._space is not None:
             kw["dst_colorspace"] = self._space
         frame = frame.reformat(**kw)
-        frame.pts = pts
+        frame.pts = pts + self._shift
         frame.time_base = self.info.time_base
         for packet in self._stream.encode(frame):
             self._c.mux(packet)

@@ -20,7 +20,7 @@ import av
 from models.errors import one_line
 
 from .encode import OUTPUT_SUFFIXES, check_output_suffix, open_output
-from .probe import VideoError, VideoInfo, open_input, snap_pts, video_stream
+from .probe import VideoError, VideoInfo, open_input, snap_pts, start_shift, video_stream
 
 # metadata keys that identify nobody and are kept even when stripping
 _NEUTRAL_STREAM_KEYS = {"language"}
@@ -133,7 +133,8 @@ def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadat
     Packets of the two sources are merged by time as they are read, so memory
     does not grow with the video's length. Each video packet's duration is set
     to the gap to the next frame (last: to the source's end), so the output
-    lasts exactly as long as the source."""
+    lasts exactly as long as the source. A source that starts before 0 is
+    moved to start at 0 (:func:`start_shift`)."""
     out_path = Path(out_path)
     segment_paths = [Path(p) for p in segment_paths]
     if not segment_paths:
@@ -157,8 +158,9 @@ def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadat
         if keep_metadata:
             dst.metadata.update(src.metadata)
         count = [0]
-        video = _video_packets(segment_paths, info, ovs, count)
-        others = _other_packets(src, copies)
+        shift = start_shift(info)
+        video = _video_packets(segment_paths, info, ovs, count, shift)
+        others = _other_packets(src, copies, shift * tb)
         for _, packet in heapq.merge(video, others, key=lambda x: x[0]):
             dst.mux(packet)
     if count[0] != expected:
@@ -177,8 +179,9 @@ def _stream_tags(tags: dict, keep: bool) -> dict:
     return {k: v for k, v in tags.items() if k.lower() in _NEUTRAL_STREAM_KEYS}
 
 
-def _video_packets(paths, info: VideoInfo, ovs, count: list[int]):
-    """(time, packet) of every encoded segment in order, with source pts."""
+def _video_packets(paths, info: VideoInfo, ovs, count: list[int], shift: int = 0):
+    """(time, packet) of every encoded segment in order, with source pts plus
+    ``shift`` (which the segments were encoded with too)."""
     tb = info.time_base
     prev = None
     for path in paths:
@@ -188,23 +191,27 @@ def _video_packets(paths, info: VideoInfo, ovs, count: list[int]):
             for p in c.demux(vs):
                 if p.size == 0:
                     continue
-                pts = snap_pts(round(p.pts * seg_tb / tb), info.frame_pts) if seg_tb != tb else p.pts
+                pts = p.pts - shift  # the source's pts
+                if seg_tb != tb:
+                    pts = snap_pts(round(p.pts * seg_tb / tb) - shift, info.frame_pts)
                 if prev is not None:
-                    if pts <= prev.pts:
+                    if pts + shift <= prev.pts:
                         raise VideoError(f"segment {path} overlaps the previous one (pts {pts})")
-                    prev.duration = pts - prev.pts
+                    prev.duration = pts + shift - prev.pts
                     yield Fraction(prev.dts) * tb, prev
                 p.stream = ovs
                 p.time_base = tb
-                p.pts = p.dts = pts
+                p.pts = p.dts = pts + shift
                 prev = p
                 count[0] += 1
     if prev is not None:
-        prev.duration = max(1, (info.end_pts or prev.pts + 1) - prev.pts)
+        end = info.end_pts + shift if info.end_pts is not None else prev.pts + 1
+        prev.duration = max(1, end - prev.pts)
         yield Fraction(prev.dts) * tb, prev
 
 
-def _other_packets(src, copies: dict):
+def _other_packets(src, copies: dict, shift_s: Fraction = Fraction(0)):
+    """(time, packet) of the copied streams, moved by ``shift_s`` seconds."""
     if not copies:
         return
     streams = [src.streams[i] for i in copies]
@@ -213,7 +220,14 @@ def _other_packets(src, copies: dict):
             continue
         if p.size == 2 and bytes(p) == b"\x00\x00" and src.streams[p.stream_index].codec_context.name == "mov_text":
             continue  # an empty gap cue: the MP4 muxer writes these itself, keeping one avoids doubling
+        ptb = Fraction(p.time_base.numerator, p.time_base.denominator)
+        if shift_s:
+            ticks = round(shift_s / ptb)
+            if p.pts is not None:
+                p.pts += ticks
+            if p.dts is not None:
+                p.dts += ticks
         ts = p.dts if p.dts is not None else p.pts
-        t = Fraction(ts or 0) * Fraction(p.time_base.numerator, p.time_base.denominator)
+        t = Fraction(ts or 0) * ptb
         p.stream = copies[p.stream_index]
         yield t, p

@@ -110,6 +110,20 @@ class VideoInfo:
         return cls(**d)
 
 
+def start_shift(info: VideoInfo) -> int:
+    """Ticks added to every timestamp written (segment encodes and the output)
+    so that the source's first frame is not before 0 (0 for nearly every
+    source).
+
+    Why: an MP4 cannot show a frame at a negative time; its muxer writes an
+    edit list that hides those frames, so a player never shows them. Sources
+    do start below 0: an MPEG-TS whose 33-bit clock wrapped during the
+    recording is read with the frames before the wrap at negative times (a
+    TS four seconds before its wrap lost 47 of 120 frames that way). All
+    streams move by the same amount, so sync and every gap are kept."""
+    return max(0, -info.frame_pts[0]) if info.frame_pts else 0
+
+
 def _typical_step(pts: list[int]) -> int:
     if len(pts) < 2:
         return 1
