@@ -334,8 +334,11 @@ def _scan_decoded(path, index):
                 rejected += 1
                 continue
             for f in frames:
-                if f.pts is None:
-                    raise VideoError(f"frames without timestamps in {path}")
+                if f.pts is None:  # a raw elementary stream (.h264, .hevc, .m4v)
+                    raise VideoError(
+                        f"frames without timestamps in {path} ({c.format.name} stream with no "
+                        f"container): put it in one first, at its frame rate, e.g. "
+                        f"ffmpeg -r 25 -i IN -c copy OUT.mkv")
                 labels.append(f.pts)
     pts = sorted(labels)
     if not pts:
