@@ -24,10 +24,13 @@ LABEL_IDS: dict[str, int] = {name: i for i, name in enumerate(LABELS)}
 
 
 def label_id(name: str) -> int:
-    """Canonical id of a label name (also accepts 'license_plate', 'motorbike')."""
-    aliases = {"license_plate": "plate", "licence_plate": "plate", "lp": "plate",
+    """Canonical id of a label name, in any case, with spaces, hyphens or
+    underscores ('License Plate', 'licence-plate', 'number_plate', 'motorbike')."""
+    aliases = {"license_plate": "plate", "licence_plate": "plate", "number_plate": "plate",
+               "numberplate": "plate", "licenseplate": "plate", "lp": "plate",
                "motorbike": "motorcycle", "vehicle": "car"}
-    key = aliases.get(name.lower(), name.lower())
+    key = "_".join(name.lower().replace("-", " ").replace("_", " ").split())
+    key = aliases.get(key, key)
     if key not in LABEL_IDS:
         raise ValueError(f"unknown label {name!r}; known: {', '.join(LABELS)}")
     return LABEL_IDS[key]

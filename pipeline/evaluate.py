@@ -33,6 +33,7 @@ import json
 import pickle
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import islice
@@ -310,6 +311,8 @@ def evaluate_dataset(records: Sequence[ImageRecord],
     if draw_dir is not None:
         Path(draw_dir).mkdir(parents=True, exist_ok=True)
     annotated = {group_of_label(b.label) for r in records for b in r.boxes}
+    unrecognised = Counter(b.label for r in records for b in r.boxes
+                           if group_of_label(b.label) is None)
     totals = {label: LabelCounts() for label in labels}
     mdicts: list[dict] = []
     detect_s = 0.0
@@ -348,6 +351,8 @@ def evaluate_dataset(records: Sequence[ImageRecord],
         "mode": mode,
         "images": len(mdicts),
         "labels": {label: totals[label].summary(label in annotated) for label in labels},
+        # annotated labels no detector produces (not evaluated): boxes per label
+        "unrecognised_labels": dict(sorted(unrecognised.items())),
         "evaluation": {"iou_thresh": IOU_THRESH, "coverage_thresh": COVERAGE_THRESH,
                        "mask_scale": mask_scale, "coverage_shape": shape,
                        "min_width": min_width, "batch_size": batch_size},

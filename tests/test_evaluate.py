@@ -21,7 +21,14 @@ import numpy as np
 import pytest
 
 from models.detections import FACE, PLATE, TRUCK, Detections
-from pipeline.datasets import GTBox, iter_samples, load_annotations, load_yolo_dir, read_image
+from pipeline.datasets import (
+    GTBox,
+    ImageRecord,
+    iter_samples,
+    load_annotations,
+    load_yolo_dir,
+    read_image,
+)
 from pipeline.evaluate import (
     LabelCounts,
     blur_mask,
@@ -29,6 +36,7 @@ from pipeline.evaluate import (
     evaluate_dataset,
     evaluate_image,
     format_table,
+    group_of_label,
     match_greedy,
     match_image,
 )
@@ -191,6 +199,23 @@ def test_labels_only_match_their_own_group():
     assert match_image(dets((0, 0, 10, 10, 0.9, PLATE)), gt) == [(0, None), (None, 0)]
     gt = [GTBox("license_plate", [0, 0, 10, 10])]
     assert match_image(dets((0, 0, 10, 10, 0.9, PLATE)), gt) == [(0, 0)]
+
+
+@pytest.mark.parametrize("name", ["License Plate", "licence-plate", "number_plate", "LP",
+                                  "Plate", " license  plate "])
+def test_plate_label_spellings_of_common_exports_are_plates(name):
+    assert group_of_label(name) == "plate"
+
+
+def test_labels_no_detector_finds_are_counted_not_evaluated(tmp_path):
+    records = [ImageRecord(tmp_path / "a.png", [GTBox("person", [0, 0, 4, 4]),
+                                                GTBox("Face", [1, 1, 5, 5]),
+                                                GTBox("person", [2, 2, 6, 6])])]
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    metrics = evaluate_dataset(records, lambda imgs: [Detections.empty() for _ in imgs],
+                               tmp_path / "out", "faces")
+    assert metrics["unrecognised_labels"] == {"person": 2}
+    assert metrics["labels"]["face"]["gt"] == 1
 
 
 def test_counts_add_up_over_images():

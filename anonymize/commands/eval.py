@@ -131,5 +131,11 @@ def run(args: argparse.Namespace) -> int:
           f"device {meta['device']}: load {t['load_s']:.1f} s, "
           f"detect {t['detect_ms_per_image']:.0f} ms/image")
     print(format_table(metrics))
+    if metrics["unrecognised_labels"]:
+        import sys
+
+        names = ", ".join(f"{k!r} ({n} boxes)" for k, n in metrics["unrecognised_labels"].items())
+        print(f"anonymize: warning: labels no detector finds, not evaluated: {names}",
+              file=sys.stderr)
     print(f"wrote {out_dir / 'metrics.json'}")
     return 0
