@@ -191,17 +191,18 @@ def _video_packets(paths, info: VideoInfo, ovs, count: list[int], shift: int = 0
             for p in c.demux(vs):
                 if p.size == 0:
                     continue
-                pts = p.pts - shift  # the source's pts
+                pts = p.pts  # the source's pts + shift
                 if seg_tb != tb:
-                    pts = snap_pts(round(p.pts * seg_tb / tb) - shift, info.frame_pts)
+                    pts = snap_pts(round(p.pts * seg_tb / tb) - shift, info.frame_pts) + shift
                 if prev is not None:
-                    if pts + shift <= prev.pts:
-                        raise VideoError(f"segment {path} overlaps the previous one (pts {pts})")
-                    prev.duration = pts + shift - prev.pts
+                    if pts <= prev.pts:
+                        raise VideoError(f"segment {path} overlaps the previous one "
+                                         f"(pts {pts - shift})")
+                    prev.duration = pts - prev.pts
                     yield Fraction(prev.dts) * tb, prev
                 p.stream = ovs
                 p.time_base = tb
-                p.pts = p.dts = pts + shift
+                p.pts = p.dts = pts
                 prev = p
                 count[0] += 1
     if prev is not None:
