@@ -91,6 +91,13 @@ def test_output_under_a_regular_file_is_refused(src, tmp_path):
     refused(src, blocker / "out.mp4", "is not a folder", tmp_path)
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_output_in_a_folder_where_no_file_can_be_made_is_refused(src, tmp_path):
+    """Permission bits pass for root where no file can be made (/proc, a
+    read-only mount): the run used to fail only when joining, at its end."""
+    refused(src, Path("/proc/anonymized.mp4"), "output folder /proc is not writable", tmp_path)
+
+
 def test_avi_and_unknown_outputs_are_refused_before_the_input_is_read(tmp_path):
     not_a_video = tmp_path / "in.txt"
     not_a_video.write_text("hello")

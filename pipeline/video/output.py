@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,8 +42,14 @@ def check_folder_writable(folder: Path, what: str = "output folder") -> None:
         probe_dir = probe_dir.parent
     if not probe_dir.is_dir():
         raise VideoError(f"{what} {folder} cannot be created: {probe_dir} is not a folder")
-    if not os.access(probe_dir, os.W_OK | os.X_OK):
-        raise VideoError(f"{what} {folder} is not writable ({probe_dir})")
+    # a file really made and removed: permission bits do not tell root about a
+    # read-only mount or a folder like /proc, where the run failed only at its end
+    try:
+        with tempfile.TemporaryFile(dir=probe_dir):
+            pass
+    except OSError as e:
+        raise VideoError(f"{what} {folder} is not writable ({probe_dir}: "
+                         f"{e.strerror or e})") from None
 
 
 def check_output_path(source: Path, output: Path) -> None:
