@@ -98,6 +98,21 @@ def test_output_in_a_folder_where_no_file_can_be_made_is_refused(src, tmp_path):
     refused(src, Path("/proc/anonymized.mp4"), "output folder /proc is not writable", tmp_path)
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+@pytest.mark.parametrize("command", ["images", "faces", "eval"])
+def test_image_commands_refuse_an_unwritable_output_folder_first(command, data_dir, capsys):
+    from anonymize.cli import main
+
+    images = data_dir / "faces_dlib_examples"
+    argv = {"images": ["images", "--img-dir", str(images / "images"), "--out-dir"],
+            "faces": ["faces", "--frames-dir", str(images / "images"), "--save-dir"],
+            "eval": ["eval", "--dataset", str(images), "--mode", "faces", "--out-dir"]}[command]
+    assert main([*argv, "/proc/anonymized", "--quiet"] if command != "eval"
+                else [*argv, "/proc/anonymized"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "/proc/anonymized is not writable" in err[0]
+
+
 def test_avi_and_unknown_outputs_are_refused_before_the_input_is_read(tmp_path):
     not_a_video = tmp_path / "in.txt"
     not_a_video.write_text("hello")

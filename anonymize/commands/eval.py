@@ -92,7 +92,10 @@ def _device_of(stack, settings) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.video.output import check_folder_writable
+
     records = _records(args)  # fail on a bad dataset before loading any model
+    check_folder_writable(Path(args.out_dir), "--out-dir")
 
     from pipeline.evaluate import MODE_LABELS, evaluate_dataset, format_table
 

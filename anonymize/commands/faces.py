@@ -27,8 +27,10 @@ def run(args: argparse.Namespace) -> int:
 
     from models.resolve import check_settings
     from pipeline.images import write_face_pickle
+    from pipeline.video.output import check_folder_writable
 
     settings = settings_from_args(args, faces=True, plates="off")
+    check_folder_writable(Path(args.save_dir), "--save-dir")  # before any model loads
     check_settings(settings)  # a bad model setting fails before any frame is read
     found, skipped = anonymize_images(args.frames_dir, args.save_dir, settings, args.quiet,
                                       unit="frame")

@@ -49,8 +49,10 @@ def run(args: argparse.Namespace) -> int:
     from models.resolve import check_settings
     from pipeline.images import write_image_detections
     from pipeline.review import write_image_page
+    from pipeline.video.output import check_folder_writable
 
     settings = settings_from_args(args)
+    check_folder_writable(Path(args.out_dir), "--out-dir")  # before any model loads
     models = check_settings(settings)  # a bad model setting fails before any image is read
     t0 = time.perf_counter()
     found, skipped = anonymize_images(args.img_dir, args.out_dir, settings, args.quiet)
