@@ -503,6 +503,19 @@ def test_matroska_sources_with_b_frames_keep_their_first_frames(case, tmp_path):
         assert all(np.array_equal(rgb, full[p]) for p, rgb in frames), f"segment {seg.index}"
 
 
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_matroska_sources_shorter_than_their_reorder_delay(n, tmp_path):
+    """x264 with three B-frames on a clip of 1-3 frames: no packet has a dts.
+    Every frame is still shown at its time (the look-ahead once read such a
+    file to its end, closed it, and the process crashed reading its stream)."""
+    src = make_video(tmp_path / "src.mkv", n_frames=n, bframes=3)
+    info, full, segs = _split_all(src, tmp_path)
+    assert len(full) == info.n_frames == n
+    ((seg, _, frames),) = segs
+    assert [p for p, _ in frames] == info.frame_pts
+    assert all(np.array_equal(rgb, full[p]) for p, rgb in frames)
+
+
 def test_segment_tag_holds_long_frame_lists(tmp_path):
     """NUT reads back at most 1023 bytes of a metadata value: the tag is stored
     in pieces and read back whole."""

@@ -175,16 +175,24 @@ def _with_dts(packets: Iterator[av.Packet]) -> Iterator[av.Packet]:
     whole segment by the guess it makes itself (two frames for x264's
     defaults), the frames' times no longer match the tag, and the first
     frames were lost as if undecodable. With every dts known the shift is
-    ``pts_offset``'s, which the tag records."""
+    ``pts_offset``'s, which the tag records. A stream shorter than its
+    reorder delay has no dts at all: all of them are filled, ending before
+    its first shown time."""
     head: list[av.Packet] = []
+    whole = True  # the look-ahead read the whole stream
     for p in packets:
         head.append(p)
         if p.dts is not None or len(head) > _DTS_LOOKAHEAD:
+            whole = False
             break
-    if len(head) > 1 and head[-1].dts is not None:
+    unset, dts = [], None
+    if head and head[-1].dts is not None:
+        unset, dts = head[:-1], head[-1].dts
+    elif head and whole:  # a stream shorter than its reorder delay: no dts at all
+        unset, dts = head, min(p.pts for p in head) + 1
+    if unset:
         step = max(1, head[-1].duration or 0)  # any step > 0 keeps decode order
-        dts = head[-1].dts
-        for p in reversed(head[:-1]):
+        for p in reversed(unset):
             dts = p.dts = min(p.pts, dts - step)  # increasing, and never after its pts
     yield from head
     yield from packets
@@ -192,16 +200,20 @@ def _with_dts(packets: Iterator[av.Packet]) -> Iterator[av.Packet]:
 
 def _write_copy(packets: Iterator[av.Packet], fmt: str, info: VideoInfo, out_path: Path,
                 tag: dict) -> None:
-    packets = _with_dts(packets)
     first = next(packets)
-    start = min(t for t in (first.pts, first.dts) if t is not None)
-    offset = max(0, -start)  # dts only grow in decode order, and pts >= dts
-    tag.update(pts_offset=offset, container=fmt)
     with _open_segment(out_path, fmt) as dst:
+        # the stream template is read before the dts look-ahead, which may read a
+        # short file to its end: the source container then closes, and its
+        # stream with it (reading it then crashed the process)
         ovs = dst.add_stream_from_template(first.stream)
         ovs.time_base = first.stream.time_base
         if info.rotation:
             ovs.set_display_rotation(info.rotation)
+        packets = _with_dts(itertools.chain([first], packets))
+        first = next(packets)
+        start = min(t for t in (first.pts, first.dts) if t is not None)
+        offset = max(0, -start)  # dts only grow in decode order, and pts >= dts
+        tag.update(pts_offset=offset, container=fmt)
         set_segment_tag(dst, tag)
         for p in itertools.chain([first], packets):
             if offset:
