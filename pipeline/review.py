@@ -73,16 +73,20 @@ def write_page(records_dir: Path, video: Path | None = None, report: dict | None
     picked = pick_frames(flags)
     thumbs: dict[int, str] = {}
     note = ""
+    turns = int(inp.get("rotation") or 0) // 90 % 4  # thumbnails as a player shows them
+    # the output's times: the source's, moved when the source started before 0
+    shift = Fraction(str(report.get("start_shift_s") or 0))
     if video is not None and Path(video).is_file():
         try:
-            thumbs = grab_thumbnails(Path(video), {f: exact[f] for f, _ in picked if f in exact})
+            thumbs = grab_thumbnails(Path(video), {f: exact[f] + shift for f, _ in picked
+                                                   if f in exact}, turns=turns)
         except Exception as exc:  # a page without thumbnails beats no page
             note = f"thumbnails could not be taken from {Path(video).name}: {exc}"
     elif picked:
         note = "the output video was not found, so there are no thumbnails"
     n_frames = int(report.get("input", {}).get("frames") or (max(frames) + 1 if frames else 0))
     page = render_page(report, frames, times, n_frames, flags, picked, thumbs,
-                       doc.get("zones", []), width, height, note)
+                       doc.get("zones", []), width, height, note, turns)
     return write_atomic(Path(out or records_dir / REPORT_HTML), page.encode())
 
 

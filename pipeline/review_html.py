@@ -241,8 +241,19 @@ def _legend() -> str:
     return "<p class='legend'>" + "".join(out) + "</p>"
 
 
+def _turned(width: int, height: int, turns: int) -> tuple[int, int, str]:
+    """Size and SVG transform that show stored-pixel coordinates on a picture
+    turned ``turns`` quarter turns counter-clockwise (np.rot90)."""
+    return {0: (width, height, ""),
+            1: (height, width, f" transform='matrix(0 -1 1 0 0 {width})'"),
+            2: (width, height, f" transform='matrix(-1 0 0 -1 {width} {height})'"),
+            3: (height, width, f" transform='matrix(0 1 -1 0 {height} 0)'")}[turns % 4]
+
+
 def _overlay(d: Detections, flagged: list[dict], zones: list[dict], width: int, height: int,
-             mask_scale: float) -> str:
+             mask_scale: float, turns: int = 0) -> str:
+    """Regions, zones and flagged boxes (stored pixels) over a thumbnail turned
+    ``turns`` quarter turns counter-clockwise."""
     parts = []
     for filled in (False, True):
         sub = d[d.filled == filled]
@@ -269,20 +280,22 @@ def _overlay(d: Detections, flagged: list[dict], zones: list[dict], width: int, 
                      f"width='{x2 - x1 + 2 * pad:.1f}' height='{y2 - y1 + 2 * pad:.1f}' "
                      f"fill='none' stroke='{COLOURS['flagged']}' stroke-width='2.5' "
                      f"vector-effect='non-scaling-stroke'/>")
-    return (f"<svg viewBox='0 0 {width} {height}' preserveAspectRatio='none' "
-            f"xmlns='http://www.w3.org/2000/svg'>" + "".join(parts) + "</svg>")
+    view_w, view_h, transform = _turned(width, height, turns)
+    return (f"<svg viewBox='0 0 {view_w} {view_h}' preserveAspectRatio='none' "
+            f"xmlns='http://www.w3.org/2000/svg'><g{transform}>" + "".join(parts) + "</g></svg>")
 
 
 def _sheet(picked: list[tuple[int, list[Flag]]], thumbs: Mapping[int, str],
            frames: Mapping[int, Detections], times: Mapping[int, float], zones: list[dict],
-           zone_active, width: int, height: int, mask_scale: float) -> str:
+           zone_active, width: int, height: int, mask_scale: float, turns: int = 0) -> str:
     cards = []
     for f, fl in picked:
         if f not in thumbs:
             continue
         d = frames.get(f, Detections.empty())
         here = [z for z in zones if zone_active(z, f)]
-        overlay = _overlay(d, [b for x in fl for b in x.boxes], here, width, height, mask_scale)
+        overlay = _overlay(d, [b for x in fl for b in x.boxes], here, width, height, mask_scale,
+                           turns)
         items = "".join(f"<li><span class='kind' style='color:{COLOURS[x.kind]}'>{x.kind}"
                         f"</span> {_e(x.reason)}</li>" for x in fl)
         cards.append(
@@ -307,8 +320,9 @@ def _flag_table(flags: list[Flag], times: Mapping[int, float], limit: int = 300)
 def render_page(report: dict, frames: Mapping[int, Detections], times: Mapping[int, float],
                 n_frames: int, flags: list[Flag], picked: list[tuple[int, list[Flag]]],
                 thumbs: Mapping[int, str], zones: list[dict], width: int, height: int,
-                note: str = "") -> str:
-    """The whole self-contained page (no script, no request leaves it)."""
+                note: str = "", turns: int = 0) -> str:
+    """The whole self-contained page (no script, no request leaves it);
+    thumbnails turned ``turns`` quarter turns as a player shows the video."""
     mask_scale = float(report.get("settings", {}).get("mask_scale", 1.0))
 
     def zone_active(z: dict, f: int) -> bool:
@@ -337,7 +351,8 @@ def render_page(report: dict, frames: Mapping[int, Detections], times: Mapping[i
         "output; outlines: regions blurred (solid: detected, dashed: filled), the flagged "
         "object (yellow), zones (green: never blurred, purple: always blurred).</p>",
         f"<p class='muted'>{_e(note)}</p>" if note else "",
-        _sheet(picked, thumbs, frames, times, zones, zone_active, width, height, mask_scale),
+        _sheet(picked, thumbs, frames, times, zones, zone_active, width, height, mask_scale,
+               turns),
         "<h2>All flags</h2>",
         _flag_table(flags, times),
     ]

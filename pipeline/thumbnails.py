@@ -32,11 +32,13 @@ def jpeg_thumbnail(rgb: np.ndarray, width: int = THUMB_WIDTH) -> str:
     return base64.b64encode(buf.tobytes()).decode("ascii")
 
 
-def grab_thumbnails(path: Path, wanted: Mapping[int, Fraction], width: int = THUMB_WIDTH
-                    ) -> dict[int, str]:
+def grab_thumbnails(path: Path, wanted: Mapping[int, Fraction], width: int = THUMB_WIDTH,
+                    turns: int = 0) -> dict[int, str]:
     """JPEG thumbnails (base64) of the frames of ``path`` shown at the times in
-    ``wanted`` (frame index -> seconds, exact). Frames far apart are reached by
-    seeking to the keyframe before them; only one frame is held at a time."""
+    ``wanted`` (frame index -> seconds, exact), each turned ``turns`` quarter
+    turns counter-clockwise (a rotated video, as a player shows it). Frames
+    far apart are reached by seeking to the keyframe before them; only one
+    frame is held at a time."""
     from .video.decode import to_rgb
     from .video.probe import open_input, video_stream
 
@@ -83,5 +85,6 @@ def grab_thumbnails(path: Path, wanted: Mapping[int, Fraction], width: int = THU
                     held = frame
                 break
             if best is not None and abs(best.pts * tb - t) <= eps:
-                out[idx] = jpeg_thumbnail(to_rgb(best), width)
+                out[idx] = jpeg_thumbnail(np.ascontiguousarray(np.rot90(to_rgb(best), turns)),
+                                          width)
     return out

@@ -158,6 +158,51 @@ def test_thumbnails_show_only_anonymized_pixels(reviewed, tmp_path):
     assert np.abs(np.diff(grey, axis=1)).max() < 60  # no checkerboard edges left
 
 
+def test_thumbnails_of_a_rotated_video_are_upright_with_their_boxes(tmp_path):
+    """A phone's portrait clip (frames stored sideways, a display rotation): the
+    contact sheet shows it as a player does, boxes on the blurred regions."""
+    import base64
+    import re
+
+    import av
+    import cv2
+
+    scene = write_scene(tmp_path / "scene.mp4")
+    src = tmp_path / "portrait.mp4"
+    with av.open(str(scene)) as a, av.open(str(src), "w") as b:
+        out = b.add_stream_from_template(a.streams.video[0])
+        out.set_display_rotation(90)
+        for packet in a.demux(a.streams.video[0]):
+            if packet.size:
+                packet.stream = out
+                b.mux(packet)
+    settings = Settings(fill_frames=FILL, segment_frames=10, shape="box", batch_size=4,
+                        crf=10, preset="ultrafast")
+    report = run_local(src, tmp_path / "out" / "portrait.mp4", settings, stack=ScriptedStack())
+    assert report["input"]["rotation"] == 90
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    first = page.split("data:image/jpeg;base64,")[1].split("'")[0]
+    img = cv2.imdecode(np.frombuffer(base64.b64decode(first), np.uint8), cv2.IMREAD_COLOR)
+    w, h = report["input"]["width"], report["input"]["height"]
+    assert img.shape[0] > img.shape[1] and w > h  # stored landscape, shown portrait
+    frame = int(page.split("<figure class='thumb' id='f")[1].split("'")[0])
+    svg = page.split(f"id='f{frame}'")[1].split("</svg>")[0]
+    assert f"viewBox='0 0 {h} {w}'" in svg
+    a_, b_, c_, d_, e_, f_ = (float(v) for v in re.search(r"matrix\(([^)]*)\)", svg)[1].split())
+    dets = json.loads((tmp_path / "out" / "detections.json").read_text(encoding="utf-8"))
+    x1, y1, x2, y2 = dets["frames"][frame]["detections"][0]["xyxy"]
+    corners = [(a_ * x + c_ * y + e_, b_ * x + d_ * y + f_) for x in (x1, x2) for y in (y1, y2)]
+    xs, ys = [p[0] for p in corners], [p[1] for p in corners]
+    shown = Detections([[min(xs), min(ys), max(xs), max(ys)]], [1.0], [FACE])
+    assert shown.unrotated(1, w, h).xyxy[0].tolist() == pytest.approx([x1, y1, x2, y2], abs=1e-3)
+    scale = img.shape[1] / h
+    crop = img[int(min(ys) * scale) + 2:int(max(ys) * scale) - 2,
+               int(min(xs) * scale) + 2:int(max(xs) * scale) - 2]
+    assert crop.size
+    grey = crop.astype(int).mean(axis=2)
+    assert np.abs(np.diff(grey, axis=1)).max() < 60  # the box sits on the blurred region
+
+
 def test_review_rebuilds_the_page_from_the_records(reviewed, tmp_path, capsys):
     folder, _ = reviewed
     copy = tmp_path / "records"
