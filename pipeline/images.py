@@ -32,10 +32,36 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def write_rgb(path: Path, rgb: np.ndarray) -> None:
+def write_rgb(path: Path, rgb: np.ndarray, like: Path | None = None) -> None:
+    """Write ``rgb``; with ``like`` (the source file) in its channel layout: a
+    grey source stays grey, a source with transparency keeps its alpha
+    channel (the blurred colour under it), so a cut-out PNG does not come
+    back on an opaque background. 16-bit sources are written in 8 bits."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+    out = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    if like is not None:
+        layout = _layout(like)
+        if isinstance(layout, np.ndarray):
+            if layout.shape == rgb.shape[:2]:
+                out = np.dstack([out, layout])
+        elif layout == 1:
+            out = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    if not cv2.imwrite(str(path), out):
         raise ValueError(f"could not write image: {path}")
+
+
+def _layout(path: Path) -> int | np.ndarray | None:
+    """1 for a grey image, its 8-bit alpha plane for one with transparency,
+    else None (the file as stored: EXIF orientation not applied)."""
+    raw = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        return None
+    if raw.ndim == 2:
+        return 1
+    if raw.shape[2] == 4:
+        alpha = raw[:, :, 3]
+        return alpha if alpha.dtype == np.uint8 else (alpha >> 8).astype(np.uint8)
+    return None
 
 
 def iter_batches(paths: list[Path], size: int, skipped: list[tuple[Path, str]] | None = None
@@ -75,7 +101,7 @@ def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
             rel = str(path.relative_to(img_dir))
             found[rel] = d
             write_rgb(out_dir / rel, anonymize_frame(img, d, settings.mode, settings.shape,
-                                                     settings.mask_scale))
+                                                     settings.mask_scale), like=path)
         if progress:
             progress(len(batch))
     return found

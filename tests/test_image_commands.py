@@ -94,3 +94,23 @@ def test_an_undecodable_file_is_left_out_with_a_warning_and_the_rest_is_done(
     rows = pickle.loads((out / "detections.pkl").read_bytes())
     assert [r["filename"] for r in rows] == ["a_good.jpg"] and rows[0]["det"]
     assert "b_broken.jpg" in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_grey_and_transparent_images_keep_their_channels(data_dir, tmp_path):
+    src = cv2.imread(str(data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg"))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    alpha = np.tile(np.linspace(0, 255, src.shape[1], dtype=np.uint8), (src.shape[0], 1))
+    cv2.imwrite(str(folder / "grey.png"), cv2.cvtColor(src, cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(folder / "cutout.png"), np.dstack([src, alpha]))
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(tmp_path / "out"),
+                 "--quiet", "--no-plates", "--device", "cpu"]) == 0
+    grey = cv2.imread(str(tmp_path / "out" / "grey.png"), cv2.IMREAD_UNCHANGED)
+    cutout = cv2.imread(str(tmp_path / "out" / "cutout.png"), cv2.IMREAD_UNCHANGED)
+    assert grey.shape == src.shape[:2]
+    assert cutout.shape == (*src.shape[:2], 4) and np.array_equal(cutout[:, :, 3], alpha)
+    rows = {r["filename"]: r["det"] for r in
+            pickle.loads((tmp_path / "out" / "detections.pkl").read_bytes())}
+    assert rows["grey.png"] and rows["cutout.png"]  # faces found and blurred in both
+    x1, y1, x2, y2 = rows["cutout.png"][0]["box_points"]
+    assert cutout[y1:y2, x1:x2, :3].std() < src[y1:y2, x1:x2].std()
