@@ -374,6 +374,35 @@ def test_a_transport_stream_whose_clock_wrapped_keeps_every_frame(tmp_path, suff
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_a_copied_packet_that_damage_left_without_timestamps_is_left_out(
+        tmp_path, monkeypatch, suffix):
+    """A damaged MKV gave an audio packet with neither pts nor dts: muxing it
+    failed the whole output ('Invalid argument') after all the work."""
+    import pipeline.video.join as join
+
+    src = make_video(tmp_path / "src.mkv", n_frames=30, audio=True)
+    real = join._other_packets
+
+    class Damaged:  # the source container, one audio packet's times lost
+        def __init__(self, c):
+            self.streams = c.streams
+            self._c = c
+
+        def demux(self, *streams):
+            for k, p in enumerate(self._c.demux(*streams)):
+                if k == 5:
+                    p.pts = p.dts = None
+                yield p
+
+    monkeypatch.setattr(join, "_other_packets",
+                        lambda c, copies, shift_s=Fraction(0): real(Damaged(c), copies, shift_s))
+    out = tmp_path / f"out{suffix}"
+    info, got = anonymize_like(src, tmp_path, out)
+    assert got.n_frames == info.n_frames
+    assert len(packets(out, "audio")) == len(packets(src, "audio")) - 1
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
 def test_subtitles_copied_byte_identical(tmp_path, suffix):
     src = make_video(tmp_path / f"src{suffix}", n_frames=60, audio=True, subtitles=True)
     out = tmp_path / f"out{suffix}"

@@ -217,8 +217,8 @@ def _other_packets(src, copies: dict, shift_s: Fraction = Fraction(0)):
         return
     streams = [src.streams[i] for i in copies]
     for p in src.demux(*streams):
-        if p.size == 0 and p.pts is None and p.dts is None:
-            continue
+        if p.pts is None and p.dts is None:
+            continue  # a flush marker, or a damaged packet no container can place in time
         if p.size == 2 and bytes(p) == b"\x00\x00" and src.streams[p.stream_index].codec_context.name == "mov_text":
             continue  # an empty gap cue: the MP4 muxer writes these itself, keeping one avoids doubling
         ptb = Fraction(p.time_base.numerator, p.time_base.denominator)
