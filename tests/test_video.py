@@ -188,6 +188,41 @@ def test_bad_inputs_raise_one_line_video_error(tmp_path):
     assert "still image" in _msg(cases["png"])
 
 
+def test_damaged_tags_do_not_stop_the_video_from_being_read(tmp_path):
+    src = make_video(tmp_path / "v.mp4", n_frames=5, metadata={"title": "QQQQQQ"})
+    data = src.read_bytes()
+    assert data.count(b"QQQQQQ") == 1
+    src.write_bytes(data.replace(b"QQQQQQ", b"\xa9\xff\xfe\xa9\x80\x81"))  # not UTF-8
+    assert probe(src).n_frames == 5
+
+
+def test_a_packet_of_a_stream_that_appeared_mid_file_ends_the_readable_part():
+    """PyAV raises IndexError for it (damage in an MPEG-TS can read as a new PID)."""
+    from pipeline.video.probe import demux_until_error
+
+    class Container:
+        def demux(self, stream):
+            yield "first"
+            yield "second"
+            raise IndexError("list index out of range")
+
+    assert list(demux_until_error(Container(), None)) == ["first", "second"]
+
+
+def test_a_gap_an_mp4_track_cannot_hold_is_refused_before_work(tmp_path):
+    """A damaged timestamp put one frame 16.6 h after the others; MP4 stores a
+    frame's duration in 32 bits of the time base, and the muxer failed only
+    at the end. Matroska holds it."""
+    from pipeline.video.join import check_output_streams
+
+    pts = [0, 3600, 7200, 7200 + 2**32 + 3600]
+    src = make_video(tmp_path / "v.ts", pts=pts, time_base=Fraction(1, 90000))
+    info = probe(src)
+    with pytest.raises(VideoError, match=r"h between two frames .* write \.mkv"):
+        check_output_streams(src, info, ".mp4")
+    check_output_streams(src, info, ".mkv")
+
+
 def test_raw_elementary_stream_is_refused_with_how_to_wrap_it(tmp_path):
     """An .h264 file holds no timestamps; the frames' times cannot be kept, so
     it is refused with the command that puts it in a container."""

@@ -22,7 +22,7 @@ import numpy as np
 from models.errors import one_line
 
 from .h264 import FrameNumCheck
-from .probe import VideoError, VideoInfo, open_input, video_stream
+from .probe import DEMUX_ERRORS, VideoError, VideoInfo, open_input, video_stream
 
 #: container metadata key of a segment file's description (see segments.split_segment)
 SEGMENT_TAG = "ANONYMIZE_SEGMENT"
@@ -153,7 +153,7 @@ def _demux(c, vs, log: DecodeLog | None) -> Iterator[av.Packet]:
             packet = next(packets)
         except StopIteration:
             return
-        except av.FFmpegError as e:
+        except DEMUX_ERRORS as e:
             if log is not None:
                 log.note(f"{c.format.name}: {_reason(e)}")
             return
@@ -209,9 +209,9 @@ def decode_frames(packets: Iterable[av.Packet], codec, times: FrameTimes, log: D
     yield from ready(flush=True)
 
 
-def _reason(e: av.FFmpegError) -> str:
+def _reason(e: Exception) -> str:
     """FFmpeg's reason without errno and function names."""
-    return (e.strerror or one_line(e)).strip()
+    return (getattr(e, "strerror", None) or one_line(e)).strip()
 
 
 def _decoded(frames: list, name) -> list:

@@ -20,7 +20,15 @@ import av
 from models.errors import one_line
 
 from .encode import OUTPUT_SUFFIXES, check_output_suffix, open_output
-from .probe import VideoError, VideoInfo, open_input, snap_pts, start_shift, video_stream
+from .probe import (
+    VideoError,
+    VideoInfo,
+    demux_until_error,
+    open_input,
+    snap_pts,
+    start_shift,
+    video_stream,
+)
 
 # metadata keys that identify nobody and are kept even when stripping
 _NEUTRAL_STREAM_KEYS = {"language"}
@@ -96,6 +104,8 @@ def check_output_streams(source, info: VideoInfo, out_suffix: str,
     fmt = OUTPUT_SUFFIXES.get(out_suffix.lower())
     if fmt is None:
         check_output_suffix(Path("output" + out_suffix))  # raises the one-line VideoError
+    if fmt in ("mp4", "mov"):
+        _check_mp4_gaps(source, info, out_suffix)
     with open_input(source) as src:
         plan = plan_streams(src, info, keep_metadata)
         dst = av.open(io.BytesIO(), "w", format=fmt)
@@ -117,6 +127,19 @@ def check_output_streams(source, info: VideoInfo, out_suffix: str,
             except (ValueError, av.FFmpegError):
                 pass
     return plan
+
+
+def _check_mp4_gaps(source, info: VideoInfo, out_suffix: str) -> None:
+    """An MP4/MOV track stores each frame's duration in 32 bits of its time
+    base: a damaged timestamp that puts one frame hours after the others
+    (seen in a damaged MPEG-TS: 16.6 h at 1/90000) cannot be written, and the
+    muxer failed only at the very end. Matroska holds it."""
+    times = [*info.frame_pts, info.end_pts if info.end_pts is not None else info.frame_pts[-1]]
+    gap = max((b - a for a, b in zip(times, times[1:], strict=False)), default=0)
+    if gap >= 2**32:
+        raise VideoError(f"{source} has {float(gap * info.time_base) / 3600:.1f} h between two "
+                         f"frames (a damaged timestamp?), more than {out_suffix} can hold; "
+                         f"write .mkv")
 
 
 def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadata=False,
@@ -216,7 +239,7 @@ def _other_packets(src, copies: dict, shift_s: Fraction = Fraction(0)):
     if not copies:
         return
     streams = [src.streams[i] for i in copies]
-    for p in src.demux(*streams):
+    for p in demux_until_error(src, *streams):
         if p.pts is None and p.dts is None:
             continue  # a flush marker, or a damaged packet no container can place in time
         if p.size == 2 and bytes(p) == b"\x00\x00" and src.streams[p.stream_index].codec_context.name == "mov_text":

@@ -40,6 +40,12 @@ _NO_KEYFRAMES = {"apng"}
 _TEXT_FORMATS = {"tty", "bin", "xbin", "adf", "idf"}
 
 
+#: what reading a damaged file can raise while demuxing: FFmpeg's errors, and
+#: PyAV's IndexError for a packet of a stream that appeared mid-file (damage in
+#: an MPEG-TS can read as a new PID). Either ends the readable part of the file.
+DEMUX_ERRORS = (av.FFmpegError, IndexError)
+
+
 class VideoError(Exception):
     """A file that cannot be used as a video: missing, not a video, no video
     stream, undecodable codec. The message is one line, fit for a user."""
@@ -138,7 +144,8 @@ def open_input(path) -> av.container.InputContainer:
     if p.is_dir():
         raise VideoError(f"not a video file (a directory): {p}")
     try:
-        return av.open(str(p))
+        # damaged tags must not stop the pictures from being read
+        return av.open(str(p), metadata_errors="replace")
     except av.FFmpegError as e:
         raise VideoError(f"not a video: {p} ({one_line(e)})") from None
 
@@ -263,7 +270,7 @@ def _first_frame(c, vs, path):
     while True:
         try:
             packet = next(packets)
-        except (StopIteration, av.FFmpegError):
+        except (StopIteration, *DEMUX_ERRORS):
             break
         try:
             for frame in vs.decode(packet):
@@ -274,14 +281,14 @@ def _first_frame(c, vs, path):
     raise VideoError(f"video stream of {path} has no decodable frames{why}")
 
 
-def demux_until_error(container, stream) -> Iterator[av.Packet]:
-    """The stream's packets, ending quietly where the demuxer fails: what follows
+def demux_until_error(container, *streams) -> Iterator[av.Packet]:
+    """The streams' packets, ending quietly where the demuxer fails: what follows
     a damaged or cut-off part of a file cannot be read, as in a player."""
-    packets = container.demux(stream)
+    packets = container.demux(*streams)
     while True:
         try:
             yield next(packets)
-        except (StopIteration, av.FFmpegError):
+        except (StopIteration, *DEMUX_ERRORS):
             return
 
 
@@ -291,7 +298,7 @@ def _scan_packets(path, index):
     rest of the file cannot be read)."""
     pts, keys, end, read = [], [], None, 0
     missing_pts = False
-    with av.open(str(path)) as c:
+    with open_input(path) as c:
         for p in demux_until_error(c, c.streams[index]):
             if p.size == 0 and p.pts is None:
                 continue  # the end-of-stream marker
@@ -322,7 +329,7 @@ def _scan_decoded(path, index):
     packets do not say which frames exist (AVI drop/N-VOP packets). Packets
     the decoder rejects are skipped and counted."""
     labels, key_labels, rejected = [], [], 0
-    with av.open(str(path)) as c:
+    with open_input(path) as c:
         vs = c.streams[index]
         vs.codec_context.thread_type = "AUTO"
         for p in demux_until_error(c, vs):
