@@ -22,7 +22,7 @@ import numpy as np
 from models.errors import one_line
 
 from .h264 import FrameNumCheck
-from .probe import DEMUX_ERRORS, VideoError, VideoInfo, open_input, video_stream
+from .probe import VideoError, VideoInfo, demux_until_error, open_input, video_stream
 
 #: container metadata key of a segment file's description (see segments.split_segment)
 SEGMENT_TAG = "ANONYMIZE_SEGMENT"
@@ -146,19 +146,14 @@ def iter_frames(path, info: VideoInfo | None = None, threads: int = 0,
 
 
 def _demux(c, vs, log: DecodeLog | None) -> Iterator[av.Packet]:
-    """The stream's packets; a demuxer error ends the file, as it ends playback."""
-    packets = c.demux(vs)
-    while True:
-        try:
-            packet = next(packets)
-        except StopIteration:
-            return
-        except DEMUX_ERRORS as e:
-            if log is not None:
-                log.note(f"{c.format.name}: {_reason(e)}")
-            return
-        if packet.size:
-            yield packet
+    """The stream's packets with data; a demuxer error ends the file, as it
+    ends playback, and is noted in ``log``."""
+
+    def note(e: Exception) -> None:
+        if log is not None:
+            log.note(f"{c.format.name}: {_reason(e)}")
+
+    return (p for p in demux_until_error(c, vs, on_error=note) if p.size)
 
 
 def decode_frames(packets: Iterable[av.Packet], codec, times: FrameTimes, log: DecodeLog | None,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -265,13 +265,8 @@ def _ffmpeg_errors() -> Iterator[list[str]]:
 def _first_frame(c, vs, path):
     """The first frame that decodes; packets the decoder rejects are skipped,
     as a player skips them."""
-    packets = c.demux(vs)
     last_error = None
-    while True:
-        try:
-            packet = next(packets)
-        except (StopIteration, *DEMUX_ERRORS):
-            break
+    for packet in demux_until_error(c, vs):
         try:
             for frame in vs.decode(packet):
                 return frame, int(round(frame.rotation)) % 360
@@ -281,14 +276,20 @@ def _first_frame(c, vs, path):
     raise VideoError(f"video stream of {path} has no decodable frames{why}")
 
 
-def demux_until_error(container, *streams) -> Iterator[av.Packet]:
-    """The streams' packets, ending quietly where the demuxer fails: what follows
-    a damaged or cut-off part of a file cannot be read, as in a player."""
+def demux_until_error(container, *streams, on_error: Callable[[Exception], None] | None = None
+                      ) -> Iterator[av.Packet]:
+    """The streams' packets, ending where the demuxer fails (``on_error`` is
+    told why): what follows a damaged or cut-off part of a file cannot be
+    read, as in a player."""
     packets = container.demux(*streams)
     while True:
         try:
             yield next(packets)
-        except (StopIteration, *DEMUX_ERRORS):
+        except StopIteration:
+            return
+        except DEMUX_ERRORS as e:
+            if on_error is not None:
+                on_error(e)
             return
 
 
