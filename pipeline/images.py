@@ -39,29 +39,16 @@ def write_rgb(path: Path, rgb: np.ndarray, like: Path | None = None) -> None:
     back on an opaque background. 16-bit sources are written in 8 bits."""
     path.parent.mkdir(parents=True, exist_ok=True)
     out = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    if like is not None:
-        layout = _layout(like)
-        if isinstance(layout, np.ndarray):
-            if layout.shape == rgb.shape[:2]:
-                out = np.dstack([out, layout])
-        elif layout == 1:
-            out = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    # the source as stored, every channel and bit depth (EXIF orientation not applied)
+    stored = (cv2.imdecode(np.fromfile(str(like), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+              if like is not None else None)
+    if stored is not None and stored.ndim == 2:
+        out = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    elif stored is not None and stored.shape[2] == 4 and stored.shape[:2] == rgb.shape[:2]:
+        alpha = stored[:, :, 3]
+        out = np.dstack([out, alpha if alpha.dtype == np.uint8 else (alpha >> 8).astype(np.uint8)])
     if not cv2.imwrite(str(path), out):
         raise ValueError(f"could not write image: {path}")
-
-
-def _layout(path: Path) -> int | np.ndarray | None:
-    """1 for a grey image, its 8-bit alpha plane for one with transparency,
-    else None (the file as stored: EXIF orientation not applied)."""
-    raw = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        return None
-    if raw.ndim == 2:
-        return 1
-    if raw.shape[2] == 4:
-        alpha = raw[:, :, 3]
-        return alpha if alpha.dtype == np.uint8 else (alpha >> 8).astype(np.uint8)
-    return None
 
 
 def iter_batches(paths: list[Path], size: int, skipped: list[tuple[Path, str]] | None = None
