@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import threading
 from fractions import Fraction
 
 import av
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 
 from models.detections import FACE, Detections
+from models.graph_runners import LanePool
 from pipeline import video
 from pipeline.process import run_local
 from pipeline.settings import Settings, SettingsError
@@ -149,6 +151,47 @@ def test_detect_every_nth_frame_still_blurs_every_frame(tmp_path):
     frames = decode_all(tmp_path / "out.mp4")
     assert len(frames) == N
     assert [i for i, img in enumerate(frames) if not patch_blurred(img, i)] == []
+
+
+class LanedStack(ScriptedStack):
+    """The scripted detector behind a real lane pool, as a CPU DetectionStack is.
+
+    A batch's detection waits (up to ``patience`` s) for the next batch's to
+    start, and records whether it did: with lanes, a segment must hand its
+    next batch over while the current one still runs, so that no lane sits
+    idle at the end of a batch."""
+
+    def __init__(self, patience: float = 1.0):
+        self.lanes = LanePool(2, "test-lane")
+        self.patience = patience
+        self.started: list[threading.Event] = []
+        self.overlapped: list[bool] = []  # per call, in the order the calls ended
+        self._lock = threading.Lock()
+
+    def detect(self, frames):
+        with self._lock:
+            k = len(self.started)
+            self.started.append(threading.Event())  # set when call k + 1 starts
+            if k:
+                self.started[k - 1].set()
+        out = self.lanes.map(lambda f: ScriptedStack.detect(self, [f])[0], frames)
+        self.overlapped.append(self.started[k].wait(self.patience))
+        return out
+
+
+def test_with_lanes_the_next_batch_starts_before_the_current_one_ends(tmp_path):
+    src = write_scene(tmp_path / "scene.mp4")
+    settings = Settings(fill_frames=FILL, segment_frames=N, batch_size=4, shape="box",
+                        crf=10, preset="ultrafast")
+    laned = LanedStack()
+    run_local(src, tmp_path / "laned.mp4", settings, tmp_path / "laned", stack=laned)
+    batches = N // 4
+    # every batch but the last saw the next one start while it ran
+    assert laned.overlapped.count(True) == batches - 1 and not laned.overlapped[-1]
+    run_local(src, tmp_path / "plain.mp4", settings, tmp_path / "plain", stack=ScriptedStack())
+    frames = [json.loads((tmp_path / d / "detections.json").read_text())["frames"]
+              for d in ("laned", "plain")]
+    assert frames[0] == frames[1]
 
 
 def test_detect_every_needs_a_fill_window_that_bridges_it():
