@@ -21,6 +21,7 @@ put every box in the wrong place.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -91,7 +92,13 @@ def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
 
 
 def load_annotations(dataset_dir: str | Path) -> list[ImageRecord]:
-    """Records of ``DIR/annotations.json`` (paths resolved against DIR)."""
+    """Records of ``DIR/annotations.json`` (paths resolved against DIR).
+
+    Everything that can be checked without decoding is checked here, before
+    any model loads: each entry's shape (a malformed box is an error naming
+    the entry, never a silently dropped ground truth) and that every listed
+    image exists. A box given with its corners swapped (x2 < x1) still marks
+    an object: its corners are put in order."""
     root = Path(dataset_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset directory not found: {root}")
@@ -102,16 +109,57 @@ def load_annotations(dataset_dir: str | Path) -> list[ImageRecord]:
         data = json.loads(anno.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{anno} is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{anno} is not UTF-8 text: {exc}") from exc
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list):
         raise ValueError(f"{anno} has no 'images' list")
-    records = []
-    for entry in images:
-        boxes = [GTBox(str(b["label"]), [float(v) for v in b["xyxy"]])
-                 for b in entry.get("boxes", [])]
-        records.append(ImageRecord(root / entry["file"], boxes, entry.get("width"),
-                                   entry.get("height"), name=str(entry["file"])))
+    records = [_record(root, f"{anno}: images[{i}]", entry) for i, entry in enumerate(images)]
+    missing = [r for r in records if not r.path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of the {len(records)} images listed in {anno} "
+                                f"not found, first: {missing[0].path}")
     return records
+
+
+def _record(root: Path, where: str, entry) -> ImageRecord:
+    """One entry of the ``images`` list, checked (``where`` names it in errors)."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where} is not an object")
+    file = entry.get("file")
+    if not isinstance(file, str) or not file.strip():
+        raise ValueError(f"{where} has no 'file' path")
+    where = f"{where} ({file})"
+    size = [_pixels(where, key, entry.get(key)) for key in ("width", "height")]
+    boxes = entry.get("boxes", [])
+    if not isinstance(boxes, list):
+        raise ValueError(f"{where}: 'boxes' is not a list")
+    return ImageRecord(root / file, [_box(f"{where}: boxes[{j}]", b) for j, b in enumerate(boxes)],
+                       size[0], size[1], name=file)
+
+
+def _pixels(where: str, key: str, value) -> int | None:
+    """An optional image width or height: a positive whole number (640.0 too)."""
+    if value is None:
+        return None
+    if (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and float(value).is_integer() and value >= 1):
+        return int(value)
+    raise ValueError(f"{where}: '{key}' must be a positive whole number, got {value!r}")
+
+
+def _box(where: str, box) -> GTBox:
+    if not isinstance(box, dict) or "label" not in box or "xyxy" not in box:
+        raise ValueError(f"{where} needs 'label' and 'xyxy'")
+    xyxy = box["xyxy"]
+    try:
+        values = [float(v) for v in xyxy]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{where}: 'xyxy' must be 4 numbers [x1, y1, x2, y2], got {xyxy!r}")
+    x1, y1, x2, y2 = values
+    return GTBox(str(box["label"]), [min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)])
 
 
 def load_yolo_dir(anno_dir: str | Path, img_dir: str | Path,
@@ -133,7 +181,11 @@ def load_yolo_dir(anno_dir: str | Path, img_dir: str | Path,
     records = []
     for img in images:
         txt = anno_dir / f"{img.stem}.txt"
-        boxes = parse_yolo_txt(txt.read_text(encoding="utf-8"), class_labels) if txt.is_file() else []
+        try:
+            boxes = parse_yolo_txt(txt.read_text(encoding="utf-8"), class_labels) \
+                if txt.is_file() else []
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{txt}: {exc}") from exc
         records.append(ImageRecord(img, boxes, normalized=True, name=img.name))
     return records
 
@@ -145,19 +197,32 @@ def parse_yolo_txt(text: str, class_labels: dict[int, str]) -> list[GTBox]:
         parts = line.split()
         if not parts:
             continue
-        if len(parts) < 5:
+        try:
+            values = [float(v) for v in parts[:5]]
+        except ValueError:
+            values = []
+        if len(values) < 5 or not all(math.isfinite(v) for v in values):
             raise ValueError(f"YOLO row {line_no} needs 'class cx cy w h': {line!r}")
-        cls = int(float(parts[0]))
+        cls = int(values[0])
         if cls in class_labels:
-            boxes.append(GTBox(class_labels[cls], [float(v) for v in parts[1:5]]))
+            boxes.append(GTBox(class_labels[cls], values[1:5]))
     return boxes
 
 
-def iter_samples(records: Iterable[ImageRecord]) -> Iterator[Sample]:
+def iter_samples(records: Iterable[ImageRecord],
+                 skipped: list[tuple[ImageRecord, str]] | None = None) -> Iterator[Sample]:
     """Decode each record, yielding pixel ground truth clipped to the image
-    (boxes left with no area are dropped)."""
+    (boxes left with no area are dropped). With a ``skipped`` list, a file that
+    does not decode is recorded there (record, reason) and passed over, so one
+    damaged image does not stop a long evaluation; without one it raises."""
     for rec in records:
-        image = read_image(rec.path)
+        try:
+            image = read_image(rec.path)
+        except ValueError as exc:
+            if skipped is None:
+                raise
+            skipped.append((rec, str(exc)))
+            continue
         h, w = image.shape[:2]
         if rec.width and rec.height and (rec.width, rec.height) != (w, h):
             # annotated as a viewer shows it (EXIF orientation applied)?

@@ -323,7 +323,8 @@ def evaluate_dataset(records: Sequence[ImageRecord],
         from tqdm import tqdm
 
         bar = tqdm(total=len(records), desc=f"eval {mode}", unit="img", file=sys.stderr)
-    samples = iter_samples(records)
+    undecodable: list[tuple[ImageRecord, str]] = []
+    samples = iter_samples(records, undecodable)
     while batch := list(islice(samples, batch_size)):
         t0 = time.perf_counter()
         results = detect([s.image for s in batch])
@@ -340,8 +341,10 @@ def evaluate_dataset(records: Sequence[ImageRecord],
             if draw_dir is not None:
                 _write_drawn(Path(draw_dir), sample.name, draw(sample.image, dets, sample.gt))
         if bar is not None:
-            bar.update(len(batch))
+            bar.n = len(mdicts) + len(undecodable)
+            bar.refresh()
     if bar is not None:
+        bar.n = len(mdicts) + len(undecodable)
         bar.close()
     total_s = time.perf_counter() - start
 
@@ -353,6 +356,9 @@ def evaluate_dataset(records: Sequence[ImageRecord],
         "labels": {label: totals[label].summary(label in annotated) for label in labels},
         # annotated labels no detector produces (not evaluated): boxes per label
         "unrecognised_labels": dict(sorted(unrecognised.items())),
+        # listed images that did not decode: left out of every count above
+        "undecodable": [{"file": rec.name or rec.path.name, "reason": reason}
+                        for rec, reason in undecodable],
         "evaluation": {"iou_thresh": IOU_THRESH, "coverage_thresh": COVERAGE_THRESH,
                        "mask_scale": mask_scale, "coverage_shape": shape,
                        "min_width": min_width, "batch_size": batch_size},

@@ -254,6 +254,9 @@ def test_yolo_txt_loading_maps_class_ids(tmp_path):
     assert samples[1].gt == []
     with pytest.raises(ValueError):
         load_yolo_dir(anno, img, {})
+    (anno / "b.txt").write_text("15 0.5 0.5 wide 0.4\n")
+    with pytest.raises(ValueError, match=r"b\.txt: YOLO row 1 needs 'class cx cy w h'"):
+        load_yolo_dir(anno, img, {15: "plate"})
 
 
 def test_annotations_json_loading_and_clipping(tmp_path):
@@ -316,6 +319,80 @@ def test_undecodable_image_is_a_user_error(tmp_path):
     bad.write_bytes(b"not an image")
     with pytest.raises(ValueError, match="cannot decode"):
         read_image(bad)
+
+
+def write_annotations(root: Path, images: list) -> None:
+    (root / "annotations.json").write_text(json.dumps({"images": images}), encoding="utf-8")
+
+
+GOOD = {"file": "images/x.png", "boxes": [{"label": "face", "xyxy": [1, 1, 5, 5]}]}
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"boxes": []}, r"images\[1\] has no 'file' path"),
+    ("images/y.png", r"images\[1\] is not an object"),
+    ({"file": "images/x.png", "boxes": [{"label": "face", "xy": [1, 1, 5, 5]}]},
+     r"images\[1\] \(images/x.png\): boxes\[0\] needs 'label' and 'xyxy'"),
+    ({"file": "images/x.png", "boxes": [{"label": "face", "xyxy": [1, 1, 5]}]},
+     r"boxes\[0\]: 'xyxy' must be 4 numbers"),
+    ({"file": "images/x.png", "boxes": [{"label": "face", "xyxy": [1, 1, "a", 5]}]},
+     r"boxes\[0\]: 'xyxy' must be 4 numbers"),
+    ({"file": "images/x.png", "boxes": {"label": "face"}}, r"'boxes' is not a list"),
+    ({"file": "images/x.png", "width": "wide"}, r"'width' must be a positive whole number"),
+    ({"file": "images/x.png", "height": 0}, r"'height' must be a positive whole number"),
+])
+def test_malformed_annotation_is_an_error_naming_the_entry(tmp_path, entry, message):
+    """Never a KeyError traceback, never a box silently dropped (a 3-number box
+    used to be read as a box and clipped away)."""
+    write_image(tmp_path / "images" / "x.png", 20, 20)
+    write_annotations(tmp_path, [GOOD, entry])
+    with pytest.raises(ValueError, match=message) as err:
+        load_annotations(tmp_path)
+    assert "\n" not in str(err.value) and "annotations.json" in str(err.value)
+
+
+def test_listed_images_that_are_missing_are_refused_before_any_decoding(tmp_path):
+    write_image(tmp_path / "images" / "x.png", 20, 20)
+    write_annotations(tmp_path, [GOOD, {"file": "images/gone.png"}, {"file": "images/lost.png"}])
+    with pytest.raises(FileNotFoundError, match="2 of the 3 images listed") as err:
+        load_annotations(tmp_path)
+    assert str(tmp_path / "images" / "gone.png") in str(err.value)
+
+
+def test_box_with_swapped_corners_is_kept_in_order(tmp_path):
+    write_image(tmp_path / "images" / "x.png", 20, 20)
+    write_annotations(tmp_path, [{"file": "images/x.png", "width": 20.0, "height": 20,
+                                  "boxes": [{"label": "face", "xyxy": [9, 8, 2, 3]}]}])
+    (rec,) = load_annotations(tmp_path)
+    assert rec.width == 20 and rec.boxes[0].xyxy == [2, 3, 9, 8]
+    (sample,) = iter_samples([rec])
+    assert sample.gt[0].xyxy == [2, 3, 9, 8]
+
+
+def test_undecodable_image_is_left_out_reported_and_fails_the_command(tmp_path, monkeypatch,
+                                                                      capsys):
+    from anonymize.cli import main
+
+    make_dataset(tmp_path / "ds")
+    (tmp_path / "ds" / "images" / "cut.png").write_bytes(
+        (tmp_path / "ds" / "images" / "a.png").read_bytes()[:40])
+    doc = json.loads((tmp_path / "ds" / "annotations.json").read_text())
+    doc["images"].insert(1, {"file": "images/cut.png",
+                             "boxes": [{"label": "plate", "xyxy": [1, 1, 9, 9]}]})
+    (tmp_path / "ds" / "annotations.json").write_text(json.dumps(doc))
+    monkeypatch.setitem(sys.modules, "pipeline.detect", types.SimpleNamespace(DetectionStack=FakeStack))
+    import models.resolve
+
+    monkeypatch.setattr(models.resolve, "check_settings", lambda settings, fetched=True: None)
+    rc = main(["eval", "--dataset", str(tmp_path / "ds"), "--out-dir", str(tmp_path / "out"),
+               "--mode", "two-stage", "--batch-size", "1", "--device", "cpu"])
+    assert rc == 1
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["images"] == 2
+    assert [u["file"] for u in saved["undecodable"]] == ["images/cut.png"]
+    assert saved["labels"]["plate"]["gt"] == 1  # the left-out image's plate is not counted
+    err = capsys.readouterr().err
+    assert "cannot decode image" in err and "cut.png; left out" in err
 
 
 # -- evaluation run with a fake stack ----------------------------------------------------

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .options import add_settings_arguments, settings_from_args
+from .run import warn
 
 HELP = "evaluate face/plate detection and blur coverage on an annotated image set"
 
@@ -135,10 +136,11 @@ def run(args: argparse.Namespace) -> int:
           f"detect {t['detect_ms_per_image']:.0f} ms/image")
     print(format_table(metrics))
     if metrics["unrecognised_labels"]:
-        import sys
-
         names = ", ".join(f"{k!r} ({n} boxes)" for k, n in metrics["unrecognised_labels"].items())
-        print(f"anonymize: warning: labels no detector finds, not evaluated: {names}",
-              file=sys.stderr)
-    print(f"wrote {out_dir / 'metrics.json'}")
-    return 0
+        warn(f"labels no detector finds, not evaluated: {names}")
+    for item in metrics["undecodable"]:
+        warn(f"{item['reason']}; left out")
+    left = f" ({len(metrics['undecodable'])} undecodable images left out)" \
+        if metrics["undecodable"] else ""
+    print(f"wrote {out_dir / 'metrics.json'}{left}")
+    return 1 if metrics["undecodable"] else 0
