@@ -23,13 +23,37 @@ from .blur import anonymize_frame
 from .datasets import IMAGE_SUFFIXES, read_image
 from .records import face_pickle
 from .settings import Settings
+from .video.output import atomic_output
 
 
-def list_images(folder: Path) -> list[Path]:
+def list_images(folder: Path, out_dir: Path | None = None) -> list[Path]:
+    """Every image file below ``folder``, sorted.
+
+    Left out: hidden files and folders (a name starting with '.': the
+    ``._IMG_0001.JPG`` files macOS leaves on shared drives are not images,
+    and our own unfinished outputs are hidden), and, when ``out_dir`` lies
+    inside ``folder``, everything under it (a second run would blur its own
+    outputs again). ``out_dir`` being ``folder`` itself is refused: the
+    originals would be overwritten."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    inside = None
+    if out_dir is not None:
+        out = Path(out_dir).resolve()
+        if out == folder.resolve():
+            raise ValueError(f"the output folder {out_dir} is the image folder: the originals "
+                             "would be overwritten; give another folder")
+        if out.is_relative_to(folder.resolve()):
+            inside = out
+    found = []
+    for p in folder.rglob("*"):
+        rel = p.relative_to(folder)
+        if (p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                and not any(part.startswith(".") for part in rel.parts)
+                and not (inside is not None and p.resolve().is_relative_to(inside))):
+            found.append(p)
+    return sorted(found)
 
 
 def write_rgb(path: Path, rgb: np.ndarray, like: Path | None = None) -> None:
@@ -47,8 +71,9 @@ def write_rgb(path: Path, rgb: np.ndarray, like: Path | None = None) -> None:
     elif stored is not None and stored.shape[2] == 4 and stored.shape[:2] == rgb.shape[:2]:
         alpha = stored[:, :, 3]
         out = np.dstack([out, alpha if alpha.dtype == np.uint8 else (alpha >> 8).astype(np.uint8)])
-    if not cv2.imwrite(str(path), out):
-        raise ValueError(f"could not write image: {path}")
+    with atomic_output(path) as partial:  # a reader never sees half an image
+        if not cv2.imwrite(str(partial), out):
+            raise ValueError(f"could not write image: {path}")
 
 
 def iter_batches(paths: list[Path], size: int, skipped: list[tuple[Path, str]] | None = None
@@ -80,7 +105,7 @@ def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
     returns detections per relative path. Files that do not decode go to
     ``skipped`` (see :func:`iter_batches`)."""
     img_dir, out_dir = Path(img_dir), Path(out_dir)
-    paths = list_images(img_dir)
+    paths = list_images(img_dir, out_dir)
     found: dict[str, Detections] = {}
     for batch in iter_batches(paths, settings.batch_size, skipped):
         dets = stack.detect([img for _, img in batch])

@@ -114,3 +114,35 @@ def test_grey_and_transparent_images_keep_their_channels(data_dir, tmp_path):
     assert rows["grey.png"] and rows["cutout.png"]  # faces found and blurred in both
     x1, y1, x2, y2 = rows["cutout.png"][0]["box_points"]
     assert cutout[y1:y2, x1:x2, :3].std() < src[y1:y2, x1:x2].std()
+
+
+def test_folder_listing_leaves_out_hidden_files_and_an_output_folder_inside(tmp_path):
+    from pipeline.images import list_images
+
+    folder = tmp_path / "photos"
+    for rel in ("a.jpg", "sub/b.PNG", "._a.jpg", ".thumbs/c.jpg", "blurred/a.jpg",
+                "blurred/.a.partial-1234.jpg", "notes.txt"):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"x")
+    (folder / "folder.jpg").mkdir()
+    names = [p.relative_to(folder).as_posix() for p in list_images(folder, folder / "blurred")]
+    assert names == ["a.jpg", "sub/b.PNG"]
+    # without an output folder inside, its files are images like the others
+    assert len(list_images(folder)) == 3
+
+
+@pytest.mark.parametrize("command, folder_flag, out_flag", [
+    ("images", "--img-dir", "--out-dir"), ("faces", "--frames-dir", "--save-dir")])
+def test_output_folder_that_is_the_image_folder_is_refused_before_work(
+        data_dir, tmp_path, capsys, command, folder_flag, out_flag):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    photo = data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg"
+    (folder / "a.jpg").write_bytes(photo.read_bytes())
+    same = tmp_path / "in" / "." if command == "faces" else folder
+    assert main([command, folder_flag, str(folder), out_flag, str(same), "--quiet",
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "originals would be overwritten" in err[0]
+    assert (folder / "a.jpg").read_bytes() == photo.read_bytes()
+    assert sorted(p.name for p in folder.iterdir()) == ["a.jpg"]

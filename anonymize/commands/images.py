@@ -31,7 +31,7 @@ def anonymize_images(folder, out_dir, settings, quiet: bool, unit: str = "img"
     from pipeline.detect import DetectionStack
     from pipeline.images import anonymize_folder, list_images
 
-    paths = list_images(Path(folder))
+    paths = list_images(Path(folder), Path(out_dir))  # refused before any model loads
     stack = DetectionStack.from_settings(settings)
     skipped: list = []
     with tqdm(total=len(paths), unit=unit, disable=quiet, file=sys.stderr) as bar:
