@@ -4,7 +4,8 @@ A detector that finds a face on frames t-k and t+j but misses it in between
 leaks the face for those frames. Filling closes such gaps (k, j and the gap
 at most ``fill_frames``) with boxes interpolated between the two sightings,
 and holds the first and last sighting of an object for ``fill_frames``
-frames before/after, so a face entering or leaving is covered too.
+frames before/after, so a face entering or leaving is covered too; a held
+box grows along the object's motion (:func:`_held`).
 
 The rule is local on purpose: the boxes of frame f depend only on the
 detections of frames f-fill-1 .. f+fill+1. A segment processed with that
@@ -82,6 +83,31 @@ def _next_match(dets: Mapping[int, Detections], frame: int, row: int, fill: int,
     return memo[key]
 
 
+def _held(src: Mapping[int, Detections], seen: int, row: int, f: int, fill: int,
+          memo: dict) -> Detections:
+    """Box ``row`` of frame ``seen`` (a last sighting held forward to ``f``, or a
+    first sighting held back to it), grown along the object's motion.
+
+    A held box that stays put leaves a moving object as it moves on: a plate
+    on a passing car shifts by about its own width per frame. So when the
+    sighting before a last one (after a first one) lies within the window of
+    ``f`` (``f - fill - 1 .. f + fill + 1``, which keeps the rule local), the
+    box is also moved on at that speed for ``|f - seen|`` frames, and the
+    held box encloses both places: the object is inside whether it went on
+    or stopped. Without such a sighting the box is held where it was."""
+    box = src[seen][[row]]
+    direction = 1 if f > seen else -1  # forward: a last sighting; back: a first one
+    before = _next_match(src, seen, row, fill, -direction, memo)
+    if before is None or abs(f - before[0]) > fill + 1:
+        return box
+    other, col = before
+    step = (box.xyxy[0] - src[other].xyxy[col]) / abs(seen - other)
+    moved = box.xyxy[0] + step * abs(f - seen)
+    grown = np.concatenate([np.minimum(box.xyxy[0, :2], moved[:2]),
+                            np.maximum(box.xyxy[0, 2:], moved[2:])])
+    return Detections([grown], box.confidence, box.class_id)
+
+
 def fill_segment(dets: Mapping[int, Detections], frames: Iterable[int], fill: int
                  ) -> dict[int, Detections]:
     """Detected + filled boxes for every frame in ``frames``.
@@ -109,7 +135,7 @@ def fill_segment(dets: Mapping[int, Detections], frames: Iterable[int], fill: in
                 nxt = _next_match(src, a, row, fill, +1, memo)
                 if nxt is None:
                     if f - a <= fill:
-                        added.append(da[[row]])
+                        added.append(_held(src, a, row, f, fill, memo))
                     continue
                 b, col = nxt
                 if b > f:
@@ -124,7 +150,7 @@ def fill_segment(dets: Mapping[int, Detections], frames: Iterable[int], fill: in
                 continue
             for row in range(len(db)):
                 if _next_match(src, b, row, fill, -1, memo) is None:
-                    added.append(db[[row]])
+                    added.append(_held(src, b, row, f, fill, memo))
         if added:
             extra = Detections.merge(added)
             extra.filled[:] = True

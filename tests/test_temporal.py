@@ -41,6 +41,39 @@ def test_first_and_last_sighting_are_held_both_ways():
     assert not out[6].filled.any()
 
 
+def covers(d: Detections, xyxy) -> bool:
+    x1, y1, x2, y2 = xyxy
+    return any(a <= x1 and b <= y1 and c >= x2 and e >= y2 for a, b, c, e in d.xyxy)
+
+
+def test_held_boxes_follow_a_moving_object_and_keep_where_it_was():
+    """A plate on a passing car moves by about its width per frame: a held box
+    that stays put is off the plate after a frame or two. Held boxes grow along
+    the motion seen between the last two sightings (the first two, held back)."""
+    dx = 20  # the box's own width per frame
+    dets = track([5, 6, 7], dx=dx)
+    out = fill_segment(dets, range(13), fill=3)
+    for f in (2, 3, 4, 8, 9, 10):
+        where_it_went = [100 + dx * f, 50, 120 + dx * f, 70]
+        last = 7 if f > 7 else 5
+        where_it_was = [100 + dx * last, 50, 120 + dx * last, 70]
+        assert covers(out[f], where_it_went) and covers(out[f], where_it_was), f
+        assert out[f].filled.all()
+    # a single sighting has no motion to follow: held where it was
+    out = fill_segment({4: box(100, 50)}, range(9), fill=2)
+    assert [out[f].xyxy.tolist() for f in (2, 3, 5, 6)] == [[[100, 50, 120, 70]]] * 4
+
+
+def test_held_boxes_use_only_the_window_of_their_frame():
+    """The motion is taken only from a sighting within fill + 1 frames of the
+    held frame, so the rule stays local (segments equal the whole video)."""
+    dets = track([2, 4], dx=10)  # the sighting before the last one (4) is at 2
+    out = fill_segment(dets, range(9), fill=3)
+    assert out[5].xyxy.tolist() == [[140.0, 50.0, 170.0, 70.0]]  # 2 >= 5 - 3 - 1
+    assert out[6].xyxy.tolist() == [[140.0, 50.0, 180.0, 70.0]]  # 2 >= 6 - 3 - 1
+    assert out[7].xyxy.tolist() == [[140.0, 50.0, 160.0, 70.0]]  # 2 < 7 - 3 - 1: held still
+
+
 def test_different_labels_never_link():
     dets = {0: box(100, 50, cls=FACE), 3: box(100, 50, cls=PLATE)}
     out = fill_segment(dets, range(4), fill=3)
