@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -134,8 +135,22 @@ def _record(root: Path, where: str, entry) -> ImageRecord:
     boxes = entry.get("boxes", [])
     if not isinstance(boxes, list):
         raise ValueError(f"{where}: 'boxes' is not a list")
-    return ImageRecord(root / file, [_box(f"{where}: boxes[{j}]", b) for j, b in enumerate(boxes)],
+    return ImageRecord(root / _on_disk(file),
+                       [_box(f"{where}: boxes[{j}]", b) for j, b in enumerate(boxes)],
                        size[0], size[1], name=file)
+
+
+def _on_disk(name: str) -> str:
+    """``name`` (text from the UTF-8 JSON) as a file name Python can pass to
+    the system: under an ASCII locale without UTF-8 mode file names go
+    through 'ascii' with surrogate escapes, which cannot carry 'é'; the file
+    on disk is named by the name's UTF-8 bytes, which such an escaped name
+    stands for."""
+    try:
+        os.fsencode(name)
+        return name
+    except UnicodeEncodeError:
+        return os.fsdecode(name.encode("utf-8"))
 
 
 def _pixels(where: str, key: str, value) -> int | None:

@@ -40,8 +40,11 @@ SCRIPT = textwrap.dedent("""
     doc = {"license": "CC BY 4.0 © Ünïcode", "images": [
         {"file": "photo-é.jpg", "boxes": [{"label": "face", "xyxy": [1, 2, 3, 4]}]}]}
     (tmp / "annotations.json").write_bytes(json.dumps(doc, ensure_ascii=False).encode())
+    # the photo's name on disk is its UTF-8 bytes, which this locale cannot spell
+    open(bytes(tmp) + "/photo-é.jpg".encode("utf-8"), "wb").close()
     (record,) = load_annotations(tmp)
     assert record.name == "photo-é.jpg" and record.boxes[0].label == "face"
+    assert record.path.is_file()
     print("ok")
 """)
 
