@@ -190,7 +190,9 @@ def load_yolo_dir(anno_dir: str | Path, img_dir: str | Path,
             raise FileNotFoundError(f"{what} directory not found: {d}")
     if not class_labels:
         raise ValueError("no class id is mapped to a label (use --plate-class-id/--face-class-id)")
-    images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    # hidden files (macOS's ._IMG_0001.JPG beside each photo) are not images
+    images = sorted(p for p in img_dir.iterdir()
+                    if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not images:
         raise FileNotFoundError(f"no images in {img_dir}")
     records = []
