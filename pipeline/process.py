@@ -48,10 +48,13 @@ def run_local(source: Path, output: Path, settings: Settings, detections_dir: Pa
     tmp = Path(tempfile.mkdtemp(prefix="anonymize-", dir=workdir))
     try:
         videos, results = [], []
+        known: dict = {}  # frames the previous segment detected (its end and trailing context)
         for seg in manifest.segments:
             part = video.split_segment(source, manifest.info, seg, tmp / f"seg{seg.index:05d}.mkv")
             out = tmp / f"out{seg.index:05d}.mp4"
-            results.append(process_segment(part, manifest, seg.index, stack, out, progress))
+            results.append(process_segment(part, manifest, seg.index, stack, out, progress,
+                                           known))
+            known, results[-1].detected = results[-1].detected, {}
             release_free_memory()
             videos.append(out)
             part.unlink()

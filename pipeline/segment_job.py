@@ -43,13 +43,17 @@ Progress = Callable[[int], None]  # called with the number of frames just finish
 @dataclass
 class SegmentResult:
     """Owned frames' final detections (after filling) and counts of one segment;
-    ``damage``: owned frames skipped or concealed (see ``video.damage``)."""
+    ``damage``: owned frames skipped or concealed (see ``video.damage``).
+    ``detected``: the detector's own boxes of the segment's last frames and
+    trailing context, which the next segment needs as its context and owned
+    frames (kept in this process only, never stored)."""
 
     index: int
     frames: dict[int, Detections]
     n_filled: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     damage: dict = field(default_factory=dict)
+    detected: dict[int, Detections] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
         return {"index": self.index, "n_filled": self.n_filled, "timings": self.timings,
@@ -106,8 +110,12 @@ class SegmentJob:
     """
 
     def __init__(self, manifest: Manifest, index: int, stack, out_video: Path,
-                 progress: Progress | None = None, budget: ThreadBudget | None = None):
+                 progress: Progress | None = None, budget: ThreadBudget | None = None,
+                 known: dict[int, Detections] | None = None):
         self.manifest = manifest
+        #: frames already detected (by the previous segment, in this process):
+        #: their boxes are taken, the frames are not detected again
+        self.known = dict(known or {})
         self.settings = manifest.settings
         self.seg = manifest.segments[index]
         self.index = index
@@ -171,7 +179,8 @@ class SegmentJob:
             raise RuntimeError(f"segment {self.index}: frame {lost[0]} decoded but not encoded")
         self.timings = {k: round(v, 3) for k, v in self.timings.items()}
         self.timings["total_s"] = round(time.perf_counter() - t0, 3)
-        return SegmentResult(self.index, self.final, self.n_filled, self.timings, damage)
+        return SegmentResult(self.index, self.final, self.n_filled, self.timings, damage,
+                             detected=dict(self.dets))
 
     _stop = False
 
@@ -264,12 +273,21 @@ class SegmentJob:
         return done
 
     def _detect(self, batch: list[tuple[int, int, np.ndarray]]) -> tuple[list, list[Detections]]:
-        """The batch's frames (on the device) and their detections."""
+        """The batch's frames (on the device) and their detections; frames in
+        ``known`` keep the boxes they were given and are not detected again."""
         frames = self._to_device([rgb for _, _, rgb in batch])
         detect_at = getattr(self.stack, "detect_at", None)
         if detect_at is not None:
             return frames, detect_at([idx for idx, _, _ in batch], frames)
-        return frames, self._detect_sampled(batch, frames)
+        todo = [k for k, (idx, _, _) in enumerate(batch) if idx not in self.known]
+        if len(todo) == len(batch):
+            return frames, self._detect_sampled(batch, frames)
+        found = [self.known.get(idx) for idx, _, _ in batch]
+        if todo:
+            sub = frames[todo] if not isinstance(frames, list) else [frames[k] for k in todo]
+            for k, d in zip(todo, self._detect_sampled([batch[k] for k in todo], sub), strict=True):
+                found[k] = d
+        return frames, found
 
     def _take(self, batch: list[tuple[int, int, np.ndarray]], frames,
               found: list[Detections]) -> None:
@@ -346,6 +364,9 @@ class SegmentJob:
 
 
 def process_segment(segment_file: Path, manifest: Manifest, index: int, stack,
-                    out_video: Path, progress: Progress | None = None) -> SegmentResult:
-    """Run :class:`SegmentJob` for segment ``index`` of ``manifest``."""
-    return SegmentJob(manifest, index, stack, out_video, progress).run(segment_file)
+                    out_video: Path, progress: Progress | None = None,
+                    known: dict[int, Detections] | None = None) -> SegmentResult:
+    """Run :class:`SegmentJob` for segment ``index`` of ``manifest``; ``known``:
+    the previous segment's ``SegmentResult.detected`` when it ran in this process."""
+    return SegmentJob(manifest, index, stack, out_video, progress,
+                      known=known).run(segment_file)
