@@ -158,29 +158,44 @@ def worst_rows(rows: list[dict]) -> list[dict]:
     return list(out.values())
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| clip | frames | label | boxes (every frame) | N | boxes < 95 % covered "
-             "(worst phase) | frames with one | boxes not covered (< 5 %) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in worst_rows(rows):
-        lines.append(f"| {r['clip']} | {r['frames']} | {r['label']} | {r['boxes']} | "
-                     f"{r['every']} | {r['unblurred_boxes']} | {r['unblurred_frames']} | "
-                     f"{r['missed_boxes']} |")
+def markdown(header: list[str], rows: list[list]) -> str:
+    """A markdown table of ``rows`` under ``header``."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def clip_parser(doc: str) -> argparse.ArgumentParser:
+    """Arguments of the benchmarks over the shared clips: clips (default: all
+    of ``DATA``) and ``--frames``; :func:`clips_of` reads the clips."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("clips", nargs="*", type=Path)
+    ap.add_argument("--frames", type=int, default=400, help="first N frames of each clip")
+    return ap
+
+
+def clips_of(args: argparse.Namespace) -> list[Path]:
+    return args.clips or sorted(p for p in DATA.iterdir() if p.suffix in (".mp4", ".avi"))
+
+
+def table(rows: list[dict]) -> str:
+    return markdown(["clip", "frames", "label", "boxes (every frame)", "N",
+                     "boxes < 95 % covered (worst phase)", "frames with one",
+                     "boxes not covered (< 5 %)"],
+                    [[r["clip"], r["frames"], r["label"], r["boxes"], r["every"],
+                      r["unblurred_boxes"], r["unblurred_frames"], r["missed_boxes"]]
+                     for r in worst_rows(rows)])
 
 
 def main() -> None:
     from pipeline.settings import Settings
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("clips", nargs="*", type=Path)
-    ap.add_argument("--frames", type=int, default=400, help="first N frames of each clip")
+    ap = clip_parser(__doc__)
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args()
-    clips = args.clips or sorted(p for p in DATA.iterdir() if p.suffix in (".mp4", ".avi"))
     settings = Settings()
     rows = []
-    for clip in clips:
+    for clip in clips_of(args):
         t = time.perf_counter()
         rows += measure(clip, settings, args.frames)
         print(f"{clip.name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)

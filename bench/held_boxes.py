@@ -20,12 +20,18 @@ detector's own boxes as the truth:
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
-from detect_every import DATA, blurred_mask, left_unblurred, raw_detections
+from detect_every import (
+    blurred_mask,
+    clip_parser,
+    clips_of,
+    left_unblurred,
+    markdown,
+    raw_detections,
+)
 
 
 def static_hold(src, seen, row, f, fill, memo):
@@ -63,28 +69,21 @@ def measure(clip: Path, settings, max_frames: int, every: int) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| clip | label | boxes in blacked-out frames | hold | boxes < 95 % covered | "
-             "frames with one | boxes < 5 % covered | blurred share of those frames |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if r["boxes"]:
-            lines.append(f"| {r['clip']} | {r['label']} | {r['boxes']} | {r['hold']} | "
-                         f"{r['short']} | {r['frames']} | {r['missed']} | "
-                         f"{r['blurred_share']:.3f} |")
-    return "\n".join(lines)
+    return markdown(["clip", "label", "boxes in blacked-out frames", "hold",
+                     "boxes < 95 % covered", "frames with one", "boxes < 5 % covered",
+                     "blurred share of those frames"],
+                    [[r["clip"], r["label"], r["boxes"], r["hold"], r["short"], r["frames"],
+                      r["missed"], f"{r['blurred_share']:.3f}"] for r in rows if r["boxes"]])
 
 
 def main() -> None:
     from pipeline.settings import Settings
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("clips", nargs="*", type=Path)
-    ap.add_argument("--frames", type=int, default=400, help="first N frames of each clip")
+    ap = clip_parser(__doc__)
     ap.add_argument("--every", type=int, default=30, help="frames from one window to the next")
     args = ap.parse_args()
-    clips = args.clips or sorted(p for p in DATA.iterdir() if p.suffix in (".mp4", ".avi"))
     rows = []
-    for clip in clips:
+    for clip in clips_of(args):
         rows += measure(clip, Settings(), args.frames, args.every)
         print(f"{clip.name} done", file=sys.stderr, flush=True)
     print(table(rows))
