@@ -273,21 +273,12 @@ class SegmentJob:
         return done
 
     def _detect(self, batch: list[tuple[int, int, np.ndarray]]) -> tuple[list, list[Detections]]:
-        """The batch's frames (on the device) and their detections; frames in
-        ``known`` keep the boxes they were given and are not detected again."""
+        """The batch's frames (on the device) and their detections."""
         frames = self._to_device([rgb for _, _, rgb in batch])
         detect_at = getattr(self.stack, "detect_at", None)
         if detect_at is not None:
             return frames, detect_at([idx for idx, _, _ in batch], frames)
-        todo = [k for k, (idx, _, _) in enumerate(batch) if idx not in self.known]
-        if len(todo) == len(batch):
-            return frames, self._detect_sampled(batch, frames)
-        found = [self.known.get(idx) for idx, _, _ in batch]
-        if todo:
-            sub = frames[todo] if not isinstance(frames, list) else [frames[k] for k in todo]
-            for k, d in zip(todo, self._detect_sampled([batch[k] for k in todo], sub), strict=True):
-                found[k] = d
-        return frames, found
+        return frames, self._detect_needed(batch, frames)
 
     def _take(self, batch: list[tuple[int, int, np.ndarray]], frames,
               found: list[Detections]) -> None:
@@ -297,18 +288,21 @@ class SegmentJob:
             if self.seg.start <= idx < self.seg.stop:
                 self.pending.append((idx, pts, frame))
 
-    def _detect_sampled(self, batch: list[tuple[int, int, np.ndarray]], frames
-                        ) -> list[Detections]:
-        """The stack's detections of the batch's frames whose index is a multiple
-        of ``detect_every`` (the index in the whole video, so every segment and
-        every worker samples the same frames); the others get none and are
-        covered by temporal filling, like frames a detector missed."""
+    def _detect_needed(self, batch: list[tuple[int, int, np.ndarray]], frames
+                       ) -> list[Detections]:
+        """The stack's detections of the batch's frames that need them: those
+        whose index is a multiple of ``detect_every`` (the index in the whole
+        video, so every segment and every worker samples the same frames) and
+        that are not ``known`` (detected by the previous segment in this
+        process, whose boxes they keep). Frames between samples get none and
+        are covered by temporal filling, like frames a detector missed."""
         every = self.settings.detect_every
+        picked = [k for k, (idx, _, _) in enumerate(batch)
+                  if idx % every == 0 and idx not in self.known]
         rotation = self.manifest.info.rotation
-        if every <= 1:
+        if len(picked) == len(batch):
             return detect_upright(self.stack, frames, rotation)
-        picked = [k for k, (idx, _, _) in enumerate(batch) if idx % every == 0]
-        found = [Detections.empty() for _ in batch]
+        found = [self.known.get(idx, Detections.empty()) for idx, _, _ in batch]
         if picked:
             sub = frames[picked] if not isinstance(frames, list) else [frames[k] for k in picked]
             for k, d in zip(picked, detect_upright(self.stack, sub, rotation), strict=True):
