@@ -92,6 +92,21 @@ def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
     return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
+def read_or_skip(path: Path, skipped: list | None, entry=None,
+                 upright: bool = False) -> np.ndarray | None:
+    """:func:`read_image`; with a ``skipped`` list, a file that does not decode
+    is noted there as (``entry`` or the path, reason) and None returned, so one
+    damaged image does not stop a folder or a long evaluation; without one it
+    raises."""
+    try:
+        return read_image(path, upright)
+    except ValueError as exc:
+        if skipped is None:
+            raise
+        skipped.append((path if entry is None else entry, str(exc)))
+        return None
+
+
 def load_annotations(dataset_dir: str | Path) -> list[ImageRecord]:
     """Records of ``DIR/annotations.json`` (paths resolved against DIR).
 
@@ -230,15 +245,11 @@ def iter_samples(records: Iterable[ImageRecord],
                  skipped: list[tuple[ImageRecord, str]] | None = None) -> Iterator[Sample]:
     """Decode each record, yielding pixel ground truth clipped to the image
     (boxes left with no area are dropped). With a ``skipped`` list, a file that
-    does not decode is recorded there (record, reason) and passed over, so one
-    damaged image does not stop a long evaluation; without one it raises."""
+    does not decode is recorded there (record, reason) and passed over
+    (:func:`read_or_skip`)."""
     for rec in records:
-        try:
-            image = read_image(rec.path)
-        except ValueError as exc:
-            if skipped is None:
-                raise
-            skipped.append((rec, str(exc)))
+        image = read_or_skip(rec.path, skipped, rec)
+        if image is None:
             continue
         h, w = image.shape[:2]
         if rec.width and rec.height and (rec.width, rec.height) != (w, h):

@@ -20,7 +20,7 @@ import numpy as np
 from models.detections import FACE, Detections
 
 from .blur import anonymize_frame
-from .datasets import IMAGE_SUFFIXES, read_image
+from .datasets import IMAGE_SUFFIXES, read_or_skip
 from .records import face_pickle
 from .settings import Settings
 from .video.output import atomic_output
@@ -83,12 +83,8 @@ def iter_batches(paths: list[Path], size: int, skipped: list[tuple[Path, str]] |
     one broken photo does not stop a folder; without one it raises."""
     batch = []
     for p in paths:
-        try:
-            image = read_image(p, upright=True)
-        except ValueError as e:
-            if skipped is None:
-                raise
-            skipped.append((p, str(e)))
+        image = read_or_skip(p, skipped, upright=True)
+        if image is None:
             continue
         batch.append((p, image))
         if len(batch) >= size:
