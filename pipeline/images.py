@@ -40,11 +40,11 @@ def list_images(folder: Path, out_dir: Path | None = None) -> list[Path]:
         raise FileNotFoundError(f"image folder not found: {folder}")
     inside = None
     if out_dir is not None:
-        out = Path(out_dir).resolve()
-        if out == folder.resolve():
+        out, root = Path(out_dir).resolve(), folder.resolve()
+        if out == root:
             raise ValueError(f"the output folder {out_dir} is the image folder: the originals "
                              "would be overwritten; give another folder")
-        if out.is_relative_to(folder.resolve()):
+        if out.is_relative_to(root):
             inside = out
     found = []
     for p in folder.rglob("*"):
