@@ -15,10 +15,11 @@ are then reused from the two arenas instead of being mapped afresh and
 zero-filled by the kernel for every call. With a 128 KB threshold a run of
 the 768×432 clip took about 5,000 page faults per frame (1.9 M for 377
 frames, faces only) and spent 6–7 % of its CPU time in the kernel; now
-0.2 M, 3–11 % less CPU time, and a peak RSS 70–105 MB higher that stays
-flat with length (1005 vs 1043 MB at 100 and 1000 frames; malloc_trim
-still hands everything free back after each segment; docs/benchmarks.md,
-"Page faults: frame buffers reused").
+0.2 M, 2–11 % less CPU time, and a peak RSS 70–105 MB higher that stays
+flat with length (1005 vs 1043 MB at 100 and 1000 frames). At 1080p the
+trade is larger: 15 % less CPU time, 343 MB more peak RSS (2366 -> 2709 MB
+faces only, fp32). malloc_trim still hands everything free back after each
+segment (docs/benchmarks.md, "Page faults: frame buffers reused").
 """
 
 from __future__ import annotations
