@@ -25,13 +25,10 @@ the evaluation sets (single images) decide separately.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
+# importing detect_every also puts the repository root on sys.path
 from detect_every import clip_parser, clips_of, left_unblurred, markdown, raw_detections
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def source_settings(base) -> dict:
@@ -50,7 +47,6 @@ def measure(clip: Path, base, max_frames: int) -> list[dict]:
     from pipeline.temporal import fill_segment
 
     found, ms = {}, {}
-    size = (0, 0)
     for name, settings in source_settings(base).items():
         found[name], size, per_frame = raw_detections(clip, settings, max_frames)
         ms[name] = per_frame * 1000
