@@ -41,7 +41,7 @@ _done = False
 
 def limit_heap_growth() -> bool:
     """Apply the allocator settings once per process (glibc only; elsewhere a
-    no-op). Returns whether they were applied."""
+    no-op). Returns whether all of them were applied."""
     global _done
     if _done:
         return True
@@ -54,9 +54,11 @@ def limit_heap_growth() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    ok = all(mallopt(param, value) for param, value in (
+    # every setting is tried, a refused one does not keep the others from applying
+    results = [mallopt(param, value) for param, value in (
         (M_ARENA_MAX, ARENA_MAX), (M_MMAP_THRESHOLD, MMAP_THRESHOLD),
-        (M_TRIM_THRESHOLD, TRIM_THRESHOLD)))
+        (M_TRIM_THRESHOLD, TRIM_THRESHOLD))]
+    ok = all(results)
     _done = ok
     return ok
 

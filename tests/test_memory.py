@@ -39,3 +39,25 @@ def test_network_inputs_are_reused_from_the_heap_not_mapped_afresh_per_frame():
     # trim threshold, comes back from the kernel zero-filled page by page
     # (about 700 faults per buffer with the earlier 128 KB threshold)
     assert _faults() < pages, "each input was mapped and zero-filled afresh"
+
+
+def test_a_refused_setting_does_not_keep_the_others_from_applying(monkeypatch):
+    """glibc's mallopt cannot be made to refuse a valid value, so a stand-in
+    library refuses the first setting; the later ones must still be tried."""
+    import pipeline.memory as memory
+
+    calls = []
+
+    def mallopt(param, value):
+        calls.append(param)
+        return 0 if param == memory.M_ARENA_MAX else 1
+
+    class Libc:  # ctypes functions take an argtypes attribute; a plain function does too
+        pass
+
+    Libc.mallopt = staticmethod(mallopt)
+    monkeypatch.setattr(memory, "_done", False)
+    monkeypatch.setattr(memory.ctypes.util, "find_library", lambda _: "libc.so.6")
+    monkeypatch.setattr(memory.ctypes, "CDLL", lambda _: Libc())
+    assert memory.limit_heap_growth() is False
+    assert calls == [memory.M_ARENA_MAX, memory.M_MMAP_THRESHOLD, memory.M_TRIM_THRESHOLD]
