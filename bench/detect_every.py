@@ -100,25 +100,27 @@ def blurred_mask(d, size: tuple[int, int], scale: float) -> np.ndarray:
     return mask
 
 
-def left_unblurred(raw: dict, sampled_final: dict, size, scale: float) -> tuple[int, int, int]:
-    """Boxes of ``raw`` less than COVERED under the sampled run's blur, frames
-    holding one, and boxes less than MISSED under it."""
-    boxes = frames = missed = 0
+def coverages(raw: dict, blur: dict, size, scale: float) -> list[tuple[int, int, float]]:
+    """(frame, box number, covered share) of every box of ``raw`` under the
+    regions ``blur`` would blur (its boxes dilated by ``scale``)."""
+    out = []
     w, h = size
     for f, d in raw.items():
         if len(d) == 0:
             continue
-        mask = blurred_mask(sampled_final[f], size, scale)
-        short = 0
-        for x1, y1, x2, y2 in d.clipped(w, h).xyxy:
+        mask = blurred_mask(blur[f], size, scale)
+        for k, (x1, y1, x2, y2) in enumerate(d.clipped(w, h).xyxy):
             xa, ya = int(np.floor(x1)), int(np.floor(y1))
             xb, yb = max(xa + 1, int(np.ceil(x2))), max(ya + 1, int(np.ceil(y2)))
-            covered = mask[ya:yb, xa:xb].mean()
-            short += int(covered < COVERED)
-            missed += int(covered < MISSED)
-        boxes += short
-        frames += int(short > 0)
-    return boxes, frames, missed
+            out.append((f, k, float(mask[ya:yb, xa:xb].mean())))
+    return out
+
+
+def left_unblurred(raw: dict, sampled_final: dict, size, scale: float) -> tuple[int, int, int]:
+    """Boxes of ``raw`` less than COVERED under the sampled run's blur, frames
+    holding one, and boxes less than MISSED under it."""
+    short = [(f, c) for f, _, c in coverages(raw, sampled_final, size, scale) if c < COVERED]
+    return len(short), len({f for f, _ in short}), sum(c < MISSED for _, c in short)
 
 
 def measure(clip: Path, settings, max_frames: int, strides=(2, 3)) -> list[dict]:
