@@ -55,6 +55,8 @@ class Context:
 
 
 def _fetch_source(ctx: Context, job: dict, dest_dir: Path) -> Path:
+    from pipeline.video.contain import contain, without_timestamps
+
     from .storage import open_storage, split_url
 
     name = PurePosixPath(job.get("source_name") or "source").name
@@ -65,6 +67,10 @@ def _fetch_source(ctx: Context, job: dict, dest_dir: Path) -> Path:
     else:  # an s3:// (or file://) input taken in place
         base, key = split_url(url)
         open_storage(base).get_file(key, local)
+    if without_timestamps(local):  # a raw stream, read as `anonymize run` reads it
+        contained, note = contain(local, dest_dir / "contained.mkv")
+        log.info("%s", note.replace(local.name, name, 1))
+        return contained
     return local
 
 

@@ -223,21 +223,6 @@ def test_a_gap_an_mp4_track_cannot_hold_is_refused_before_work(tmp_path):
     check_output_streams(src, info, ".mkv")
 
 
-def test_raw_elementary_stream_is_refused_with_how_to_wrap_it(tmp_path):
-    """An .h264 file holds no timestamps; the frames' times cannot be kept, so
-    it is refused with the command that puts it in a container."""
-    mkv = make_video(tmp_path / "v.mkv", n_frames=10)
-    raw = tmp_path / "v.h264"
-    with av.open(str(mkv)) as src, av.open(str(raw), "w", format="h264") as dst:
-        out = dst.add_stream_from_template(src.streams.video[0])
-        for p in src.demux(src.streams.video[0]):
-            if p.size:
-                p.stream = out
-                dst.mux(p)
-    msg = _msg(raw)
-    assert "no container" in msg and "-c copy" in msg and "\n" not in msg
-
-
 def _msg(path) -> str:
     with pytest.raises(VideoError) as err:
         probe(path)

@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.plan import prepare_local
     from pipeline.records import DETECTIONS_JSON, REPORT_JSON
     from pipeline.render import DetectionsFileError, edits_from, read_document, read_zones
-    from pipeline.video.output import same_file
+    from pipeline.video.contain import readable
+    from pipeline.video.output import check_output_path, same_file
 
     from .run import warn
 
@@ -76,23 +77,29 @@ def run(args: argparse.Namespace) -> int:
         raise DetectionsFileError(f"{det_file}: the render would overwrite the file it reads; "
                                   f"write the output into another folder or give "
                                   f"--detections-dir")
-    manifest = prepare_local(source, output, settings, records)
-    edits = edits_from(doc, det_file, manifest.info)
-    zones = edits.zones + (read_zones(Path(args.zones), manifest.info) if args.zones else [])
-    manifest.zones = zones
-    manifest.detections_file = edits.name
-    for s in manifest.dropped_streams:
-        warn(f"{s['type']} stream {s['index']} ({s['codec']}) of {source} is not in the "
-             f"output: {s['reason']}")
-    from pipeline.process import run_local
-    from pipeline.render import RecordedDetections
+    check_output_path(source, output)  # against the user's file, not a contained copy
+    with readable(source) as (frames_source, note):
+        if note:
+            warn(note)
+        manifest = prepare_local(frames_source, output, settings, records)
+        manifest.source_name = source.name
+        edits = edits_from(doc, det_file, manifest.info)
+        zones = edits.zones + (read_zones(Path(args.zones), manifest.info) if args.zones else [])
+        manifest.zones = zones
+        manifest.detections_file = edits.name
+        for s in manifest.dropped_streams:
+            warn(f"{s['type']} stream {s['index']} ({s['codec']}) of {source} is not in the "
+                 f"output: {s['reason']}")
+        from pipeline.process import run_local
+        from pipeline.render import RecordedDetections
+
+        with tqdm(total=manifest.info.n_frames, unit="frame", disable=args.quiet,
+                  file=sys.stderr, desc=source.name) as bar:
+            report = run_local(frames_source, output, settings, records,
+                               stack=RecordedDetections.from_edits(edits), progress=bar.update,
+                               manifest=manifest, extra_report={"render": edits.summary()})
     from pipeline.video.damage import damage_warning
 
-    with tqdm(total=manifest.info.n_frames, unit="frame", disable=args.quiet, file=sys.stderr,
-              desc=source.name) as bar:
-        report = run_local(source, output, settings, records,
-                           stack=RecordedDetections.from_edits(edits), progress=bar.update,
-                           manifest=manifest, extra_report={"render": edits.summary()})
     damaged = damage_warning(source, report)
     if damaged:
         warn(damaged)

@@ -37,27 +37,35 @@ def run(args: argparse.Namespace) -> int:
 
     from models.resolve import check_settings
     from pipeline.plan import prepare_local
+    from pipeline.video.contain import readable
+    from pipeline.video.output import check_output_path
 
     source, output = Path(args.input), Path(args.output)
     settings = settings_from_args(args)
     # every check on the user's settings and files before any model loads or frame is decoded
     check_settings(settings)
-    manifest = prepare_local(source, output, settings, args.detections_dir)
-    if args.zones:
-        from pipeline.render import read_zones
+    check_output_path(source, output)  # against the user's file, not a contained copy
+    with readable(source) as (frames_source, note):
+        if note:
+            warn(note)
+        manifest = prepare_local(frames_source, output, settings, args.detections_dir)
+        manifest.source_name = source.name
+        if args.zones:
+            from pipeline.render import read_zones
 
-        manifest.zones = read_zones(Path(args.zones), manifest.info)
-    for s in manifest.dropped_streams:
-        warn(f"{s['type']} stream {s['index']} ({s['codec']}) of {source} is not in the "
-             f"output: {s['reason']}")
-    from pipeline.process import run_local  # loads torch: only once the input is known good
+            manifest.zones = read_zones(Path(args.zones), manifest.info)
+        for s in manifest.dropped_streams:
+            warn(f"{s['type']} stream {s['index']} ({s['codec']}) of {source} is not in the "
+                 f"output: {s['reason']}")
+        from pipeline.process import run_local  # loads torch: only once the input is known good
+
+        with tqdm(total=manifest.info.n_frames, unit="frame", disable=args.quiet,
+                  file=sys.stderr, desc=source.name) as bar:
+            report = run_local(frames_source, output, settings, args.detections_dir,
+                               progress=bar.update, manifest=manifest)
     from pipeline.records import REPORT_JSON
     from pipeline.video.damage import damage_warning
 
-    with tqdm(total=manifest.info.n_frames, unit="frame", disable=args.quiet, file=sys.stderr,
-              desc=source.name) as bar:
-        report = run_local(source, output, settings, args.detections_dir,
-                           progress=bar.update, manifest=manifest)
     damaged = damage_warning(source, report)
     if damaged:
         warn(damaged)

@@ -53,6 +53,7 @@ def _check_input(source: str, dest: str | None, settings, zones=None, detections
     from pathlib import Path
 
     from pipeline.video import probe
+    from pipeline.video.contain import readable
     from pipeline.video.join import check_output_streams
     from pipeline.video.output import check_output_path
     from tasks.client import output_ext
@@ -61,9 +62,10 @@ def _check_input(source: str, dest: str | None, settings, zones=None, detections
         return
     if dest:
         check_output_path(Path(source), Path(dest))
-    info = probe(source)
-    check_output_streams(source, info, output_ext(Path(source).name, dest),
-                         settings.keep_metadata)
+    with readable(source) as (frames_source, _):  # a raw stream: as the split task reads it
+        info = probe(frames_source)
+        check_output_streams(frames_source, info, output_ext(Path(source).name, dest),
+                             settings.keep_metadata)
     if zones is not None:
         from pipeline.render import check_zones
 

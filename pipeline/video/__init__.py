@@ -10,7 +10,8 @@ One module per job: :mod:`.probe` (what the source holds), :mod:`.segments`
 (cutting at keyframes), :mod:`.decode` (frames out), :mod:`.encode` (frames
 in, output containers), :mod:`.join` (segments + other streams -> output),
 :mod:`.damage` (what a damaged source could not show), :mod:`.h264` (lost
-H.264 references). Distributed workers and ``anonymize run`` use the same
+H.264 references), :mod:`.contain` (a raw stream with no timestamps put in
+a container first). Distributed workers and ``anonymize run`` use the same
 calls::
 
     info = probe(src)

@@ -343,10 +343,9 @@ def _scan_decoded(path, index):
                 continue
             for f in frames:
                 if f.pts is None:  # a raw elementary stream (.h264, .hevc, .m4v)
-                    raise VideoError(
+                    raise VideoError(  # the commands contain it first (.contain)
                         f"frames without timestamps in {path} ({c.format.name} stream with no "
-                        f"container): put it in one first, at its frame rate, e.g. "
-                        f"ffmpeg -r 25 -i IN -c copy OUT.mkv")
+                        f"container)")
                 labels.append(f.pts)
     pts = sorted(labels)
     if not pts:
