@@ -28,6 +28,7 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -173,11 +174,26 @@ def clip_parser(doc: str) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("clips", nargs="*", type=Path)
     ap.add_argument("--frames", type=int, default=400, help="first N frames of each clip")
+    ap.add_argument("--json", type=Path, help="also write the rows here")
     return ap
 
 
 def clips_of(args: argparse.Namespace) -> list[Path]:
     return args.clips or sorted(p for p in DATA.iterdir() if p.suffix in (".mp4", ".avi"))
+
+
+def report_clips(args: argparse.Namespace, measure_clip: Callable[[Path], list[dict]],
+                 table: Callable[[list[dict]], str]) -> None:
+    """Measure every clip of ``args`` (the time each took on stderr), print the
+    table of all rows and, with ``--json``, write them."""
+    rows = []
+    for clip in clips_of(args):
+        t = time.perf_counter()
+        rows += measure_clip(clip)
+        print(f"{clip.name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
 
 
 def table(rows: list[dict]) -> str:
@@ -192,18 +208,9 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     from pipeline.settings import Settings
 
-    ap = clip_parser(__doc__)
-    ap.add_argument("--json", type=Path, help="also write the rows here")
-    args = ap.parse_args()
+    args = clip_parser(__doc__).parse_args()
     settings = Settings()
-    rows = []
-    for clip in clips_of(args):
-        t = time.perf_counter()
-        rows += measure(clip, settings, args.frames)
-        print(f"{clip.name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
-    print(table(rows))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    report_clips(args, lambda clip: measure(clip, settings, args.frames), table)
 
 
 if __name__ == "__main__":

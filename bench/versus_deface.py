@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,11 +35,11 @@ from detect_every import (
     COVERED,
     MISSED,
     clip_parser,
-    clips_of,
     coverages,
     left_unblurred,
     markdown,
     raw_detections,
+    report_clips,
 )
 from peers import DEFACE_VENV, _clean_env, ensure_deface
 
@@ -156,16 +155,8 @@ def main() -> None:
     ap = clip_parser(__doc__)
     ap.add_argument("--crops", type=Path, help="write a crop of every deface face we leave "
                                                "unblurred here")
-    ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args()
-    rows = []
-    for clip in clips_of(args):
-        t = time.perf_counter()
-        rows.append(measure(clip, Settings(), args.frames, args.crops))
-        print(f"{clip.name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
-    print(table(rows))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    report_clips(args, lambda clip: [measure(clip, Settings(), args.frames, args.crops)], table)
 
 
 if __name__ == "__main__":
