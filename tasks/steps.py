@@ -55,6 +55,7 @@ class Context:
 
 
 def _fetch_source(ctx: Context, job: dict, dest_dir: Path) -> Path:
+    from pipeline.video import VideoError
     from pipeline.video.contain import contain, without_timestamps
 
     from .storage import open_storage, split_url
@@ -68,7 +69,10 @@ def _fetch_source(ctx: Context, job: dict, dest_dir: Path) -> Path:
         base, key = split_url(url)
         open_storage(base).get_file(key, local)
     if without_timestamps(local):  # a raw stream, read as `anonymize run` reads it
-        contained, note = contain(local, dest_dir / "contained.mkv")
+        try:
+            contained, note = contain(local, dest_dir / "contained.mkv")
+        except VideoError as exc:  # name the user's file, not our temporary copy
+            raise VideoError(str(exc).replace(str(local), name)) from None
         log.info("%s", note.replace(local.name, name, 1))
         return contained
     return local

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import av
 
+from models.errors import one_line
+
 from .probe import DEMUX_ERRORS, VideoError, open_input, video_stream
 
 #: what FFmpeg assumes when the stream states no rate (its raw demuxers' default)
@@ -70,7 +72,7 @@ def _display_ranks(path) -> dict[int, int]:
     the packets that give a frame."""
     shown: list[int] = []
     with open_input(path) as c:
-        vs = c.streams.video[video_stream(c, path).index]
+        vs = video_stream(c, path)
         n = 0
         try:
             for p in c.demux(vs):
@@ -97,27 +99,33 @@ def contain(path, dest: Path) -> tuple[Path, str]:
     # and no packet is decoded after it is shown
     delay = max(0, max(i - r for i, r in ranks.items()))
     dropped = 0
-    with open_input(path) as c, av.open(str(dest), "w", format="matroska") as out:
-        vs = c.streams.video[video_stream(c, path).index]
+    with open_input(path) as c:
+        vs = video_stream(c, path)
         rate, stated = stream_rate(vs)
-        ost = out.add_stream_from_template(vs)
-        ost.time_base = 1 / rate
-        n = 0
         try:
-            for p in c.demux(vs):
-                if not p.size:
-                    continue
-                i, n = n, n + 1
-                if i not in ranks:
-                    dropped += 1
-                    continue
-                p.stream = ost
-                p.time_base = 1 / rate
-                p.pts, p.dts, p.duration = ranks[i], i - delay, 1
-                out.mux(p)
-        except DEMUX_ERRORS:
-            pass
-    how = "as it states" if stated else "FFmpeg's default: the stream states none"
+            with av.open(str(dest), "w", format="matroska") as out:
+                ost = out.add_stream_from_template(vs)
+                ost.time_base = 1 / rate
+                n = 0
+                try:
+                    for p in c.demux(vs):
+                        if not p.size:
+                            continue
+                        i, n = n, n + 1
+                        if i not in ranks:
+                            dropped += 1
+                            continue
+                        p.stream = ost
+                        p.time_base = 1 / rate
+                        p.pts, p.dts, p.duration = ranks[i], i - delay, 1
+                        out.mux(p)
+                except DEMUX_ERRORS:
+                    pass
+        except (av.FFmpegError, ValueError) as e:  # a codec Matroska cannot hold
+            raise VideoError(f"cannot read the raw {vs.codec_context.name} stream {path} "
+                             f"(no timestamps, and it could not be given them: "
+                             f"{one_line(e)})") from None
+    how = "as it states" if stated else "FFmpeg's default: the stream states no plausible rate"
     note = (f"{Path(path).name} is a raw {vs.codec_context.name} stream with no timestamps: "
             f"read at {float(rate):.3f} fps ({how})")
     if dropped:
