@@ -87,13 +87,19 @@ def finalize(manifest: Manifest, segment_videos: list[Path], results: list[Segme
 
 def same_frame_times(shown: list[int], time_base, b: video.VideoInfo, shift: int = 0) -> bool:
     """Whether ``b`` holds exactly the frames ``shown`` (source pts in
-    ``time_base``: the source's frames that decode) at exactly their times
-    (pts × time base, plus ``shift`` ticks for a source that starts before 0):
-    a container may store the time base as an equal finer one."""
+    ``time_base``: the source's frames that decode) at their times (pts ×
+    time base, plus ``shift`` ticks for a source that starts before 0).
+
+    A container may store the time base as an equal finer one (then the times
+    are equal), or only a coarser one: Matroska keeps milliseconds, so an
+    MPEG-TS's 90 kHz times land on the nearest millisecond. A time within
+    half a tick of the output's time base is the same time; a frame out of
+    place is a whole frame duration off."""
     if len(shown) != b.n_frames:
         return False
     ta, tb = Fraction(time_base), Fraction(b.time_base)
-    return all((p + shift) * ta == q * tb for p, q in zip(shown, b.frame_pts, strict=True))
+    return all(abs((p + shift) * ta - q * tb) <= tb / 2
+               for p, q in zip(shown, b.frame_pts, strict=True))
 
 
 def _stream_facts(info: video.VideoInfo) -> dict:

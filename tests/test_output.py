@@ -265,3 +265,35 @@ def test_a_damaged_first_keyframe_starts_the_output_where_decoding_can(tmp_path)
     assert player_times(out) == want
     assert report["frames"] == len(want) and report["frames_match"] is True
     assert report["damaged_frames"] >= 12 - len(want)
+
+
+def test_a_90khz_source_written_to_matroska_matches_at_the_millisecond(tmp_path):
+    """Matroska stores milliseconds: an MPEG-TS-style clock (1/90000 s, frames
+    at 10.02 ms + 40 ms steps) lands on the nearest millisecond, and that is
+    the same frame at the same time, not a mismatch (exit status 0)."""
+    src = corpus.write_video(tmp_path / "in.ts", fmt="mpegts", time_base=Fraction(1, 90000),
+                             pts=[126902 + 3600 * i for i in range(12)])
+    assert probe(src).frame_pts[0] == 126902  # 1.41002 s: not on a millisecond
+    out = tmp_path / "out.mkv"
+    report = run_local(src, out, SETTINGS, tmp_path / "rec", stack=Recorder())
+    got = probe(out)
+    assert got.time_base == Fraction(1, 1000)
+    assert [p * got.time_base for p in got.frame_pts][:2] == [Fraction(1410, 1000),
+                                                              Fraction(1450, 1000)]
+    assert report["frames_match"] is True
+
+
+def test_a_frame_a_tick_off_at_the_output_resolution_does_not_match():
+    from pipeline.finalize import same_frame_times
+    from pipeline.video import VideoInfo
+
+    out = VideoInfo(path="o.mkv", format_name="matroska", width=2, height=2, codec="h264",
+                    pix_fmt="yuv420p", time_base=Fraction(1, 1000), avg_fps=25.0,
+                    frame_pts=[10, 50, 90], keyframe_pts=[10], duration_s=0.12, rotation=0,
+                    stream_index=0)
+    shown = [902, 902 + 3600, 902 + 7200]  # 10.02, 50.02, 90.02 ms
+    assert same_frame_times(shown, Fraction(1, 90000), out)
+    out.frame_pts = [10, 51, 90]  # 0.98 ms off: more than half a millisecond
+    assert not same_frame_times(shown, Fraction(1, 90000), out)
+    out.frame_pts = [10, 50]
+    assert not same_frame_times(shown, Fraction(1, 90000), out)
