@@ -1,5 +1,5 @@
-"""Raw elementary streams (``.h264``, ``.hevc``, ``.m4v``: no container) put
-in one.
+"""Raw elementary streams (``.h264``, ``.hevc``: no container, and any other
+stream whose packets carry no time) put in one.
 
 Such a file holds frames in decoding order and no times, so it cannot be
 cut into segments or its timing kept. FFmpeg reads it at the stream's own
