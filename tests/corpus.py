@@ -524,6 +524,11 @@ CASES: list[Case] = [
     Case("mpegts", _simple("broadcast.ts", fmt="mpegts", time_base=Fraction(1, 90000),
                            pts=[126000 + 3600 * i for i in range(12)]), OK,
          note="a broadcast-style clock: 1/90000 s, first frame at 1.4 s"),
+    Case("mpegts-to-mkv", _simple("broadcast.ts", ".mkv", fmt="mpegts",
+                                  time_base=Fraction(1, 90000),
+                                  pts=[126902 + 3600 * i for i in range(12)]), OK,
+         note="90 kHz times off the millisecond (1.41002 s on): Matroska keeps each "
+              "frame at the nearest millisecond"),
     Case("fragmented-mp4", _simple("frag.mp4", container_options={
         "movflags": "frag_keyframe+empty_moov+default_base_moof"}, n_frames=16), OK, slow=True),
     Case("wrong-extension", _wrong_extension, OK, note="Matroska content named .mp4"),
