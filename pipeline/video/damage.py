@@ -73,7 +73,9 @@ def damage_report(info: VideoInfo, segment_damages: list[dict]) -> dict:
             "concealed": {"count": len(concealed), "frames": _listed(info, concealed),
                           "meaning": "decoded from damaged data: kept and anonymized"},
             "unreadable": {"count": unreadable,
-                           "meaning": "promised by the file but not readable (cut short)"},
+                           "meaning": "promised by the file (at least one) but not readable: "
+                                      "reading stopped where the file is cut short or "
+                                      "damaged beyond what the demuxer can skip"},
             "messages": messages,
         },
     }
@@ -101,6 +103,8 @@ def damage_warning(source, report: dict) -> str | None:
         parts.append(f"{d['concealed']['count']} were decoded from damaged data "
                      f"(first at {first:g} s)")
     if d["unreadable"]["count"]:
-        parts.append(f"{d['unreadable']['count']} could not be read (the file is cut short)")
-    return (f"{source} is damaged: {n} frame(s) affected: " + "; ".join(parts)
+        parts.append(f"at least {d['unreadable']['count']} could not be read (reading stopped "
+                     f"where the file is cut short or damaged)")
+    bound = "at least " if d["unreadable"]["count"] else ""  # past the stop nothing is known
+    return (f"{source} is damaged: {bound}{n} frame(s) affected: " + "; ".join(parts)
             + "; details in report.json")
