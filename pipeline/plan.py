@@ -7,6 +7,8 @@ or frame is decoded (``anonymize run`` and ``submit`` call it first).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 from . import video
 from .settings import Settings
 from .temporal import context_frames
+from .video.contain import readable
 from .video.join import check_output_streams
 from .video.output import check_folder_writable, check_output_path
 
@@ -76,3 +79,22 @@ def prepare_local(source: Path, output: Path, settings: Settings,
     if detections_dir is not None:
         check_folder_writable(Path(detections_dir), "detections folder")
     return plan(source, settings, output.suffix)
+
+
+@contextmanager
+def prepared_local(source: Path, output: Path, settings: Settings,
+                   detections_dir: Path | None = None
+                   ) -> Iterator[tuple[Path, Manifest, str | None]]:
+    """:func:`prepare_local` for the user's file as given on the command line,
+    which may need putting in a container first (a raw stream with no
+    timestamps, :mod:`.video.contain`). Yields the file to read frames from
+    (the user's own, or a temporary contained copy removed on exit), the
+    manifest, named after the user's file, and the note for the user (None
+    unless contained). The output path is checked against the user's file,
+    which a copy elsewhere could never equal."""
+    source, output = Path(source), Path(output)
+    check_output_path(source, output)
+    with readable(source) as (frames_source, note):
+        manifest = prepare_local(frames_source, output, settings, detections_dir)
+        manifest.source_name = source.name
+        yield frames_source, manifest, note

@@ -59,11 +59,10 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from pipeline.plan import prepare_local
+    from pipeline.plan import prepared_local
     from pipeline.records import DETECTIONS_JSON, REPORT_JSON
     from pipeline.render import DetectionsFileError, edits_from, read_document, read_zones
-    from pipeline.video.contain import readable
-    from pipeline.video.output import check_output_path, same_file
+    from pipeline.video.output import same_file
 
     from .run import warn
 
@@ -77,12 +76,9 @@ def run(args: argparse.Namespace) -> int:
         raise DetectionsFileError(f"{det_file}: the render would overwrite the file it reads; "
                                   f"write the output into another folder or give "
                                   f"--detections-dir")
-    check_output_path(source, output)  # against the user's file, not a contained copy
-    with readable(source) as (frames_source, note):
+    with prepared_local(source, output, settings, records) as (frames_source, manifest, note):
         if note:
             warn(note)
-        manifest = prepare_local(frames_source, output, settings, records)
-        manifest.source_name = source.name
         edits = edits_from(doc, det_file, manifest.info)
         zones = edits.zones + (read_zones(Path(args.zones), manifest.info) if args.zones else [])
         manifest.zones = zones

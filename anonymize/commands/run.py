@@ -36,20 +36,16 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from models.resolve import check_settings
-    from pipeline.plan import prepare_local
-    from pipeline.video.contain import readable
-    from pipeline.video.output import check_output_path
+    from pipeline.plan import prepared_local
 
     source, output = Path(args.input), Path(args.output)
     settings = settings_from_args(args)
     # every check on the user's settings and files before any model loads or frame is decoded
     check_settings(settings)
-    check_output_path(source, output)  # against the user's file, not a contained copy
-    with readable(source) as (frames_source, note):
+    with prepared_local(source, output, settings, args.detections_dir) as (
+            frames_source, manifest, note):
         if note:
             warn(note)
-        manifest = prepare_local(frames_source, output, settings, args.detections_dir)
-        manifest.source_name = source.name
         if args.zones:
             from pipeline.render import read_zones
 
