@@ -19,7 +19,7 @@ could be skipped on video is a question of the clips, so this measures it:
 A source whose removal leaves no box uncovered adds nothing on these clips;
 the evaluation sets (single images) decide separately.
 
-    python bench/plate_sources.py [--frames 400] [clips...]
+    python bench/plate_sources.py [--frames 400] [--json FILE] [clips...]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import dataclasses
 from pathlib import Path
 
 # importing detect_every also puts the repository root on sys.path
-from detect_every import clip_parser, clips_of, left_unblurred, markdown, raw_detections
+from detect_every import clip_parser, left_unblurred, markdown, raw_detections, report_clips
 
 
 def source_settings(base) -> dict:
@@ -79,12 +79,7 @@ def main() -> None:
     from pipeline.settings import Settings
 
     args = clip_parser(__doc__).parse_args()
-    rows = []
-    for clip in clips_of(args):
-        rows += measure(clip, Settings(), args.frames)
-        print(table(rows[-3:]), flush=True)
-    print()
-    print(table(rows))
+    report_clips(args, lambda clip: measure(clip, Settings(), args.frames), table)
 
 
 if __name__ == "__main__":
