@@ -50,7 +50,9 @@ def raw_detections(clip: Path, settings, max_frames: int) -> tuple[dict, tuple[i
     from pipeline import video
     from pipeline.records import detection_rows
 
-    key = hashlib.sha256(json.dumps([CACHE_FORMAT, clip.name, max_frames, settings.to_dict()],
+    # every frame is detected whole here, whatever --reference-every says
+    whole = {k: v for k, v in settings.to_dict().items() if k != "reference_every"}
+    key = hashlib.sha256(json.dumps([CACHE_FORMAT, clip.name, max_frames, whole],
                                     sort_keys=True).encode()).hexdigest()[:16]
     cached = CACHE / f"{clip.stem}-{key}.json"
     if cached.is_file():

@@ -30,9 +30,9 @@ from .centerface_weights import model_from_checkpoint
 from .detections import FACE, Detections
 from .fetch import load_checkpoint
 from .ops import nms
-from .resize import letterbox_frames, letterbox_tiles
+from .resize import letterbox_frames, letterbox_tiles, letterbox_windows
 from .runtime import GraphSpec, accelerate
-from .tiling import absorb, keep_whole, merge, tile_grid
+from .tiling import absorb, keep_whole, merge, tile_grid, windows
 
 # -- decoding -------------------------------------------------------------------------
 
@@ -284,6 +284,19 @@ class CenterFaceDetector(Detector):
             return side_for_min_object(height, width, self.min_face, self.smallest_face)
         return None
 
+    def _windows(self, image: torch.Tensor, height: int, width: int, rects,
+                 thresh: float) -> Detections:
+        """One frame scaled to height×width, the network run only on windows of
+        that input holding ``rects`` (frame pixels; :func:`models.tiling.windows`);
+        boxes cut by a window's inner edge are dropped, the rest in frame pixels."""
+        fh, fw = image.shape[:2]
+        canvas = (_aligned(height), _aligned(width))
+        tiles = windows(rects, (width / fw, height / fh), (0, 0), canvas, ALIGN)
+        parts = []
+        for tile, x in zip(tiles, letterbox_windows(image, height, width, tiles), strict=True):
+            parts.append(keep_whole(self._run(x, thresh)[0], tile, *canvas))
+        return Detections.merge(parts).scaled(fw / width, fh / height)
+
     # -- public ---------------------------------------------------------------
     @torch.inference_mode()
     def detect(self, frames: Frames, thresh: float | None = None,
@@ -314,6 +327,36 @@ class CenterFaceDetector(Detector):
             for i, det in zip(idx, found, strict=True):
                 results[i] = det.clipped(fw, fh)
         return results
+
+
+    @torch.inference_mode()
+    def detect_windows(self, frame: Frames, rects, thresh: float | None = None,
+                       size: int | None = None) -> Detections:
+        """Faces of one frame found by looking only at ``rects`` (x0, y0, x1, y1
+        frame pixels) of it, as :meth:`detect` would see them there
+        (pipeline/changes.py). A pass at least a quarter the size of the main
+        one runs on windows of its input (:meth:`_windows`); the smaller
+        passes for large faces run whole (a few % of the work each). Where the
+        main pass would be tiled, the windows are cut from its input all the
+        same (a window may exceed ``max_side``; regions cover at most half the
+        frame)."""
+        thresh = self.thresh if thresh is None else float(thresh)
+        image = frames_to_tensor([frame], self.device)[0]
+        fh, fw = image.shape[:2]
+        passes = self.passes(fh, fw, self.side(fh, fw, size))
+        main = passes[0][0] * passes[0][1]
+        found = Detections.empty()
+        for k, (h, w, tiled, min_width) in enumerate(passes):
+            if 4 * h * w >= main:
+                det = self._windows(image, h, w, rects, thresh) if rects else Detections.empty()
+            elif tiled:
+                det = self._tiled(image, h, w, thresh)
+            else:
+                det = self._whole([image], h, w, thresh)[0]
+            if min_width:
+                det = det[(det.xyxy[:, 2] - det.xyxy[:, 0]) * (w / fw) >= min_width]
+            found = det if k == 0 else absorb(found, det, self.nms_thresh)
+        return found.clipped(fw, fh)
 
 
 def build(checkpoint_path: str | Path, device="cpu", half: bool = True,

@@ -187,16 +187,51 @@ def letterbox_tiles(frame: torch.Tensor, height: int, width: int, tiles: Sequenc
     ``--min-face 16`` the scaled frame is 2880×1620, and a float copy of it
     to cut from is 56 MB more to write and read for every frame."""
     th, tw = tiles[0].height, tiles[0].width
-    ch, cw = canvas
+    scaled = _resized_once(frame, height, width, antialias)
+    if isinstance(scaled, np.ndarray):
+        out = np.zeros((len(tiles), 3, *canvas), np.float32)
+    else:
+        out = scaled.new_zeros((len(tiles), 3, *canvas))
+    for i, tile in enumerate(tiles):
+        _cut_into(scaled, tile.x0, tile.y0, th, tw, out[i])
+    return torch.from_numpy(out) if isinstance(out, np.ndarray) else out
+
+
+def letterbox_windows(frame: torch.Tensor, height: int, width: int, tiles: Sequence,
+                      antialias: bool = True) -> list[torch.Tensor]:
+    """One H×W×3 uint8 frame resized to height×width as :func:`letterbox_frames`
+    makes it and zero-padded right and bottom, cut into ``tiles``
+    (:class:`models.tiling.Tile`, any sizes, reaching into the padding or
+    not): one 1×3×h×w float32 input per tile, the same values as cutting the
+    letterboxed frame, the frame resized once (as :func:`letterbox_tiles`,
+    whose tiles share one size)."""
+    scaled = _resized_once(frame, height, width, antialias)
+    out = []
+    for tile in tiles:
+        if isinstance(scaled, np.ndarray):
+            x = np.zeros((1, 3, tile.height, tile.width), np.float32)
+        else:
+            x = scaled.new_zeros((1, 3, tile.height, tile.width))
+        _cut_into(scaled, tile.x0, tile.y0, tile.height, tile.width, x[0])
+        out.append(torch.from_numpy(x) if isinstance(x, np.ndarray) else x)
+    return out
+
+
+def _resized_once(frame: torch.Tensor, height: int, width: int, antialias: bool):
+    """The frame resized to height×width: a uint8 H×W×3 array made by OpenCV where
+    :func:`letterbox_frames` would use it, else its 3×H×W float tensor."""
     if _opencv_letterboxes(frame.device, frame.shape[:2], height, width, antialias):
         scaled = np.empty((height, width, 3), np.uint8)
         _opencv_resize_into(frame.numpy(), scaled)
-        out = np.zeros((len(tiles), 3, ch, cw), np.float32)
-        for i, tile in enumerate(tiles):
-            _planes_into(scaled[tile.y0:tile.y0 + th, tile.x0:tile.x0 + tw], out[i])
-        return torch.from_numpy(out)
-    x = letterbox_frames(frame[None], height, width, antialias=antialias)[0]
-    out = x.new_zeros((len(tiles), 3, ch, cw))
-    for i, tile in enumerate(tiles):
-        out[i, :, :th, :tw] = tile.crop(x)
-    return out
+        return scaled
+    return letterbox_frames(frame[None], height, width, antialias=antialias)[0]
+
+
+def _cut_into(scaled, x0: int, y0: int, th: int, tw: int, out) -> None:
+    """The th×tw window at (x0, y0) of a resized frame (:func:`_resized_once`) into the
+    top left of ``out`` (3×H×W float, zeros where the window passes the frame)."""
+    if isinstance(scaled, np.ndarray):
+        _planes_into(scaled[y0:y0 + th, x0:x0 + tw], out)
+        return
+    part = scaled[:, y0:y0 + th, x0:x0 + tw]
+    out[:, :part.shape[1], :part.shape[2]] = part

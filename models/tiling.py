@@ -84,6 +84,49 @@ def tile_grid(height: int, width: int, max_tile: int, overlap: float,
     return [Tile(x0, y0, tw, th) for y0 in ys for x0 in xs]
 
 
+def join_overlapping(rects) -> list[tuple[int, int, int, int]]:
+    """Rectangles (x0, y0, x1, y1) with every overlapping pair replaced by the
+    rectangle enclosing both, until none overlap."""
+    out = [tuple(int(v) for v in r) for r in rects]
+    joined = True
+    while joined:
+        joined = False
+        for i in range(len(out)):
+            for j in range(i + 1, len(out)):
+                a, b = out[i], out[j]
+                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                    out[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                    del out[j]
+                    joined = True
+                    break
+            if joined:
+                break
+    return out
+
+
+def windows(rects, scale: tuple[float, float], offset: tuple[int, int],
+            canvas: tuple[int, int], align: int) -> list[Tile]:
+    """Windows of a network input holding ``rects`` (x0, y0, x1, y1 in frame
+    pixels) of a frame the input shows scaled by ``scale`` (sx, sy) and moved by
+    ``offset`` (left, top) on a ``canvas`` (height, width).
+
+    Each rectangle is mapped into the input and grown outward to multiples of
+    ``align`` (the network's coarsest stride), so a window holds the very
+    pixels the whole input has there, on the same grid: the network sees in
+    it what it sees in the whole input, short of the context beyond the
+    window. Windows are clipped to the canvas; overlapping ones are joined."""
+    ch, cw = canvas
+    out = []
+    for x0, y0, x1, y1 in rects:
+        ax0 = max(0, int(math.floor((x0 * scale[0] + offset[0]) / align)) * align)
+        ay0 = max(0, int(math.floor((y0 * scale[1] + offset[1]) / align)) * align)
+        ax1 = min(cw, int(math.ceil((x1 * scale[0] + offset[0]) / align)) * align)
+        ay1 = min(ch, int(math.ceil((y1 * scale[1] + offset[1]) / align)) * align)
+        if ax1 > ax0 and ay1 > ay0:
+            out.append((ax0, ay0, ax1, ay1))
+    return [Tile(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in join_overlapping(out)]
+
+
 def inner_edge_mask(xyxy: np.ndarray, tile: Tile, height: int, width: int,
                     margin: float = EDGE_MARGIN) -> np.ndarray:
     """Which boxes (in tile pixels, unclipped) touch an edge of ``tile`` that lies

@@ -42,7 +42,7 @@ from .fetch import WeightsError, load_checkpoint
 from .ops import batched_nms
 from .resize import letterbox_frames
 from .runtime import GraphSpec, accelerate
-from .tiling import merge
+from .tiling import inner_edge_mask, merge, windows
 from .yolov8_checkpoint import network_from_checkpoint
 from .yolov8_net import YoloV8
 
@@ -187,6 +187,35 @@ class YoloV8Detector(Detector):
                     results[i] = merge([results[i], self._tiled(images[i], size, thresh)],
                                        self.iou)
         return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def detect_windows(self, frame: Frames, rects, thresh: float | None = None,
+                       size: int | None = None, tile: bool = True) -> Detections | None:
+        """Plates of one frame found by looking only at ``rects`` (x0, y0, x1, y1
+        frame pixels) of it, as :meth:`detect` at ``size`` sees them there: the
+        network runs on windows of the letterboxed input on its 32-px grid
+        (:func:`models.tiling.windows`), boxes cut by a window's inner edge
+        dropped (pipeline/changes.py). None when :meth:`detect` would also tile
+        the frame: then only it applies."""
+        thresh = self.thresh if thresh is None else thresh
+        size = size or self.size
+        image = frames_to_tensor([frame], self.device)[0]
+        h, w = image.shape[:2]
+        if tile and self.tile and max(h, w) > self.tile_above * size:
+            return None
+        if not rects:
+            return Detections.empty()
+        x, (scale, left, top) = self._letterbox(image[None], size, False)
+        canvas = (int(x.shape[2]), int(x.shape[3]))
+        parts = []
+        for t in windows(rects, (scale, scale), (left, top), canvas, self.stride):
+            rows = self._postprocess(self.net(t.crop(x).contiguous()), thresh)[0]
+            cut = inner_edge_mask(rows[:, :4].float().cpu().numpy(), t, *canvas)
+            rows = rows[torch.from_numpy(~cut).to(rows.device)]
+            rows[:, [0, 2]] += t.x0
+            rows[:, [1, 3]] += t.y0
+            parts.append(self._to_detections(rows, scale, left, top, w, h))
+        return Detections.merge(parts)
 
     @torch.inference_mode()
     def detect_crops(self, crops: Sequence[np.ndarray | torch.Tensor], thresh: float | None = None,

@@ -121,8 +121,10 @@ class DetectionStack:
         self.plate_detector = plates
         self.vehicle_detector = vehicles
         detectors = [d for d in (faces, plates, vehicles) if d is not None]
-        on_cpu = all(getattr(getattr(d, "device", None), "type", "cpu") == "cpu" for d in detectors)
-        count = lane_split(resolve_threads(settings.threads))[0] if on_cpu else 1
+        #: every detector runs on the CPU
+        self.on_cpu = all(getattr(getattr(d, "device", None), "type", "cpu") == "cpu"
+                          for d in detectors)
+        count = lane_split(resolve_threads(settings.threads))[0] if self.on_cpu else 1
         #: lanes the frames of a batch are spread over (None: the calling thread does all)
         self.lanes = LanePool(count, "detect-lane") if count > 1 else None
 
@@ -168,6 +170,44 @@ class DetectionStack:
             return self.lanes.map(lambda k: self._detect(frames[k:k + 1], vehicles)[0], range(n))
         return self._detect(frames, vehicles)
 
+    def on_lanes(self, fn, items) -> list:
+        """``[fn(item) for item in items]``, on the lanes when there are some (and
+        this is not already a lane thread), else on this thread."""
+        if self.lanes is not None and not on_lane_thread():
+            return self.lanes.map(fn, items)
+        return [fn(item) for item in items]
+
+    def regions_supported(self) -> bool:
+        """Whether :meth:`detect_regions` can look at parts of a frame: the face
+        and plate detectors offer ``detect_windows`` (CenterFace, YOLOv8), on a
+        CPU (a GPU runs whole frames in batches for less than windows one by
+        one would cost)."""
+        return self.on_cpu and all(hasattr(d, "detect_windows")
+                                   for d in (self.face_detector, self.plate_detector)
+                                   if d is not None)
+
+    def detect_regions(self, frame: np.ndarray, rects: Sequence[tuple[int, int, int, int]],
+                       vehicles: bool = True) -> Detections:
+        """One frame's detections with the face and one-stage plate networks run
+        only on ``rects`` (x0, y0, x1, y1 frame pixels; ``pipeline.changes``), on
+        windows of the input the whole frame would get (``detect_windows``), so a
+        face or plate there is seen as in the whole frame. The vehicles and the
+        plates of their crops are searched on the whole frame as :meth:`detect`
+        does. A detector that would tile this frame runs on all of it."""
+        s = self.settings
+        parts: list[Detections] = []
+        with torch.inference_mode():
+            if self.face_detector is not None:
+                det = self.face_detector
+                found = det.detect_windows(frame, rects, s.face_thresh)
+                parts.append(det.detect([frame], s.face_thresh)[0] if found is None else found)
+            if self.plate_detector is not None:
+                plates, found_vehicles = self._plates([frame], rects)[0]
+                parts.append(plates)
+                if vehicles:
+                    parts.append(found_vehicles)
+        return Detections.merge(parts)
+
     def _detect(self, frames, vehicles: bool) -> list[Detections]:
         n = len(frames)
         s = self.settings
@@ -183,20 +223,28 @@ class DetectionStack:
                         parts[i].append(found_vehicles)
         return [Detections.merge(p) for p in parts]
 
-    def _plates(self, frames) -> list[tuple[Detections, Detections]]:
+    def _plates(self, frames, rects=None) -> list[tuple[Detections, Detections]]:
         """Per frame: the plates of the plate mode, every source (one-stage boxes,
-        boxes of every vehicle crop) joined by :func:`merge_plates`, and the vehicles."""
+        boxes of every vehicle crop) joined by :func:`merge_plates`, and the vehicles.
+        ``rects`` (one frame only, :meth:`detect_regions`): the one-stage passes
+        look only there."""
         s = self.settings
         n = len(frames)
         sources: list[list[Detections]] = [[] for _ in range(n)]
         vehicles = [Detections.empty() for _ in range(n)]
         if s.plate_mode in ("one-stage", "both"):
+            det = self.plate_detector
             for k, size in enumerate(s.plate_sizes):
                 # the second size is another view of the whole frame, never tiled: its
                 # tiles (always at x0.5) would repeat, or nearly, a scale the main pass
                 # already covers (docs/benchmarks.md, "Second plate input size")
-                found = self.plate_detector.detect(frames, s.lp_thresh, size=size,
-                                                   **tiling_options(self.plate_detector, k == 0))
+                options = tiling_options(det, k == 0)
+                found = None
+                if rects is not None:
+                    found = det.detect_windows(frames[0], rects, s.lp_thresh, size, **options)
+                    found = None if found is None else [found]
+                if found is None:
+                    found = det.detect(frames, s.lp_thresh, size=size, **options)
                 for i, d in enumerate(found):
                     sources[i].append(d)
         if s.plate_mode in ("two-stage", "both"):

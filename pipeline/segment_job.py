@@ -29,6 +29,7 @@ from models.detections import FACE, PLATE, Detections
 
 from . import video
 from .blur import anonymize_frame
+from .changes import detect_group
 from .detect import detect_upright
 from .plan import Manifest
 from .temporal import fill_segment
@@ -136,6 +137,11 @@ class SegmentJob:
         pts = manifest.info.frame_pts[first:self.seg.ctx_stop]
         #: frame index of each decodable pts, only for frames this segment needs
         self.index_of = {p: first + i for i, p in enumerate(pts) if lo <= first + i < hi}
+        #: frames per group of pipeline.changes (0: every frame detected whole); groups
+        #: count from the first frame this segment needs, so its boxes do not depend
+        #: on what the previous segment detected
+        self.group_frames = self._group_frames()
+        self.first_index = min(self.index_of.values(), default=0)
         self.dets: dict[int, Detections] = {}  # faces/plates per frame, until no longer context
         self.pending: deque = deque()  # (idx, pts, frame) detected, waiting for fill context
         self.final: dict[int, Detections] = {}
@@ -144,6 +150,17 @@ class SegmentJob:
         self.decode_log = video.DecodeLog()
         self._encode_q: queue.Queue = queue.Queue(maxsize=4)
         self._stages: list[_Stage] = []
+
+    def _group_frames(self) -> int:
+        s = self.settings
+        regions = getattr(self.stack, "regions_supported", None)
+        if (s.reference_every <= 1 or s.detect_every > 1 or regions is None
+                or self.device.startswith("cuda") or not regions()):
+            return 0
+        return s.reference_every
+
+    def _group(self, idx: int) -> int:
+        return (idx - self.first_index) // self.group_frames if self.group_frames else 0
 
     # -- the run ------------------------------------------------------------
     def run(self, segment_file: Path) -> SegmentResult:
@@ -231,23 +248,39 @@ class SegmentJob:
         next batch is handed to the lanes before the current one is finished,
         so a lane that is done with its last frame of a batch starts on the
         next batch instead of waiting for the other lanes: that wait was about a
-        tenth of the lanes' time (a sampling profile of a default run).
+        tenth of the lanes' time (a sampling profile of a default run). A
+        group of ``reference_every`` frames runs on one lane, so as many groups
+        as lanes are in flight.
         ``detect_s`` is the time this stage spent detecting or waiting for a
         batch's detections."""
-        ahead = 1 if getattr(self.stack, "lanes", None) is not None else 0
-        pool = ThreadPoolExecutor(2, thread_name_prefix="detect-batch") if ahead else None
+        lanes = getattr(self.stack, "lanes", None)
+        ahead = 0 if lanes is None else 1
+        if lanes is not None and self.group_frames:
+            # a group runs on one lane (pipeline.changes): one group in flight per lane
+            ahead = max(1, lanes.count - 1)
+        pool = ThreadPoolExecutor(ahead + 1, thread_name_prefix="detect-batch") if ahead else None
         inflight: deque = deque()  # (batch, future of its frames and detections)
         batch: list[tuple[int, int, np.ndarray]] = []
+        # with groups (pipeline.changes) a batch is one group: its first frame the reference
+        size = self.group_frames or self.settings.batch_size
         last = -1
+
+        def submit(batch: list) -> None:
+            td = time.perf_counter()
+            inflight.append((batch, self._start(pool, batch)))
+            self.timings["detect_s"] += time.perf_counter() - td
+
         try:
             while True:
                 item = self._get(frames_q)
+                if (batch and item is not _END and self.group_frames
+                        and self._group(item[0]) != self._group(batch[0][0])):
+                    submit(batch)  # a frame was lost to damage: the group ends early
+                    batch = []
                 if item is not _END:
                     batch.append(item)
-                if batch and (item is _END or len(batch) >= self.settings.batch_size):
-                    td = time.perf_counter()
-                    inflight.append((batch, self._start(pool, batch)))
-                    self.timings["detect_s"] += time.perf_counter() - td
+                if batch and (item is _END or len(batch) >= size):
+                    submit(batch)
                     batch = []
                 while inflight and (item is _END or len(inflight) > ahead):
                     done, future = inflight.popleft()
@@ -296,10 +329,12 @@ class SegmentJob:
         that are not ``known`` (detected by the previous segment in this
         process, whose boxes they keep). Frames between samples get none and
         are covered by temporal filling, like frames a detector missed."""
+        rotation = self.manifest.info.rotation
+        if self.group_frames:
+            return detect_upright(_Group(self.stack), frames, rotation)
         every = self.settings.detect_every
         picked = [k for k, (idx, _, _) in enumerate(batch)
                   if idx % every == 0 and idx not in self.known]
-        rotation = self.manifest.info.rotation
         if len(picked) == len(batch):
             return detect_upright(self.stack, frames, rotation)
         found = [self.known.get(idx, Detections.empty()) for idx, _, _ in batch]
@@ -355,6 +390,16 @@ class SegmentJob:
             self.timings["blur_encode_s"] += time.perf_counter() - t
             if self.progress:
                 self.progress(1)
+
+
+class _Group:
+    """A stack whose ``detect`` takes one group of frames (pipeline.changes)."""
+
+    def __init__(self, stack):
+        self.stack = stack
+
+    def detect(self, frames) -> list[Detections]:
+        return detect_group(self.stack, frames)
 
 
 def process_segment(segment_file: Path, manifest: Manifest, index: int, stack,

@@ -128,6 +128,12 @@ class Settings:
                              "1 = every frame (default; see README, \"Detecting every "
                              "Nth frame\" for what 2 and 3 cost in coverage)", lo=1,
                              video_only=True, group="execution")
+    reference_every: int = _opt(0, "look again only where the picture changed: one frame in N "
+                                "is detected whole, the N-1 after it only where the picture "
+                                "changed, keeping the boxes elsewhere (fixed cameras; see "
+                                "README, \"Looking only where the picture changed\"). 0 or 1 "
+                                "= every frame whole; CPU only; --detect-every above 1 goes first",
+                                lo=0, video_only=True, group="execution")
     # blurring
     mode: str = _opt("blur", "how regions are hidden", choices=BLUR_MODES,
                      group="anonymization")

@@ -164,3 +164,30 @@ def test_one_core_or_a_gpu_keeps_the_batch_together():
 
     gpu = DetectionStack(Settings(plates="one-stage", faces=False, threads=4), None, OnGpu(), None)
     assert gpu.lanes is None
+
+
+def test_regions_need_window_detectors_on_the_cpu():
+    """``--reference-every`` looks at parts of frames only with detectors that
+    offer ``detect_windows``, and not on a GPU (whole batches are cheaper there)."""
+
+    class Windowed(FakePlates):
+        def detect_windows(self, frame, rects, thresh=None, size=None, tile=True):
+            return Detections.merge([self._find(frame[y0:y1, x0:x1]).shifted(x0, y0)
+                                     for x0, y0, x1, y1 in rects])
+
+    class WindowedOnGpu(Windowed):
+        device = __import__("torch").device("cuda")
+
+    settings = Settings(plates="both", faces=False, threads=1)
+    assert not DetectionStack(settings, None, FakePlates(), FakeVehicles()).regions_supported()
+    windowed = DetectionStack(settings, None, Windowed(), FakeVehicles())
+    assert windowed.regions_supported()
+    assert not DetectionStack(settings, None, WindowedOnGpu(), FakeVehicles()).regions_supported()
+    # the plate inside the vehicle is found by the two-stage search of the whole frame even
+    # where no region covers it; a region finds it with the one-stage pass
+    frame = frame_with_plate()
+    assert windowed.detect_regions(frame, [(0, 0, 50, 50)], vehicles=False).xyxy.tolist() == \
+        [[180, 150, 240, 170]]
+    both = windowed.detect_regions(frame, [(150, 120, 300, 200)], vehicles=True)
+    assert both.with_class(PLATE).xyxy.tolist() == [[180, 150, 240, 170]]
+    assert both.with_class(CAR).xyxy.tolist() == [[100, 50, 300, 200]]

@@ -132,3 +132,25 @@ def test_letterbox_tiles_are_the_letterboxed_frame_cut_and_padded(src, dst, anti
     want = torch.stack([F.pad(t.crop(whole[0]), (0, canvas[1] - t.width, 0, canvas[0] - t.height))
                         for t in tiles])
     assert got.dtype == torch.float32 and torch.equal(got, want)
+
+
+@pytest.mark.parametrize(("src", "dst", "antialias"), [
+    ((144, 176), (288, 352), True),  # an enlargement: OpenCV on the uint8 frame
+    ((432, 768), (300, 560), True),  # an antialiased shrink: the float path
+])
+def test_letterbox_windows_are_the_padded_input_cut(src, dst, antialias):
+    """What CenterFace's windows (pipeline/changes.py) run: windows of any sizes,
+    some reaching into the zero padding past the scaled frame, with the same
+    values as cutting them out of the whole padded input."""
+    from models.centerface import _aligned
+    from models.tiling import Tile
+
+    frame = frames(*src, n=1)[0]
+    canvas = (_aligned(dst[0]), _aligned(dst[1]))
+    tiles = [Tile(0, 0, 64, 32), Tile(canvas[1] - 96, canvas[0] - 64, 96, 64),
+             Tile(32, 96, 160, 128)]
+    got = resize.letterbox_windows(frame, *dst, tiles, antialias=antialias)
+    whole = letterbox_frames(frame[None], *dst, canvas=canvas, antialias=antialias)
+    for t, x in zip(tiles, got, strict=True):
+        assert x.shape == (1, 3, t.height, t.width) and x.dtype == torch.float32
+        assert torch.equal(x[0], t.crop(whole[0]))

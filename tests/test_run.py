@@ -21,7 +21,8 @@ import pytest
 
 from models.detections import FACE, Detections
 from models.graph_runners import LanePool
-from pipeline import video
+from pipeline import changes, video
+from pipeline.plan import plan
 from pipeline.process import run_local
 from pipeline.settings import Settings, SettingsError
 from tests.videos import LOCATION, make_video
@@ -311,3 +312,58 @@ def test_real_videos_keep_frames_timestamps_and_audio(data_dir, tmp_path, name):
             pa = [(p.pts, bytes(p)) for p in ca.demux(sa) if p.size]
             pb = [(p.pts, bytes(p)) for p in cb.demux(sb) if p.size]
             assert pa == pb
+
+
+class GroupedStack(TallyStack):
+    """The scripted detector able to look at regions of a frame (pipeline/changes.py):
+    tallies the frames detected whole, and the frames searched in regions."""
+
+    def __init__(self):
+        super().__init__()
+        self.settings = Settings()
+        self.lanes = None
+        self.in_regions: Counter = Counter()
+
+    def regions_supported(self):
+        return True
+
+    def on_lanes(self, fn, items):
+        return [fn(i) for i in items]
+
+    def detect(self, frames, vehicles=True):
+        return TallyStack.detect(self, frames)
+
+    def detect_regions(self, frame, rects, vehicles=True):
+        found = []
+        for x0, y0, x1, y1 in rects:
+            d = ScriptedStack.detect(self, [frame[y0:y1, x0:x1]])[0]
+            found.append(d.shifted(x0, y0))
+        out = Detections.merge(found)
+        self.in_regions.update(round((float(b[0]) - 29) / 2) for b in out.xyxy)
+        return out
+
+
+def test_reference_every_searches_later_frames_in_regions_and_blurs_every_frame(
+        tmp_path, monkeypatch):
+    """Groups of 4 counted from each segment's first decoded frame (its context
+    included): that frame of a group is detected whole, the others only around
+    the moving patch; segments do not take the previous one's boxes, so a
+    worker given one segment gets the same boxes."""
+    # a 192×128 picture is small for the context margins: any region would be most of it
+    monkeypatch.setattr(changes, "MARGIN_BLOCKS", 0)
+    monkeypatch.setattr(changes, "WHOLE_ABOVE", 0.9)
+    src = write_scene(tmp_path / "scene.mp4", gaps=set())
+    settings = Settings(fill_frames=FILL, segment_frames=10, batch_size=4, shape="box",
+                        crf=10, preset="ultrafast", reference_every=4)
+    stack = GroupedStack()
+    report = run_local(src, tmp_path / "out.mp4", settings, tmp_path / "det", stack=stack)
+    assert report["segments"] > 2
+    frames = decode_all(tmp_path / "out.mp4")
+    assert len(frames) == N
+    assert [i for i, img in enumerate(frames) if not patch_blurred(img, i)] == []
+    whole: Counter = Counter()
+    for seg in plan(src, settings).segments:
+        first = max(0, seg.start - FILL - 1)  # the fill context, decoded first
+        whole.update(range(first, min(N, seg.stop + FILL + 1), 4))
+    assert stack.times == whole
+    assert sum(stack.in_regions.values()) > sum(whole.values())

@@ -37,6 +37,7 @@ SAMPLES = {
     "keep_metadata": ("yes", True), "device": ("cpu", "cpu"), "batch_size": ("2", 2),
     "half": ("off", False), "segment_frames": ("100", 100), "threads": ("3", 3),
     "detect_every": ("2", 2),
+    "reference_every": ("8", 8),
 }
 
 
