@@ -43,11 +43,45 @@ COVERED = 0.95  # below: left (partly) unblurred
 MISSED = 0.05  # below: not blurred at all
 
 
+def detected_in_batches(clip: Path, max_frames: int, size: int,
+                        detect: Callable[[list[np.ndarray]], list]
+                        ) -> tuple[dict, tuple[int, int], float]:
+    """The first ``max_frames`` frames of ``clip`` handed to ``detect`` ``size`` at
+    a time; per frame index its faces and plates, the frame size (w, h), and
+    seconds of ``detect`` per frame."""
+    from models.detections import FACE, PLATE
+    from pipeline import video
+
+    frames: dict = {}
+    batch: list[np.ndarray] = []
+    shape = (0, 0)
+    spent = 0.0
+
+    def flush():
+        nonlocal spent
+        t = time.perf_counter()
+        found = detect(batch)
+        spent += time.perf_counter() - t
+        for d in found:
+            frames[len(frames)] = d.with_class(FACE, PLATE)
+        batch.clear()
+
+    for i, (_, rgb) in enumerate(video.iter_frames(clip)):
+        if i >= max_frames:
+            break
+        shape = (rgb.shape[1], rgb.shape[0])
+        batch.append(rgb)
+        if len(batch) == size:
+            flush()
+    if batch:
+        flush()
+    return frames, shape, spent / max(1, len(frames))
+
+
 def raw_detections(clip: Path, settings, max_frames: int) -> tuple[dict, tuple[int, int], float]:
     """Per frame index: the stack's faces and plates (no filling); the frame size;
     seconds of detection per frame."""
-    from models.detections import FACE, PLATE, Detections
-    from pipeline import video
+    from models.detections import Detections
     from pipeline.records import detection_rows
 
     # every frame is detected whole here, whatever --reference-every says
@@ -62,30 +96,8 @@ def raw_detections(clip: Path, settings, max_frames: int) -> tuple[dict, tuple[i
     from pipeline.detect import DetectionStack
 
     stack = DetectionStack.from_settings(settings)
-    frames: dict[int, Detections] = {}
-    batch: list[np.ndarray] = []
-    size = (0, 0)
-    spent = 0.0
-
-    def flush():
-        nonlocal spent
-        t = time.perf_counter()
-        found = stack.detect(batch, vehicles=False)
-        spent += time.perf_counter() - t
-        for d in found:
-            frames[len(frames)] = d.with_class(FACE, PLATE)
-        batch.clear()
-
-    for i, (_, rgb) in enumerate(video.iter_frames(clip)):
-        if i >= max_frames:
-            break
-        size = (rgb.shape[1], rgb.shape[0])
-        batch.append(rgb)
-        if len(batch) == settings.batch_size:
-            flush()
-    if batch:
-        flush()
-    per_frame = spent / max(1, len(frames))
+    frames, size, per_frame = detected_in_batches(
+        clip, max_frames, settings.batch_size, lambda b: stack.detect(b, vehicles=False))
     CACHE.mkdir(parents=True, exist_ok=True)
     # the rows of detections.json: float32 values that read back exactly, so a
     # cached run measures the very same boxes as a fresh one

@@ -22,51 +22,29 @@ pipeline overlaps two groups, so a run saves more than they show).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from detect_every import (
+    COVERED,
     clip_parser,
     coverages,
+    detected_in_batches,
     left_unblurred,
     markdown,
     raw_detections,
     report_clips,
 )
 
-COVERED = 0.95
-
 
 def grouped_detections(clip: Path, settings, every: int, max_frames: int) -> tuple[dict, float]:
     """Per frame index: faces and plates of the grouped run; seconds per frame."""
-    from models.detections import FACE, PLATE
-    from pipeline import video
     from pipeline.changes import detect_group
     from pipeline.detect import DetectionStack
 
     stack = DetectionStack.from_settings(settings)
-    frames: dict = {}
-    group: list = []
-    spent = 0.0
-
-    def flush():
-        nonlocal spent
-        t = time.perf_counter()
-        found = detect_group(stack, group, vehicles=False)
-        spent += time.perf_counter() - t
-        for d in found:
-            frames[len(frames)] = d.with_class(FACE, PLATE)
-        group.clear()
-
-    for i, (_, rgb) in enumerate(video.iter_frames(clip)):
-        if i >= max_frames:
-            break
-        group.append(rgb)
-        if len(group) == every:
-            flush()
-    if group:
-        flush()
-    return frames, spent / max(1, len(frames))
+    frames, _, per_frame = detected_in_batches(
+        clip, max_frames, every, lambda group: detect_group(stack, group, vehicles=False))
+    return frames, per_frame
 
 
 def measure(clip: Path, settings, every: int, max_frames: int) -> list[dict]:

@@ -328,7 +328,9 @@ class SegmentJob:
         video, so every segment and every worker samples the same frames) and
         that are not ``known`` (detected by the previous segment in this
         process, whose boxes they keep). Frames between samples get none and
-        are covered by temporal filling, like frames a detector missed."""
+        are covered by temporal filling, like frames a detector missed. With
+        groups (``--reference-every``) the batch is one group, detected by
+        :func:`pipeline.changes.detect_group`, ``known`` boxes unused."""
         rotation = self.manifest.info.rotation
         if self.group_frames:
             return detect_upright(_Group(self.stack), frames, rotation)
