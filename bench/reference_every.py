@@ -14,7 +14,12 @@ the clips, so this compares it with detecting every frame whole:
    run blurs (boxes dilated by ``mask_scale``), and the reverse. A box less
    than 95 % covered counts as left unblurred.
 
-    python bench/reference_every.py [--every 8] [--margin 2] [--frames 400] [clips...]
+    python bench/reference_every.py [--every 8] [--margin 2] [--frames 400] [--noise] [clips...]
+
+``--noise`` adds rows comparing the whole run with a whole run on the clip
+decoded and encoded again (crf 18, as a run encodes): how many boxes
+encoding noise alone moves out from under the blur, the floor any
+comparison of two runs stands on.
 
 The times are of groups run one after another on the stack's lanes (the
 pipeline overlaps two groups, so a run saves more than they show).
@@ -25,6 +30,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from detect_every import (
+    CACHE,
     COVERED,
     clip_parser,
     coverages,
@@ -47,25 +53,24 @@ def grouped_detections(clip: Path, settings, every: int, max_frames: int) -> tup
     return frames, per_frame
 
 
-def measure(clip: Path, settings, every: int, max_frames: int) -> list[dict]:
+def compare(clip: Path, settings, whole: dict, size, other: dict, every, whole_s: float,
+            other_s: float) -> list[dict]:
+    """Rows per label: boxes of ``whole`` less than 95 % under what ``other`` blurs
+    (both filled as the pipeline fills), and the reverse."""
     from models.detections import FACE, PLATE
+    from pipeline.changes import MARGIN_BLOCKS
     from pipeline.temporal import fill_segment
 
-    whole, size, whole_s = raw_detections(clip, settings, max_frames)
-    grouped, grouped_s = grouped_detections(clip, settings, every, max_frames)
     order = sorted(whole)
-    fill = settings.fill_frames
-    whole_final = fill_segment(whole, order, fill)
-    grouped_final = fill_segment(grouped, order, fill)
+    whole_final = fill_segment(whole, order, settings.fill_frames)
+    other_final = fill_segment(other, order, settings.fill_frames)
     rows = []
     for label, c in (("faces", FACE), ("plates", PLATE)):
         mine = {f: d.with_class(c) for f, d in whole.items()}
-        theirs = {f: d.with_class(c) for f, d in grouped.items()}
-        boxes, frames, missed = left_unblurred(mine, grouped_final, size, settings.mask_scale)
+        theirs = {f: d.with_class(c) for f, d in other.items()}
+        boxes, frames, missed = left_unblurred(mine, other_final, size, settings.mask_scale)
         extra = [cov for _, _, cov in coverages(theirs, whole_final, size, settings.mask_scale)
                  if cov < COVERED]
-        from pipeline.changes import MARGIN_BLOCKS
-
         rows.append({"clip": clip.name, "frames": len(whole), "every": every,
                      "margin": MARGIN_BLOCKS, "label": label,
                      "whole_boxes": sum(len(d) for d in mine.values()),
@@ -73,19 +78,48 @@ def measure(clip: Path, settings, every: int, max_frames: int) -> list[dict]:
                      "unblurred_boxes": boxes, "unblurred_frames": frames,
                      "missed_boxes": missed, "grouped_only_boxes": len(extra),
                      "whole_ms": round(whole_s * 1000, 1),
-                     "grouped_ms": round(grouped_s * 1000, 1)})
+                     "grouped_ms": round(other_s * 1000, 1)})
     return rows
 
 
+def measure(clip: Path, settings, every: int, max_frames: int, noise: bool = False
+            ) -> list[dict]:
+    whole, size, whole_s = raw_detections(clip, settings, max_frames)
+    grouped, grouped_s = grouped_detections(clip, settings, every, max_frames)
+    rows = compare(clip, settings, whole, size, grouped, every, whole_s, grouped_s)
+    if noise:
+        copy = reencoded(clip)
+        again, _, again_s = raw_detections(copy, settings, max_frames)
+        rows += compare(clip, settings, whole, size, again, "whole, re-encoded copy", whole_s,
+                        again_s)
+    return rows
+
+
+def reencoded(clip: Path) -> Path:
+    """``clip`` decoded and encoded again as a run encodes (crf 18), cached: the
+    same pictures up to encoding noise, to measure how far that noise alone
+    moves what the detectors find."""
+    from transcode import transcode
+
+    out = CACHE / f"{clip.stem}-reencoded.mp4"
+    if not out.is_file():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        part = out.with_name(f".{out.name}")
+        transcode(clip, part)
+        part.rename(out)
+    return out
+
+
 def table(rows: list[dict]) -> str:
-    return markdown(["clip", "frames", "N", "margin (blocks)", "label", "boxes (whole)", "boxes (grouped)",
-                     "whole-run boxes < 95 % under grouped blur", "frames with one",
-                     "not covered (< 5 %)", "grouped-run boxes < 95 % under whole blur",
-                     "detection ms/frame whole", "grouped"],
-                    [[r["clip"], r["frames"], r["every"], r["margin"], r["label"], r["whole_boxes"],
-                      r["grouped_boxes"], r["unblurred_boxes"], r["unblurred_frames"],
-                      r["missed_boxes"], r["grouped_only_boxes"], r["whole_ms"],
-                      r["grouped_ms"]] for r in rows])
+    return markdown(["clip", "frames", "other run (N: groups of N)", "margin (blocks)",
+                     "label", "boxes (whole)", "boxes (other)",
+                     "whole-run boxes < 95 % under the other's blur", "frames with one",
+                     "not covered (< 5 %)", "other run's boxes < 95 % under whole blur",
+                     "detection ms/frame whole", "other"],
+                    [[r["clip"], r["frames"], r["every"], r["margin"], r["label"],
+                      r["whole_boxes"], r["grouped_boxes"], r["unblurred_boxes"],
+                      r["unblurred_frames"], r["missed_boxes"], r["grouped_only_boxes"],
+                      r["whole_ms"], r["grouped_ms"]] for r in rows])
 
 
 def main() -> None:
@@ -95,13 +129,17 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=8, help="frames per group")
     ap.add_argument("--margin", type=int, help="blocks of context around each region "
                     "(default: pipeline.changes.MARGIN_BLOCKS)")
+    ap.add_argument("--noise", action="store_true",
+                    help="also compare the whole run with a whole run on the clip decoded "
+                    "and encoded again: what encoding noise alone changes")
     args = ap.parse_args()
     if args.margin is not None:
         from pipeline import changes
 
         changes.MARGIN_BLOCKS = args.margin
     settings = Settings()
-    report_clips(args, lambda clip: measure(clip, settings, args.every, args.frames), table)
+    report_clips(args, lambda clip: measure(clip, settings, args.every, args.frames,
+                                            args.noise), table)
 
 
 if __name__ == "__main__":
