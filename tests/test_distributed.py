@@ -63,8 +63,10 @@ def make_gop_video(src: Path, dst: Path, frames: int = FRAMES, gop: int = GOP) -
 def job_settings():
     from pipeline.settings import Settings
 
+    # reference_every: groups of frames searched where they changed (pipeline/changes.py)
+    # must give the workers the boxes run_local gives
     return Settings(plates="off", min_face=48, fill_frames=2, segment_frames=30,
-                    preset="ultrafast", device="cpu", batch_size=4)
+                    preset="ultrafast", device="cpu", batch_size=4, reference_every=4)
 
 
 @pytest.fixture(scope="module")
