@@ -156,9 +156,11 @@ def _detect_group(stack, frames: Sequence[np.ndarray], vehicles: bool) -> list[D
         h, w = frame.shape[:2]
         now = grey(frame)
         before = out[-1].with_class(FACE, PLATE)
-        changed = changed_blocks(now, seen)
-        examined = examined_blocks(changed, before)
-        rects = regions(examined, w, h)
+        rects = None  # a frame of another size than the one before: nothing to compare
+        if now.shape == seen.shape:
+            changed = changed_blocks(now, seen)
+            examined = examined_blocks(changed, before)
+            rects = regions(examined, w, h)
         if rects is None:
             out.append(stack.detect([frame], vehicles)[0])
             seen = now

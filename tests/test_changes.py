@@ -296,3 +296,10 @@ def test_windows_see_what_the_whole_frame_shows_there(street):
         a, b = whole.with_class(label), again.with_class(label)
         strong = a[a.confidence >= 0.2]  # boxes near the threshold may come and go
         assert len(strong) and (box_iou_np(strong.xyxy, b.xyxy).max(axis=1) > 0.8).all(), label
+
+
+def test_a_frame_of_another_size_is_detected_whole():
+    stack = RecordingStack()
+    small = np.ascontiguousarray(frame(1, [(40, 40)])[:200, :300])
+    detect_group(stack, [frame(0, [(40, 40)]), small])
+    assert stack.whole == [0, 1] and stack.rects == []
