@@ -8,7 +8,8 @@ is worth building depends on how much changes, which this measures: every
 ``--every`` frames a reference frame (as if fully detected); on the frames
 between, 16×16 blocks whose mean absolute grey difference to the reference
 exceeds ``--threshold`` levels (compression noise stays below it), dilated
-by one block (objects straddling a block edge). Reported: the changed share
+by one block (objects straddling a block edge): ``pipeline.changes.changed_blocks``,
+which ``--reference-every`` uses, compares with the picture last examined. Reported: the changed share
 of the frame (mean and 90th percentile), and the share of the one box
 enclosing every changed block.
 
@@ -19,19 +20,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 from detect_every import clip_parser, markdown, report_clips
 
-BLOCK = 16
-
-
-def changed_blocks(grey: np.ndarray, ref: np.ndarray, threshold: float) -> np.ndarray:
-    """Blocks (BLOCK px squares, dilated by one) whose mean |grey - ref| exceeds ``threshold``."""
-    d = np.abs(grey.astype(np.int16) - ref.astype(np.int16))
-    hb, wb = d.shape[0] // BLOCK, d.shape[1] // BLOCK
-    blocks = d[:hb * BLOCK, :wb * BLOCK].reshape(hb, BLOCK, wb, BLOCK).mean(axis=(1, 3))
-    return cv2.dilate((blocks > threshold).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+from pipeline.changes import changed_blocks, grey
 
 
 def measure(clip: Path, frames: int, every: int, threshold: float) -> dict:
@@ -41,11 +33,11 @@ def measure(clip: Path, frames: int, every: int, threshold: float) -> dict:
     for i, (_, rgb) in enumerate(video.iter_frames(clip)):
         if i >= frames:
             break
-        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        now = grey(rgb)
         if i % every == 0:
-            ref = grey
+            ref = now
             continue
-        blocks = changed_blocks(grey, ref, threshold)
+        blocks = changed_blocks(now, ref, threshold)
         shares.append(blocks.mean())
         ys, xs = np.nonzero(blocks)
         boxes.append((np.ptp(ys) + 1) * (np.ptp(xs) + 1) / blocks.size if len(ys) else 0.0)
