@@ -74,11 +74,11 @@ def compare(clip: Path, settings, whole: dict, size, other: dict, every, whole_s
         rows.append({"clip": clip.name, "frames": len(whole), "every": every,
                      "margin": MARGIN_BLOCKS, "label": label,
                      "whole_boxes": sum(len(d) for d in mine.values()),
-                     "grouped_boxes": sum(len(d) for d in theirs.values()),
+                     "other_boxes": sum(len(d) for d in theirs.values()),
                      "unblurred_boxes": boxes, "unblurred_frames": frames,
-                     "missed_boxes": missed, "grouped_only_boxes": len(extra),
+                     "missed_boxes": missed, "other_only_boxes": len(extra),
                      "whole_ms": round(whole_s * 1000, 1),
-                     "grouped_ms": round(other_s * 1000, 1)})
+                     "other_ms": round(other_s * 1000, 1)})
     return rows
 
 
@@ -117,9 +117,9 @@ def table(rows: list[dict]) -> str:
                      "not covered (< 5 %)", "other run's boxes < 95 % under whole blur",
                      "detection ms/frame whole", "other"],
                     [[r["clip"], r["frames"], r["every"], r["margin"], r["label"],
-                      r["whole_boxes"], r["grouped_boxes"], r["unblurred_boxes"],
-                      r["unblurred_frames"], r["missed_boxes"], r["grouped_only_boxes"],
-                      r["whole_ms"], r["grouped_ms"]] for r in rows])
+                      r["whole_boxes"], r["other_boxes"], r["unblurred_boxes"],
+                      r["unblurred_frames"], r["missed_boxes"], r["other_only_boxes"],
+                      r["whole_ms"], r["other_ms"]] for r in rows])
 
 
 def main() -> None:

@@ -321,13 +321,19 @@ class CenterFaceDetector(Detector):
                 else:
                     dets = self._whole(group, h, w, thresh)
                 for j, det in enumerate(dets):
-                    if min_width:
-                        det = det[(det.xyxy[:, 2] - det.xyxy[:, 0]) * (w / fw) >= min_width]
-                    found[j] = det if k == 0 else absorb(found[j], det, self.nms_thresh)
+                    found[j] = self._joined(found[j], det, k == 0, w / fw, min_width)
             for i, det in zip(idx, found, strict=True):
                 results[i] = det.clipped(fw, fh)
         return results
 
+    def _joined(self, found: Detections, det: Detections, first: bool, scale: float,
+                min_width: int) -> Detections:
+        """A pass's boxes (frame pixels; the pass shows the frame at ``scale``)
+        joined to those of the passes before it: only boxes at least ``min_width``
+        wide at the pass's input, joined by :func:`models.tiling.absorb`."""
+        if min_width:
+            det = det[(det.xyxy[:, 2] - det.xyxy[:, 0]) * scale >= min_width]
+        return det if first else absorb(found, det, self.nms_thresh)
 
     @torch.inference_mode()
     def detect_windows(self, frame: Frames, rects, thresh: float | None = None,
@@ -353,9 +359,7 @@ class CenterFaceDetector(Detector):
                 det = self._tiled(image, h, w, thresh)
             else:
                 det = self._whole([image], h, w, thresh)[0]
-            if min_width:
-                det = det[(det.xyxy[:, 2] - det.xyxy[:, 0]) * (w / fw) >= min_width]
-            found = det if k == 0 else absorb(found, det, self.nms_thresh)
+            found = self._joined(found, det, k == 0, w / fw, min_width)
         return found.clipped(fw, fh)
 
 

@@ -164,6 +164,10 @@ class YoloV8Detector(Detector):
             parts.append(det[~inner].shifted(x0, y0))
         return Detections.merge(parts)
 
+    def _tiles(self, hw: tuple[int, int], size: int, tile: bool) -> bool:
+        """Whether :meth:`detect` adds tiles for a frame of ``hw`` at ``size``."""
+        return tile and self.tile and max(hw) > self.tile_above * size
+
     # -- public -------------------------------------------------------------
     @torch.inference_mode()
     def detect(self, frames: Frames, thresh: float | None = None,
@@ -182,7 +186,7 @@ class YoloV8Detector(Detector):
             batch = torch.stack([images[i] for i in idx])
             for i, det in zip(idx, self._run(batch, size, False, thresh), strict=True):
                 results[i] = det
-            if tile and self.tile and max(shape[:2]) > self.tile_above * size:
+            if self._tiles(shape[:2], size, tile):
                 for i in idx:
                     results[i] = merge([results[i], self._tiled(images[i], size, thresh)],
                                        self.iou)
@@ -201,7 +205,7 @@ class YoloV8Detector(Detector):
         size = size or self.size
         image = frames_to_tensor([frame], self.device)[0]
         h, w = image.shape[:2]
-        if tile and self.tile and max(h, w) > self.tile_above * size:
+        if self._tiles((h, w), size, tile):
             return None
         if not rects:
             return Detections.empty()
