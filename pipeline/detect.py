@@ -124,6 +124,11 @@ class DetectionStack:
         #: every detector runs on the CPU
         self.on_cpu = all(getattr(getattr(d, "device", None), "type", "cpu") == "cpu"
                           for d in detectors)
+        devices = {str(getattr(d, "device", "cpu")) for d in detectors}
+        #: where the networks run ("cpu", "cuda", "cuda:1"): on one CUDA device a
+        #: batch is copied there once as a tensor and blurred there (SegmentJob);
+        #: detectors on several devices get host frames and each copies its own
+        self.device = devices.pop() if len(devices) == 1 else "cpu"
         count = lane_split(resolve_threads(settings.threads))[0] if self.on_cpu else 1
         #: lanes the frames of a batch are spread over (None: the calling thread does all)
         self.lanes = LanePool(count, "detect-lane") if count > 1 else None

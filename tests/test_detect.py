@@ -1,6 +1,8 @@
 """Plate modes: two-stage crop and map-back, one-stage, and their union."""
 
+import cv2
 import numpy as np
+import pytest
 
 from models.detections import CAR, PLATE, Detections
 from pipeline.detect import DetectionStack, merge_plates, vehicle_crops
@@ -191,3 +193,40 @@ def test_regions_need_window_detectors_on_the_cpu():
     both = windowed.detect_regions(frame, [(150, 120, 300, 200)], vehicles=True)
     assert both.with_class(PLATE).xyxy.tolist() == [[180, 150, 240, 170]]
     assert both.with_class(CAR).xyxy.tolist() == [[100, 50, 300, 200]]
+
+
+def test_the_stack_says_where_its_networks_run():
+    """SegmentJob copies each batch to ``stack.device`` once (as one tensor) when
+    that is a CUDA device; a stack split over devices gets host frames."""
+    import torch
+
+    class OnGpu(FakePlates):
+        device = torch.device("cuda")
+
+    class OnSecondGpu(FakeVehicles):
+        device = torch.device("cuda", 1)
+
+    settings = Settings(plates="both", faces=False, threads=1)
+    assert stack("both").device == "cpu"
+    assert DetectionStack(settings, None, OnGpu(), None).device == "cuda"
+    assert DetectionStack(settings, None, OnGpu(), OnSecondGpu()).device == "cpu"
+
+
+@pytest.mark.models
+def test_a_batch_as_one_tensor_gives_the_detections_of_the_frames(data_dir):
+    """The form a CUDA batch takes (one N×H×W×3 uint8 tensor, pipeline.segment_job)
+    run through the default stack on the CPU: the same boxes as the host frames."""
+    import torch
+
+    from pipeline.datasets import read_image
+    from pipeline.images import list_images
+
+    paths = list_images(data_dir / "plates_vehicles_openimages_roboflow" / "images")[:6]
+    frames = [np.ascontiguousarray(cv2.resize(read_image(p), (640, 480))) for p in paths]
+    s = DetectionStack.from_settings(Settings(device="cpu", threads=1))
+    assert s.device == "cpu"
+    as_list = s.detect(frames)
+    as_tensor = s.detect(torch.from_numpy(np.stack(frames)))
+    assert sum(len(d) for d in as_list) > 0
+    for a, b in zip(as_list, as_tensor, strict=True):
+        assert np.allclose(a.xyxy, b.xyxy, atol=0.01) and (a.class_id == b.class_id).all()
