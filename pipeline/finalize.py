@@ -15,7 +15,7 @@ from .records import write_records
 from .render import RECORDED_SETTINGS
 from .review import REPORT_HTML, review_flags
 from .segment_job import SegmentResult
-from .video.damage import damage_report, skipped_indices
+from .video.damage import damage_report, rescale_report, skipped_indices
 
 
 def finalize(manifest: Manifest, segment_videos: list[Path], results: list[SegmentResult],
@@ -67,6 +67,7 @@ def finalize(manifest: Manifest, segment_videos: list[Path], results: list[Segme
         "frames_match": same_frame_times(shown, info.time_base, out_info, shift),
         "start_shift_s": float(shift * info.time_base),
         **damage_report(info, [r.damage for r in results]),
+        **rescale_report(info, [r.damage for r in results]),
         "segments": len(manifest.segments),
         "detections": counts,
         "filled_boxes": filled,

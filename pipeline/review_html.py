@@ -80,6 +80,11 @@ def _facts(report: dict) -> str:
             else "<b>differ from the input</b>")
     if report.get("damaged_frames"):
         row("damaged frames", _e(report["damaged_frames"]))
+    if report.get("rescaled_frames"):
+        r = report["rescaled"]
+        row("frames of another size, scaled to the output's",
+            f"{_e(r['count'])} (stored at "
+            + ", ".join(f"{_e(w)}&times;{_e(h)}" for w, h in r["sizes"]) + ")")
     if report.get("undecodable"):
         row("left out (undecodable, not anonymized)",
             "<b>" + ", ".join(f"<code>{_e(n)}</code>" for n in report["undecodable"]) + "</b>")

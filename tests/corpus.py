@@ -70,7 +70,8 @@ class Case:
     case checks (see ``tests/test_corpus.py``): ``rotation``, ``streams``
     (audio/subtitle packets byte for byte), ``drops-video`` (further video
     streams and cover art left out, warned about and reported),
-    ``no-location`` (GPS stripped). ``slow``: 16 frames or more, over 5 s of
+    ``no-location`` (GPS stripped), ``rescaled`` (frames of another size
+    scaled to the first, warned about and reported). ``slow``: 16 frames or more, over 5 s of
     CPU time per run where the others take 2-4 s."""
 
     name: str
@@ -472,6 +473,22 @@ def _cover_art(d: Path) -> Job:
     return Job(src, out)
 
 
+def _size_change(d: Path) -> Job:
+    """Two MPEG-TS recordings of different sizes joined byte for byte (as
+    ``cat`` or a recorder that restarts its encoder makes them): 10 frames of
+    64×48, then 10 of 96×72, on one clock."""
+    src, out = _standard(d, "joined.ts")
+    tb = Fraction(1, 90000)
+    first = write_video(d / "first.ts", fmt="mpegts", time_base=tb, n_frames=10,
+                        pts=[3600 * i for i in range(10)])
+    second = write_video(d / "second.ts", fmt="mpegts", time_base=tb, width=96, height=72,
+                         pts=[3600 * i for i in range(10, 20)])
+    src.write_bytes(first.read_bytes() + second.read_bytes())
+    first.unlink()
+    second.unlink()
+    return Job(src, out)
+
+
 def _wrong_extension(d: Path) -> Job:
     src, out = _standard(d, "really_mkv.mp4")
     write_video(src, fmt="matroska", n_frames=10)
@@ -532,6 +549,9 @@ CASES: list[Case] = [
     Case("fragmented-mp4", _simple("frag.mp4", container_options={
         "movflags": "frag_keyframe+empty_moov+default_base_moof"}, n_frames=16), OK, slow=True),
     Case("wrong-extension", _wrong_extension, OK, note="Matroska content named .mp4"),
+    Case("size-change-ts", _size_change, OK, keeps=("rescaled",),
+         note="one output stream has one size: the later frames are scaled to the first "
+              "size before detection, with a warning and a report entry"),
     Case("edit-list-cut", _edit_list_cut, OK,
          note="the output holds the frames a player shows (from 0.2 s), at their times"),
     Case("two-video-streams", _two_video_streams, OK, keeps=("drops-video",),

@@ -263,7 +263,7 @@ def check_ok(case: Case, job: Job, r: Result, reference: list[Fraction], before:
         assert report.get("damaged_frames", 0) == 0, f"damaged_frames: {report['damaged_frames']}"
         assert not damage_lines, f"a clean input is called damaged: {damage_lines[0]}"
     others = [s for s in warnings if s not in damage_lines]
-    if "drops-video" not in case.keeps:
+    if not {"drops-video", "rescaled"} & set(case.keeps):  # these check their own warnings
         assert not others, f"unexpected warning: {others[0]}"
     assert r.weights_opened, "no model weights were read: the detectors did not run"
     a, b = first_frame(job.input), first_frame(out)
@@ -329,8 +329,24 @@ def _strips_location(job: Job, report: dict, warnings: list[str]) -> None:
     assert coordinates not in job.output.read_bytes(), "GPS location left in the output"
 
 
+def _rescaled(job: Job, report: dict, warnings: list[str]) -> None:
+    """Frames of another size than the first are scaled to it, every one
+    counted, and the user is told: one warning line and a report.json entry."""
+    with av.open(str(job.input)) as c:
+        sizes = [(f.width, f.height) for f in c.decode(video=0)]
+    other = sum(1 for size in sizes if size != sizes[0])
+    assert other, "the input does not change size"
+    with av.open(str(job.output)) as c:
+        assert {(f.width, f.height) for f in c.decode(video=0)} == {sizes[0]}
+    assert report["rescaled_frames"] == other, report.get("rescaled")
+    assert report["rescaled"]["to"] == list(sizes[0])
+    assert report["rescaled"]["sizes"] == sorted(list(s) for s in set(sizes) - {sizes[0]})
+    lines = [w for w in warnings if "changes size" in w]
+    assert len(lines) == 1 and f"{other} frame(s)" in lines[0], warnings
+
+
 KEEPS = {"rotation": _keeps_rotation, "streams": _keeps_streams,
-         "drops-video": _drops_video, "no-location": _strips_location}
+         "drops-video": _drops_video, "no-location": _strips_location, "rescaled": _rescaled}
 
 
 # ---------------------------------------------------------------------- test

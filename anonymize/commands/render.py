@@ -94,11 +94,10 @@ def run(args: argparse.Namespace) -> int:
             report = run_local(frames_source, output, settings, records,
                                stack=RecordedDetections.from_edits(edits), progress=bar.update,
                                manifest=manifest, extra_report={"render": edits.summary()})
-    from pipeline.video.damage import damage_warning
+    from pipeline.video.damage import input_warnings
 
-    damaged = damage_warning(source, report)
-    if damaged:
-        warn(damaged)
+    for line in input_warnings(source, report):
+        warn(line)
     summary = {k: report[k] for k in ("output", "frames", "frames_match", "damaged_frames",
                                        "detections", "filled_boxes", "render", "wall_s", "fps")}
     summary["report"] = str(records / REPORT_JSON)

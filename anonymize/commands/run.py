@@ -60,11 +60,10 @@ def run(args: argparse.Namespace) -> int:
             report = run_local(frames_source, output, settings, args.detections_dir,
                                progress=bar.update, manifest=manifest)
     from pipeline.records import REPORT_JSON
-    from pipeline.video.damage import damage_warning
+    from pipeline.video.damage import input_warnings
 
-    damaged = damage_warning(source, report)
-    if damaged:
-        warn(damaged)
+    for line in input_warnings(source, report):
+        warn(line)
     summary = {k: report[k] for k in ("output", "frames", "frames_match", "damaged_frames",
                                        "detections", "filled_boxes", "wall_s", "fps")}
     summary["report"] = str(Path(report["files"]["detections_json"]).with_name(REPORT_JSON))

@@ -20,6 +20,11 @@ does, and say what could not be.
 
 ``damaged_frames`` is their sum; the report lists the first frames of each
 kind with their index and time, and the first messages FFmpeg gave.
+
+Not damage, but also not shown as stored: frames of another size than the
+stream's first (a stream that changes size midway) are **rescaled** to it,
+since one output stream has one size; detection runs on what is encoded, so
+every such frame is anonymized as shown. ``rescaled_frames`` counts them.
 """
 
 from __future__ import annotations
@@ -36,16 +41,21 @@ LISTED = 20
 def segment_damage(info: VideoInfo, start: int, stop: int, ctx_start: int, ctx_stop: int,
                    log: DecodeLog) -> dict:
     """Skipped and concealed frame indices among the frames [start, stop) a
-    segment owns, from the decoding of its context [ctx_start, ctx_stop)."""
+    segment owns, from the decoding of its context [ctx_start, ctx_stop), and
+    the rescaled ones with their sizes when there are some."""
     known = info.frame_pts[ctx_start:ctx_stop]
     missing = set(known) - log.shown
     concealed = log.concealed(missing)
     pts = info.frame_pts
-    return {
+    out = {
         "skipped": [i for i in range(start, stop) if pts[i] in missing],
         "concealed": [i for i in range(start, stop) if pts[i] in concealed],
         "messages": list(log.messages),
     }
+    if log.rescaled:
+        out.update(rescaled=[i for i in range(start, stop) if pts[i] in log.rescaled],
+                   sizes=sorted([w, h] for w, h in log.sizes))
+    return out
 
 
 def skipped_indices(segment_damages: list[dict]) -> set[int]:
@@ -79,6 +89,37 @@ def damage_report(info: VideoInfo, segment_damages: list[dict]) -> dict:
             "messages": messages,
         },
     }
+
+
+def rescale_report(info: VideoInfo, segment_damages: list[dict]) -> dict:
+    """``rescaled_frames`` and, when there are some, ``rescaled`` (which frames,
+    the sizes they had, the size they were scaled to) for report.json."""
+    rescaled = sorted({i for d in segment_damages for i in d.get("rescaled", [])})
+    if not rescaled:
+        return {"rescaled_frames": 0}
+    sizes = sorted({tuple(size) for d in segment_damages for size in d.get("sizes", [])})
+    return {
+        "rescaled_frames": len(rescaled),
+        "rescaled": {"count": len(rescaled), "frames": _listed(info, rescaled),
+                     "sizes": [list(size) for size in sizes], "to": [info.width, info.height],
+                     "meaning": "stored at another size than the stream's first frames: "
+                                "scaled to that size, then detected and anonymized"},
+    }
+
+
+def input_warnings(source, report: dict) -> list[str]:
+    """One line each for stderr about what the input made of the output:
+    damage, frames of another size."""
+    lines = [line for line in (damage_warning(source, report),) if line]
+    n = report.get("rescaled_frames", 0)
+    if n:
+        r = report["rescaled"]
+        sizes = ", ".join(f"{w}x{h}" for w, h in r["sizes"])
+        first = r["frames"][0]["time_s"]
+        lines.append(f"{source} changes size: {n} frame(s) stored at {sizes} (first at "
+                     f"{first:g} s) were scaled to {r['to'][0]}x{r['to'][1]}, the size of "
+                     f"the output; details in report.json")
+    return lines
 
 
 def _listed(info: VideoInfo, indices: list[int]) -> list[dict]:

@@ -42,18 +42,30 @@ class DecodeLog:
     next keyframe. ``suspect``: frames decoded from damaged data (the decoder
     flagged them concealed, an H.264 reference before them is missing, or the
     segment file says so). ``shown``: the frames handed out. ``messages``:
-    what the decoder or demuxer said, first few."""
+    what the decoder or demuxer said, first few. ``rescaled``: frames decoded
+    at another size than the stream's (a stream that changes size midway:
+    joined broadcasts, video-call recordings), scaled to it; ``sizes``: those
+    other sizes (width, height)."""
 
     packets: list[tuple[int, bool]] = field(default_factory=list)
     suspect: set[int] = field(default_factory=set)
     shown: set[int] = field(default_factory=set)
     messages: list[str] = field(default_factory=list)
     errors: int = 0
+    rescaled: set[int] = field(default_factory=set)
+    sizes: set[tuple[int, int]] = field(default_factory=set)
 
     def note(self, message: str) -> None:
         self.errors += 1
         if len(self.messages) < _MAX_MESSAGES and message not in self.messages:
             self.messages.append(message)
+
+    def rgb(self, pts: int, frame, width: int | None, height: int | None) -> np.ndarray:
+        """``frame`` as RGB at the stream's size, noting it when it had another."""
+        if width and height and (frame.width, frame.height) != (width, height):
+            self.rescaled.add(pts)
+            self.sizes.add((frame.width, frame.height))
+        return to_rgb(frame, width, height)
 
     def concealed(self, missing: set[int]) -> set[int]:
         """Frames decoded from damaged data: the suspects, and every frame after
@@ -125,6 +137,8 @@ def iter_frames(path, info: VideoInfo | None = None, threads: int = 0,
         lo, hi = known[0], known[-1]
         if log is not None:
             log.suspect.update(tag.get("concealed", []))
+            log.rescaled.update(tag.get("rescaled", []))
+            log.sizes.update(tuple(size) for size in tag.get("sizes", []))
     elif info is not None:
         known = info.frame_pts
         tb_src = info.time_base
@@ -140,9 +154,11 @@ def iter_frames(path, info: VideoInfo | None = None, threads: int = 0,
         for pts, frame in decode_frames(_demux(c, vs, log), vs.codec_context, times, log, name):
             if lo is not None and not (lo <= pts <= hi):
                 continue
-            if log is not None:
-                log.shown.add(pts)
-            yield pts, to_rgb(frame, width, height)
+            if log is None:
+                yield pts, to_rgb(frame, width, height)
+                continue
+            log.shown.add(pts)
+            yield pts, log.rgb(pts, frame, width, height)
 
 
 def _demux(c, vs, log: DecodeLog | None) -> Iterator[av.Packet]:

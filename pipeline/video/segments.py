@@ -259,8 +259,9 @@ def _first_picture(packets, codec, times: FrameTimes, info: VideoInfo):
 def _write_decoded(packets: Iterator[av.Packet], info: VideoInfo, out_path: Path, tag: dict,
                    source) -> None:
     """Decode the segment's frames and store them losslessly; damage met on
-    the way travels in the tag (``concealed``), missing frames are simply
-    not there (the segment job counts them)."""
+    the way travels in the tag (``concealed``), as do frames of another size
+    than the stream's (``rescaled``); missing frames are simply not there
+    (the segment job counts them)."""
     first = next(packets)
     codec = first.stream.codec_context
     codec.thread_type = "AUTO"
@@ -281,7 +282,8 @@ def _write_decoded(packets: Iterator[av.Packet], info: VideoInfo, out_path: Path
                 if not known[0] <= pts <= known[-1]:
                     continue
                 log.shown.add(pts)
-                rgb = av.VideoFrame.from_ndarray(to_rgb(frame, info.width, info.height), "rgb24")
+                rgb = av.VideoFrame.from_ndarray(log.rgb(pts, frame, info.width, info.height),
+                                                 "rgb24")
                 out = rgb.reformat(format=_LOSSLESS_PIX_FMT)
                 out.pts, out.time_base = pts + offset, info.time_base
                 for p in s.encode(out):
@@ -290,6 +292,8 @@ def _write_decoded(packets: Iterator[av.Packet], info: VideoInfo, out_path: Path
                 dst.mux(p)
         missing = set(known) - log.shown
         tag["concealed"] = sorted(log.concealed(missing) & set(known))
+        if log.rescaled:
+            tag.update(rescaled=sorted(log.rescaled), sizes=sorted(log.sizes))
         with open_input(tmp) as src, _open_segment(out_path, "nut") as dst:
             vs = src.streams.video[0]
             ovs = dst.add_stream_from_template(vs)
