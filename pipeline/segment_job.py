@@ -251,10 +251,13 @@ class SegmentJob:
         tenth of the lanes' time (a sampling profile of a default run). A
         group of ``reference_every`` frames runs on one lane, so as many groups
         as lanes are in flight.
-        ``detect_s`` is the time this stage spent detecting or waiting for a
-        batch's detections."""
+        On CUDA the next batch is likewise copied to the device and started
+        while this one's detections come back, so the device is not left idle
+        during the host's share of each batch (the copy, the decoding of
+        boxes). ``detect_s`` is the time this stage spent detecting or waiting
+        for a batch's detections."""
         lanes = getattr(self.stack, "lanes", None)
-        ahead = 0 if lanes is None else 1
+        ahead = 0 if lanes is None and not self.device.startswith("cuda") else 1
         if lanes is not None and self.group_frames:
             # a group runs on one lane (pipeline.changes): one group in flight per lane
             ahead = max(1, lanes.count - 1)
