@@ -30,7 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: image files read (and, by `images`, written back in their own format) with OpenCV
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff",
+                  ".gif", ".jp2", ".avif", ".ppm", ".pgm", ".pbm", ".pnm")
+#: image formats met in photo folders that OpenCV does not read (phone HEIC,
+#: camera raw, layered or vector files): listed with the images so that each is
+#: reported as left out rather than passed over in silence
+UNREADABLE_SUFFIXES = (".heic", ".heif", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2",
+                       ".raf", ".psd", ".svg", ".tga", ".ico", ".jxl")
 
 
 @dataclass
@@ -88,7 +95,9 @@ def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
     flags = cv2.IMREAD_COLOR if upright else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
     bgr = cv2.imdecode(data, flags) if data.size else None
     if bgr is None:
-        raise ValueError(f"cannot decode image: {path}")
+        hint = (f" ({path.suffix} files are not read here: convert it to JPEG or PNG)"
+                if path.suffix.lower() in UNREADABLE_SUFFIXES else "")
+        raise ValueError(f"cannot decode image: {path}{hint}")
     return np.ascontiguousarray(bgr[:, :, ::-1])
 
 

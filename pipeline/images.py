@@ -20,14 +20,16 @@ import numpy as np
 from models.detections import FACE, Detections
 
 from .blur import anonymize_frame
-from .datasets import IMAGE_SUFFIXES, read_or_skip
+from .datasets import IMAGE_SUFFIXES, UNREADABLE_SUFFIXES, read_or_skip
 from .records import face_pickle
 from .settings import Settings
 from .video.output import atomic_output
 
 
 def list_images(folder: Path, out_dir: Path | None = None) -> list[Path]:
-    """Every image file below ``folder``, sorted.
+    """Every image file below ``folder``, sorted, including files of image
+    formats that cannot be read (``UNREADABLE_SUFFIXES``: they fail to decode
+    and are reported as left out, never skipped in silence).
 
     Left out: hidden files and folders (a name starting with '.': the
     ``._IMG_0001.JPG`` files macOS leaves on shared drives are not images,
@@ -49,7 +51,7 @@ def list_images(folder: Path, out_dir: Path | None = None) -> list[Path]:
     found = []
     for p in folder.rglob("*"):
         rel = p.relative_to(folder)
-        if (p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        if (p.suffix.lower() in IMAGE_SUFFIXES + UNREADABLE_SUFFIXES and p.is_file()
                 and not any(part.startswith(".") for part in rel.parts)
                 and not (inside is not None and p.resolve().is_relative_to(inside))):
             found.append(p)
@@ -71,20 +73,40 @@ def write_rgb(path: Path, rgb: np.ndarray, like: Path | None = None) -> None:
     elif stored is not None and stored.shape[2] == 4 and stored.shape[:2] == rgb.shape[:2]:
         alpha = stored[:, :, 3]
         out = np.dstack([out, alpha if alpha.dtype == np.uint8 else (alpha >> 8).astype(np.uint8)])
+    suffix = path.suffix.lower()
+    try:
+        ok, data = cv2.imencode(_ENCODE_AS.get(suffix, suffix), out)
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise ValueError(f"could not write image: {path} (no {suffix} encoder here)")
     with atomic_output(path) as partial:  # a reader never sees half an image
-        if not cv2.imwrite(str(partial), out):
-            raise ValueError(f"could not write image: {path}")
+        partial.write_bytes(data.tobytes())
+
+
+#: suffixes OpenCV reads but encodes under another name of the same format
+_ENCODE_AS = {".jfif": ".jpg", ".jpe": ".jpg"}
 
 
 def iter_batches(paths: list[Path], size: int, skipped: list[tuple[Path, str]] | None = None
                  ) -> Iterator[list[tuple[Path, np.ndarray]]]:
     """Decoded images in batches of ``size``. With a ``skipped`` list, a file
-    that does not decode is recorded there (path, reason) and passed over, so
-    one broken photo does not stop a folder; without one it raises."""
+    that does not decode, or that holds several pictures (a multi-page TIFF,
+    an animated GIF or WebP: only the first would be decoded and written, the
+    others lost), is recorded there (path, reason) and passed over, so one
+    such file does not stop a folder; without one it raises."""
     batch = []
     for p in paths:
         image = read_or_skip(p, skipped, upright=True)
         if image is None:
+            continue
+        n = picture_count(p)
+        if n > 1:
+            reason = (f"{p} holds {n} pictures (pages or animation frames); only "
+                      "single-picture files are anonymized here")
+            if skipped is None:
+                raise ValueError(reason)
+            skipped.append((p, reason))
             continue
         batch.append((p, image))
         if len(batch) >= size:
@@ -92,6 +114,14 @@ def iter_batches(paths: list[Path], size: int, skipped: list[tuple[Path, str]] |
             batch = []
     if batch:
         yield batch
+
+
+def picture_count(path: Path) -> int:
+    """Pictures in an image file that decodes (pages, animation frames)."""
+    try:
+        return int(cv2.imcount(str(path)))
+    except cv2.error:
+        return 1
 
 
 def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
@@ -107,9 +137,15 @@ def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
         dets = stack.detect([img for _, img in batch])
         for (path, img), d in zip(batch, dets, strict=True):
             rel = str(path.relative_to(img_dir))
+            try:
+                write_rgb(out_dir / rel, anonymize_frame(img, d, settings.mode, settings.shape,
+                                                         settings.mask_scale), like=path)
+            except ValueError as exc:
+                if skipped is None:
+                    raise
+                skipped.append((path, str(exc)))
+                continue
             found[rel] = d
-            write_rgb(out_dir / rel, anonymize_frame(img, d, settings.mode, settings.shape,
-                                                     settings.mask_scale), like=path)
         if progress:
             progress(len(batch))
     return found
@@ -118,6 +154,7 @@ def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
 def write_image_detections(out_dir: Path, found: dict[str, Detections]) -> Path:
     """``detections.pkl``: list of {filename, det} with det in the ImageAI format."""
     path = Path(out_dir) / "detections.pkl"
+    path.parent.mkdir(parents=True, exist_ok=True)  # every image may have been left out
     rows = [{"filename": name, "det": d.to_imageai()} for name, d in found.items()]
     with open(path, "wb") as f:
         pickle.dump(rows, f, protocol=4)
@@ -130,6 +167,7 @@ def write_face_pickle(save_dir: Path, found: dict[str, Detections], frames_dir: 
     frames = {i: found[name].with_class(FACE) for i, name in enumerate(ordered)}
     names = {i: str(Path(frames_dir) / name) for i, name in enumerate(ordered)}
     path = Path(save_dir) / "faces.pkl"
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         pickle.dump(face_pickle(frames, names), f, protocol=4)
     return path

@@ -85,9 +85,10 @@ def _facts(report: dict) -> str:
         row("frames of another size, scaled to the output's",
             f"{_e(r['count'])} (stored at "
             + ", ".join(f"{_e(w)}&times;{_e(h)}" for w, h in r["sizes"]) + ")")
-    if report.get("undecodable"):
-        row("left out (undecodable, not anonymized)",
-            "<b>" + ", ".join(f"<code>{_e(n)}</code>" for n in report["undecodable"]) + "</b>")
+    if report.get("left_out"):
+        row("left out (not decodable or not writable here, or several pictures in one "
+            "file; not anonymized)",
+            "<b>" + ", ".join(f"<code>{_e(n)}</code>" for n in report["left_out"]) + "</b>")
     det, filled = report.get("detections", {}), report.get("filled_boxes", {})
     row("detections", ", ".join(f"{_e(k)}: {v}" for k, v in det.items()))
     row("boxes added by filling", ", ".join(f"{_e(k)}: {v}" for k, v in filled.items()))

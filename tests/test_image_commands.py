@@ -146,3 +146,51 @@ def test_output_folder_that_is_the_image_folder_is_refused_before_work(
     assert len(err) == 1 and "originals would be overwritten" in err[0]
     assert (folder / "a.jpg").read_bytes() == photo.read_bytes()
     assert sorted(p.name for p in folder.iterdir()) == ["a.jpg"]
+
+
+def test_an_empty_folder_is_refused_before_models_load(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.txt").write_text("no pictures here\n", encoding="utf-8")
+    assert main(["images", "--img-dir", str(tmp_path / "in"), "--out-dir", str(tmp_path / "out"),
+                 "--quiet", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("anonymize: error: no images in")
+    assert not (tmp_path / "out").exists()
+
+
+def test_other_image_formats_are_anonymized_and_nothing_is_passed_over_in_silence(
+        data_dir, tmp_path, capsys):
+    """JFIF, GIF and PPM files are blurred and written back in their format; a
+    multi-page TIFF (only its first page would be written) and a phone HEIC
+    (not readable here) are left out, each with a warning, and the command
+    fails; an all-left-out folder still gets its detections file."""
+    src = cv2.imread(str(data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg"))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ok, jpeg = cv2.imencode(".jpg", src)
+    (folder / "a.jfif").write_bytes(jpeg.tobytes())
+    cv2.imwrite(str(folder / "b.gif"), src)
+    cv2.imwrite(str(folder / "c.ppm"), src)
+    assert cv2.imwritemulti(str(folder / "pages.tif"), [src, src[::-1].copy()])
+    (folder / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    out = tmp_path / "out"
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(out), "--quiet",
+                 "--no-plates", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("anonymize: warning:") for line in err)
+    assert "pages.tif holds 2 pictures" in err[0]
+    assert "phone.heic" in err[1] and ".heic files are not read here" in err[1]
+    rows = {r["filename"]: r["det"] for r in pickle.loads((out / "detections.pkl").read_bytes())}
+    assert sorted(rows) == ["a.jfif", "b.gif", "c.ppm"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.jfif", "b.gif", "c.ppm", "detections.pkl",
+                                                     "report.html"]
+    assert (out / "a.jfif").read_bytes()[:3] == b"\xff\xd8\xff"  # still a JPEG
+    assert (out / "b.gif").read_bytes()[:4] == b"GIF8"
+    for name in rows:
+        assert rows[name], name  # faces found
+        back = cv2.imread(str(out / name))
+        assert back.shape == src.shape
+        if name.endswith(".gif"):
+            continue  # a GIF's fixed palette is dithered: texture of its own everywhere
+        x1, y1, x2, y2 = rows[name][0]["box_points"]
+        assert back[y1:y2, x1:x2].std() < src[y1:y2, x1:x2].std(), name

@@ -36,6 +36,6 @@ def run(args: argparse.Namespace) -> int:
                                       unit="frame")
     pkl = write_face_pickle(Path(args.save_dir), found, Path(args.frames_dir))
     n = sum(len(d) for d in found.values())
-    left = f", {len(skipped)} left out (undecodable)" if skipped else ""
+    left = f", {len(skipped)} left out (see the warnings)" if skipped else ""
     print(f"{len(found)} frames, {n} faces{left} -> {args.save_dir} ({pkl.name})")
     return 1 if skipped else 0

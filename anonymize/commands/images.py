@@ -28,10 +28,14 @@ def anonymize_images(folder, out_dir, settings, quiet: bool, unit: str = "img"
 
     from tqdm import tqdm
 
+    from pipeline.datasets import IMAGE_SUFFIXES
     from pipeline.detect import DetectionStack
     from pipeline.images import anonymize_folder, list_images
 
     paths = list_images(Path(folder), Path(out_dir))  # refused before any model loads
+    if not paths:
+        raise FileNotFoundError(f"no images in {folder} (looked for "
+                                f"{', '.join(s.lstrip('.') for s in IMAGE_SUFFIXES)})")
     stack = DetectionStack.from_settings(settings)
     skipped: list = []
     with tqdm(total=len(paths), unit=unit, disable=quiet, file=sys.stderr) as bar:
@@ -59,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - t0
     pkl = write_image_detections(Path(args.out_dir), found)
     n = sum(len(d) for d in found.values())
-    report = _report(args, settings, models, found, wall) | {"undecodable": skipped}
+    report = _report(args, settings, models, found, wall) | {"left_out": skipped}
     page = write_image_page(Path(args.out_dir), found, report)
-    left = f", {len(skipped)} left out (undecodable)" if skipped else ""
+    left = f", {len(skipped)} left out (see the warnings)" if skipped else ""
     print(f"{len(found)} images, {n} detections{left} -> {args.out_dir} "
           f"({pkl.name}, {page.name})")
     return 1 if skipped else 0
