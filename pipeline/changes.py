@@ -10,7 +10,8 @@ only at the regions that changed, on windows of the input the whole frame
 would get (``detect_windows``: the same pixels on the same network grid),
 and the faces and plates of the frame before are kept where nothing
 changed. The vehicle network still sees the whole frame, and every vehicle
-crop is searched for plates, as on a reference frame.
+crop is searched for plates, as on a reference frame, unless not one block
+changed: then the frame keeps all the detections of the frame before.
 
 Changed since when: each 16×16 block is compared with the picture the
 networks last examined there (the reference's, or a later frame's where a
@@ -164,6 +165,11 @@ def _detect_group(stack, frames: Sequence[np.ndarray], vehicles: bool) -> list[D
         if rects is None:
             out.append(stack.detect([frame], vehicles)[0])
             seen = now
+            continue
+        if not rects:
+            # not one block changed: the frame before's detections stand whole, the
+            # vehicles and the plates of their crops included
+            out.append(out[-1][:])
             continue
         found = stack.detect_regions(frame, rects, vehicles)
         out.append(join_kept(found, before[~touching(before, changed)], nms))

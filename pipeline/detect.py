@@ -74,6 +74,21 @@ def vehicle_crops(frame: np.ndarray, vehicles: Detections, margin: float
     return crops, origins
 
 
+def reaching_into(vehicles: Detections, rects: Sequence[tuple[int, int, int, int]],
+                  margin: float) -> Detections:
+    """The vehicles whose crop (:func:`vehicle_crops`: the box grown by ``margin``)
+    overlaps one of ``rects`` (x0, y0, x1, y1)."""
+    if len(vehicles) == 0 or not rects:
+        return vehicles[np.zeros(len(vehicles), bool)]
+    xyxy = vehicles.xyxy
+    grow = (xyxy[:, 2:] - xyxy[:, :2]) * margin
+    grown = np.concatenate([xyxy[:, :2] - grow, xyxy[:, 2:] + grow], axis=1)
+    r = np.asarray(rects, np.float64)
+    overlap = ((grown[:, None, 0] < r[None, :, 2]) & (r[None, :, 0] < grown[:, None, 2])
+               & (grown[:, None, 1] < r[None, :, 3]) & (r[None, :, 1] < grown[:, None, 3]))
+    return vehicles[overlap.any(axis=1)]
+
+
 def merge_plates(parts: Sequence[Detections], iou: float) -> Detections:
     """Union of plate detections from several sources (each already free of
     duplicates): a box overlapping a kept one (IoU ≥ ``iou``) grows it to
@@ -196,9 +211,12 @@ class DetectionStack:
         """One frame's detections with the face and one-stage plate networks run
         only on ``rects`` (x0, y0, x1, y1 frame pixels; ``pipeline.changes``), on
         windows of the input the whole frame would get (``detect_windows``), so a
-        face or plate there is seen as in the whole frame. The vehicles and the
-        plates of their crops are searched on the whole frame as :meth:`detect`
-        does. A detector that would tile this frame runs on all of it."""
+        face or plate there is seen as in the whole frame. The vehicles are
+        searched on the whole frame as :meth:`detect` does, and the crop of each
+        vehicle that reaches into ``rects`` is searched for plates (a vehicle
+        wholly outside them stands on unchanged pixels: its plates are the ones
+        the caller keeps). A detector that would tile this frame runs on all of
+        it."""
         s = self.settings
         parts: list[Detections] = []
         with torch.inference_mode():
@@ -254,7 +272,10 @@ class DetectionStack:
                     sources[i].append(d)
         if s.plate_mode in ("two-stage", "both"):
             vehicles = self.vehicle_detector.detect(frames, s.vehicle_thresh)
-            for i, d in self._two_stage(frames, vehicles):
+            searched = vehicles
+            if rects is not None:
+                searched = [reaching_into(vehicles[0], rects, s.crop_margin)]
+            for i, d in self._two_stage(frames, searched):
                 sources[i].append(d)
         out = []
         for i in range(n):

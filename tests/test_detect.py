@@ -185,14 +185,32 @@ def test_regions_need_window_detectors_on_the_cpu():
     windowed = DetectionStack(settings, None, Windowed(), FakeVehicles())
     assert windowed.regions_supported()
     assert not DetectionStack(settings, None, WindowedOnGpu(), FakeVehicles()).regions_supported()
-    # the plate inside the vehicle is found by the two-stage search of the whole frame even
-    # where no region covers it; a region finds it with the one-stage pass
+    # vehicles are searched on the whole frame; the crop of a vehicle wholly outside the
+    # regions is not searched (its pixels did not change: the caller keeps its plates)
     frame = frame_with_plate()
-    assert windowed.detect_regions(frame, [(0, 0, 50, 50)], vehicles=False).xyxy.tolist() == \
-        [[180, 150, 240, 170]]
+    plates = windowed.plate_detector
+    away = windowed.detect_regions(frame, [(0, 0, 50, 40)], vehicles=True)
+    assert len(away.with_class(PLATE)) == 0 and plates.crop_calls == 0
+    assert away.with_class(CAR).xyxy.tolist() == [[100, 50, 300, 200]]
+    # a region reaching the vehicle's crop (the box grown by the crop margin), far from
+    # the plate: the crop is searched and finds it
+    near = windowed.detect_regions(frame, [(0, 0, 95, 60)], vehicles=False)
+    assert near.xyxy.tolist() == [[180, 150, 240, 170]] and plates.crop_calls == 1
     both = windowed.detect_regions(frame, [(150, 120, 300, 200)], vehicles=True)
     assert both.with_class(PLATE).xyxy.tolist() == [[180, 150, 240, 170]]
     assert both.with_class(CAR).xyxy.tolist() == [[100, 50, 300, 200]]
+
+
+def test_a_vehicle_reaches_into_a_region_by_its_crop():
+    from pipeline.detect import reaching_into
+
+    cars = Detections([[100, 50, 300, 200], [400, 50, 500, 100]], [0.9, 0.8], [CAR, CAR])
+    # the first car's crop at margin 0.1 spans x 80-320, y 35-215
+    assert reaching_into(cars, [(0, 0, 79, 60)], 0.1).xyxy.tolist() == []
+    assert reaching_into(cars, [(0, 0, 81, 60)], 0.1).xyxy.tolist() == [[100, 50, 300, 200]]
+    assert reaching_into(cars, [(0, 216, 600, 300)], 0.1).xyxy.tolist() == []
+    assert len(reaching_into(cars, [(0, 0, 81, 60), (499, 99, 600, 300)], 0.1)) == 2
+    assert len(reaching_into(cars, [], 0.1)) == 0
 
 
 def test_the_stack_says_where_its_networks_run():
