@@ -18,7 +18,8 @@ under bench/.cache/peers/, reused between runs and reinstalled when missing
 or broken. Clips that the benchmark makes (the 1920×1080 upscale, cuts,
 the looped long cut) are cached there too.
 
-    python bench/peers.py [--frames N] [--runs plain,deface,faces,defaults,changes]
+    python bench/peers.py [--frames N]
+                          [--runs plain,deface,faces,defaults,changes,faces-changes]
                           [--clips intel,1080p] [--no-loaded] [--no-memory] [--out FILE]
 
 ``bench/run.py --only peers`` runs it as the "peers" section of docs/benchmarks.md.
@@ -55,8 +56,9 @@ DEFACE_PACKAGES = (f"deface=={DEFACE_VERSION}", "onnx", "onnxruntime")
 DEFACE_VENV = CACHE / f"deface-{DEFACE_VERSION}"
 SOURCE = VIDEOS / "intel_car-detection.mp4"
 SAMPLE_S = 0.05  # /proc sampling period for the process tree's RSS
-RUNS = ("plain", "deface", "faces", "defaults", "changes")
-#: --reference-every of the "changes" run (README, "Looking only where the picture changed")
+RUNS = ("plain", "deface", "faces", "defaults", "changes", "faces-changes")
+#: --reference-every of the "changes" and "faces-changes" runs (README, "Looking only where
+#: the picture changed")
 CHANGES_EVERY = 8
 CLIPS = ("intel", "1080p")
 MEMORY_FRAMES = (100, 1000)
@@ -359,6 +361,7 @@ RUN_TITLES = {
     "faces": "anonymize --no-plates (faces)",
     "defaults": "anonymize (faces + plates)",
     "changes": f"anonymize --reference-every {CHANGES_EVERY} (faces + plates)",
+    "faces-changes": f"anonymize --no-plates --reference-every {CHANGES_EVERY} (faces)",
 }
 
 
@@ -378,6 +381,9 @@ def command(run: str, src: Path, out: Path, deface: Path | None) -> list[str]:
         return [py, "-m", "anonymize", "run", str(src), "-o", str(out)]
     if run == "changes":
         return [py, "-m", "anonymize", "run", str(src), "-o", str(out),
+                "--reference-every", str(CHANGES_EVERY)]
+    if run == "faces-changes":
+        return [py, "-m", "anonymize", "run", str(src), "-o", str(out), "--no-plates",
                 "--reference-every", str(CHANGES_EVERY)]
     raise ValueError(f"unknown run {run!r} (choose from {', '.join(RUNS)})")
 
@@ -425,7 +431,7 @@ def run_one(run: str, clip: Clip, deface: Path | None, work: Path, loaded: bool)
             row.frames_out = video.probe(out).n_frames
         except video.VideoError as e:
             row.error = f"output unreadable: {e}"
-        if run in ("faces", "defaults", "changes"):
+        if run in ("faces", "defaults", "changes", "faces-changes"):
             try:
                 row.detections = json.loads(m.stdout)["detections"]
             except (ValueError, KeyError):
@@ -460,7 +466,7 @@ def clip_table(clip: Clip, rows: list[Row]) -> str:
             lines.append(f"| {name} | {load} | failed: {row.error} |" + " |" * 8)
             continue
         d = row.detections
-        shown = ("face",) if row.run == "faces" else ("face", "plate")
+        shown = ("face",) if row.run in ("faces", "faces-changes") else ("face", "plate")
         dets = ", ".join(f"{k} {v}" for k, v in d.items() if k in shown) or "–"
         deface, plain = same.get("deface"), same.get("plain")
         lines.append(
