@@ -133,6 +133,16 @@ def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
     img_dir, out_dir = Path(img_dir), Path(out_dir)
     paths = list_images(img_dir, out_dir)
     found: dict[str, Detections] = {}
+    left_out = skipped if skipped is not None else []
+    counted = len(left_out)
+
+    def advance() -> None:  # files left out count too: the bar ends at the folder's size
+        nonlocal counted
+        now = len(found) + len(left_out)
+        if progress and now > counted:
+            progress(now - counted)
+        counted = now
+
     for batch in iter_batches(paths, settings.batch_size, skipped):
         dets = stack.detect([img for _, img in batch])
         for (path, img), d in zip(batch, dets, strict=True):
@@ -146,8 +156,8 @@ def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
                 skipped.append((path, str(exc)))
                 continue
             found[rel] = d
-        if progress:
-            progress(len(batch))
+        advance()
+    advance()
     return found
 
 

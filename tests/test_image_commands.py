@@ -194,3 +194,24 @@ def test_other_image_formats_are_anonymized_and_nothing_is_passed_over_in_silenc
             continue  # a GIF's fixed palette is dithered: texture of its own everywhere
         x1, y1, x2, y2 = rows[name][0]["box_points"]
         assert back[y1:y2, x1:x2].std() < src[y1:y2, x1:x2].std(), name
+
+
+def test_progress_counts_every_file_of_the_folder_left_out_ones_included(data_dir, tmp_path):
+    from pipeline.detect import DetectionStack
+    from pipeline.images import anonymize_folder
+    from pipeline.settings import Settings
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = (data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg").read_bytes()
+    for name in ("a.jpg", "c.jpg", "e.jpg"):
+        (folder / name).write_bytes(good)
+    for name in ("b.jpg", "d.jpg", "f.jpg"):  # between, inside and after the batches
+        (folder / name).write_bytes(good[:1000])
+    settings = Settings(plates="off", device="cpu", threads=1, batch_size=2)
+    steps: list[int] = []
+    skipped: list = []
+    found = anonymize_folder(folder, tmp_path / "out", DetectionStack.from_settings(settings),
+                             settings, steps.append, skipped)
+    assert sorted(found) == ["a.jpg", "c.jpg", "e.jpg"] and len(skipped) == 3
+    assert sum(steps) == 6 and all(n > 0 for n in steps)
