@@ -34,6 +34,10 @@ from .resize import letterbox_frames, letterbox_tiles, letterbox_windows
 from .runtime import GraphSpec, accelerate
 from .tiling import absorb, keep_whole, merge, tile_grid, windows
 
+#: input pixels of tiles made into one batch (each call to the network still holds
+#: at most models.graph_runners.MAX_PIXELS_PER_CALL): room for a 1080p frame's tiles
+TILE_BATCH_PIXELS = 8_000_000
+
 # -- decoding -------------------------------------------------------------------------
 
 def decode(heatmap: torch.Tensor, size: torch.Tensor, offset: torch.Tensor, thresh: float,
@@ -244,12 +248,16 @@ class CenterFaceDetector(Detector):
         the scaled float frame and padding them after made two copies of a
         batch that is 64 MB at 1080p (two 1632-px tiles), and those copies,
         page faults included, were a quarter of a lane's time on a 1080p
-        clip (py-spy)."""
+        clip (py-spy). Batches hold at most :data:`TILE_BATCH_PIXELS`: a
+        1080p frame's tiles stay one batch, a 50-megapixel photo's 48 tiles
+        are not 1.8 GB of input at once."""
         fh, fw = frame.shape[:2]
         tiles = tile_grid(height, width, self.max_side, self.tile_overlap, ALIGN)
         th, tw = tiles[0].height, tiles[0].width
-        found = self._run(letterbox_tiles(frame, height, width, tiles,
-                                          (_aligned(th), _aligned(tw))), thresh)
+        found: list[Detections] = []
+        for batch in letterbox_tiles(frame, height, width, tiles, (_aligned(th), _aligned(tw)),
+                                     max_pixels=TILE_BATCH_PIXELS):
+            found += self._run(batch, thresh)
         return merge([keep_whole(det, tile, height, width).scaled(fw / width, fh / height)
                       for tile, det in zip(tiles, found, strict=True)], self.nms_thresh)
 

@@ -39,7 +39,7 @@ scaling it replaces, and 6.2 against 16.3 ms for CenterFace's 1152×672
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -175,26 +175,33 @@ def _opencv_letterbox(frames: np.ndarray, height: int, width: int, ch: int, cw: 
 
 
 def letterbox_tiles(frame: torch.Tensor, height: int, width: int, tiles: Sequence,
-                    canvas: tuple[int, int], antialias: bool = True) -> torch.Tensor:
+                    canvas: tuple[int, int], antialias: bool = True,
+                    max_pixels: int | None = None) -> Iterator[torch.Tensor]:
     """One H×W×3 uint8 frame resized to height×width as :func:`letterbox_frames`
     makes it, cut into ``tiles`` (:class:`models.tiling.Tile`, all of one
-    size), each at the top left of a zero ``canvas``
-    (ch, cw): len(tiles)×3×ch×cw float32, the same values as cutting the
-    letterboxed frame.
+    size), each at the top left of a zero ``canvas`` (ch, cw): batches
+    k×3×ch×cw float32 of consecutive tiles, together the same values as
+    cutting the letterboxed frame; a batch holds at most ``max_pixels``
+    canvas pixels (at least one tile; None: all tiles in one batch).
 
     On CPU (unless an antialiased shrink) the tiles are cut from the uint8
     resize and converted to float once, into the batch: at 1080p and
     ``--min-face 16`` the scaled frame is 2880×1620, and a float copy of it
-    to cut from is 56 MB more to write and read for every frame."""
+    to cut from is 56 MB more to write and read for every frame. Batches are
+    made one at a time, after the one before was used: a 50-megapixel photo
+    at ``--min-face 16`` is 48 tiles, 1.8 GB of float input in one batch."""
     th, tw = tiles[0].height, tiles[0].width
     scaled = _resized_once(frame, height, width, antialias)
-    if isinstance(scaled, np.ndarray):
-        out = np.zeros((len(tiles), 3, *canvas), np.float32)
-    else:
-        out = scaled.new_zeros((len(tiles), 3, *canvas))
-    for i, tile in enumerate(tiles):
-        _cut_into(scaled, tile.x0, tile.y0, th, tw, out[i])
-    return torch.from_numpy(out) if isinstance(out, np.ndarray) else out
+    per_batch = len(tiles) if max_pixels is None else max(1, max_pixels // (canvas[0] * canvas[1]))
+    for start in range(0, len(tiles), per_batch):
+        part = tiles[start:start + per_batch]
+        if isinstance(scaled, np.ndarray):
+            out = np.zeros((len(part), 3, *canvas), np.float32)
+        else:
+            out = scaled.new_zeros((len(part), 3, *canvas))
+        for i, tile in enumerate(part):
+            _cut_into(scaled, tile.x0, tile.y0, th, tw, out[i])
+        yield torch.from_numpy(out) if isinstance(out, np.ndarray) else out
 
 
 def letterbox_windows(frame: torch.Tensor, height: int, width: int, tiles: Sequence,

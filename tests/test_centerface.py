@@ -459,3 +459,22 @@ def test_tiled_frame_finds_the_faces_of_one_pass(data_dir, checkpoint):
     iou = box_iou_np(want.xyxy, got.xyxy)
     assert (iou.max(axis=1) >= 0.5).all(), "a face of the single pass is missing from the tiles"
     assert (iou.max(axis=0) >= 0.5).mean() >= 0.9, "tiles found many faces one pass did not"
+
+
+@pytest.mark.models
+def test_tiles_made_in_several_batches_find_exactly_the_same_faces(data_dir, checkpoint,
+                                                                  monkeypatch):
+    """A large frame's tiles are made a few at a time (memory stays bounded for
+    photos of tens of megapixels); the faces are those of one batch."""
+    from models import centerface
+
+    tiled = build(checkpoint(MODEL), half=False, max_side=640)
+    photos = [read_image(data_dir / n)[:300, :360] for n in IMAGES]
+    mosaic = np.concatenate([np.concatenate(photos[:2], 1), np.concatenate(photos[2:], 1)], 0)
+    size = 2 * max(mosaic.shape[:2])  # 3×2 tiles of 640
+    one_batch = tiled.detect([mosaic], thresh=0.5, size=size)[0]
+    monkeypatch.setattr(centerface, "TILE_BATCH_PIXELS", 1)  # one tile per batch
+    apart = tiled.detect([mosaic], thresh=0.5, size=size)[0]
+    assert len(one_batch) >= 8
+    np.testing.assert_allclose(apart.xyxy, one_batch.xyxy, atol=1e-3)
+    np.testing.assert_allclose(apart.confidence, one_batch.confidence, atol=1e-5)

@@ -127,11 +127,19 @@ def test_letterbox_tiles_are_the_letterboxed_frame_cut_and_padded(src, dst, anti
     tiles = tile_grid(*dst, dst[0] + 12, 0.2, 32)  # whole height (unaligned), cut across
     assert len(tiles) > 1 and tiles[0].height % 32  # several tiles that need padding
     canvas = (_aligned(tiles[0].height), _aligned(tiles[0].width))
-    got = resize.letterbox_tiles(frame, *dst, tiles, canvas, antialias=antialias)
+    got = list(resize.letterbox_tiles(frame, *dst, tiles, canvas, antialias=antialias))
     whole = letterbox_frames(frame[None], *dst, antialias=antialias)
     want = torch.stack([F.pad(t.crop(whole[0]), (0, canvas[1] - t.width, 0, canvas[0] - t.height))
                         for t in tiles])
-    assert got.dtype == torch.float32 and torch.equal(got, want)
+    assert len(got) == 1 and got[0].dtype == torch.float32 and torch.equal(got[0], want)
+    # in batches of at most one tile's pixels: one tile each, the same values in order
+    one = canvas[0] * canvas[1]
+    parts = list(resize.letterbox_tiles(frame, *dst, tiles, canvas, antialias=antialias,
+                                        max_pixels=one))
+    assert [len(p) for p in parts] == [1] * len(tiles) and torch.equal(torch.cat(parts), want)
+    parts = list(resize.letterbox_tiles(frame, *dst, tiles, canvas, antialias=antialias,
+                                        max_pixels=2 * one + 1))
+    assert len(parts[0]) == min(2, len(tiles)) and torch.equal(torch.cat(parts), want)
 
 
 @pytest.mark.parametrize(("src", "dst", "antialias"), [
