@@ -190,18 +190,10 @@ def letterbox_tiles(frame: torch.Tensor, height: int, width: int, tiles: Sequenc
     to cut from is 56 MB more to write and read for every frame. Batches are
     made one at a time, after the one before was used: a 50-megapixel photo
     at ``--min-face 16`` is 48 tiles, 1.8 GB of float input in one batch."""
-    th, tw = tiles[0].height, tiles[0].width
     scaled = _resized_once(frame, height, width, antialias)
     per_batch = len(tiles) if max_pixels is None else max(1, max_pixels // (canvas[0] * canvas[1]))
     for start in range(0, len(tiles), per_batch):
-        part = tiles[start:start + per_batch]
-        if isinstance(scaled, np.ndarray):
-            out = np.zeros((len(part), 3, *canvas), np.float32)
-        else:
-            out = scaled.new_zeros((len(part), 3, *canvas))
-        for i, tile in enumerate(part):
-            _cut_into(scaled, tile.x0, tile.y0, th, tw, out[i])
-        yield torch.from_numpy(out) if isinstance(out, np.ndarray) else out
+        yield _cut_batch(scaled, tiles[start:start + per_batch], canvas)
 
 
 def letterbox_windows(frame: torch.Tensor, height: int, width: int, tiles: Sequence,
@@ -213,15 +205,7 @@ def letterbox_windows(frame: torch.Tensor, height: int, width: int, tiles: Seque
     letterboxed frame, the frame resized once (as :func:`letterbox_tiles`,
     whose tiles share one size)."""
     scaled = _resized_once(frame, height, width, antialias)
-    out = []
-    for tile in tiles:
-        if isinstance(scaled, np.ndarray):
-            x = np.zeros((1, 3, tile.height, tile.width), np.float32)
-        else:
-            x = scaled.new_zeros((1, 3, tile.height, tile.width))
-        _cut_into(scaled, tile.x0, tile.y0, tile.height, tile.width, x[0])
-        out.append(torch.from_numpy(x) if isinstance(x, np.ndarray) else x)
-    return out
+    return [_cut_batch(scaled, [tile], (tile.height, tile.width)) for tile in tiles]
 
 
 def _resized_once(frame: torch.Tensor, height: int, width: int, antialias: bool):
@@ -232,6 +216,18 @@ def _resized_once(frame: torch.Tensor, height: int, width: int, antialias: bool)
         _opencv_resize_into(frame.numpy(), scaled)
         return scaled
     return letterbox_frames(frame[None], height, width, antialias=antialias)[0]
+
+
+def _cut_batch(scaled, tiles: Sequence, canvas: tuple[int, int]) -> torch.Tensor:
+    """``tiles`` of a resized frame (:func:`_resized_once`), each at the top left
+    of a zero ``canvas`` (ch, cw): len(tiles)×3×ch×cw float32."""
+    if isinstance(scaled, np.ndarray):
+        out = np.zeros((len(tiles), 3, *canvas), np.float32)
+    else:
+        out = scaled.new_zeros((len(tiles), 3, *canvas))
+    for i, tile in enumerate(tiles):
+        _cut_into(scaled, tile.x0, tile.y0, tile.height, tile.width, out[i])
+    return torch.from_numpy(out) if isinstance(out, np.ndarray) else out
 
 
 def _cut_into(scaled, x0: int, y0: int, th: int, tw: int, out) -> None:
