@@ -57,35 +57,41 @@ def load_detector(name: str, device: str | None, half: bool, task: str | None = 
     return load(name, task, fmt, device=device, half=half, **opts)
 
 
+def crop_rects(vehicles: Detections, margin: float, width: int, height: int) -> np.ndarray:
+    """Each vehicle's crop in a width×height frame: its box grown by ``margin``
+    of its size on every side (plates sit at the edge of a vehicle box),
+    rounded outward to whole pixels and clipped to the frame; (n, 4) integer
+    x0, y0, x1, y1."""
+    xyxy = vehicles.xyxy
+    grow = (xyxy[:, 2:] - xyxy[:, :2]) * margin
+    rects = np.concatenate([np.floor(xyxy[:, :2] - grow), np.ceil(xyxy[:, 2:] + grow)], axis=1)
+    return np.clip(rects, 0, [width, height, width, height]).astype(np.int64)
+
+
 def vehicle_crops(frame: np.ndarray, vehicles: Detections, margin: float
                   ) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
-    """Crops of one frame around each vehicle box grown by ``margin`` of its size
-    on every side (plates sit at the edge of a vehicle box), with their origins."""
+    """Crops of one frame around each vehicle (:func:`crop_rects`), with their
+    origins; crops under :data:`MIN_CROP` pixels on a side are left out."""
     h, w = frame.shape[:2]
     crops, origins = [], []
-    for x1, y1, x2, y2 in vehicles.xyxy:
-        mx, my = (x2 - x1) * margin, (y2 - y1) * margin
-        cx1, cy1 = max(0, int(np.floor(x1 - mx))), max(0, int(np.floor(y1 - my)))
-        cx2, cy2 = min(w, int(np.ceil(x2 + mx))), min(h, int(np.ceil(y2 + my)))
+    for cx1, cy1, cx2, cy2 in crop_rects(vehicles, margin, w, h):
         if cx2 - cx1 < MIN_CROP or cy2 - cy1 < MIN_CROP:
             continue
         crops.append(frame[cy1:cy2, cx1:cx2])
-        origins.append((cx1, cy1))
+        origins.append((int(cx1), int(cy1)))
     return crops, origins
 
 
 def reaching_into(vehicles: Detections, rects: Sequence[tuple[int, int, int, int]],
-                  margin: float) -> Detections:
-    """The vehicles whose crop (:func:`vehicle_crops`: the box grown by ``margin``)
+                  margin: float, width: int, height: int) -> Detections:
+    """The vehicles of a width×height frame whose crop (:func:`crop_rects`)
     overlaps one of ``rects`` (x0, y0, x1, y1)."""
     if len(vehicles) == 0 or not rects:
         return vehicles[np.zeros(len(vehicles), bool)]
-    xyxy = vehicles.xyxy
-    grow = (xyxy[:, 2:] - xyxy[:, :2]) * margin
-    grown = np.concatenate([xyxy[:, :2] - grow, xyxy[:, 2:] + grow], axis=1)
-    r = np.asarray(rects, np.float64)
-    overlap = ((grown[:, None, 0] < r[None, :, 2]) & (r[None, :, 0] < grown[:, None, 2])
-               & (grown[:, None, 1] < r[None, :, 3]) & (r[None, :, 1] < grown[:, None, 3]))
+    c = crop_rects(vehicles, margin, width, height)
+    r = np.asarray(rects)
+    overlap = ((c[:, None, 0] < r[None, :, 2]) & (r[None, :, 0] < c[:, None, 2])
+               & (c[:, None, 1] < r[None, :, 3]) & (r[None, :, 1] < c[:, None, 3]))
     return vehicles[overlap.any(axis=1)]
 
 
@@ -274,7 +280,8 @@ class DetectionStack:
             vehicles = self.vehicle_detector.detect(frames, s.vehicle_thresh)
             searched = vehicles
             if rects is not None:
-                searched = [reaching_into(vehicles[0], rects, s.crop_margin)]
+                h, w = frames[0].shape[:2]
+                searched = [reaching_into(vehicles[0], rects, s.crop_margin, w, h)]
             for i, d in self._two_stage(frames, searched):
                 sources[i].append(d)
         out = []

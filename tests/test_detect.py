@@ -205,12 +205,13 @@ def test_a_vehicle_reaches_into_a_region_by_its_crop():
     from pipeline.detect import reaching_into
 
     cars = Detections([[100, 50, 300, 200], [400, 50, 500, 100]], [0.9, 0.8], [CAR, CAR])
+    frame = (600, 300)  # width, height
     # the first car's crop at margin 0.1 spans x 80-320, y 35-215
-    assert reaching_into(cars, [(0, 0, 79, 60)], 0.1).xyxy.tolist() == []
-    assert reaching_into(cars, [(0, 0, 81, 60)], 0.1).xyxy.tolist() == [[100, 50, 300, 200]]
-    assert reaching_into(cars, [(0, 216, 600, 300)], 0.1).xyxy.tolist() == []
-    assert len(reaching_into(cars, [(0, 0, 81, 60), (499, 99, 600, 300)], 0.1)) == 2
-    assert len(reaching_into(cars, [], 0.1)) == 0
+    assert reaching_into(cars, [(0, 0, 79, 60)], 0.1, *frame).xyxy.tolist() == []
+    assert reaching_into(cars, [(0, 0, 81, 60)], 0.1, *frame).xyxy.tolist() == [[100, 50, 300, 200]]
+    assert reaching_into(cars, [(0, 216, 600, 300)], 0.1, *frame).xyxy.tolist() == []
+    assert len(reaching_into(cars, [(0, 0, 81, 60), (499, 99, 600, 300)], 0.1, *frame)) == 2
+    assert len(reaching_into(cars, [], 0.1, *frame)) == 0
 
 
 def test_the_stack_says_where_its_networks_run():
