@@ -42,7 +42,7 @@ from .fetch import WeightsError, load_checkpoint
 from .ops import batched_nms
 from .resize import letterbox_frames
 from .runtime import GraphSpec, accelerate
-from .tiling import inner_edge_mask, merge, windows
+from .tiling import Tile, inner_edge_mask, keep_whole, merge, windows
 from .yolov8_checkpoint import network_from_checkpoint
 from .yolov8_net import YoloV8
 
@@ -148,21 +148,9 @@ class YoloV8Detector(Detector):
         th, tw = min(tile, h), min(tile, w)
         origins = [(x0, y0) for y0 in self._tile_origins(h, th) for x0 in self._tile_origins(w, tw)]
         tiles = torch.stack([frame[y0:y0 + th, x0:x0 + tw] for x0, y0 in origins])
-        parts = []
-        margin = 2.0
-        for (x0, y0), det in zip(origins, self._run(tiles, size, True, thresh), strict=True):
-            b = det.xyxy
-            inner = np.zeros(len(det), bool)  # touches a tile edge that lies inside the frame
-            if x0 > 0:
-                inner |= b[:, 0] <= margin
-            if y0 > 0:
-                inner |= b[:, 1] <= margin
-            if x0 + tw < w:
-                inner |= b[:, 2] >= tw - margin
-            if y0 + th < h:
-                inner |= b[:, 3] >= th - margin
-            parts.append(det[~inner].shifted(x0, y0))
-        return Detections.merge(parts)
+        found = self._run(tiles, size, True, thresh)
+        return Detections.merge([keep_whole(det, Tile(x0, y0, tw, th), h, w)
+                                 for (x0, y0), det in zip(origins, found, strict=True)])
 
     def _tiles(self, hw: tuple[int, int], size: int, tile: bool) -> bool:
         """Whether :meth:`detect` adds tiles for a frame of ``hw`` at ``size``."""
