@@ -110,7 +110,8 @@ def rescale_report(info: VideoInfo, segment_damages: list[dict]) -> dict:
 def input_warnings(source, report: dict) -> list[str]:
     """One line each for stderr about what the input made of the output:
     damage, frames of another size."""
-    lines = [line for line in (damage_warning(source, report),) if line]
+    damaged = damage_warning(source, report)
+    lines = [damaged] if damaged else []
     n = report.get("rescaled_frames", 0)
     if n:
         r = report["rescaled"]
