@@ -70,7 +70,8 @@ class Case:
     case checks (see ``tests/test_corpus.py``): ``rotation``, ``streams``
     (audio/subtitle packets byte for byte), ``drops-video`` (further video
     streams and cover art left out, warned about and reported),
-    ``no-location`` (GPS stripped), ``rescaled`` (frames of another size
+    ``no-location`` (GPS stripped), ``leading-skipped`` (a stream cut inside a GOP: only
+    the frames before its first keyframe counted), ``rescaled`` (frames of another size
     scaled to the first, warned about and reported). ``slow``: 16 frames or more, over 5 s of
     CPU time per run where the others take 2-4 s."""
 
@@ -489,6 +490,20 @@ def _size_change(d: Path) -> Job:
     return Job(src, out)
 
 
+def _ts_cut_mid_gop(d: Path) -> Job:
+    """An MPEG-TS recording whose first bytes are gone, cut at a 188-byte packet
+    boundary inside a GOP (a stream picked up midway, a capture started late):
+    the frames before the first keyframe cannot be decoded."""
+    src, out = _standard(d, "late_start.ts")
+    whole = write_video(d / "whole.ts", fmt="mpegts", time_base=Fraction(1, 90000),
+                        n_frames=30, gop=10, pts=[3600 * i for i in range(30)])
+    data = whole.read_bytes()
+    packets = len(data) // 188
+    src.write_bytes(data[(packets * 45 // 100) * 188:])
+    whole.unlink()
+    return Job(src, out)
+
+
 def _wrong_extension(d: Path) -> Job:
     src, out = _standard(d, "really_mkv.mp4")
     write_video(src, fmt="matroska", n_frames=10)
@@ -570,6 +585,9 @@ CASES: list[Case] = [
          note="the frames after the lost reference are decoded from a stand-in: kept, counted"),
     Case("garbage-packet", _garbage_packet, OK, damaged=True,
          note="frame 10 does not decode (left out); 11-15 are predicted from it (kept, counted)"),
+    Case("ts-cut-mid-gop", _ts_cut_mid_gop, OK, damaged=True, keeps=("leading-skipped",),
+         note="the frames before the first keyframe do not decode: left out and counted, "
+              "nothing called unreadable (the file is whole from there on)"),
     # ---- not a video, or nothing decodes: refused, naming the input
     Case("truncated-mp4-no-index", _truncated_mp4_without_index, REFUSED,
          note="the index was to be written last; without it no frame can be found"),

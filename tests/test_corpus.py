@@ -345,8 +345,20 @@ def _rescaled(job: Job, report: dict, warnings: list[str]) -> None:
     assert len(lines) == 1 and f"{other} frame(s)" in lines[0], warnings
 
 
+def _leading_skipped(job: Job, report: dict, warnings: list[str]) -> None:
+    """A stream picked up inside a GOP: the frames before its first keyframe are
+    the damage, counted exactly; nothing past them is called unreadable."""
+    damage = report["damage"]
+    assert damage["skipped"]["count"] >= 1, damage
+    assert damage["unreadable"]["count"] == 0, damage
+    assert report["damaged_frames"] == damage["skipped"]["count"], report["damaged_frames"]
+    line = next(w for w in warnings if "damaged" in w)
+    assert "at least" not in line, line
+
+
 KEEPS = {"rotation": _keeps_rotation, "streams": _keeps_streams,
-         "drops-video": _drops_video, "no-location": _strips_location, "rescaled": _rescaled}
+         "drops-video": _drops_video, "no-location": _strips_location, "rescaled": _rescaled,
+         "leading-skipped": _leading_skipped}
 
 
 # ---------------------------------------------------------------------- test

@@ -204,7 +204,10 @@ def probe(path) -> VideoInfo:
     damage: dict = {}
     with _ffmpeg_errors() as errors:
         frames, keys, end, read = _scan_packets(path, info.stream_index)
-    if errors:  # the demuxer stopped on damage: the index's surplus, or at least one frame
+    if any(not line.startswith(f"{info.codec}:") for line in errors):
+        # the demuxer stopped on damage: the index's surplus, or at least one frame.
+        # The decoder's complaints while the container was opened (a stream cut
+        # before its first keyframe: "non-existing PPS") stop nothing.
         damage["unreadable"] = max(1, promised - read)
     if info.format_name in _DECODE_PROBE_FORMATS or frames is None:
         frames, keys, end, rejected = _scan_decoded(path, info.stream_index)
