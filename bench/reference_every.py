@@ -14,7 +14,8 @@ the clips, so this compares it with detecting every frame whole:
    run blurs (boxes dilated by ``mask_scale``), and the reverse. A box less
    than 95 % covered counts as left unblurred.
 
-    python bench/reference_every.py [--every 8] [--margin 2] [--frames 400] [--noise] [clips...]
+    python bench/reference_every.py [--every 8] [--margin 2] [--window-score 0.7]
+        [--frames 400] [--noise] [clips...]
 
 ``--noise`` adds rows comparing the whole run with a whole run on the clip
 decoded and encoded again (crf 18, as a run encodes): how many boxes
@@ -129,6 +130,8 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=8, help="frames per group")
     ap.add_argument("--margin", type=int, help="blocks of context around each region "
                     "(default: pipeline.changes.MARGIN_BLOCKS)")
+    ap.add_argument("--window-score", type=float, help="share of the threshold a window "
+                    "keeps boxes at (default: pipeline.changes.WINDOW_SCORE)")
     ap.add_argument("--noise", action="store_true",
                     help="also compare the whole run with a whole run on the clip decoded "
                     "and encoded again: what encoding noise alone changes")
@@ -137,6 +140,10 @@ def main() -> None:
         from pipeline import changes
 
         changes.MARGIN_BLOCKS = args.margin
+    if args.window_score is not None:
+        from pipeline import changes
+
+        changes.WINDOW_SCORE = args.window_score
     settings = Settings()
     report_clips(args, lambda clip: measure(clip, settings, args.every, args.frames,
                                             args.noise), table)

@@ -52,6 +52,11 @@ THRESHOLD = 6.0
 MARGIN_BLOCKS = 2
 #: regions covering more than this share of the frame: the frame is detected whole
 WHOLE_ABOVE = 0.5
+#: a window keeps boxes scored at this share of the threshold a whole frame uses:
+#: a window lacks some of the context the whole frame gives, and a face or plate
+#: scored just over the threshold there can fall just under it in a window
+#: (docs/benchmarks.md, "Looking only where the picture changed")
+WINDOW_SCORE = 0.7
 
 Rect = tuple[int, int, int, int]  # x0, y0, x1, y1 in frame pixels
 

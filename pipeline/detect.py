@@ -37,6 +37,7 @@ from models.base import tiling_options
 from models.detections import Detections
 from models.graph_runners import LanePool, lane_split, on_lane_thread
 from models.tiling import absorb
+from pipeline import changes
 
 from .settings import Settings
 from .threads import resolve_threads
@@ -228,7 +229,7 @@ class DetectionStack:
         with torch.inference_mode():
             if self.face_detector is not None:
                 det = self.face_detector
-                found = det.detect_windows(frame, rects, s.face_thresh)
+                found = det.detect_windows(frame, rects, s.face_thresh * changes.WINDOW_SCORE)
                 parts.append(det.detect([frame], s.face_thresh)[0] if found is None else found)
             if self.plate_detector is not None:
                 plates, found_vehicles = self._plates([frame], rects)[0]
@@ -270,7 +271,9 @@ class DetectionStack:
                 options = tiling_options(det, k == 0)
                 found = None
                 if rects is not None:
-                    found = det.detect_windows(frames[0], rects, s.lp_thresh, size, **options)
+                    found = det.detect_windows(frames[0], rects,
+                                               s.lp_thresh * changes.WINDOW_SCORE, size,
+                                               **options)
                     found = None if found is None else [found]
                 if found is None:
                     found = det.detect(frames, s.lp_thresh, size=size, **options)

@@ -11,6 +11,7 @@ from pipeline.changes import (
     BLOCK,
     MARGIN_BLOCKS,
     THRESHOLD,
+    WINDOW_SCORE,
     changed_blocks,
     detect_group,
     examined_blocks,
@@ -297,7 +298,15 @@ def test_windows_see_what_the_whole_frame_shows_there(street):
         changed[int(y0) // BLOCK:-(-int(y1) // BLOCK), int(x0) // BLOCK:-(-int(x1) // BLOCK)] = True
     rects = regions(examined_blocks(changed, whole), w, h)
     assert rects and sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in rects) < w * h / 2
+    asked = []  # a window keeps boxes at WINDOW_SCORE of the whole frame's threshold
+    for det in (stack.face_detector, stack.plate_detector):
+        def spy(frame, rects, thresh, *args, _real=det.detect_windows, **kw):
+            asked.append(thresh)
+            return _real(frame, rects, thresh, *args, **kw)
+        det.detect_windows = spy
     again = stack.detect_regions(street, rects, vehicles=False)
+    assert asked == pytest.approx([s.face_thresh * WINDOW_SCORE]
+                                  + [s.lp_thresh * WINDOW_SCORE] * len(s.plate_sizes))
     from models.boxes import box_iou_np
 
     for label in (FACE, PLATE):
