@@ -331,8 +331,10 @@ class SegmentJob:
         video, so every segment and every worker samples the same frames) and
         that are not ``known`` (detected by the previous segment in this
         process, whose boxes they keep). Frames between samples get none and
-        are covered by temporal filling, like frames a detector missed. With
-        groups (``--reference-every``) the batch is one group, detected by
+        are covered by temporal filling, like frames a detector missed. A
+        frame identical pixel for pixel to the one before it in the batch
+        takes that frame's boxes (:func:`repeats_of`). With groups
+        (``--reference-every``) the batch is one group, detected by
         :func:`pipeline.changes.detect_group`, ``known`` boxes unused."""
         rotation = self.manifest.info.rotation
         if self.group_frames:
@@ -340,13 +342,18 @@ class SegmentJob:
         every = self.settings.detect_every
         picked = [k for k, (idx, _, _) in enumerate(batch)
                   if idx % every == 0 and idx not in self.known]
-        if len(picked) == len(batch):
+        boxed = picked + [k for k, (idx, _, _) in enumerate(batch) if idx in self.known]
+        repeats = repeats_of([rgb for _, _, rgb in batch], picked, boxed)
+        run = [k for k in picked if k not in repeats]
+        if len(run) == len(batch):
             return detect_upright(self.stack, frames, rotation)
         found = [self.known.get(idx, Detections.empty()) for idx, _, _ in batch]
-        if picked:
-            sub = frames[picked] if not isinstance(frames, list) else [frames[k] for k in picked]
-            for k, d in zip(picked, detect_upright(self.stack, sub, rotation), strict=True):
+        if run:
+            sub = frames[run] if not isinstance(frames, list) else [frames[k] for k in run]
+            for k, d in zip(run, detect_upright(self.stack, sub, rotation), strict=True):
                 found[k] = d
+        for k in sorted(repeats):  # in order: a run of repeats takes its first frame's boxes
+            found[k] = found[repeats[k]][:]
         return found
 
     def _to_device(self, frames: list[np.ndarray]):
@@ -395,6 +402,29 @@ class SegmentJob:
             self.timings["blur_encode_s"] += time.perf_counter() - t
             if self.progress:
                 self.progress(1)
+
+
+def repeats_of(pictures: list[np.ndarray], picked: list[int], boxed: list[int]
+               ) -> dict[int, int]:
+    """Which of the ``picked`` pictures repeat the one before them pixel for
+    pixel, that one being ``boxed`` (detected or with known boxes): k → k - 1.
+    The same pixels give the same boxes, so a repeat is not detected again:
+    a video whose frame rate was raised by repeating frames (a 5 fps camera
+    recorded at 25 fps, a phone's variable rate made constant), a still
+    screen. One row is compared first, so frames that differ cost little."""
+    boxed_set = set(boxed)
+    out = {}
+    for k in picked:
+        if k - 1 in boxed_set and same_picture(pictures[k], pictures[k - 1]):
+            out[k] = k - 1
+    return out
+
+
+def same_picture(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.shape != b.shape:
+        return False
+    mid = a.shape[0] // 2
+    return bool(np.array_equal(a[mid], b[mid]) and np.array_equal(a, b))
 
 
 class _Group:

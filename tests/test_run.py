@@ -21,7 +21,7 @@ import pytest
 
 from models.detections import FACE, Detections
 from models.graph_runners import LanePool
-from pipeline import changes, video
+from pipeline import changes, segment_job, video
 from pipeline.plan import plan
 from pipeline.process import run_local
 from pipeline.settings import Settings, SettingsError
@@ -51,16 +51,18 @@ def scene(i: int, gaps=GAPS) -> np.ndarray:
     return img
 
 
-def write_scene(path, gop=6, gaps=GAPS):
+def write_scene(path, gop=6, gaps=GAPS, repeat=1, crf=10):
+    """The scene, frame i showing picture i // ``repeat`` (``repeat`` > 1: each
+    picture shown that many times, as a low frame rate padded to 25 fps)."""
     tb = Fraction(1, 12800)
     with av.open(str(path), "w") as c:
         vs = c.add_stream("libx264", rate=25)
         vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
         vs.time_base = vs.codec_context.time_base = tb
-        vs.codec_context.options = {"crf": "10", "preset": "ultrafast",
+        vs.codec_context.options = {"crf": str(crf), "preset": "ultrafast",
                                     "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0"}
         for i in range(N):
-            f = av.VideoFrame.from_ndarray(scene(i, gaps), format="rgb24")
+            f = av.VideoFrame.from_ndarray(scene(i // repeat, gaps), format="rgb24")
             f.pts, f.time_base = i * 512, tb
             for p in vs.encode(f):
                 c.mux(p)
@@ -225,6 +227,45 @@ def test_run_detects_each_frame_once_across_segments(tmp_path):
     frames = [json.loads((tmp_path / d / "detections.json").read_text())["frames"]
               for d in ("det", "one")]
     assert frames[0] == frames[1]
+
+
+def test_a_frame_repeating_the_one_before_is_not_detected_again(tmp_path):
+    """Each picture shown three times (lossless, so the repeats decode to the
+    same pixels): the detector sees each picture once per batch, every frame
+    has its picture's box and is blurred, and the boxes are those of a run
+    that detects every frame (``same_picture`` patched to see no repeat)."""
+    src = write_scene(tmp_path / "scene.mp4", gaps=set(), repeat=3, crf=0)
+    pictures = decode_all(src)
+    assert all(np.array_equal(pictures[i], pictures[i - 1]) for i in range(N) if i % 3)
+    settings = Settings(fill_frames=FILL, segment_frames=12, batch_size=4, shape="box",
+                        crf=10, preset="ultrafast")
+    stack = FrameCountingStack()
+    run_local(src, tmp_path / "out.mp4", settings, tmp_path / "det", stack=stack)
+    # batches of 4 frames: a batch's first frame is detected even when it repeats
+    starts = {i for i in range(N) if i % 4 == 0}
+    assert stack.frames == len({i for i in range(N) if i % 3 == 0} | starts)
+    frames = decode_all(tmp_path / "out.mp4")
+    assert len(frames) == N
+    assert [i for i, img in enumerate(frames) if not patch_blurred(img, i // 3)] == []
+    every = FrameCountingStack()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(segment_job, "same_picture", lambda a, b: False)
+        run_local(src, tmp_path / "all.mp4", settings, tmp_path / "all", stack=every)
+    assert every.frames == N
+    boxes = [json.loads((tmp_path / d / "detections.json").read_text())["frames"]
+             for d in ("det", "all")]
+    assert boxes[0] == boxes[1]
+
+
+class FrameCountingStack(ScriptedStack):
+    """Counts the frames it is shown."""
+
+    def __init__(self):
+        self.frames = 0
+
+    def detect(self, frames):
+        self.frames += len(frames)
+        return super().detect(frames)
 
 
 def test_detect_every_needs_a_fill_window_that_bridges_it():
