@@ -46,6 +46,14 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def honours_half(device: torch.device) -> bool:
+    """Whether a detector asked for half precision runs its torch modules in fp16
+    on ``device``: on CUDA only (fp16 convolutions on a CPU are slow or missing;
+    CPU graphs take bf16 where it pays, models/runtime.py). The CPU test suite
+    turns it on to run the GPU's precision path on real images."""
+    return device.type == "cuda"
+
+
 def side_for_min_object(height: int, width: int, min_object: float, smallest: float) -> int:
     """Long side of the network input at which an object of ``min_object`` frame
     pixels measures ``smallest`` pixels, the least its detector finds reliably.
@@ -125,7 +133,7 @@ class Detector(ABC):
 
     def __init__(self, device: str | torch.device | None = "cpu", half: bool = True):
         self.device = resolve_device(device)
-        self.half = bool(half) and self.device.type == "cuda"
+        self.half = bool(half) and honours_half(self.device)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -3,6 +3,7 @@
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from models.detections import CAR, PLATE, Detections
 from pipeline.detect import DetectionStack, merge_plates, vehicle_crops
@@ -217,8 +218,6 @@ def test_a_vehicle_reaches_into_a_region_by_its_crop():
 def test_the_stack_says_where_its_networks_run():
     """SegmentJob copies each batch to ``stack.device`` once (as one tensor) when
     that is a CUDA device; a stack split over devices gets host frames."""
-    import torch
-
     class OnGpu(FakePlates):
         device = torch.device("cuda")
 
@@ -235,8 +234,6 @@ def test_the_stack_says_where_its_networks_run():
 def test_a_batch_as_one_tensor_gives_the_detections_of_the_frames(data_dir):
     """The form a CUDA batch takes (one N×H×W×3 uint8 tensor, pipeline.segment_job)
     run through the default stack on the CPU: the same boxes as the host frames."""
-    import torch
-
     from pipeline.datasets import read_image
     from pipeline.images import list_images
 
@@ -249,3 +246,37 @@ def test_a_batch_as_one_tensor_gives_the_detections_of_the_frames(data_dir):
     assert sum(len(d) for d in as_list) > 0
     for a, b in zip(as_list, as_tensor, strict=True):
         assert np.allclose(a.xyxy, b.xyxy, atol=0.01) and (a.class_id == b.class_id).all()
+
+
+@pytest.mark.models
+def test_the_gpu_precision_path_finds_what_fp32_finds(data_dir, monkeypatch):
+    """What a GPU runs (the torch modules in fp16, inputs cast to fp16, boxes
+    decoded from fp16 outputs) run on this CPU through the default stack, against
+    the same modules in fp32, on real street and face photos: every fp32 box
+    found again (IoU >= 0.7), the counts equal. Catches a module, buffer or
+    input left in fp32 (which CUDA refuses) without a GPU."""
+    from models import base
+    from models.boxes import box_iou_np
+    from pipeline.datasets import read_image
+    from pipeline.images import list_images
+
+    paths = list_images(data_dir / "plates_vehicles_openimages_roboflow" / "images")[:2]
+    paths += list_images(data_dir / "faces_dlib_examples" / "images")[:1]
+    frames = []
+    for p in paths:
+        img = read_image(p)
+        scale = min(1.0, 416 / max(img.shape[:2]))  # fp16 on a CPU is slow: small frames
+        frames.append(np.ascontiguousarray(cv2.resize(img, None, fx=scale, fy=scale,
+                                                      interpolation=cv2.INTER_AREA)))
+    monkeypatch.setenv("ANONYMIZE_RUNTIME", "torch")
+    fp32 = DetectionStack.from_settings(Settings(device="cpu", threads=1, half=False))
+    monkeypatch.setattr(base, "honours_half", lambda device: True)
+    fp16 = DetectionStack.from_settings(Settings(device="cpu", threads=1, half=True))
+    assert all(d.dtype == torch.float16 for d in
+               (fp16.face_detector, fp16.plate_detector, fp16.vehicle_detector))
+    a, b = fp32.detect(frames), fp16.detect(frames)
+    assert sum(len(d) for d in a) >= 5
+    for x, y in zip(a, b, strict=True):
+        assert len(x) == len(y)
+        if len(x):
+            assert (box_iou_np(x.xyxy, y.xyxy).max(axis=1) >= 0.7).all()
