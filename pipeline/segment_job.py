@@ -124,6 +124,8 @@ class SegmentJob:
         self.out_video = Path(out_video)
         self.progress = progress
         self.device = str(getattr(stack, "device", "cpu"))
+        #: batches go to the device as one tensor, are detected and blurred there
+        self.on_device = batches_on_device(self.device)
         total = resolve_threads(self.settings.threads)
         if budget is None and getattr(stack, "video_only", False):
             budget = ThreadBudget(total, detect=1, encode=max(1, total - 1), decode=1)
@@ -155,7 +157,7 @@ class SegmentJob:
         s = self.settings
         regions = getattr(self.stack, "regions_supported", None)
         if (s.reference_every <= 1 or s.detect_every > 1 or regions is None
-                or self.device.startswith("cuda") or not regions()):
+                or self.on_device or not regions()):
             return 0
         return s.reference_every
 
@@ -257,7 +259,7 @@ class SegmentJob:
         boxes). ``detect_s`` is the time this stage spent detecting or waiting
         for a batch's detections."""
         lanes = getattr(self.stack, "lanes", None)
-        ahead = 0 if lanes is None and not self.device.startswith("cuda") else 1
+        ahead = 0 if lanes is None and not self.on_device else 1
         if lanes is not None and self.group_frames:
             # a group runs on one lane (pipeline.changes): one group in flight per lane
             ahead = max(1, lanes.count - 1)
@@ -357,12 +359,15 @@ class SegmentJob:
         return found
 
     def _to_device(self, frames: list[np.ndarray]):
-        """On CUDA: the batch as one uint8 tensor on the device (a single copy)."""
-        if not self.device.startswith("cuda"):
+        """On CUDA: the batch as one uint8 tensor on the device (a single copy,
+        from pinned memory)."""
+        if not self.on_device:
             return frames
         import torch
 
-        host = torch.from_numpy(np.stack(frames)).pin_memory()
+        host = torch.from_numpy(np.stack(frames))
+        if host.device.type != torch.device(self.device).type:
+            host = host.pin_memory()
         return host.to(self.device, non_blocking=True)
 
     # -- step 3: fill, then hand ready frames to the encoder ---------------------
@@ -402,6 +407,13 @@ class SegmentJob:
             self.timings["blur_encode_s"] += time.perf_counter() - t
             if self.progress:
                 self.progress(1)
+
+
+def batches_on_device(device: str) -> bool:
+    """Whether a segment hands each batch to the stack's device as one tensor,
+    detects and blurs it there (on CUDA). The CPU test suite turns it on for
+    the CPU to run that path on real video."""
+    return device.startswith("cuda")
 
 
 def repeats_of(pictures: list[np.ndarray], picked: list[int], boxed: list[int]

