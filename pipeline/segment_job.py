@@ -421,9 +421,10 @@ def repeats_of(pictures: list[np.ndarray], picked: list[int], boxed: list[int]
     """Which of the ``picked`` pictures repeat the one before them pixel for
     pixel, that one being ``boxed`` (detected or with known boxes): k → k - 1.
     The same pixels give the same boxes, so a repeat is not detected again:
-    a video whose frame rate was raised by repeating frames (a 5 fps camera
-    recorded at 25 fps, a phone's variable rate made constant), a still
-    screen. One row is compared first, so frames that differ cost little."""
+    lossless and screen recordings, frame rates some encoders pad by repeating
+    a picture exactly (most lossy encoders re-code a repeated picture slightly
+    differently: docs/benchmarks.md, "Repeated frames detected once"). One
+    row is compared first, so frames that differ cost little."""
     boxed_set = set(boxed)
     out = {}
     for k in picked:
