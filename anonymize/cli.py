@@ -68,10 +68,43 @@ def _help_of(module_name: str) -> str:
         return "(unavailable)"
 
 
+#: the project's packages: warnings raised from them are the project's own
+_OWN_PACKAGES = frozenset({"anonymize", "pipeline", "models", "workers", "tasks"})
+
+
+def _one_line_warnings() -> None:
+    """The project's own warnings (a dataset image whose size differs from its
+    annotation, ...) reach the user as one ``anonymize: warning:`` line, like
+    the commands' other warnings, instead of Python's form that names a file
+    and repeats a source line; other libraries' warnings keep Python's form."""
+    import warnings
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    python_form = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        try:
+            parts = Path(filename).resolve().relative_to(root).parts
+        except ValueError:
+            parts = ()
+        if parts[:1] and parts[0] in _OWN_PACKAGES:
+            from tqdm import tqdm
+
+            text = " ".join(str(message).split())
+            # on a line of its own when a progress bar is drawn, which is then redrawn
+            tqdm.write(f"anonymize: warning: {text}", file=file or sys.stderr)
+        else:
+            python_form(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipeline.memory import limit_heap_growth
 
     limit_heap_growth()  # before the first frame buffer: flat memory on long videos
+    _one_line_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=command if command in COMMANDS else None)

@@ -533,6 +533,25 @@ def test_cli_without_a_dataset_is_a_one_line_error(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1 and "--dataset" in proc.stderr
 
 
+@pytest.mark.models
+def test_cli_warns_in_one_line_of_its_own(tmp_path):
+    """A warning of the project's own (an image whose size is not the annotated
+    one) reaches the user as one ``anonymize: warning:`` line naming the image,
+    on a line of its own beside the progress bar, not as Python's two-line form."""
+    make_dataset(tmp_path / "ds")
+    ann = json.loads((tmp_path / "ds" / "annotations.json").read_text())
+    ann["images"][1]["width"] = 90  # b.png is 80×80
+    (tmp_path / "ds" / "annotations.json").write_text(json.dumps(ann))
+    proc = run_cli("--dataset", str(tmp_path / "ds"), "--out-dir", str(tmp_path / "out"),
+                   "--mode", "one-stage", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [part for line in proc.stderr.splitlines() for part in line.split("\r")]
+    warned = [line for line in lines if "annotated as" in line]
+    assert len(warned) == 1, proc.stderr
+    assert warned[0].startswith("anonymize: warning: ") and "b.png" in warned[0], warned
+    assert "UserWarning" not in proc.stderr and "warnings.warn" not in proc.stderr
+
+
 # -- real detectors -----------------------------------------------------------------------
 
 @pytest.mark.models
