@@ -89,11 +89,9 @@ def _one_line_warnings() -> None:
         except ValueError:
             parts = ()
         if parts[:1] and parts[0] in _OWN_PACKAGES:
-            from tqdm import tqdm
+            from anonymize.commands.run import warn
 
-            text = " ".join(str(message).split())
-            # on a line of its own when a progress bar is drawn, which is then redrawn
-            tqdm.write(f"anonymize: warning: {text}", file=file or sys.stderr)
+            warn(" ".join(str(message).split()))
         else:
             python_form(message, category, filename, lineno, file, line)
 

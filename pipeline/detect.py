@@ -37,8 +37,8 @@ from models.base import tiling_options
 from models.detections import Detections
 from models.graph_runners import LanePool, lane_split, on_lane_thread
 from models.tiling import absorb
-from pipeline import changes
 
+from . import changes
 from .settings import Settings
 from .threads import resolve_threads
 

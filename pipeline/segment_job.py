@@ -366,7 +366,7 @@ class SegmentJob:
         import torch
 
         host = torch.from_numpy(np.stack(frames))
-        if host.device.type != torch.device(self.device).type:
+        if torch.device(self.device).type != "cpu":  # the CPU test suite runs this path too
             host = host.pin_memory()
         return host.to(self.device, non_blocking=True)
 

@@ -239,33 +239,22 @@ def test_a_frame_repeating_the_one_before_is_not_detected_again(tmp_path):
     assert all(np.array_equal(pictures[i], pictures[i - 1]) for i in range(N) if i % 3)
     settings = Settings(fill_frames=FILL, segment_frames=12, batch_size=4, shape="box",
                         crf=10, preset="ultrafast")
-    stack = FrameCountingStack()
+    stack = TallyStack()
     run_local(src, tmp_path / "out.mp4", settings, tmp_path / "det", stack=stack)
     # batches of 4 frames: a batch's first frame is detected even when it repeats
     starts = {i for i in range(N) if i % 4 == 0}
-    assert stack.frames == len({i for i in range(N) if i % 3 == 0} | starts)
+    assert stack.times.total() == len({i for i in range(N) if i % 3 == 0} | starts)
     frames = decode_all(tmp_path / "out.mp4")
     assert len(frames) == N
     assert [i for i, img in enumerate(frames) if not patch_blurred(img, i // 3)] == []
-    every = FrameCountingStack()
+    every = TallyStack()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(segment_job, "same_picture", lambda a, b: False)
         run_local(src, tmp_path / "all.mp4", settings, tmp_path / "all", stack=every)
-    assert every.frames == N
+    assert every.times.total() == N
     boxes = [json.loads((tmp_path / d / "detections.json").read_text())["frames"]
              for d in ("det", "all")]
     assert boxes[0] == boxes[1]
-
-
-class FrameCountingStack(ScriptedStack):
-    """Counts the frames it is shown."""
-
-    def __init__(self):
-        self.frames = 0
-
-    def detect(self, frames):
-        self.frames += len(frames)
-        return super().detect(frames)
 
 
 def test_detect_every_needs_a_fill_window_that_bridges_it():

@@ -23,9 +23,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def warn(message: str) -> None:
+    """One ``anonymize: warning:`` line on stderr, on a line of its own when a
+    progress bar is drawn there (the bar is redrawn below it)."""
     import sys
 
-    print(f"anonymize: warning: {message}", file=sys.stderr)
+    from tqdm import tqdm
+
+    tqdm.write(f"anonymize: warning: {message}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
