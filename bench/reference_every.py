@@ -124,6 +124,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
+    from pipeline import changes
     from pipeline.settings import Settings
 
     ap = clip_parser(__doc__)
@@ -137,12 +138,8 @@ def main() -> None:
                     "and encoded again: what encoding noise alone changes")
     args = ap.parse_args()
     if args.margin is not None:
-        from pipeline import changes
-
         changes.MARGIN_BLOCKS = args.margin
     if args.window_score is not None:
-        from pipeline import changes
-
         changes.WINDOW_SCORE = args.window_score
     settings = Settings()
     report_clips(args, lambda clip: measure(clip, settings, args.every, args.frames,
