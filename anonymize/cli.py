@@ -13,6 +13,7 @@ status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 
@@ -98,6 +99,47 @@ def _one_line_warnings() -> None:
     warnings.showwarning = show
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised as the interrupt Ctrl-C raises so that the same
+    clean-up runs. Without it the default action ends the process on the spot,
+    and a run stopped by ``docker stop``, systemd or ``timeout`` left its
+    temporary folder behind, which holds stream copies of the source's
+    unblurred video, and a half-written output beside the real one."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stopped_like_ctrl_c():
+    """SIGTERM and SIGHUP raise :class:`Terminated` while the command runs (where
+    they still have their default action, in the main thread)."""
+    import signal
+    import threading
+
+    signals = (signal.SIGTERM, signal.SIGHUP)
+    before = {sig: signal.getsignal(sig) for sig in signals}
+
+    def stop(signum, frame):
+        # a second signal must not cut the clean-up the first one started short
+        for sig in signals:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Terminated(signum)
+
+    ours = threading.current_thread() is threading.main_thread()
+    if ours:
+        for sig in signals:
+            if before[sig] == signal.SIG_DFL:
+                signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        if ours:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipeline.memory import limit_heap_growth
 
@@ -107,8 +149,16 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=command if command in COMMANDS else None)
     args = parser.parse_args(argv)
+    # a Celery worker has its own shutdown on SIGTERM
+    stopping = _stopped_like_ctrl_c() if command != "worker" else contextlib.nullcontext()
     try:
-        return int(args._run(args) or 0)
+        with stopping:
+            return int(args._run(args) or 0)
+    except Terminated as exc:
+        import signal
+
+        print(f"anonymize: stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("anonymize: interrupted", file=sys.stderr)
         return 130

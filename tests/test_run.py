@@ -10,10 +10,16 @@ encoding, joining) is the real pipeline.
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections import Counter
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -430,3 +436,36 @@ def test_reference_every_searches_later_frames_in_regions_and_blurs_every_frame(
         whole.update(range(first, min(N, seg.stop + FILL + 1), 4))
     assert stack.times == whole
     assert sum(stack.in_regions.values()) > sum(whole.values())
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("sig, status, last_line", [
+    (signal.SIGTERM, 143, "anonymize: stopped by SIGTERM"),
+    (signal.SIGINT, 130, "anonymize: interrupted"),
+])
+def test_a_stopped_run_leaves_no_copy_of_the_source_behind(data_dir, tmp_path, sig, status,
+                                                            last_line):
+    """``docker stop``, systemd and ``timeout`` send SIGTERM: the run must clean up
+    as after Ctrl-C. Its temporary folder holds stream copies of the source's
+    unblurred video, which must not stay in TMPDIR, and no partial output may
+    stay beside the output."""
+    tmpdir, out_dir = tmp_path / "tmp", tmp_path / "out"
+    tmpdir.mkdir()
+    out_dir.mkdir()
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "anonymize", "run", str(data_dir / "videos" / "intel_car-detection.mp4"),
+         "-o", str(out_dir / "out.mp4"), "--no-plates", "--min-face", "48", "--threads", "1",
+         "--segment-frames", "60", "--quiet"],
+        cwd=root, env={**os.environ, "TMPDIR": str(tmpdir)}, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(tmpdir.glob("anonymize-*/seg*.mkv")):  # a source segment is cut
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == status, err
+    assert err.strip().splitlines()[-1] == last_line
+    assert list(tmpdir.iterdir()) == []
+    assert list(out_dir.iterdir()) == []
