@@ -15,11 +15,13 @@ import numpy as np
 import pytest
 
 from models.detections import FACE, Detections
+from pipeline import video
 from pipeline.datasets import load_annotations, read_image
 from pipeline.detect import detect_upright
 from pipeline.evaluate import blur_mask, covered_fraction
 from pipeline.process import run_local
 from pipeline.settings import Settings
+from tests.videos import make_video
 
 PHOTO = "2007_007763.jpg"  # seven faces; turned a quarter, CenterFace misses one
 
@@ -106,3 +108,37 @@ def test_faces_of_a_rotated_phone_video_are_all_blurred(data_dir, tmp_path):
             x1, y1, x2, y2 = gt.xyxy  # upright -> stored (a quarter turn clockwise)
             in_stored = [upright.shape[0] - y2, x1, upright.shape[0] - y1, x2]
             assert covered_fraction(mask, in_stored) >= 0.9, (frame["frame_idx"], gt.xyxy)
+
+
+class _Shapes:
+    """Finds nothing; records the shape of every frame it is shown."""
+
+    model_names = {"faces": "stand-in"}
+
+    def __init__(self):
+        self.shapes = set()
+
+    def detect(self, frames):
+        self.shapes |= {f.shape[:2] for f in frames}
+        return [Detections.empty() for _ in frames]
+
+
+@pytest.mark.parametrize("rotation, hflip, upright", [
+    (0, True, 0), (90, True, 90), (180, True, 180), (270, False, 270)])
+def test_a_mirrored_video_is_shown_mirrored_again(tmp_path, rotation, hflip, upright):
+    """A display matrix may mirror the picture (a front camera's, or one written
+    with a flip). Read as an angle alone, a plain mirror came out as a 180°
+    turn: the output was shown upside down and its frames were turned upside
+    down for detection. The output keeps the source's matrix, and detection
+    sees the frames turned by the rotation part only (a mirror does not hide a
+    face)."""
+    src = make_video(tmp_path / "in.mp4", n_frames=4, width=64, height=48,
+                     rotation=rotation, hflip=hflip)
+    info = video.probe(src)
+    assert info.rotation == upright
+    stack = _Shapes()
+    report = run_local(src, tmp_path / "out.mp4", Settings(plates="off", device="cpu"),
+                       tmp_path / "det", stack=stack)
+    assert report["frames_match"]
+    assert video.probe(tmp_path / "out.mp4").display_matrix == info.display_matrix
+    assert stack.shapes == {(64, 48) if upright in (90, 270) else (48, 64)}

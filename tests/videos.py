@@ -52,6 +52,7 @@ def make_video(
     audio: bool = False,
     subtitles: bool = False,
     rotation: int = 0,
+    hflip: bool = False,
     sar: Fraction | None = None,
     metadata: dict | None = None,
 ) -> Path:
@@ -59,7 +60,8 @@ def make_video(
 
     ``pts`` (in ``time_base``, default 1/(fps·512)) gives variable frame
     rate; ``audio`` adds a 16 kHz AAC sine; ``subtitles`` a text stream
-    (mov_text in MP4, SubRip in Matroska); ``sar`` the pixels' aspect ratio
+    (mov_text in MP4, SubRip in Matroska); ``rotation`` / ``hflip`` the
+    display matrix (counter-clockwise degrees, then a mirror); ``sar`` the pixels' aspect ratio
     (anamorphic video); ``metadata`` goes into the
     container (MP4 with ``use_metadata_tags`` so any key survives).
     """
@@ -88,8 +90,8 @@ def make_video(
             }
         if sar is not None:
             vs.codec_context.sample_aspect_ratio = sar
-        if rotation:
-            vs.set_display_rotation(rotation)
+        if rotation or hflip:
+            vs.set_display_rotation(rotation, hflip=hflip)
         streams = [vs]
         if audio:
             aus = c.add_stream("aac", rate=16000)

@@ -103,8 +103,7 @@ class VideoWriter:
         cc.options = {"crf": str(crf), "preset": preset, "x264-params": "bframes=0"}
         if info.sample_aspect_ratio:  # anamorphic pixels keep their shape
             cc.sample_aspect_ratio = Fraction(info.sample_aspect_ratio)
-        if info.rotation:
-            s.set_display_rotation(info.rotation)
+        info.show_as_source(s)
         self._stream = s
         self._range = cc.color_range
         self._space = info.colorspace if info.colorspace not in (2, 0) else None

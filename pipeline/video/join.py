@@ -173,8 +173,7 @@ def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadat
         tmpl = video_stream(first, segment_paths[0])
         ovs = dst.add_stream_from_template(tmpl)
         ovs.time_base = tb
-        if info.rotation:
-            ovs.set_display_rotation(info.rotation)
+        info.show_as_source(ovs)
         plan = plan_streams(src, info, keep_metadata)
         copies = _add_copies(src, dst, plan, keep_metadata, out_path.suffix, source)
         ovs.metadata.update(_stream_tags(src.streams[info.stream_index].metadata, keep_metadata))

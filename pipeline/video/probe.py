@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import math
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import av
 import av.logging
+import av.sidedata.sidedata
 
 from models.errors import one_line
 
@@ -70,6 +73,8 @@ class VideoInfo:
     frame_pts: list[int]
     keyframe_pts: list[int]
     duration_s: float
+    #: counter-clockwise degrees that turn the stored picture upright, up to a
+    #: mirror (detection needs upright faces, not unmirrored ones)
     rotation: int
     stream_index: int
     other_streams: list[dict] = field(default_factory=list)
@@ -85,6 +90,9 @@ class VideoInfo:
     #: error (the frames the index promises beyond the packets read, at least
     #: 1), ``rejected`` packets (AVI probe decode), FFmpeg's ``messages``
     damage: dict = field(default_factory=dict)
+    #: the source's display matrix (FFmpeg's 9 integers), copied to the output as
+    #: it is: a rotation angle alone cannot say that a picture is shown mirrored
+    display_matrix: list[int] | None = None
 
     def __post_init__(self) -> None:
         self.time_base = Fraction(self.time_base)
@@ -114,6 +122,14 @@ class VideoInfo:
     @classmethod
     def from_dict(cls, d: dict) -> VideoInfo:
         return cls(**d)
+
+    def show_as_source(self, stream) -> None:
+        """Give an output video stream the source's display matrix (rotation and
+        mirroring), before its first frame is written."""
+        if self.display_matrix:
+            stream.set_display_matrix(self.display_matrix)
+        elif self.rotation:
+            stream.set_display_rotation(self.rotation)
 
 
 def start_shift(info: VideoInfo) -> int:
@@ -173,7 +189,8 @@ def probe(path) -> VideoInfo:
         tb = vs.time_base
         if tb is None:
             raise VideoError(f"video stream without time base in {path}")
-        first, rotation = _first_frame(c, vs, path)
+        first = _first_frame(c, vs, path)
+        rotation, matrix = orientation(first)
         others = [
             {"index": s.index, "type": s.type, "codec": s.codec_context.name if s.codec_context else None}
             for s in c.streams
@@ -193,6 +210,7 @@ def probe(path) -> VideoInfo:
             keyframe_pts=[],
             duration_s=0.0,
             rotation=rotation,
+            display_matrix=matrix,
             stream_index=vs.index,
             other_streams=others,
             color_range=int(first.color_range),
@@ -272,11 +290,27 @@ def _first_frame(c, vs, path):
     for packet in demux_until_error(c, vs):
         try:
             for frame in vs.decode(packet):
-                return frame, int(round(frame.rotation)) % 360
+                return frame
         except av.FFmpegError as e:
             last_error = e
     why = f" ({one_line(last_error)})" if last_error is not None else ""
     raise VideoError(f"video stream of {path} has no decodable frames{why}")
+
+
+def orientation(frame: av.VideoFrame) -> tuple[int, list[int] | None]:
+    """The frame's rotation (:attr:`VideoInfo.rotation`) and display matrix (None
+    without one). A mirrored matrix (negative determinant: a selfie camera's, or
+    one written with a flip) is read as a horizontal flip after a rotation, and
+    only the rotation turns the picture for detection: read as an angle alone, a
+    plain mirror came out as 180°, and the output was shown upside down."""
+    matrix = next((list(struct.unpack("<9i", bytes(sd))) for sd in frame.side_data
+                   if sd.type == av.sidedata.sidedata.Type.DISPLAYMATRIX), None)
+    if matrix is None:
+        return 0, None
+    a, b, c, d = matrix[0], matrix[1], matrix[3], matrix[4]
+    if a * d - b * c < 0:
+        a, c = -a, -c  # undo the flip (FFmpeg's av_display_matrix_flip negates column 0)
+    return int(round(math.degrees(math.atan2(c, a)))) % 360, matrix
 
 
 def demux_until_error(container, *streams, on_error: Callable[[Exception], None] | None = None

@@ -207,8 +207,7 @@ def _write_copy(packets: Iterator[av.Packet], fmt: str, info: VideoInfo, out_pat
         # stream with it (reading it then crashed the process)
         ovs = dst.add_stream_from_template(first.stream)
         ovs.time_base = first.stream.time_base
-        if info.rotation:
-            ovs.set_display_rotation(info.rotation)
+        info.show_as_source(ovs)
         packets = _with_dts(itertools.chain([first], packets))
         first = next(packets)
         start = min(t for t in (first.pts, first.dts) if t is not None)
