@@ -695,3 +695,32 @@ def test_video_of_which_no_frame_decodes_is_refused(tmp_path):
     src.write_bytes(bytes(data))
     with pytest.raises(VideoError, match="noise.mp4 has no decodable frames"):
         probe(src)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_chapters_are_kept_only_with_keep_metadata(tmp_path, keep):
+    """Chapter titles are metadata a person wrote (they can name people or
+    places): stripped by default, kept with --keep-metadata, where they were
+    dropped."""
+    chapters = [(0.0, 0.4, "Arrival"), (0.4, 0.8, "Departure")]
+    src = make_video(tmp_path / "src.mkv", n_frames=20, chapters=chapters)
+    info, out = anonymize_like(src, tmp_path, tmp_path / "out.mkv", keep=keep)
+    assert_same_timing(info, out, exact=False)
+    with av.open(str(tmp_path / "out.mkv")) as c:
+        got = [(float(ch["start"] * ch["time_base"]), float(ch["end"] * ch["time_base"]),
+                ch["metadata"]["title"]) for ch in c.chapters()]
+    assert got == (chapters if keep else [])
+
+
+def test_a_timecode_track_does_not_stop_keep_metadata(tmp_path):
+    """An MP4/MOV timecode track (a camera's start time) has no codec to copy it
+    with, and the tag that would make the muxer write a new one needs a frame
+    rate a copied stream lacks: the output was refused after all the work. It
+    is left out with the other streams not copied, and the rest is kept."""
+    src = make_video(tmp_path / "src.mp4", n_frames=20, audio=True, timecode="01:00:00:00")
+    with av.open(str(src)) as c:
+        assert [s.type for s in c.streams] == ["video", "audio", "data"]
+    info, out = anonymize_like(src, tmp_path, tmp_path / "out.mp4", keep=True)
+    assert_same_timing(info, out)
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        assert [s.type for s in c.streams] == ["video", "audio"]

@@ -55,6 +55,8 @@ def make_video(
     hflip: bool = False,
     sar: Fraction | None = None,
     metadata: dict | None = None,
+    chapters: list[tuple[float, float, str]] | None = None,
+    timecode: str | None = None,
 ) -> Path:
     """Write a test video; returns its path.
 
@@ -63,7 +65,9 @@ def make_video(
     (mov_text in MP4, SubRip in Matroska); ``rotation`` / ``hflip`` the
     display matrix (counter-clockwise degrees, then a mirror); ``sar`` the pixels' aspect ratio
     (anamorphic video); ``metadata`` goes into the
-    container (MP4 with ``use_metadata_tags`` so any key survives).
+    container (MP4 with ``use_metadata_tags`` so any key survives);
+    ``chapters`` (start s, end s, title) the container's chapters; ``timecode``
+    a start timecode (MP4/MOV: a timecode track).
     """
     path = Path(path)
     tb = Fraction(time_base) if time_base is not None else Fraction(1, fps * 512)
@@ -92,6 +96,12 @@ def make_video(
             vs.codec_context.sample_aspect_ratio = sar
         if rotation or hflip:
             vs.set_display_rotation(rotation, hflip=hflip)
+        if timecode:
+            vs.metadata["timecode"] = timecode
+        if chapters:
+            c.set_chapters([{"id": i + 1, "start": round(a * 1000), "end": round(b * 1000),
+                             "time_base": Fraction(1, 1000), "metadata": {"title": t}}
+                            for i, (a, b, t) in enumerate(chapters)])
         streams = [vs]
         if audio:
             aus = c.add_stream("aac", rate=16000)

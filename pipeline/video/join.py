@@ -55,7 +55,7 @@ def plan_streams(src, info: VideoInfo, keep_metadata: bool) -> StreamPlan:
         if s.index == info.stream_index:
             continue
         codec = s.codec_context.name if s.codec_context else None
-        if s.type in ("audio", "subtitle") or (s.type == "data" and keep_metadata):
+        if s.type in ("audio", "subtitle") or (s.type == "data" and keep_metadata and codec):
             plan.copied.append(s.index)
             continue
         if s.type == "video":
@@ -63,6 +63,11 @@ def plan_streams(src, info: VideoInfo, keep_metadata: bool) -> StreamPlan:
             why = ("an attached picture (cover art) is not anonymized" if attached
                    else "only the first video stream is anonymized; another could show "
                         "faces or plates")
+        elif s.type == "data" and not codec:
+            # FFmpeg reads a QuickTime chapter or timecode track so: no codec to copy
+            # it with; chapters travel as the container's, which --keep-metadata keeps
+            why = ("a track without a codec to copy it with (chapter text, timecode): "
+                   "not copied; --keep-metadata keeps the chapters, not a timecode")
         elif s.type == "data":
             why = "data streams (telemetry such as GPS) are stripped; --keep-metadata keeps them"
         else:
@@ -146,7 +151,8 @@ def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadat
                   frame_pts: list[int] | None = None) -> Path:
     """Concatenate the encoded segments' video packets (stream copy), mux the
     source's streams that :func:`plan_streams` keeps by stream copy, keep
-    rotation, strip container metadata unless ``keep_metadata``.
+    the display matrix, strip container metadata and chapters unless
+    ``keep_metadata``.
 
     ``frame_pts``: the frames the output must hold (default: every frame of
     the source; less the frames of a damaged source that do not decode). A
@@ -176,11 +182,17 @@ def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadat
         info.show_as_source(ovs)
         plan = plan_streams(src, info, keep_metadata)
         copies = _add_copies(src, dst, plan, keep_metadata, out_path.suffix, source)
-        ovs.metadata.update(_stream_tags(src.streams[info.stream_index].metadata, keep_metadata))
+        tags = _stream_tags(src.streams[info.stream_index].metadata, keep_metadata)
+        # the MP4/MOV muxer turns this tag into a timecode track, which needs the
+        # stream's frame rate, and a copied stream's cannot be set from here: the
+        # file was refused after all the work (README, "Known limitations")
+        tags.pop("timecode", None)
+        ovs.metadata.update(tags)
+        shift = start_shift(info)
         if keep_metadata:
             dst.metadata.update(src.metadata)
+            dst.set_chapters(_shifted_chapters(src.chapters(), shift * tb))
         count = [0]
-        shift = start_shift(info)
         video = _video_packets(segment_paths, info, ovs, count, shift)
         others = _other_packets(src, copies, shift * tb)
         for _, packet in heapq.merge(video, others, key=lambda x: x[0]):
@@ -188,6 +200,15 @@ def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadat
     if count[0] != expected:
         raise VideoError(f"joined {count[0]} frames but the source has {expected}: {out_path}")
     return out_path
+
+
+def _shifted_chapters(chapters: list[dict], shift: Fraction) -> list[dict]:
+    """The source's chapters moved as its frames are (:func:`start_shift`)."""
+    out = []
+    for ch in chapters:
+        ticks = round(shift / ch["time_base"])
+        out.append({**ch, "start": ch["start"] + ticks, "end": ch["end"] + ticks})
+    return out
 
 
 def _has_video(path: Path) -> bool:
