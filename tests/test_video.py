@@ -4,6 +4,7 @@ once with enough context, and bad inputs must fail with one-line errors."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from fractions import Fraction
@@ -724,3 +725,25 @@ def test_a_timecode_track_does_not_stop_keep_metadata(tmp_path):
     assert_same_timing(info, out)
     with av.open(str(tmp_path / "out.mp4")) as c:
         assert [s.type for s in c.streams] == ["video", "audio"]
+
+
+def test_frames_keep_their_brightness_through_rgb(data_dir, tmp_path):
+    """Every frame passes through RGB for blurring. swscale's fast YUV -> RGB
+    truncates: the output came out about 0.8 grey levels off the source's
+    brightness everywhere, not only where it was blurred. Re-encoded losslessly
+    (crf 0), a real clip's luma must stay where it was."""
+    src = data_dir / "videos" / "intel_car-detection.mp4"
+    info = probe(src)
+    out = tmp_path / "out.mp4"
+    with VideoWriter(out, info, crf=0, preset="ultrafast") as w:
+        for pts, rgb in itertools.islice(iter_frames(src, info), 8):
+            w.write(rgb, pts)
+
+    def luma(path):
+        with av.open(str(path)) as c:
+            return np.stack([f.to_ndarray(format="yuv420p")[:info.height].astype(float)
+                             for f in itertools.islice(c.decode(video=0), 8)])
+
+    diff = luma(out) - luma(src)
+    assert abs(diff.mean()) < 0.1, diff.mean()
+    assert np.percentile(np.abs(diff), 99) <= 1

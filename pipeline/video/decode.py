@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 import av
+import av.video.reformatter
 import numpy as np
 
 from models.errors import one_line
@@ -232,8 +233,17 @@ def _decoded(frames: list, name) -> list:
     return frames
 
 
+#: YUV -> RGB with exact rounding over fully interpolated chroma: swscale's fast
+#: path truncates, which moved every frame of the output about 0.8 grey levels
+#: off the source's brightness outside the blurred regions (the encoder's RGB -> YUV
+#: rounds correctly either way); about 2 ms more per 768x432 frame
+EXACT_RGB = (av.video.reformatter.Interpolation.BILINEAR
+             | av.video.reformatter.Interpolation.ACCURATE_RND
+             | av.video.reformatter.Interpolation.FULL_CHR_H_INT)
+
+
 def to_rgb(frame, width=None, height=None) -> np.ndarray:
-    kw = {"format": "rgb24", "src_color_range": frame.color_range}
+    kw = {"format": "rgb24", "src_color_range": frame.color_range, "interpolation": EXACT_RGB}
     if width and height and (frame.width, frame.height) != (width, height):
         kw.update(width=width, height=height)
     return frame.to_ndarray(**kw)
