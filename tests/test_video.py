@@ -747,3 +747,14 @@ def test_frames_keep_their_brightness_through_rgb(data_dir, tmp_path):
     diff = luma(out) - luma(src)
     assert abs(diff.mean()) < 0.1, diff.mean()
     assert np.percentile(np.abs(diff), 99) <= 1
+
+
+def test_the_video_track_keeps_its_disposition(tmp_path):
+    """A source's default video track stays the default one (players pick the
+    track to show by it; the Matroska output had lost the flag)."""
+    src = make_video(tmp_path / "src.mp4", n_frames=10, audio=True)
+    with av.open(str(src)) as c:
+        assert c.streams.video[0].disposition & av.stream.Disposition.default
+    anonymize_like(src, tmp_path, tmp_path / "out.mkv")
+    with av.open(str(tmp_path / "out.mkv")) as c:
+        assert c.streams.video[0].disposition & av.stream.Disposition.default

@@ -180,6 +180,8 @@ def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadat
         ovs = dst.add_stream_from_template(tmpl)
         ovs.time_base = tb
         info.show_as_source(ovs)
+        # default, forced, ...: a player picks the video track as in the source
+        ovs.disposition = src.streams[info.stream_index].disposition
         plan = plan_streams(src, info, keep_metadata)
         copies = _add_copies(src, dst, plan, keep_metadata, out_path.suffix, source)
         tags = _stream_tags(src.streams[info.stream_index].metadata, keep_metadata)
