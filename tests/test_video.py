@@ -132,7 +132,8 @@ def test_probe_reports_frames_keyframes_and_streams(tmp_path):
     assert info.rotation == 90
     assert info.sample_aspect_ratio == ""  # square pixels
     assert info.stream_index == 0
-    assert info.other_streams == [{"index": 1, "type": "audio", "codec": "aac"}]
+    assert info.other_streams == [{"index": 1, "type": "audio", "codec": "aac",
+                                   "start": 0, "time_base": "1/16000"}]
 
 
 def test_video_info_and_segment_survive_json(tmp_path):
@@ -758,3 +759,54 @@ def test_the_video_track_keeps_its_disposition(tmp_path):
     anonymize_like(src, tmp_path, tmp_path / "out.mkv")
     with av.open(str(tmp_path / "out.mkv")) as c:
         assert c.streams.video[0].disposition & av.stream.Disposition.default
+
+
+def test_a_long_gap_between_reordered_frames_does_not_lengthen_the_video(tmp_path):
+    """Three frames 30 minutes apart (a time-lapse, a motion-triggered camera)
+    coded with a B-frame: MP4 stores durations in decode order, and the frame
+    with the latest pts + duration is not the one shown last, so the video
+    was read as 90 minutes long and its last frame held for 30."""
+    src = tmp_path / "sparse.mp4"
+    with av.open(str(src), "w") as o:
+        s = o.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.time_base = s.codec_context.time_base = Fraction(1, 1000)
+        s.codec_context.options = {"preset": "ultrafast",
+                                   "x264-params": "bframes=1:b-adapt=0:keyint=250"}
+        rng = np.random.default_rng(0)
+        for t in (0, 1_800_000, 3_600_000):
+            f = av.VideoFrame.from_ndarray(rng.integers(0, 255, (48, 64, 3), np.uint8), "rgb24")
+            f.pts, f.time_base = t, Fraction(1, 1000)
+            for p in s.encode(f):
+                o.mux(p)
+        for p in s.encode():
+            o.mux(p)
+    with av.open(str(src)) as c:
+        shown = [p.pts for p in c.demux(video=0) if p.size]
+        assert shown != sorted(shown)  # reordered, as the case needs
+        container_s = c.duration / 1e6
+    info, out = anonymize_like(src, tmp_path, tmp_path / "out.mp4")
+    assert info.duration_s == pytest.approx(container_s, abs=1e-3)
+    assert_same_timing(info, out)
+
+
+def test_audio_leading_a_wrapped_transport_stream_is_kept(tmp_path):
+    """An MPEG-TS capture whose clock wrapped, with its audio a second ahead of
+    its video: the video was moved to start at 0 and the audio's first second
+    landed before 0, where the MP4 muxer hides it. Everything moves by the
+    audio's lead instead, and the output holds all the audio."""
+    base = make_video(tmp_path / "base.mp4", n_frames=30)
+    src = tmp_path / "wrapped.ts"
+    corpus.ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=3", "-itsoffset", "1",
+                  "-i", str(base), "-map", "1:v", "-map", "0:a", "-c:v", "copy", "-c:a", "aac",
+                  "-f", "mpegts", "-output_ts_offset", "95441", str(src))
+    info0 = probe(src)
+    assert info0.frame_pts[0] < 0  # read across the wrap
+    info, got = anonymize_like(src, tmp_path, tmp_path / "out.mp4")
+    assert_same_timing(info, got, exact=False)
+
+    def audio_seconds(path):
+        with av.open(str(path)) as c:
+            return sum(f.samples / f.sample_rate for f in c.decode(audio=0))
+
+    assert audio_seconds(tmp_path / "out.mp4") == pytest.approx(audio_seconds(src), abs=0.03)

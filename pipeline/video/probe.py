@@ -142,8 +142,17 @@ def start_shift(info: VideoInfo) -> int:
     do start below 0: an MPEG-TS whose 33-bit clock wrapped during the
     recording is read with the frames before the wrap at negative times (a
     TS four seconds before its wrap lost 47 of 120 frames that way). All
-    streams move by the same amount, so sync and every gap are kept."""
-    return max(0, -info.frame_pts[0]) if info.frame_pts else 0
+    streams move by the same amount, so sync and every gap are kept; the
+    amount is such that the audio and subtitles, which may start earlier than
+    the video (a second, in a broadcast capture), are not before 0 either,
+    where the MP4 muxer hid them in turn."""
+    if not info.frame_pts or info.frame_pts[0] >= 0:
+        return 0
+    earliest = info.frame_pts[0] * info.time_base
+    for o in info.other_streams:
+        if o.get("type") in ("audio", "subtitle") and o.get("start") is not None and o.get("time_base"):
+            earliest = min(earliest, o["start"] * Fraction(o["time_base"]))
+    return math.ceil(-earliest / info.time_base)
 
 
 def _typical_step(pts: list[int]) -> int:
@@ -192,7 +201,9 @@ def probe(path) -> VideoInfo:
         first = _first_frame(c, vs, path)
         rotation, matrix = orientation(first)
         others = [
-            {"index": s.index, "type": s.type, "codec": s.codec_context.name if s.codec_context else None}
+            {"index": s.index, "type": s.type, "codec": s.codec_context.name if s.codec_context else None,
+             # where the stream starts (start_shift), in its own ticks
+             "start": s.start_time, "time_base": str(s.time_base) if s.time_base else None}
             for s in c.streams
             if s.index != vs.index
         ]
@@ -336,6 +347,11 @@ def _scan_packets(path, index):
     rest of the file cannot be read)."""
     pts, keys, end, read = [], [], None, 0
     missing_pts = False
+    # decode-order durations (MP4's): with frames reordered, the packet with the
+    # latest pts + duration need not be the one shown last, and a long gap in
+    # decode order pushed the end past it (3 frames 30 min apart, with B-frames:
+    # the last held 30 min); the durations still add up to the span shown
+    total, all_timed, reordered, latest = 0, True, False, None
     with open_input(path) as c:
         for p in demux_until_error(c, c.streams[index]):
             if p.size == 0 and p.pts is None:
@@ -351,12 +367,18 @@ def _scan_packets(path, index):
                 keys.append(p.pts)
             stop = p.pts + (p.duration or 0)
             end = stop if end is None else max(end, stop)
+            total += p.duration or 0
+            all_timed = all_timed and bool(p.duration)
+            reordered = reordered or (latest is not None and p.pts < latest)
+            latest = p.pts if latest is None else max(latest, p.pts)
     if missing_pts:
         return None, None, None, read
     pts.sort()
     if len(set(pts)) != len(pts):
         return None, None, None, read
     keys = sorted(set(keys) & set(pts))
+    if reordered and all_timed and pts and pts[-1] < pts[0] + total < end:
+        end = pts[0] + total
     if pts and (end is None or end <= pts[-1]):
         end = pts[-1] + _typical_step(pts)
     return pts, keys, end, read
