@@ -377,8 +377,12 @@ def _write_drawn(draw_dir: Path, name: str, image_rgb: np.ndarray) -> None:
 
     flat = name.replace("\\", "/").strip("/").replace("/", "__")
     target = draw_dir / (Path(flat).stem + ".jpg")
-    if not cv2.imwrite(str(target), np.ascontiguousarray(image_rgb[:, :, ::-1])):
+    # encoded in memory and written by Python: OpenCV's path functions crash on a
+    # name that is not UTF-8
+    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(image_rgb[:, :, ::-1]))
+    if not ok:
         raise OSError(f"cannot write {target}")
+    target.write_bytes(data.tobytes())
 
 
 def format_table(metrics: dict) -> str:

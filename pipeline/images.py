@@ -66,7 +66,7 @@ def write_rgb(path: Path, rgb: np.ndarray, like: Path | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     out = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     # the source as stored, every channel and bit depth (EXIF orientation not applied)
-    stored = (cv2.imdecode(np.fromfile(str(like), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    stored = (cv2.imdecode(np.fromfile(like, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
               if like is not None else None)
     if stored is not None and stored.ndim == 2:
         out = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
@@ -117,11 +117,18 @@ def iter_batches(paths: list[Path], size: int, skipped: list[tuple[Path, str]] |
 
 
 def picture_count(path: Path) -> int:
-    """Pictures in an image file that decodes (pages, animation frames)."""
+    """Pictures in an image file that decodes (pages, animation frames).
+
+    Counted from the file's bytes, never by handing the path to OpenCV: its
+    path functions take the name as UTF-8 text, and a name that is not
+    (``caf\\xe9.jpg`` from an old camera or a Latin-1 share, which Python
+    holds with surrogate escapes) crashes the process. Pages are decoded in
+    grey, the cheapest form that still counts them."""
     try:
-        return int(cv2.imcount(str(path)))
+        ok, pages = cv2.imdecodemulti(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
     except cv2.error:
         return 1
+    return len(pages) if ok and pages else 1
 
 
 def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,

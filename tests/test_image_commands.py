@@ -215,3 +215,34 @@ def test_progress_counts_every_file_of_the_folder_left_out_ones_included(data_di
                              settings, steps.append, skipped)
     assert sorted(found) == ["a.jpg", "c.jpg", "e.jpg"] and len(skipped) == 3
     assert sum(steps) == 6 and all(n > 0 for n in steps)
+
+
+@pytest.mark.parametrize("command, folder_flag, out_flag", [
+    ("images", "--img-dir", "--out-dir"), ("faces", "--frames-dir", "--save-dir")])
+def test_a_file_name_that_is_not_utf8_is_anonymized_like_the_others(
+        data_dir, tmp_path, command, folder_flag, out_flag):
+    """b'caf\\xe9.jpg' (Latin-1, from an old camera or share) reaches Python
+    with a surrogate escape; OpenCV's path functions crash the process on
+    such a name, so the command runs in a process of its own here."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    photo = (data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg").read_bytes()
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    latin1 = os.fsencode(folder) + b"/caf\xe9.jpg"
+    with open(latin1, "wb") as f:
+        f.write(photo)
+    (folder / "ok.jpg").write_bytes(photo)
+    done = subprocess.run([sys.executable, "-m", "anonymize", command, folder_flag, str(folder),
+                           out_flag, str(out), "--quiet", "--device", "cpu"],
+                          cwd=Path(__file__).resolve().parent.parent, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert {b"caf\xe9.jpg", b"ok.jpg"} <= set(os.listdir(os.fsencode(out)))
+    blurred = read_image(os.fsdecode(os.fsencode(out) + b"/caf\xe9.jpg"))
+    assert blurred.shape == read_image(folder / "ok.jpg").shape
+    assert not np.array_equal(blurred, read_image(folder / "ok.jpg"))  # faces blurred
+    if command == "images":
+        assert "caf\\xe9.jpg" in (out / "report.html").read_text(encoding="utf-8")
