@@ -25,8 +25,13 @@ from .records import face_pickle
 from .settings import Settings
 from .video.output import atomic_output
 
+#: records an `images` or `faces` run writes last into its output folder: an
+#: output folder inside the image folder that holds one is an earlier run's
+RUN_RECORDS = ("detections.pkl", "faces.pkl")
 
-def list_images(folder: Path, out_dir: Path | None = None) -> list[Path]:
+
+def list_images(folder: Path, out_dir: Path | None = None,
+                passed_over: list[Path] | None = None) -> list[Path]:
     """Every image file below ``folder``, sorted, including files of image
     formats that cannot be read (``UNREADABLE_SUFFIXES``: they fail to decode
     and are reported as left out, never skipped in silence).
@@ -35,27 +40,52 @@ def list_images(folder: Path, out_dir: Path | None = None) -> list[Path]:
     ``._IMG_0001.JPG`` files macOS leaves on shared drives are not images,
     and our own unfinished outputs are hidden), and, when ``out_dir`` lies
     inside ``folder``, everything under it (a second run would blur its own
-    outputs again). ``out_dir`` being ``folder`` itself is refused: the
-    originals would be overwritten."""
+    outputs again); those are added to ``passed_over`` so the caller can say
+    so. ``out_dir`` is checked first (:func:`check_out_dir`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
-    inside = None
-    if out_dir is not None:
-        out, root = Path(out_dir).resolve(), folder.resolve()
-        if out == root:
-            raise ValueError(f"the output folder {out_dir} is the image folder: the originals "
-                             "would be overwritten; give another folder")
-        if out.is_relative_to(root):
-            inside = out
+    inside = check_out_dir(folder, out_dir) if out_dir is not None else None
     found = []
     for p in folder.rglob("*"):
         rel = p.relative_to(folder)
         if (p.suffix.lower() in IMAGE_SUFFIXES + UNREADABLE_SUFFIXES and p.is_file()
-                and not any(part.startswith(".") for part in rel.parts)
-                and not (inside is not None and p.resolve().is_relative_to(inside))):
-            found.append(p)
+                and not any(part.startswith(".") for part in rel.parts)):
+            if inside is not None and p.resolve().is_relative_to(inside):
+                if passed_over is not None:
+                    passed_over.append(p)
+            else:
+                found.append(p)
     return sorted(found)
+
+
+def check_out_dir(folder: Path, out_dir: Path) -> Path | None:
+    """Refuse an output folder where blurred images could replace originals;
+    return it (resolved) when it lies inside ``folder``, else None.
+
+    Refused: the image folder itself; a folder that holds the image folder
+    (``--img-dir lib/new --out-dir lib`` writes ``lib/new/a.jpg`` over
+    ``lib/a.jpg``); and a folder inside the image folder that already holds
+    files but no records of an earlier run (:data:`RUN_RECORDS`): its own
+    images would be left out of the run and could be overwritten by its
+    outputs. Accepted inside: a folder that does not exist yet, an empty
+    one, or an earlier run's output (run again into it, it is refreshed)."""
+    out, root = Path(out_dir).resolve(), Path(folder).resolve()
+    if out == root:
+        raise ValueError(f"the output folder {out_dir} is the image folder: the originals "
+                         "would be overwritten; give another folder")
+    if root.is_relative_to(out):
+        raise ValueError(f"the output folder {out_dir} holds the image folder {folder}: "
+                         "the originals could be overwritten; give another folder")
+    if not out.is_relative_to(root):
+        return None
+    if out.is_dir() and any(out.iterdir()) and not any((out / n).is_file()
+                                                       for n in RUN_RECORDS):
+        raise ValueError(f"the output folder {out_dir} lies inside the image folder and "
+                         f"already holds files, but no {' or '.join(RUN_RECORDS)} of an "
+                         "earlier run: its images would be left out and could be "
+                         "overwritten; give an empty or new folder")
+    return out
 
 
 def write_rgb(path: Path, rgb: np.ndarray, like: Path | None = None) -> None:

@@ -121,12 +121,15 @@ def test_folder_listing_leaves_out_hidden_files_and_an_output_folder_inside(tmp_
 
     folder = tmp_path / "photos"
     for rel in ("a.jpg", "sub/b.PNG", "._a.jpg", ".thumbs/c.jpg", "blurred/a.jpg",
-                "blurred/.a.partial-1234.jpg", "notes.txt"):
+                "blurred/.a.partial-1234.jpg", "blurred/detections.pkl", "notes.txt"):
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_bytes(b"x")
     (folder / "folder.jpg").mkdir()
-    names = [p.relative_to(folder).as_posix() for p in list_images(folder, folder / "blurred")]
+    passed_over: list = []
+    names = [p.relative_to(folder).as_posix()
+             for p in list_images(folder, folder / "blurred", passed_over)]
     assert names == ["a.jpg", "sub/b.PNG"]
+    assert passed_over == [folder / "blurred" / "a.jpg"]
     # without an output folder inside, its files are images like the others
     assert len(list_images(folder)) == 3
 
@@ -146,6 +149,46 @@ def test_output_folder_that_is_the_image_folder_is_refused_before_work(
     assert len(err) == 1 and "originals would be overwritten" in err[0]
     assert (folder / "a.jpg").read_bytes() == photo.read_bytes()
     assert sorted(p.name for p in folder.iterdir()) == ["a.jpg"]
+
+
+@pytest.mark.parametrize("img_rel, out_rel, refusal", [
+    ("lib/new", "lib", "holds the image folder"),
+    ("photos", "photos/2024", "already holds files, but no detections.pkl or faces.pkl"),
+])
+def test_an_output_folder_where_outputs_could_replace_originals_is_refused(
+        data_dir, tmp_path, capsys, img_rel, out_rel, refusal):
+    """An output folder above the image folder, or inside it with photos of
+    its own, would get blurred copies over originals (and, inside, its own
+    photos would silently not be anonymized): refused before any work."""
+    photos = sorted((data_dir / "faces_dlib_examples" / "images").glob("*.jpg"))
+    for rel, photo in (("lib/a.jpg", photos[0]), ("lib/new/a.jpg", photos[1]),
+                       ("photos/a.jpg", photos[2]), ("photos/2024/a.jpg", photos[3])):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(photo.read_bytes())
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*.jpg")}
+    assert main(["images", "--img-dir", str(tmp_path / img_rel), "--out-dir",
+                 str(tmp_path / out_rel), "--quiet", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("anonymize: error:") and refusal in err[0]
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_an_earlier_runs_output_inside_the_image_folder_is_run_into_again_with_a_warning(
+        data_dir, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo = data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg"
+    (folder / "a.jpg").write_bytes(photo.read_bytes())
+    args = ["images", "--img-dir", str(folder), "--out-dir", str(folder / "blurred"), "--quiet",
+            "--no-plates", "--device", "cpu"]
+    assert main(args) == 0
+    assert capsys.readouterr().err == ""
+    assert main(args) == 0  # its own outputs are not blurred again, and it says so
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("anonymize: warning: the output folder")
+    assert "holds 1 images of an earlier run" in err[0]
+    rows = pickle.loads((folder / "blurred" / "detections.pkl").read_bytes())
+    assert [r["filename"] for r in rows] == ["a.jpg"]
 
 
 def test_an_empty_folder_is_refused_before_models_load(tmp_path, capsys):

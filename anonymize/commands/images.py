@@ -32,7 +32,11 @@ def anonymize_images(folder, out_dir, settings, quiet: bool, unit: str = "img"
     from pipeline.detect import DetectionStack
     from pipeline.images import anonymize_folder, list_images
 
-    paths = list_images(Path(folder), Path(out_dir))  # refused before any model loads
+    passed_over: list = []
+    paths = list_images(Path(folder), Path(out_dir), passed_over)  # refused before models load
+    if passed_over:  # an earlier run's outputs, never in silence
+        warn(f"the output folder {out_dir} inside the image folder holds {len(passed_over)} "
+             "images of an earlier run; they are not anonymized again")
     if not paths:
         raise FileNotFoundError(f"no images in {folder} (looked for "
                                 f"{', '.join(s.lstrip('.') for s in IMAGE_SUFFIXES)})")
