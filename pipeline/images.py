@@ -166,7 +166,8 @@ def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
                      skipped: list[tuple[Path, str]] | None = None) -> dict[str, Detections]:
     """Blur every image of ``img_dir`` into ``out_dir`` (same relative paths);
     returns detections per relative path. Files that do not decode go to
-    ``skipped`` (see :func:`iter_batches`)."""
+    ``skipped`` (see :func:`iter_batches`), as do images that cannot be
+    written (the file system's error named)."""
     img_dir, out_dir = Path(img_dir), Path(out_dir)
     paths = list_images(img_dir, out_dir)
     found: dict[str, Detections] = {}
@@ -184,13 +185,17 @@ def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
         dets = stack.detect([img for _, img in batch])
         for (path, img), d in zip(batch, dets, strict=True):
             rel = str(path.relative_to(img_dir))
+            target = out_dir / rel
             try:
-                write_rgb(out_dir / rel, anonymize_frame(img, d, settings.mode, settings.shape,
-                                                         settings.mask_scale), like=path)
-            except ValueError as exc:
+                write_rgb(target, anonymize_frame(img, d, settings.mode, settings.shape,
+                                                  settings.mask_scale), like=path)
+            except (ValueError, OSError) as exc:
+                # one image the file system will not take (a name too long for
+                # it, a folder of that name in the way) does not stop the others
                 if skipped is None:
                     raise
-                skipped.append((path, str(exc)))
+                skipped.append((path, str(exc) if isinstance(exc, ValueError) else
+                                f"could not write {target}: {exc.strerror or exc}"))
                 continue
             found[rel] = d
         advance()

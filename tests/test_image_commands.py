@@ -96,6 +96,29 @@ def test_an_undecodable_file_is_left_out_with_a_warning_and_the_rest_is_done(
     assert "b_broken.jpg" in (out / "report.html").read_text(encoding="utf-8")
 
 
+def test_an_image_the_output_folder_will_not_take_is_left_out_with_a_warning(
+        data_dir, tmp_path, capsys):
+    """A name near the 255-byte limit is written (its temporary name is
+    shortened); a folder in the way of an output gives one warning line for
+    that image, never a traceback, and the others are still written."""
+    photo = (data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg").read_bytes()
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    long_name = "写真" * 40 + ".jpg"  # 244 bytes
+    for name in (long_name, "b_blocked.jpg", "c_good.jpg"):
+        (folder / name).write_bytes(photo)
+    (out / "b_blocked.jpg").mkdir(parents=True)
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(out), "--quiet",
+                 "--no-plates", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("anonymize: warning: could not write")
+    assert "b_blocked.jpg: Is a directory; left out" in err[0]
+    assert (out / long_name).is_file() and (out / "c_good.jpg").is_file()
+    rows = pickle.loads((out / "detections.pkl").read_bytes())
+    assert sorted(r["filename"] for r in rows) == ["c_good.jpg", long_name]
+    assert not [p for p in out.iterdir() if ".partial-" in p.name]
+
+
 def test_grey_and_transparent_images_keep_their_channels(data_dir, tmp_path):
     src = cv2.imread(str(data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg"))
     folder = tmp_path / "in"
