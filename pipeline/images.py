@@ -11,6 +11,7 @@ written pixels.
 from __future__ import annotations
 
 import pickle
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,11 +31,20 @@ from .video.output import atomic_output
 RUN_RECORDS = ("detections.pkl", "faces.pkl")
 
 
+def natural_key(rel: Path) -> tuple:
+    """Sort key of a relative path in natural order, numbers by value:
+    ``frame_2`` before ``frame_10``, as a file browser shows them and as
+    frames exported without zero padding were numbered."""
+    return tuple(tuple(int(t) if i % 2 else t for i, t in enumerate(re.split(r"(\d+)", part)))
+                 for part in rel.parts)
+
+
 def list_images(folder: Path, out_dir: Path | None = None,
                 passed_over: list[Path] | None = None) -> list[Path]:
-    """Every image file below ``folder``, sorted, including files of image
-    formats that cannot be read (``UNREADABLE_SUFFIXES``: they fail to decode
-    and are reported as left out, never skipped in silence).
+    """Every image file below ``folder``, in natural order (:func:`natural_key`),
+    including files of image formats that cannot be read
+    (``UNREADABLE_SUFFIXES``: they fail to decode and are reported as left
+    out, never skipped in silence).
 
     Left out: hidden files and folders (a name starting with '.': the
     ``._IMG_0001.JPG`` files macOS leaves on shared drives are not images,
@@ -56,7 +66,7 @@ def list_images(folder: Path, out_dir: Path | None = None,
                     passed_over.append(p)
             else:
                 found.append(p)
-    return sorted(found)
+    return sorted(found, key=lambda p: natural_key(p.relative_to(folder)))
 
 
 def check_out_dir(folder: Path, out_dir: Path) -> Path | None:
@@ -213,11 +223,15 @@ def write_image_detections(out_dir: Path, found: dict[str, Detections]) -> Path:
     return path
 
 
-def write_face_pickle(save_dir: Path, found: dict[str, Detections], frames_dir: Path) -> Path:
-    """Research face pickle keyed by frame path, frame_idx = position in sorted order."""
-    ordered = list(found)
-    frames = {i: found[name].with_class(FACE) for i, name in enumerate(ordered)}
-    names = {i: str(Path(frames_dir) / name) for i, name in enumerate(ordered)}
+def write_face_pickle(save_dir: Path, found: dict[str, Detections], frames_dir: Path,
+                      listing: list[str] | None = None) -> Path:
+    """Research face pickle keyed by frame path. ``frame_idx`` is the frame's
+    position in ``listing``, every frame listed (:func:`list_images`' natural
+    order) including those that did not decode, so a damaged frame does not
+    shift the later ones' index; without it, the position among ``found``."""
+    position = {name: i for i, name in enumerate(listing if listing is not None else found)}
+    frames = {position[name]: d.with_class(FACE) for name, d in found.items()}
+    names = {position[name]: str(Path(frames_dir) / name) for name in found}
     path = Path(save_dir) / "faces.pkl"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:

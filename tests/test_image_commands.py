@@ -312,3 +312,24 @@ def test_a_file_name_that_is_not_utf8_is_anonymized_like_the_others(
     assert not np.array_equal(blurred, read_image(folder / "ok.jpg"))  # faces blurred
     if command == "images":
         assert "caf\\xe9.jpg" in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_face_pickle_numbers_frames_in_natural_order_counting_undecodable_ones(
+        data_dir, tmp_path, capsys):
+    """frame_idx is the frame's place in the folder: frame_10 after frame_2
+    (natural order), and a frame that does not decode keeps its place, so
+    the frames after it keep theirs."""
+    photo = (data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg").read_bytes()
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for n in (1, 2, 3, 10):
+        (folder / f"frame_{n}.jpg").write_bytes(photo if n != 2 else photo[:100])
+    out = tmp_path / "out"
+    assert main(["faces", "--frames-dir", str(folder), "--save-dir", str(out), "--quiet",
+                 "--device", "cpu"]) == 1
+    assert "frame_2.jpg" in capsys.readouterr().err
+    faces = pickle.loads((out / "faces.pkl").read_bytes())
+    assert {name.rsplit("/", 1)[-1]: v["frame_idx"] for name, v in faces.items()} == {
+        "frame_1.jpg": 0, "frame_3.jpg": 2, "frame_10.jpg": 3}
+    assert [name.rsplit("/", 1)[-1] for name in faces] == [
+        "frame_1.jpg", "frame_3.jpg", "frame_10.jpg"]
