@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -105,9 +106,8 @@ def write_rgb(path: Path, rgb: np.ndarray, like: Path | None = None) -> None:
     back on an opaque background. 16-bit sources are written in 8 bits."""
     path.parent.mkdir(parents=True, exist_ok=True)
     out = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    # the source as stored, every channel and bit depth (EXIF orientation not applied)
-    stored = (cv2.imdecode(np.fromfile(like, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-              if like is not None else None)
+    # the source, every channel and bit depth, turned as ``rgb`` was
+    stored = read_unchanged_upright(like) if like is not None else None
     if stored is not None and stored.ndim == 2:
         out = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     elif stored is not None and stored.shape[2] == 4 and stored.shape[:2] == rgb.shape[:2]:
@@ -122,6 +122,52 @@ def write_rgb(path: Path, rgb: np.ndarray, like: Path | None = None) -> None:
         raise ValueError(f"could not write image: {path} (no {suffix} encoder here)")
     with atomic_output(path) as partial:  # a reader never sees half an image
         partial.write_bytes(data.tobytes())
+
+
+def read_unchanged_upright(path: Path) -> np.ndarray | None:
+    """``path`` decoded with every channel and bit depth, with its EXIF
+    orientation applied as :func:`~pipeline.datasets.read_image` applies it
+    to the colour: OpenCV turns only 3-channel decodes, and the alpha plane
+    of a turned RGBA photo must turn with its pixels. None if it does not
+    decode."""
+    data = np.fromfile(path, dtype=np.uint8)
+    try:
+        image, kinds, chunks = cv2.imdecodeWithMetadata(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return None
+    if image is None or not image.size:
+        return None
+    exif = [bytes(np.asarray(c, np.uint8).ravel())
+            for k, c in zip(np.asarray(kinds).ravel(), chunks, strict=False)
+            if k == cv2.IMAGE_METADATA_EXIF]
+    return orient(image, exif_orientation(exif[0]) if exif else 1)
+
+
+def exif_orientation(exif: bytes) -> int:
+    """The Orientation tag (0x0112) of IFD0 in an EXIF block, 1 when absent or unreadable."""
+    tiff = exif[6:] if exif.startswith(b"Exif\x00\x00") else exif
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+    try:
+        (ifd,) = struct.unpack_from(order + "I", tiff, 4)
+        (count,) = struct.unpack_from(order + "H", tiff, ifd)
+        for i in range(count):
+            tag, kind, _, value = struct.unpack_from(order + "HHIH", tiff, ifd + 2 + 12 * i)
+            if tag == 0x0112 and kind == 3:
+                return value if 1 <= value <= 8 else 1
+    except struct.error:
+        pass
+    return 1
+
+
+def orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """``image`` turned by an EXIF orientation (1..8), the transforms OpenCV
+    applies when it decodes upright."""
+    if orientation >= 5:  # 5..8 swap the axes first
+        image = cv2.transpose(image)
+    flip = {2: 1, 3: -1, 4: 0, 6: 1, 7: -1, 8: 0}.get(orientation)
+    return image if flip is None else cv2.flip(image, flip)
 
 
 #: suffixes OpenCV reads but encodes under another name of the same format

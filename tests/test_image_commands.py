@@ -139,6 +139,39 @@ def test_grey_and_transparent_images_keep_their_channels(data_dir, tmp_path):
     assert cutout[y1:y2, x1:x2, :3].std() < src[y1:y2, x1:x2].std()
 
 
+def test_a_transparent_image_with_an_exif_orientation_keeps_its_alpha_turned_along(
+        data_dir, tmp_path):
+    """A PNG's eXIf orientation turns its colour upright on reading; the alpha
+    plane written back must turn with it (all eight orientations), not stay
+    as stored or be dropped when the turn swaps width and height."""
+    import struct
+    import zlib
+
+    src = cv2.imread(str(data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg"))
+    h, w = src.shape[:2]
+    alpha = (np.add.outer(np.arange(h), 2 * np.arange(w)) % 251).astype(np.uint8)  # no symmetry
+    upright = np.dstack([src, alpha])
+    stored_as = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+                 5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, 1),
+                 7: lambda a: a[::-1, ::-1].swapaxes(0, 1), 8: lambda a: np.rot90(a, -1)}
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for o, turn in stored_as.items():
+        png = cv2.imencode(".png", np.ascontiguousarray(turn(upright)))[1].tobytes()
+        exif = (b"MM\x00*" + struct.pack(">IH", 8, 1) + struct.pack(">HHIHH", 0x0112, 3, 1, o, 0)
+                + struct.pack(">I", 0))
+        chunk = (struct.pack(">I", len(exif)) + b"eXIf" + exif
+                 + struct.pack(">I", zlib.crc32(b"eXIf" + exif)))
+        (folder / f"o{o}.png").write_bytes(png[:33] + chunk + png[33:])  # after IHDR
+        assert cv2.imread(str(folder / f"o{o}.png")).shape == src.shape  # read upright
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(tmp_path / "out"),
+                 "--quiet", "--no-plates", "--device", "cpu"]) == 0
+    for o in stored_as:
+        out = cv2.imread(str(tmp_path / "out" / f"o{o}.png"), cv2.IMREAD_UNCHANGED)
+        assert out.shape == upright.shape, o
+        assert np.array_equal(out[:, :, 3], alpha), o
+
+
 def test_folder_listing_leaves_out_hidden_files_and_an_output_folder_inside(tmp_path):
     from pipeline.images import list_images
 
