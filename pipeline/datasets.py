@@ -87,11 +87,18 @@ class Sample:
 def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
     """Decode an image file to RGB uint8 (H, W, 3): the stored pixels, or with
     ``upright`` turned as a viewer shows them (the EXIF orientation applied,
-    as phones store portrait photos sideways)."""
+    as phones store portrait photos sideways). A file that cannot be read (a
+    broken link, no permission) or decoded raises ValueError naming it, which
+    folder commands report as a left-out image."""
     import cv2
 
     path = Path(path)
-    data = np.fromfile(str(path), dtype=np.uint8)  # also works for non-ASCII paths
+    try:
+        data = np.fromfile(path, dtype=np.uint8)  # bytes: OpenCV's path functions fail on
+    except OSError as exc:                         # names that are not UTF-8
+        why = (f"a link to {os.readlink(path)}, which does not exist"
+               if path.is_symlink() and not path.exists() else exc.strerror or str(exc))
+        raise ValueError(f"cannot read image: {path} ({why})") from None
     flags = cv2.IMREAD_COLOR if upright else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
     bgr = cv2.imdecode(data, flags) if data.size else None
     if bgr is None:

@@ -10,6 +10,7 @@ written pixels.
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import struct
@@ -47,6 +48,12 @@ def list_images(folder: Path, out_dir: Path | None = None,
     (``UNREADABLE_SUFFIXES``: they fail to decode and are reported as left
     out, never skipped in silence).
 
+    Folders reached through a symbolic link are searched like the others
+    (a photo library often links event folders in), each real folder once,
+    so a link back to an ancestor does not loop. A link to an image that
+    does not exist is listed: reading it fails, so it is reported as left
+    out like any unreadable image.
+
     Left out: hidden files and folders (a name starting with '.': the
     ``._IMG_0001.JPG`` files macOS leaves on shared drives are not images,
     and our own unfinished outputs are hidden), and, when ``out_dir`` lies
@@ -58,10 +65,21 @@ def list_images(folder: Path, out_dir: Path | None = None,
         raise FileNotFoundError(f"image folder not found: {folder}")
     inside = check_out_dir(folder, out_dir) if out_dir is not None else None
     found = []
-    for p in folder.rglob("*"):
-        rel = p.relative_to(folder)
-        if (p.suffix.lower() in IMAGE_SUFFIXES + UNREADABLE_SUFFIXES and p.is_file()
-                and not any(part.startswith(".") for part in rel.parts)):
+    searched: set[str] = set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in searched:  # a link loop, or a second link to one folder
+            dirs[:] = []
+            continue
+        searched.add(real)
+        dirs[:] = sorted((d for d in dirs if not d.startswith(".")),
+                         key=lambda d: natural_key(Path(d)))
+        for name in files:
+            p = Path(top, name)
+            if (name.startswith(".")
+                    or p.suffix.lower() not in IMAGE_SUFFIXES + UNREADABLE_SUFFIXES
+                    or not (p.is_file() or (p.is_symlink() and not p.exists()))):
+                continue
             if inside is not None and p.resolve().is_relative_to(inside):
                 if passed_over is not None:
                     passed_over.append(p)

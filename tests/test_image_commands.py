@@ -366,3 +366,28 @@ def test_face_pickle_numbers_frames_in_natural_order_counting_undecodable_ones(
         "frame_1.jpg": 0, "frame_3.jpg": 2, "frame_10.jpg": 3}
     assert [name.rsplit("/", 1)[-1] for name in faces] == [
         "frame_1.jpg", "frame_3.jpg", "frame_10.jpg"]
+
+
+def test_linked_folders_are_searched_once_and_a_broken_link_is_reported(
+        data_dir, tmp_path, capsys):
+    """A sub-folder reached through a symbolic link is anonymized like the
+    others (a link back to an ancestor does not loop); a link to an image
+    that is gone is named in a warning line, never passed over in silence."""
+    photo = (data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg").read_bytes()
+    folder, events = tmp_path / "in", tmp_path / "events"
+    folder.mkdir()
+    events.mkdir()
+    (folder / "top.jpg").write_bytes(photo)
+    (events / "party.jpg").write_bytes(photo)
+    (folder / "linked").symlink_to(events, target_is_directory=True)
+    (events / "back").symlink_to(folder, target_is_directory=True)  # a loop
+    (folder / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    out = tmp_path / "out"
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(out), "--quiet",
+                 "--no-plates", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("anonymize: warning: cannot read image:")
+    assert "gone.jpg (a link to" in err[0] and "which does not exist); left out" in err[0]
+    rows = pickle.loads((out / "detections.pkl").read_bytes())
+    assert [r["filename"] for r in rows] == ["linked/party.jpg", "top.jpg"]
+    assert (out / "linked" / "party.jpg").is_file()
