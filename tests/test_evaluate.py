@@ -519,6 +519,24 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+def test_one_yolo_class_id_for_two_labels_is_refused(tmp_path, capsys):
+    """--plate-class-id 15 --face-class-id 15 would read every class-15 box as
+    a face and lose the plates."""
+    from anonymize.cli import main
+
+    for d in ("anno", "img"):
+        (tmp_path / d).mkdir()
+    write_image(tmp_path / "img" / "a.png", 20, 20)
+    (tmp_path / "anno" / "a.txt").write_text("15 0.5 0.5 0.2 0.1\n", encoding="utf-8")
+    assert main(["eval", "--anno-dir", str(tmp_path / "anno"), "--img-dir", str(tmp_path / "img"),
+                 "--plate-class-id", "15", "--face-class-id", "15", "--mode", "one-stage",
+                 "--out-dir", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["anonymize: error: class id 15 is given for both --plate-class-id and "
+                   "--face-class-id; give each label its own id"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_missing_dataset_dir_is_a_one_line_error(tmp_path):
     proc = run_cli("--dataset", str(tmp_path / "nowhere"), "--out-dir", str(tmp_path / "out"))
     assert proc.returncode != 0
