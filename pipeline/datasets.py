@@ -197,15 +197,17 @@ def _pixels(where: str, key: str, value) -> int | None:
 def _box(where: str, box) -> GTBox:
     if not isinstance(box, dict) or "label" not in box or "xyxy" not in box:
         raise ValueError(f"{where} needs 'label' and 'xyxy'")
-    xyxy = box["xyxy"]
-    try:
-        values = [float(v) for v in xyxy]
+    label, xyxy = box["label"], box["xyxy"]
+    if not isinstance(label, str) or not label.strip():  # null would become the label 'None'
+        raise ValueError(f"{where} needs 'label' as text such as \"plate\", got {label!r}")
+    try:  # a JSON array: a string such as "1234" would be read as its characters
+        values = [float(v) for v in xyxy] if isinstance(xyxy, list) else []
     except (TypeError, ValueError):
         values = []
     if len(values) != 4 or not all(math.isfinite(v) for v in values):
         raise ValueError(f"{where}: 'xyxy' must be 4 numbers [x1, y1, x2, y2], got {xyxy!r}")
     x1, y1, x2, y2 = values
-    return GTBox(str(box["label"]), [min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)])
+    return GTBox(label, [min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)])
 
 
 def load_yolo_dir(anno_dir: str | Path, img_dir: str | Path,
