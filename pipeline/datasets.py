@@ -223,9 +223,12 @@ def load_yolo_dir(anno_dir: str | Path, img_dir: str | Path,
             raise FileNotFoundError(f"{what} directory not found: {d}")
     if not class_labels:
         raise ValueError("no class id is mapped to a label (use --plate-class-id/--face-class-id)")
-    # hidden files (macOS's ._IMG_0001.JPG beside each photo) are not images
+    # hidden files (macOS's ._IMG_0001.JPG beside each photo) are not images, nor is
+    # a folder named like one (holiday.jpg); a link to a missing image is listed, so
+    # that it is reported as undecodable rather than dropped in silence
     images = sorted(p for p in img_dir.iterdir()
-                    if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+                    if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                    and (p.is_file() or (p.is_symlink() and not p.exists())))
     if not images:
         raise FileNotFoundError(f"no images in {img_dir}")
     records = []

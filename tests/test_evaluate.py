@@ -243,6 +243,7 @@ def test_yolo_txt_loading_maps_class_ids(tmp_path):
     write_image(img / "a.png", 200, 100)
     write_image(img / "b.png", 50, 50)  # no .txt: an image without objects
     (img / "._a.png").write_bytes(b"\x00\x05\x16\x07")  # macOS metadata, not an image
+    (img / "holiday.jpg").mkdir()  # a folder, not an image
     anno.mkdir()
     (anno / "a.txt").write_text("15 0.5 0.5 0.2 0.4\n2 0.1 0.1 0.1 0.1\n0 0.25 0.25 0.1 0.2\n\n")
     records = load_yolo_dir(anno, img, {15: "plate", 0: "face"})
