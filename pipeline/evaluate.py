@@ -315,6 +315,7 @@ def evaluate_dataset(records: Sequence[ImageRecord],
                            if group_of_label(b.label) is None)
     totals = {label: LabelCounts() for label in labels}
     mdicts: list[dict] = []
+    drawn: set[str] = set()  # names written to draw_dir
     detect_s = 0.0
     start = time.perf_counter()
 
@@ -339,7 +340,8 @@ def evaluate_dataset(records: Sequence[ImageRecord],
                 totals[label] += ev.counts[label]
             mdicts.append(to_mdict(sample.name, dets, sample.gt, ev.matches))
             if draw_dir is not None:
-                _write_drawn(Path(draw_dir), sample.name, draw(sample.image, dets, sample.gt))
+                _write_drawn(Path(draw_dir) / drawn_name(sample.name, drawn),
+                             draw(sample.image, dets, sample.gt))
         if bar is not None:
             bar.n = len(mdicts) + len(undecodable)
             bar.refresh()
@@ -372,11 +374,26 @@ def evaluate_dataset(records: Sequence[ImageRecord],
     return metrics
 
 
-def _write_drawn(draw_dir: Path, name: str, image_rgb: np.ndarray) -> None:
+def drawn_name(name: str, taken: set[str]) -> str:
+    """File name in ``drawn/`` for the image ``name``, not in ``taken`` (then added).
+
+    ``images/a.png`` becomes ``images__a.jpg``; when that is taken (by
+    ``images/a.jpg``, or ``images__a.png``) the source suffix stays in the
+    name (``images__a.png.jpg``), then a number is added: one drawn file
+    never replaces another."""
+    flat = name.replace("\\", "/").strip("/").replace("/", "__")
+    out = next((c for c in (Path(flat).stem + ".jpg", flat + ".jpg") if c not in taken), None)
+    n = 2
+    while out is None:
+        out = f"{flat}-{n}.jpg" if f"{flat}-{n}.jpg" not in taken else None
+        n += 1
+    taken.add(out)
+    return out
+
+
+def _write_drawn(target: Path, image_rgb: np.ndarray) -> None:
     import cv2
 
-    flat = name.replace("\\", "/").strip("/").replace("/", "__")
-    target = draw_dir / (Path(flat).stem + ".jpg")
     # encoded in memory and written by Python: OpenCV's path functions crash on a
     # name that is not UTF-8
     ok, data = cv2.imencode(".jpg", np.ascontiguousarray(image_rgb[:, :, ::-1]))

@@ -476,6 +476,23 @@ def test_pickle_and_metrics_format(tmp_path):
     assert "plate" in table and "car" in table
 
 
+def test_drawn_images_never_replace_one_another(tmp_path):
+    """images/a.jpg and images/a.png (or x/a.png and x__a.png) would both be
+    drawn as images__a.jpg; each gets its own file, the first keeps the
+    usual name."""
+    root = tmp_path / "ds"
+    names = ["images/a.png", "images/a.jpg", "images__a.png", "b.png"]
+    for i, name in enumerate(names):
+        write_image(root / name, 40 + 10 * i, 30)
+    write_annotations(root, [{"file": name, "boxes": []} for name in names])
+    out = tmp_path / "out"
+    evaluate_dataset(load_annotations(root), FakeStack().detect, out, "two-stage",
+                     batch_size=2, progress=False, draw_dir=out / "drawn")
+    drawn = {p.name: cv2.imread(str(p)).shape[1] for p in (out / "drawn").iterdir()}
+    assert drawn == {"images__a.jpg": 40, "images__a.jpg.jpg": 50, "images__a.png.jpg": 60,
+                     "b.jpg": 70}
+
+
 def test_label_the_dataset_never_annotates_has_no_rates(tmp_path):
     make_dataset(tmp_path / "ds")
     metrics = evaluate_dataset(load_annotations(tmp_path / "ds"), FakeStack().detect,

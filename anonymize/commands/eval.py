@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also report coverage recall of boxes at least PX wide (default 16)")
     parser.add_argument("--draw", action="store_true",
                         help="write images with ground truth (green) and detections (red) "
-                             "to OUT/drawn/")
+                             "to OUT/drawn/ as JPEG, named after the image's path (folders "
+                             "joined by __; the source suffix kept where names would clash)")
     # eval's --mode picks what to detect (DESIGN.md); how regions are hidden plays no part
     add_settings_arguments(parser, video=False, exclude=("faces", "plates", "mode"))
 
