@@ -4,7 +4,9 @@ Two views of quality, both per label:
 
 * detection quality: one-to-one greedy matching by score at IoU 0.5, giving
   precision and recall as in the research scripts (and their ``matches``
-  list in the pickle);
+  list in the pickle), on the detection boxes as the pickle stores them
+  (whole pixels): a reader who matches the pickle's boxes again finds the
+  same pairs, also at an IoU of exactly 0.5;
 * anonymization quality, which is what the product promises: **coverage
   recall**, the share of ground-truth boxes of which at least 90 % of the
   area lies inside the union of the regions that would be blurred (the
@@ -228,8 +230,10 @@ def evaluate_image(dets: Detections, gt: Sequence[GTBox], height: int, width: in
                    iou_thresh: float = IOU_THRESH, coverage_thresh: float = COVERAGE_THRESH,
                    min_width: float = MIN_WIDTH) -> ImageEval:
     """Match ``dets`` to ``gt`` and count, for each evaluated label, ground truth,
-    detections, IoU matches and ground truth covered by that label's blur mask."""
-    matches = match_image(dets, gt, iou_thresh)
+    detections, IoU matches and ground truth covered by that label's blur mask.
+    Matching uses the boxes rounded as the research pickle stores them
+    (:meth:`Detections.rounded`); coverage uses them as blurred."""
+    matches = match_image(dets.rounded(), gt, iou_thresh)
     det_groups = np.array([group_of_class(int(c)) for c in dets.class_id], dtype=object)
     gt_groups = [group_of_label(b.label) for b in gt]
     counts: dict[str, LabelCounts] = {}

@@ -39,6 +39,7 @@ from pipeline.evaluate import (
     group_of_label,
     match_greedy,
     match_image,
+    to_mdict,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,6 +176,20 @@ def test_match_is_one_to_one_and_takes_best_free_ground_truth():
     assert match_greedy(det, np.array([0.9, 0.8]), gt) == [0, 1]
     # below IoU 0.5 nothing matches
     assert match_greedy(np.array([[0, 0, 10, 4]], float), np.array([1.0]), gt) == [None]
+
+
+def test_matches_are_those_of_the_boxes_the_pickle_stores():
+    """A box 4.6 px wide over a 10 px one has IoU 0.46 as detected but 0.5 as
+    stored in the pickle (whole pixels): the pickle's matches and the IoU
+    metrics follow the stored box, so a reader recomputing them from the
+    pickle agrees."""
+    gt = [GTBox("plate", [0, 0, 10, 10])]
+    found = dets((0, 0, 4.6, 10, 0.9, PLATE))
+    ev = evaluate_image(found, gt, 20, 20, ["plate"])
+    stored = to_mdict("x.png", found, gt, ev.matches)["det"][0]["box_points"]
+    assert stored == [0, 0, 5, 10]
+    assert ev.matches == [(0, 0)] and ev.counts["plate"].tp == 1
+    assert ev.coverage == [pytest.approx(0.5)]  # coverage: the region blurred, 5 px wide
 
 
 def test_no_detections():
