@@ -104,7 +104,8 @@ def save_crops(clip: Path, boxes: dict, short: list, crops: Path, tag: str) -> N
             crop = np.ascontiguousarray(rgb[ya:yb, xa:xb, ::-1])
             crop = cv2.resize(crop, None, fx=4, fy=4, interpolation=cv2.INTER_NEAREST)
             name = f"{clip.stem}-{tag}-{i:05d}-{k}-{round(c * 100)}.png"
-            cv2.imwrite(str(crops / name), crop)
+            # from memory: OpenCV's path functions crash on a clip name that is not UTF-8
+            (crops / name).write_bytes(cv2.imencode(".png", crop)[1].tobytes())
 
 
 def measure(clip: Path, settings, max_frames: int, crops: Path | None) -> dict:

@@ -172,10 +172,16 @@ class Detections:
                                     strict=True)
         ]
 
+    def rounded(self) -> Detections:
+        """Corners rounded to whole pixels (halves to even), as :meth:`to_imageai`
+        stores them: what is measured against a research pickle must use the
+        boxes the pickle holds."""
+        return Detections(np.rint(self.xyxy), self.confidence, self.class_id, self.filled)
+
     def to_imageai(self) -> list[dict]:
         """Research ``det`` format: name, percentage_probability (0-100), box_points."""
         return [
             {"name": LABELS[int(c)], "percentage_probability": float(s) * 100.0,
-             "box_points": [int(round(float(v))) for v in box]}
-            for box, s, c in zip(self.xyxy, self.confidence, self.class_id, strict=True)
+             "box_points": [int(v) for v in box]}
+            for box, s, c in zip(self.rounded().xyxy, self.confidence, self.class_id, strict=True)
         ]

@@ -87,11 +87,18 @@ class Sample:
 def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
     """Decode an image file to RGB uint8 (H, W, 3): the stored pixels, or with
     ``upright`` turned as a viewer shows them (the EXIF orientation applied,
-    as phones store portrait photos sideways)."""
+    as phones store portrait photos sideways). A file that cannot be read (a
+    broken link, no permission) or decoded raises ValueError naming it, which
+    folder commands report as a left-out image."""
     import cv2
 
     path = Path(path)
-    data = np.fromfile(str(path), dtype=np.uint8)  # also works for non-ASCII paths
+    try:
+        data = np.fromfile(path, dtype=np.uint8)  # bytes: OpenCV's path functions fail on
+    except OSError as exc:                         # names that are not UTF-8
+        why = (f"a link to {os.readlink(path)}, which does not exist"
+               if path.is_symlink() and not path.exists() else exc.strerror or str(exc))
+        raise ValueError(f"cannot read image: {path} ({why})") from None
     flags = cv2.IMREAD_COLOR if upright else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
     bgr = cv2.imdecode(data, flags) if data.size else None
     if bgr is None:
@@ -190,15 +197,17 @@ def _pixels(where: str, key: str, value) -> int | None:
 def _box(where: str, box) -> GTBox:
     if not isinstance(box, dict) or "label" not in box or "xyxy" not in box:
         raise ValueError(f"{where} needs 'label' and 'xyxy'")
-    xyxy = box["xyxy"]
-    try:
-        values = [float(v) for v in xyxy]
+    label, xyxy = box["label"], box["xyxy"]
+    if not isinstance(label, str) or not label.strip():  # null would become the label 'None'
+        raise ValueError(f"{where} needs 'label' as text such as \"plate\", got {label!r}")
+    try:  # a JSON array: a string such as "1234" would be read as its characters
+        values = [float(v) for v in xyxy] if isinstance(xyxy, list) else []
     except (TypeError, ValueError):
         values = []
     if len(values) != 4 or not all(math.isfinite(v) for v in values):
         raise ValueError(f"{where}: 'xyxy' must be 4 numbers [x1, y1, x2, y2], got {xyxy!r}")
     x1, y1, x2, y2 = values
-    return GTBox(str(box["label"]), [min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)])
+    return GTBox(label, [min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)])
 
 
 def load_yolo_dir(anno_dir: str | Path, img_dir: str | Path,
@@ -214,9 +223,12 @@ def load_yolo_dir(anno_dir: str | Path, img_dir: str | Path,
             raise FileNotFoundError(f"{what} directory not found: {d}")
     if not class_labels:
         raise ValueError("no class id is mapped to a label (use --plate-class-id/--face-class-id)")
-    # hidden files (macOS's ._IMG_0001.JPG beside each photo) are not images
+    # hidden files (macOS's ._IMG_0001.JPG beside each photo) are not images, nor is
+    # a folder named like one (holiday.jpg); a link to a missing image is listed, so
+    # that it is reported as undecodable rather than dropped in silence
     images = sorted(p for p in img_dir.iterdir()
-                    if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+                    if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                    and (p.is_file() or (p.is_symlink() and not p.exists())))
     if not images:
         raise FileNotFoundError(f"no images in {img_dir}")
     records = []

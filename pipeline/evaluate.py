@@ -4,7 +4,9 @@ Two views of quality, both per label:
 
 * detection quality: one-to-one greedy matching by score at IoU 0.5, giving
   precision and recall as in the research scripts (and their ``matches``
-  list in the pickle);
+  list in the pickle), on the detection boxes as the pickle stores them
+  (whole pixels): a reader who matches the pickle's boxes again finds the
+  same pairs, also at an IoU of exactly 0.5;
 * anonymization quality, which is what the product promises: **coverage
   recall**, the share of ground-truth boxes of which at least 90 % of the
   area lies inside the union of the regions that would be blurred (the
@@ -228,8 +230,10 @@ def evaluate_image(dets: Detections, gt: Sequence[GTBox], height: int, width: in
                    iou_thresh: float = IOU_THRESH, coverage_thresh: float = COVERAGE_THRESH,
                    min_width: float = MIN_WIDTH) -> ImageEval:
     """Match ``dets`` to ``gt`` and count, for each evaluated label, ground truth,
-    detections, IoU matches and ground truth covered by that label's blur mask."""
-    matches = match_image(dets, gt, iou_thresh)
+    detections, IoU matches and ground truth covered by that label's blur mask.
+    Matching uses the boxes rounded as the research pickle stores them
+    (:meth:`Detections.rounded`); coverage uses them as blurred."""
+    matches = match_image(dets.rounded(), gt, iou_thresh)
     det_groups = np.array([group_of_class(int(c)) for c in dets.class_id], dtype=object)
     gt_groups = [group_of_label(b.label) for b in gt]
     counts: dict[str, LabelCounts] = {}
@@ -315,6 +319,7 @@ def evaluate_dataset(records: Sequence[ImageRecord],
                            if group_of_label(b.label) is None)
     totals = {label: LabelCounts() for label in labels}
     mdicts: list[dict] = []
+    drawn: set[str] = set()  # names written to draw_dir
     detect_s = 0.0
     start = time.perf_counter()
 
@@ -339,7 +344,8 @@ def evaluate_dataset(records: Sequence[ImageRecord],
                 totals[label] += ev.counts[label]
             mdicts.append(to_mdict(sample.name, dets, sample.gt, ev.matches))
             if draw_dir is not None:
-                _write_drawn(Path(draw_dir), sample.name, draw(sample.image, dets, sample.gt))
+                _write_drawn(Path(draw_dir) / drawn_name(sample.name, drawn),
+                             draw(sample.image, dets, sample.gt))
         if bar is not None:
             bar.n = len(mdicts) + len(undecodable)
             bar.refresh()
@@ -372,13 +378,32 @@ def evaluate_dataset(records: Sequence[ImageRecord],
     return metrics
 
 
-def _write_drawn(draw_dir: Path, name: str, image_rgb: np.ndarray) -> None:
+def drawn_name(name: str, taken: set[str]) -> str:
+    """File name in ``drawn/`` for the image ``name``, not in ``taken`` (then added).
+
+    ``images/a.png`` becomes ``images__a.jpg``; when that is taken (by
+    ``images/a.jpg``, or ``images__a.png``) the source suffix stays in the
+    name (``images__a.png.jpg``), then a number is added: one drawn file
+    never replaces another."""
+    flat = name.replace("\\", "/").strip("/").replace("/", "__")
+    out = next((c for c in (Path(flat).stem + ".jpg", flat + ".jpg") if c not in taken), None)
+    n = 2
+    while out is None:
+        out = f"{flat}-{n}.jpg" if f"{flat}-{n}.jpg" not in taken else None
+        n += 1
+    taken.add(out)
+    return out
+
+
+def _write_drawn(target: Path, image_rgb: np.ndarray) -> None:
     import cv2
 
-    flat = name.replace("\\", "/").strip("/").replace("/", "__")
-    target = draw_dir / (Path(flat).stem + ".jpg")
-    if not cv2.imwrite(str(target), np.ascontiguousarray(image_rgb[:, :, ::-1])):
+    # encoded in memory and written by Python: OpenCV's path functions crash on a
+    # name that is not UTF-8
+    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(image_rgb[:, :, ::-1]))
+    if not ok:
         raise OSError(f"cannot write {target}")
+    target.write_bytes(data.tobytes())
 
 
 def format_table(metrics: dict) -> str:

@@ -10,7 +10,10 @@ written pixels.
 
 from __future__ import annotations
 
+import os
 import pickle
+import re
+import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,37 +28,93 @@ from .records import face_pickle
 from .settings import Settings
 from .video.output import atomic_output
 
+#: records an `images` or `faces` run writes last into its output folder: an
+#: output folder inside the image folder that holds one is an earlier run's
+RUN_RECORDS = ("detections.pkl", "faces.pkl")
 
-def list_images(folder: Path, out_dir: Path | None = None) -> list[Path]:
-    """Every image file below ``folder``, sorted, including files of image
-    formats that cannot be read (``UNREADABLE_SUFFIXES``: they fail to decode
-    and are reported as left out, never skipped in silence).
+
+def natural_key(rel: Path) -> tuple:
+    """Sort key of a relative path in natural order, numbers by value:
+    ``frame_2`` before ``frame_10``, as a file browser shows them and as
+    frames exported without zero padding were numbered."""
+    return tuple(tuple(int(t) if i % 2 else t for i, t in enumerate(re.split(r"(\d+)", part)))
+                 for part in rel.parts)
+
+
+def list_images(folder: Path, out_dir: Path | None = None,
+                passed_over: list[Path] | None = None) -> list[Path]:
+    """Every image file below ``folder``, in natural order (:func:`natural_key`),
+    including files of image formats that cannot be read
+    (``UNREADABLE_SUFFIXES``: they fail to decode and are reported as left
+    out, never skipped in silence).
+
+    Folders reached through a symbolic link are searched like the others
+    (a photo library often links event folders in), each real folder once,
+    so a link back to an ancestor does not loop. A link to an image that
+    does not exist is listed: reading it fails, so it is reported as left
+    out like any unreadable image.
 
     Left out: hidden files and folders (a name starting with '.': the
     ``._IMG_0001.JPG`` files macOS leaves on shared drives are not images,
     and our own unfinished outputs are hidden), and, when ``out_dir`` lies
     inside ``folder``, everything under it (a second run would blur its own
-    outputs again). ``out_dir`` being ``folder`` itself is refused: the
-    originals would be overwritten."""
+    outputs again); those are added to ``passed_over`` so the caller can say
+    so. ``out_dir`` is checked first (:func:`check_out_dir`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
-    inside = None
-    if out_dir is not None:
-        out, root = Path(out_dir).resolve(), folder.resolve()
-        if out == root:
-            raise ValueError(f"the output folder {out_dir} is the image folder: the originals "
-                             "would be overwritten; give another folder")
-        if out.is_relative_to(root):
-            inside = out
+    inside = check_out_dir(folder, out_dir) if out_dir is not None else None
     found = []
-    for p in folder.rglob("*"):
-        rel = p.relative_to(folder)
-        if (p.suffix.lower() in IMAGE_SUFFIXES + UNREADABLE_SUFFIXES and p.is_file()
-                and not any(part.startswith(".") for part in rel.parts)
-                and not (inside is not None and p.resolve().is_relative_to(inside))):
-            found.append(p)
-    return sorted(found)
+    searched: set[str] = set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in searched:  # a link loop, or a second link to one folder
+            dirs[:] = []
+            continue
+        searched.add(real)
+        dirs[:] = sorted((d for d in dirs if not d.startswith(".")),
+                         key=lambda d: natural_key(Path(d)))
+        for name in files:
+            p = Path(top, name)
+            if (name.startswith(".")
+                    or p.suffix.lower() not in IMAGE_SUFFIXES + UNREADABLE_SUFFIXES
+                    or not (p.is_file() or (p.is_symlink() and not p.exists()))):
+                continue
+            if inside is not None and p.resolve().is_relative_to(inside):
+                if passed_over is not None:
+                    passed_over.append(p)
+            else:
+                found.append(p)
+    return sorted(found, key=lambda p: natural_key(p.relative_to(folder)))
+
+
+def check_out_dir(folder: Path, out_dir: Path) -> Path | None:
+    """Refuse an output folder where blurred images could replace originals;
+    return it (resolved) when it lies inside ``folder``, else None.
+
+    Refused: the image folder itself; a folder that holds the image folder
+    (``--img-dir lib/new --out-dir lib`` writes ``lib/new/a.jpg`` over
+    ``lib/a.jpg``); and a folder inside the image folder that already holds
+    files but no records of an earlier run (:data:`RUN_RECORDS`): its own
+    images would be left out of the run and could be overwritten by its
+    outputs. Accepted inside: a folder that does not exist yet, an empty
+    one, or an earlier run's output (run again into it, it is refreshed)."""
+    out, root = Path(out_dir).resolve(), Path(folder).resolve()
+    if out == root:
+        raise ValueError(f"the output folder {out_dir} is the image folder: the originals "
+                         "would be overwritten; give another folder")
+    if root.is_relative_to(out):
+        raise ValueError(f"the output folder {out_dir} holds the image folder {folder}: "
+                         "the originals could be overwritten; give another folder")
+    if not out.is_relative_to(root):
+        return None
+    if out.is_dir() and any(out.iterdir()) and not any((out / n).is_file()
+                                                       for n in RUN_RECORDS):
+        raise ValueError(f"the output folder {out_dir} lies inside the image folder and "
+                         f"already holds files, but no {' or '.join(RUN_RECORDS)} of an "
+                         "earlier run: its images would be left out and could be "
+                         "overwritten; give an empty or new folder")
+    return out
 
 
 def write_rgb(path: Path, rgb: np.ndarray, like: Path | None = None) -> None:
@@ -65,9 +124,8 @@ def write_rgb(path: Path, rgb: np.ndarray, like: Path | None = None) -> None:
     back on an opaque background. 16-bit sources are written in 8 bits."""
     path.parent.mkdir(parents=True, exist_ok=True)
     out = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    # the source as stored, every channel and bit depth (EXIF orientation not applied)
-    stored = (cv2.imdecode(np.fromfile(str(like), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-              if like is not None else None)
+    # the source, every channel and bit depth, turned as ``rgb`` was
+    stored = read_unchanged_upright(like) if like is not None else None
     if stored is not None and stored.ndim == 2:
         out = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     elif stored is not None and stored.shape[2] == 4 and stored.shape[:2] == rgb.shape[:2]:
@@ -82,6 +140,52 @@ def write_rgb(path: Path, rgb: np.ndarray, like: Path | None = None) -> None:
         raise ValueError(f"could not write image: {path} (no {suffix} encoder here)")
     with atomic_output(path) as partial:  # a reader never sees half an image
         partial.write_bytes(data.tobytes())
+
+
+def read_unchanged_upright(path: Path) -> np.ndarray | None:
+    """``path`` decoded with every channel and bit depth, with its EXIF
+    orientation applied as :func:`~pipeline.datasets.read_image` applies it
+    to the colour: OpenCV turns only 3-channel decodes, and the alpha plane
+    of a turned RGBA photo must turn with its pixels. None if it does not
+    decode."""
+    data = np.fromfile(path, dtype=np.uint8)
+    try:
+        image, kinds, chunks = cv2.imdecodeWithMetadata(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return None
+    if image is None or not image.size:
+        return None
+    exif = [bytes(np.asarray(c, np.uint8).ravel())
+            for k, c in zip(np.asarray(kinds).ravel(), chunks, strict=False)
+            if k == cv2.IMAGE_METADATA_EXIF]
+    return orient(image, exif_orientation(exif[0]) if exif else 1)
+
+
+def exif_orientation(exif: bytes) -> int:
+    """The Orientation tag (0x0112) of IFD0 in an EXIF block, 1 when absent or unreadable."""
+    tiff = exif[6:] if exif.startswith(b"Exif\x00\x00") else exif
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+    try:
+        (ifd,) = struct.unpack_from(order + "I", tiff, 4)
+        (count,) = struct.unpack_from(order + "H", tiff, ifd)
+        for i in range(count):
+            tag, kind, _, value = struct.unpack_from(order + "HHIH", tiff, ifd + 2 + 12 * i)
+            if tag == 0x0112 and kind == 3:
+                return value if 1 <= value <= 8 else 1
+    except struct.error:
+        pass
+    return 1
+
+
+def orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """``image`` turned by an EXIF orientation (1..8), the transforms OpenCV
+    applies when it decodes upright."""
+    if orientation >= 5:  # 5..8 swap the axes first
+        image = cv2.transpose(image)
+    flip = {2: 1, 3: -1, 4: 0, 6: 1, 7: -1, 8: 0}.get(orientation)
+    return image if flip is None else cv2.flip(image, flip)
 
 
 #: suffixes OpenCV reads but encodes under another name of the same format
@@ -117,11 +221,18 @@ def iter_batches(paths: list[Path], size: int, skipped: list[tuple[Path, str]] |
 
 
 def picture_count(path: Path) -> int:
-    """Pictures in an image file that decodes (pages, animation frames)."""
+    """Pictures in an image file that decodes (pages, animation frames).
+
+    Counted from the file's bytes, never by handing the path to OpenCV: its
+    path functions take the name as UTF-8 text, and a name that is not
+    (``caf\\xe9.jpg`` from an old camera or a Latin-1 share, which Python
+    holds with surrogate escapes) crashes the process. Pages are decoded in
+    grey, the cheapest form that still counts them."""
     try:
-        return int(cv2.imcount(str(path)))
+        ok, pages = cv2.imdecodemulti(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
     except cv2.error:
         return 1
+    return len(pages) if ok and pages else 1
 
 
 def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
@@ -129,7 +240,8 @@ def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
                      skipped: list[tuple[Path, str]] | None = None) -> dict[str, Detections]:
     """Blur every image of ``img_dir`` into ``out_dir`` (same relative paths);
     returns detections per relative path. Files that do not decode go to
-    ``skipped`` (see :func:`iter_batches`)."""
+    ``skipped`` (see :func:`iter_batches`), as do images that cannot be
+    written (the file system's error named)."""
     img_dir, out_dir = Path(img_dir), Path(out_dir)
     paths = list_images(img_dir, out_dir)
     found: dict[str, Detections] = {}
@@ -147,13 +259,17 @@ def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
         dets = stack.detect([img for _, img in batch])
         for (path, img), d in zip(batch, dets, strict=True):
             rel = str(path.relative_to(img_dir))
+            target = out_dir / rel
             try:
-                write_rgb(out_dir / rel, anonymize_frame(img, d, settings.mode, settings.shape,
-                                                         settings.mask_scale), like=path)
-            except ValueError as exc:
+                write_rgb(target, anonymize_frame(img, d, settings.mode, settings.shape,
+                                                  settings.mask_scale), like=path)
+            except (ValueError, OSError) as exc:
+                # one image the file system will not take (a name too long for
+                # it, a folder of that name in the way) does not stop the others
                 if skipped is None:
                     raise
-                skipped.append((path, str(exc)))
+                skipped.append((path, str(exc) if isinstance(exc, ValueError) else
+                                f"could not write {target}: {exc.strerror or exc}"))
                 continue
             found[rel] = d
         advance()
@@ -171,11 +287,15 @@ def write_image_detections(out_dir: Path, found: dict[str, Detections]) -> Path:
     return path
 
 
-def write_face_pickle(save_dir: Path, found: dict[str, Detections], frames_dir: Path) -> Path:
-    """Research face pickle keyed by frame path, frame_idx = position in sorted order."""
-    ordered = list(found)
-    frames = {i: found[name].with_class(FACE) for i, name in enumerate(ordered)}
-    names = {i: str(Path(frames_dir) / name) for i, name in enumerate(ordered)}
+def write_face_pickle(save_dir: Path, found: dict[str, Detections], frames_dir: Path,
+                      listing: list[str] | None = None) -> Path:
+    """Research face pickle keyed by frame path. ``frame_idx`` is the frame's
+    position in ``listing``, every frame listed (:func:`list_images`' natural
+    order) including those that did not decode, so a damaged frame does not
+    shift the later ones' index; without it, the position among ``found``."""
+    position = {name: i for i, name in enumerate(listing if listing is not None else found)}
+    frames = {position[name]: d.with_class(FACE) for name, d in found.items()}
+    names = {position[name]: str(Path(frames_dir) / name) for name in found}
     path = Path(save_dir) / "faces.pkl"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:

@@ -87,14 +87,21 @@ def write_page(records_dir: Path, video: Path | None = None, report: dict | None
     n_frames = int(report.get("input", {}).get("frames") or (max(frames) + 1 if frames else 0))
     page = render_page(report, frames, times, n_frames, flags, picked, thumbs,
                        doc.get("zones", []), width, height, note, turns)
-    return write_atomic(Path(out or records_dir / REPORT_HTML), page.encode())
+    return write_atomic(Path(out or records_dir / REPORT_HTML), page_bytes(page))
+
+
+def page_bytes(page: str) -> bytes:
+    """The page as UTF-8. A file name that is not UTF-8 (``caf\\xe9.jpg`` from a
+    Latin-1 share) reaches here with surrogate escapes, which UTF-8 cannot
+    carry: such bytes are shown as ``\\xe9``, so the page still names the file."""
+    raw = page.encode("utf-8", "surrogateescape")
+    return raw.decode("utf-8", "backslashreplace").encode("utf-8")
 
 
 def write_image_page(out_dir: Path, found: Mapping[str, Detections], report: dict) -> Path:
     """``report.html`` for an image folder: counts per image and a contact sheet of the
     images most worth a look, thumbnails of the blurred images written in ``out_dir``."""
-    import cv2
-
+    from .datasets import read_image
     from .review_html import render_image_page
     from .video.output import write_atomic
 
@@ -106,10 +113,11 @@ def write_image_page(out_dir: Path, found: Mapping[str, Detections], report: dic
     picked = pick_frames(flags)
     thumbs, sizes = {}, {}
     for i, _ in picked:
-        bgr = cv2.imread(str(out_dir / names[i]), cv2.IMREAD_COLOR)
-        if bgr is not None:
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            sizes[i] = rgb.shape[1], rgb.shape[0]
-            thumbs[i] = jpeg_thumbnail(rgb)
+        try:  # from the file's bytes: OpenCV's path functions crash on a non-UTF-8 name
+            rgb = read_image(out_dir / names[i])
+        except (OSError, ValueError):
+            continue
+        sizes[i] = rgb.shape[1], rgb.shape[0]
+        thumbs[i] = jpeg_thumbnail(rgb)
     page = render_image_page(report, names, frames, flags, picked, thumbs, sizes)
-    return write_atomic(out_dir / REPORT_HTML, page.encode())
+    return write_atomic(out_dir / REPORT_HTML, page_bytes(page))

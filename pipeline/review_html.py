@@ -396,7 +396,7 @@ def render_image_page(report: dict, names: Mapping[int, str], frames: Mapping[in
             "<link rel='icon' href='data:,'>"
             f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
             f"<h1>{_e(title)}</h1>{_facts(report)}<h2>Boxes per image</h2>"
-            f"<p class='muted'>{n_img} images in file-name order.</p>{chart}{_legend()}"
+            f"<p class='muted'>{n_img} images in file-name order, numbers by value.</p>{chart}{_legend()}"
             f"<h2>Images worth a look ({len(cards)})</h2>"
             "<p class='muted'>Thumbnails of the anonymized images; outlines: regions blurred, "
             "the flagged box (yellow).</p>"

@@ -39,6 +39,7 @@ from pipeline.evaluate import (
     group_of_label,
     match_greedy,
     match_image,
+    to_mdict,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,6 +178,20 @@ def test_match_is_one_to_one_and_takes_best_free_ground_truth():
     assert match_greedy(np.array([[0, 0, 10, 4]], float), np.array([1.0]), gt) == [None]
 
 
+def test_matches_are_those_of_the_boxes_the_pickle_stores():
+    """A box 4.6 px wide over a 10 px one has IoU 0.46 as detected but 0.5 as
+    stored in the pickle (whole pixels): the pickle's matches and the IoU
+    metrics follow the stored box, so a reader recomputing them from the
+    pickle agrees."""
+    gt = [GTBox("plate", [0, 0, 10, 10])]
+    found = dets((0, 0, 4.6, 10, 0.9, PLATE))
+    ev = evaluate_image(found, gt, 20, 20, ["plate"])
+    stored = to_mdict("x.png", found, gt, ev.matches)["det"][0]["box_points"]
+    assert stored == [0, 0, 5, 10]
+    assert ev.matches == [(0, 0)] and ev.counts["plate"].tp == 1
+    assert ev.coverage == [pytest.approx(0.5)]  # coverage: the region blurred, 5 px wide
+
+
 def test_no_detections():
     gt = plates((0, 0, 10, 10), (20, 20, 30, 30))
     ev = evaluate_image(Detections.empty(), gt, 50, 50, ["plate"])
@@ -243,6 +258,7 @@ def test_yolo_txt_loading_maps_class_ids(tmp_path):
     write_image(img / "a.png", 200, 100)
     write_image(img / "b.png", 50, 50)  # no .txt: an image without objects
     (img / "._a.png").write_bytes(b"\x00\x05\x16\x07")  # macOS metadata, not an image
+    (img / "holiday.jpg").mkdir()  # a folder, not an image
     anno.mkdir()
     (anno / "a.txt").write_text("15 0.5 0.5 0.2 0.4\n2 0.1 0.1 0.1 0.1\n0 0.25 0.25 0.1 0.2\n\n")
     records = load_yolo_dir(anno, img, {15: "plate", 0: "face"})
@@ -338,6 +354,12 @@ GOOD = {"file": "images/x.png", "boxes": [{"label": "face", "xyxy": [1, 1, 5, 5]
      r"boxes\[0\]: 'xyxy' must be 4 numbers"),
     ({"file": "images/x.png", "boxes": [{"label": "face", "xyxy": [1, 1, "a", 5]}]},
      r"boxes\[0\]: 'xyxy' must be 4 numbers"),
+    ({"file": "images/x.png", "boxes": [{"label": "face", "xyxy": "1234"}]},
+     r"images\[1\] \(images/x.png\): boxes\[0\]: 'xyxy' must be 4 numbers"),
+    ({"file": "images/x.png", "boxes": [{"label": None, "xyxy": [1, 1, 5, 5]}]},
+     r"images\[1\] \(images/x.png\): boxes\[0\] needs 'label' as text"),
+    ({"file": "images/x.png", "boxes": [{"label": 15, "xyxy": [1, 1, 5, 5]}]},
+     r"boxes\[0\] needs 'label' as text"),
     ({"file": "images/x.png", "boxes": {"label": "face"}}, r"'boxes' is not a list"),
     ({"file": "images/x.png", "width": "wide"}, r"'width' must be a positive whole number"),
     ({"file": "images/x.png", "height": 0}, r"'height' must be a positive whole number"),
@@ -469,6 +491,23 @@ def test_pickle_and_metrics_format(tmp_path):
     assert "plate" in table and "car" in table
 
 
+def test_drawn_images_never_replace_one_another(tmp_path):
+    """images/a.jpg and images/a.png (or x/a.png and x__a.png) would both be
+    drawn as images__a.jpg; each gets its own file, the first keeps the
+    usual name."""
+    root = tmp_path / "ds"
+    names = ["images/a.png", "images/a.jpg", "images__a.png", "b.png"]
+    for i, name in enumerate(names):
+        write_image(root / name, 40 + 10 * i, 30)
+    write_annotations(root, [{"file": name, "boxes": []} for name in names])
+    out = tmp_path / "out"
+    evaluate_dataset(load_annotations(root), FakeStack().detect, out, "two-stage",
+                     batch_size=2, progress=False, draw_dir=out / "drawn")
+    drawn = {p.name: cv2.imread(str(p)).shape[1] for p in (out / "drawn").iterdir()}
+    assert drawn == {"images__a.jpg": 40, "images__a.jpg.jpg": 50, "images__a.png.jpg": 60,
+                     "b.jpg": 70}
+
+
 def test_label_the_dataset_never_annotates_has_no_rates(tmp_path):
     make_dataset(tmp_path / "ds")
     metrics = evaluate_dataset(load_annotations(tmp_path / "ds"), FakeStack().detect,
@@ -517,6 +556,24 @@ def test_cli_runs_the_stack_it_is_given(tmp_path, monkeypatch, capsys):
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "anonymize", "eval", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
+
+
+def test_one_yolo_class_id_for_two_labels_is_refused(tmp_path, capsys):
+    """--plate-class-id 15 --face-class-id 15 would read every class-15 box as
+    a face and lose the plates."""
+    from anonymize.cli import main
+
+    for d in ("anno", "img"):
+        (tmp_path / d).mkdir()
+    write_image(tmp_path / "img" / "a.png", 20, 20)
+    (tmp_path / "anno" / "a.txt").write_text("15 0.5 0.5 0.2 0.1\n", encoding="utf-8")
+    assert main(["eval", "--anno-dir", str(tmp_path / "anno"), "--img-dir", str(tmp_path / "img"),
+                 "--plate-class-id", "15", "--face-class-id", "15", "--mode", "one-stage",
+                 "--out-dir", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["anonymize: error: class id 15 is given for both --plate-class-id and "
+                   "--face-class-id; give each label its own id"]
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_missing_dataset_dir_is_a_one_line_error(tmp_path):

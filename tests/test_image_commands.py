@@ -96,6 +96,29 @@ def test_an_undecodable_file_is_left_out_with_a_warning_and_the_rest_is_done(
     assert "b_broken.jpg" in (out / "report.html").read_text(encoding="utf-8")
 
 
+def test_an_image_the_output_folder_will_not_take_is_left_out_with_a_warning(
+        data_dir, tmp_path, capsys):
+    """A name near the 255-byte limit is written (its temporary name is
+    shortened); a folder in the way of an output gives one warning line for
+    that image, never a traceback, and the others are still written."""
+    photo = (data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg").read_bytes()
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    long_name = "写真" * 40 + ".jpg"  # 244 bytes
+    for name in (long_name, "b_blocked.jpg", "c_good.jpg"):
+        (folder / name).write_bytes(photo)
+    (out / "b_blocked.jpg").mkdir(parents=True)
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(out), "--quiet",
+                 "--no-plates", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("anonymize: warning: could not write")
+    assert "b_blocked.jpg: Is a directory; left out" in err[0]
+    assert (out / long_name).is_file() and (out / "c_good.jpg").is_file()
+    rows = pickle.loads((out / "detections.pkl").read_bytes())
+    assert sorted(r["filename"] for r in rows) == ["c_good.jpg", long_name]
+    assert not [p for p in out.iterdir() if ".partial-" in p.name]
+
+
 def test_grey_and_transparent_images_keep_their_channels(data_dir, tmp_path):
     src = cv2.imread(str(data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg"))
     folder = tmp_path / "in"
@@ -116,17 +139,53 @@ def test_grey_and_transparent_images_keep_their_channels(data_dir, tmp_path):
     assert cutout[y1:y2, x1:x2, :3].std() < src[y1:y2, x1:x2].std()
 
 
+def test_a_transparent_image_with_an_exif_orientation_keeps_its_alpha_turned_along(
+        data_dir, tmp_path):
+    """A PNG's eXIf orientation turns its colour upright on reading; the alpha
+    plane written back must turn with it (all eight orientations), not stay
+    as stored or be dropped when the turn swaps width and height."""
+    import struct
+    import zlib
+
+    src = cv2.imread(str(data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg"))
+    h, w = src.shape[:2]
+    alpha = (np.add.outer(np.arange(h), 2 * np.arange(w)) % 251).astype(np.uint8)  # no symmetry
+    upright = np.dstack([src, alpha])
+    stored_as = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+                 5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, 1),
+                 7: lambda a: a[::-1, ::-1].swapaxes(0, 1), 8: lambda a: np.rot90(a, -1)}
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for o, turn in stored_as.items():
+        png = cv2.imencode(".png", np.ascontiguousarray(turn(upright)))[1].tobytes()
+        exif = (b"MM\x00*" + struct.pack(">IH", 8, 1) + struct.pack(">HHIHH", 0x0112, 3, 1, o, 0)
+                + struct.pack(">I", 0))
+        chunk = (struct.pack(">I", len(exif)) + b"eXIf" + exif
+                 + struct.pack(">I", zlib.crc32(b"eXIf" + exif)))
+        (folder / f"o{o}.png").write_bytes(png[:33] + chunk + png[33:])  # after IHDR
+        assert cv2.imread(str(folder / f"o{o}.png")).shape == src.shape  # read upright
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(tmp_path / "out"),
+                 "--quiet", "--no-plates", "--device", "cpu"]) == 0
+    for o in stored_as:
+        out = cv2.imread(str(tmp_path / "out" / f"o{o}.png"), cv2.IMREAD_UNCHANGED)
+        assert out.shape == upright.shape, o
+        assert np.array_equal(out[:, :, 3], alpha), o
+
+
 def test_folder_listing_leaves_out_hidden_files_and_an_output_folder_inside(tmp_path):
     from pipeline.images import list_images
 
     folder = tmp_path / "photos"
     for rel in ("a.jpg", "sub/b.PNG", "._a.jpg", ".thumbs/c.jpg", "blurred/a.jpg",
-                "blurred/.a.partial-1234.jpg", "notes.txt"):
+                "blurred/.a.partial-1234.jpg", "blurred/detections.pkl", "notes.txt"):
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_bytes(b"x")
     (folder / "folder.jpg").mkdir()
-    names = [p.relative_to(folder).as_posix() for p in list_images(folder, folder / "blurred")]
+    passed_over: list = []
+    names = [p.relative_to(folder).as_posix()
+             for p in list_images(folder, folder / "blurred", passed_over)]
     assert names == ["a.jpg", "sub/b.PNG"]
+    assert passed_over == [folder / "blurred" / "a.jpg"]
     # without an output folder inside, its files are images like the others
     assert len(list_images(folder)) == 3
 
@@ -146,6 +205,46 @@ def test_output_folder_that_is_the_image_folder_is_refused_before_work(
     assert len(err) == 1 and "originals would be overwritten" in err[0]
     assert (folder / "a.jpg").read_bytes() == photo.read_bytes()
     assert sorted(p.name for p in folder.iterdir()) == ["a.jpg"]
+
+
+@pytest.mark.parametrize("img_rel, out_rel, refusal", [
+    ("lib/new", "lib", "holds the image folder"),
+    ("photos", "photos/2024", "already holds files, but no detections.pkl or faces.pkl"),
+])
+def test_an_output_folder_where_outputs_could_replace_originals_is_refused(
+        data_dir, tmp_path, capsys, img_rel, out_rel, refusal):
+    """An output folder above the image folder, or inside it with photos of
+    its own, would get blurred copies over originals (and, inside, its own
+    photos would silently not be anonymized): refused before any work."""
+    photos = sorted((data_dir / "faces_dlib_examples" / "images").glob("*.jpg"))
+    for rel, photo in (("lib/a.jpg", photos[0]), ("lib/new/a.jpg", photos[1]),
+                       ("photos/a.jpg", photos[2]), ("photos/2024/a.jpg", photos[3])):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(photo.read_bytes())
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*.jpg")}
+    assert main(["images", "--img-dir", str(tmp_path / img_rel), "--out-dir",
+                 str(tmp_path / out_rel), "--quiet", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("anonymize: error:") and refusal in err[0]
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_an_earlier_runs_output_inside_the_image_folder_is_run_into_again_with_a_warning(
+        data_dir, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo = data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg"
+    (folder / "a.jpg").write_bytes(photo.read_bytes())
+    args = ["images", "--img-dir", str(folder), "--out-dir", str(folder / "blurred"), "--quiet",
+            "--no-plates", "--device", "cpu"]
+    assert main(args) == 0
+    assert capsys.readouterr().err == ""
+    assert main(args) == 0  # its own outputs are not blurred again, and it says so
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("anonymize: warning: the output folder")
+    assert "holds 1 images of an earlier run" in err[0]
+    rows = pickle.loads((folder / "blurred" / "detections.pkl").read_bytes())
+    assert [r["filename"] for r in rows] == ["a.jpg"]
 
 
 def test_an_empty_folder_is_refused_before_models_load(tmp_path, capsys):
@@ -215,3 +314,80 @@ def test_progress_counts_every_file_of_the_folder_left_out_ones_included(data_di
                              settings, steps.append, skipped)
     assert sorted(found) == ["a.jpg", "c.jpg", "e.jpg"] and len(skipped) == 3
     assert sum(steps) == 6 and all(n > 0 for n in steps)
+
+
+@pytest.mark.parametrize("command, folder_flag, out_flag", [
+    ("images", "--img-dir", "--out-dir"), ("faces", "--frames-dir", "--save-dir")])
+def test_a_file_name_that_is_not_utf8_is_anonymized_like_the_others(
+        data_dir, tmp_path, command, folder_flag, out_flag):
+    """b'caf\\xe9.jpg' (Latin-1, from an old camera or share) reaches Python
+    with a surrogate escape; OpenCV's path functions crash the process on
+    such a name, so the command runs in a process of its own here."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    photo = (data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg").read_bytes()
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    latin1 = os.fsencode(folder) + b"/caf\xe9.jpg"
+    with open(latin1, "wb") as f:
+        f.write(photo)
+    (folder / "ok.jpg").write_bytes(photo)
+    done = subprocess.run([sys.executable, "-m", "anonymize", command, folder_flag, str(folder),
+                           out_flag, str(out), "--quiet", "--device", "cpu"],
+                          cwd=Path(__file__).resolve().parent.parent, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert {b"caf\xe9.jpg", b"ok.jpg"} <= set(os.listdir(os.fsencode(out)))
+    blurred = read_image(os.fsdecode(os.fsencode(out) + b"/caf\xe9.jpg"))
+    assert blurred.shape == read_image(folder / "ok.jpg").shape
+    assert not np.array_equal(blurred, read_image(folder / "ok.jpg"))  # faces blurred
+    if command == "images":
+        assert "caf\\xe9.jpg" in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_face_pickle_numbers_frames_in_natural_order_counting_undecodable_ones(
+        data_dir, tmp_path, capsys):
+    """frame_idx is the frame's place in the folder: frame_10 after frame_2
+    (natural order), and a frame that does not decode keeps its place, so
+    the frames after it keep theirs."""
+    photo = (data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg").read_bytes()
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for n in (1, 2, 3, 10):
+        (folder / f"frame_{n}.jpg").write_bytes(photo if n != 2 else photo[:100])
+    out = tmp_path / "out"
+    assert main(["faces", "--frames-dir", str(folder), "--save-dir", str(out), "--quiet",
+                 "--device", "cpu"]) == 1
+    assert "frame_2.jpg" in capsys.readouterr().err
+    faces = pickle.loads((out / "faces.pkl").read_bytes())
+    assert {name.rsplit("/", 1)[-1]: v["frame_idx"] for name, v in faces.items()} == {
+        "frame_1.jpg": 0, "frame_3.jpg": 2, "frame_10.jpg": 3}
+    assert [name.rsplit("/", 1)[-1] for name in faces] == [
+        "frame_1.jpg", "frame_3.jpg", "frame_10.jpg"]
+
+
+def test_linked_folders_are_searched_once_and_a_broken_link_is_reported(
+        data_dir, tmp_path, capsys):
+    """A sub-folder reached through a symbolic link is anonymized like the
+    others (a link back to an ancestor does not loop); a link to an image
+    that is gone is named in a warning line, never passed over in silence."""
+    photo = (data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg").read_bytes()
+    folder, events = tmp_path / "in", tmp_path / "events"
+    folder.mkdir()
+    events.mkdir()
+    (folder / "top.jpg").write_bytes(photo)
+    (events / "party.jpg").write_bytes(photo)
+    (folder / "linked").symlink_to(events, target_is_directory=True)
+    (events / "back").symlink_to(folder, target_is_directory=True)  # a loop
+    (folder / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    out = tmp_path / "out"
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(out), "--quiet",
+                 "--no-plates", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("anonymize: warning: cannot read image:")
+    assert "gone.jpg (a link to" in err[0] and "which does not exist); left out" in err[0]
+    rows = pickle.loads((out / "detections.pkl").read_bytes())
+    assert [r["filename"] for r in rows] == ["linked/party.jpg", "top.jpg"]
+    assert (out / "linked" / "party.jpg").is_file()

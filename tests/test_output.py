@@ -164,6 +164,17 @@ def test_atomic_output_removes_the_partial_file_on_error(tmp_path):
     assert not target.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_a_name_near_the_file_system_limit_is_written_atomically(tmp_path):
+    """80 CJK characters are 240 bytes, a legal name; the hidden temporary name
+    beside it must fit the 255-byte limit too."""
+    target = tmp_path / ("写真" * 40 + ".mp4")
+    with atomic_output(target) as tmp:
+        assert len(os.fsencode(tmp.name)) <= 255
+        assert tmp.name.startswith(".") and tmp.suffix == ".mp4"
+        tmp.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole" and list(tmp_path.iterdir()) == [target]
+
+
 def test_same_file_by_identity(tmp_path):
     a = tmp_path / "a"
     a.write_text("x")

@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also report coverage recall of boxes at least PX wide (default 16)")
     parser.add_argument("--draw", action="store_true",
                         help="write images with ground truth (green) and detections (red) "
-                             "to OUT/drawn/")
+                             "to OUT/drawn/ as JPEG, named after the image's path (folders "
+                             "joined by __; the source suffix kept where names would clash)")
     # eval's --mode picks what to detect (DESIGN.md); how regions are hidden plays no part
     add_settings_arguments(parser, video=False, exclude=("faces", "plates", "mode"))
 
@@ -57,10 +58,16 @@ def _records(args: argparse.Namespace):
     if args.dataset:
         records = datasets.load_annotations(args.dataset)
     elif args.anno_dir and args.img_dir:
-        classes = {cid: label for cid, label in ((args.plate_class_id, "plate"),
-                                                  (args.face_class_id, "face"),
-                                                  (args.car_class_id, "car"))
-                   if cid is not None}
+        given = [(cid, flag) for cid, flag in ((args.plate_class_id, "plate"),
+                                               (args.face_class_id, "face"),
+                                               (args.car_class_id, "car"))
+                 if cid is not None]
+        for i, (cid, label) in enumerate(given):  # one id, two labels: one label's boxes lost
+            other = next((lb for c, lb in given[:i] if c == cid), None)
+            if other is not None:
+                raise ValueError(f"class id {cid} is given for both --{other}-class-id and "
+                                 f"--{label}-class-id; give each label its own id")
+        classes = dict(given)
         records = datasets.load_yolo_dir(args.anno_dir, args.img_dir, classes)
     else:
         raise ValueError("give --dataset DIR, or --anno-dir DIR with --img-dir DIR")

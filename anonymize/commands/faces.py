@@ -32,9 +32,9 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, faces=True, plates="off")
     check_folder_writable(Path(args.save_dir), "--save-dir")  # before any model loads
     check_settings(settings)  # a bad model setting fails before any frame is read
-    found, skipped = anonymize_images(args.frames_dir, args.save_dir, settings, args.quiet,
-                                      unit="frame")
-    pkl = write_face_pickle(Path(args.save_dir), found, Path(args.frames_dir))
+    found, skipped, listing = anonymize_images(args.frames_dir, args.save_dir, settings,
+                                               args.quiet, unit="frame")
+    pkl = write_face_pickle(Path(args.save_dir), found, Path(args.frames_dir), listing)
     n = sum(len(d) for d in found.values())
     left = f", {len(skipped)} left out (see the warnings)" if skipped else ""
     print(f"{len(found)} frames, {n} faces{left} -> {args.save_dir} ({pkl.name})")

@@ -18,11 +18,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def anonymize_images(folder, out_dir, settings, quiet: bool, unit: str = "img"
-                     ) -> tuple[dict, list[str]]:
+                     ) -> tuple[dict, list[str], list[str]]:
     """Detect and blur every image of ``folder`` into ``out_dir`` with a progress
-    bar; shared by `images` and `faces`. Returns detections per relative path
-    and the files that did not decode: each gets one warning line on stderr
-    and is left out, the others are still done (the command then exits 1)."""
+    bar; shared by `images` and `faces`. Returns detections per relative path,
+    the files that did not decode (each gets one warning line on stderr and
+    is left out, the others are still done; the command then exits 1), and
+    every file listed, in order (relative paths)."""
     import sys
     from pathlib import Path
 
@@ -32,7 +33,11 @@ def anonymize_images(folder, out_dir, settings, quiet: bool, unit: str = "img"
     from pipeline.detect import DetectionStack
     from pipeline.images import anonymize_folder, list_images
 
-    paths = list_images(Path(folder), Path(out_dir))  # refused before any model loads
+    passed_over: list = []
+    paths = list_images(Path(folder), Path(out_dir), passed_over)  # refused before models load
+    if passed_over:  # an earlier run's outputs, never in silence
+        warn(f"the output folder {out_dir} inside the image folder holds {len(passed_over)} "
+             "images of an earlier run; they are not anonymized again")
     if not paths:
         raise FileNotFoundError(f"no images in {folder} (looked for "
                                 f"{', '.join(s.lstrip('.') for s in IMAGE_SUFFIXES)})")
@@ -43,7 +48,8 @@ def anonymize_images(folder, out_dir, settings, quiet: bool, unit: str = "img"
                                  skipped)
     for _, reason in skipped:
         warn(f"{reason}; left out")
-    return found, [str(Path(p).relative_to(folder)) for p, _ in skipped]
+    return (found, [str(Path(p).relative_to(folder)) for p, _ in skipped],
+            [str(p.relative_to(folder)) for p in paths])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     check_folder_writable(Path(args.out_dir), "--out-dir")  # before any model loads
     models = check_settings(settings)  # a bad model setting fails before any image is read
     t0 = time.perf_counter()
-    found, skipped = anonymize_images(args.img_dir, args.out_dir, settings, args.quiet)
+    found, skipped, _ = anonymize_images(args.img_dir, args.out_dir, settings, args.quiet)
     wall = time.perf_counter() - t0
     pkl = write_image_detections(Path(args.out_dir), found)
     n = sum(len(d) for d in found.values())

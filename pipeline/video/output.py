@@ -12,6 +12,7 @@ under the user's name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 import tempfile
@@ -67,8 +68,24 @@ def check_output_path(source: Path, output: Path) -> None:
 
 def partial_name(output: Path) -> Path:
     """A hidden temporary name beside ``output`` with the same suffix (the
-    container format is chosen by suffix)."""
-    return output.with_name(f".{output.stem}.partial-{secrets.token_hex(4)}{output.suffix}")
+    container format is chosen by suffix). The marks add 18 bytes to the
+    name, so a legal name near the file system's limit (255 bytes: 80 CJK
+    characters are 240) would fail with ENAMETOOLONG; then the stem is
+    replaced by a short hash of it."""
+    tag = f".partial-{secrets.token_hex(4)}{output.suffix}"
+    stem = output.stem
+    if len(os.fsencode(f".{stem}{tag}")) > name_max(output.parent):
+        stem = hashlib.sha256(os.fsencode(stem)).hexdigest()[:16]
+    return output.with_name(f".{stem}{tag}")
+
+
+def name_max(folder: Path) -> int:
+    """Longest file name, in bytes, that ``folder``'s file system takes (255 where
+    it does not say)."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
 
 
 @contextlib.contextmanager
