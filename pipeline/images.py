@@ -149,6 +149,11 @@ def read_unchanged_upright(path: Path) -> np.ndarray | None:
     of a turned RGBA photo must turn with its pixels. None if it does not
     decode."""
     data = np.fromfile(path, dtype=np.uint8)
+    if not hasattr(cv2, "imdecodeWithMetadata"):  # an older OpenCV: the alpha stays as stored
+        try:
+            return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        except cv2.error:
+            return None
     try:
         image, kinds, chunks = cv2.imdecodeWithMetadata(data, cv2.IMREAD_UNCHANGED)
     except cv2.error:
