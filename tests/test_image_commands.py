@@ -242,7 +242,7 @@ def test_an_earlier_runs_output_inside_the_image_folder_is_run_into_again_with_a
     assert main(args) == 0  # its own outputs are not blurred again, and it says so
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("anonymize: warning: the output folder")
-    assert "holds 1 images of an earlier run" in err[0]
+    assert "holds 1 image of an earlier run; it is not" in err[0]
     rows = pickle.loads((folder / "blurred" / "detections.pkl").read_bytes())
     assert [r["filename"] for r in rows] == ["a.jpg"]
 

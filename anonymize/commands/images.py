@@ -36,8 +36,10 @@ def anonymize_images(folder, out_dir, settings, quiet: bool, unit: str = "img"
     passed_over: list = []
     paths = list_images(Path(folder), Path(out_dir), passed_over)  # refused before models load
     if passed_over:  # an earlier run's outputs, never in silence
-        warn(f"the output folder {out_dir} inside the image folder holds {len(passed_over)} "
-             "images of an earlier run; they are not anonymized again")
+        n = len(passed_over)
+        warn(f"the output folder {out_dir} inside the image folder holds {n} "
+             f"image{'s' if n != 1 else ''} of an earlier run; "
+             f"{'they are' if n != 1 else 'it is'} not anonymized again")
     if not paths:
         raise FileNotFoundError(f"no images in {folder} (looked for "
                                 f"{', '.join(s.lstrip('.') for s in IMAGE_SUFFIXES)})")
