@@ -15,9 +15,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", action="store_true",
                    help="follow the jobs with a progress bar; exit non-zero if one fails")
     p.add_argument("-o", "--output",
-                   help="with --wait: download the result video here (a folder when several "
-                        "inputs are given), the detection pickles, JSON and report beside it")
-    p.add_argument("--detections-dir", help="with -o: put the records here instead")
+                   help="with --wait: download the result video here, the detection "
+                        "pickles, JSON and report beside it; with several inputs a folder "
+                        "(DIR/<stem>.anonymized.<ext>, each job's records in "
+                        "DIR/<stem>.anonymized/)")
+    p.add_argument("--detections-dir", help="with -o: put the records here instead (with "
+                                            "several inputs, a folder per job in it)")
     p.add_argument("--timeout", type=float, default=None,
                    help="with --wait: give up after this many seconds (default: none)")
     p.add_argument("--zones", metavar="FILE",
@@ -30,18 +33,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_settings_arguments(p)
 
 
-def _destination(args, source: str) -> str | None:
+def _destinations(args) -> list[tuple[str | None, str | None]]:
+    """(output path, records folder) of each input; (None, None) without ``-o``.
+
+    ``-o FILE`` with one input: the video there, the records beside it (or in
+    ``--detections-dir``). ``-o DIR`` (several inputs, an existing folder or a
+    trailing ``/``): ``DIR/<stem>.anonymized.<ext>``, a second input of the
+    same stem (``cam1/clip.mp4``, ``cam2/clip.mp4``) as ``<stem>-2.anonymized.<ext>``;
+    with several inputs each job's records go into a folder of their own named
+    after its video (``DIR/<stem>.anonymized/``, or under ``--detections-dir``),
+    since their names are fixed: in one folder the last job's replaced the
+    others', and a second ``clip`` replaced the first one's video."""
     from pathlib import Path, PurePosixPath
 
     if not args.output:
-        return None
+        return [(None, None)] * len(args.inputs)
     out = Path(args.output)
-    if len(args.inputs) > 1 or out.is_dir() or args.output.endswith("/"):
-        from tasks.client import output_ext
+    if not (len(args.inputs) > 1 or out.is_dir() or args.output.endswith("/")):
+        return [(str(out), args.detections_dir)]
+    from tasks.client import output_ext
 
+    taken: set[str] = set()
+    found = []
+    for source in args.inputs:
         name = PurePosixPath(source).name
-        return str(out / f"{PurePosixPath(name).stem}.anonymized{output_ext(name, None)}")
-    return str(out)
+        stem, ext = PurePosixPath(name).stem, output_ext(name, None)
+        base, k = f"{stem}.anonymized", 1
+        while base.lower() in taken:
+            k += 1
+            base = f"{stem}-{k}.anonymized"
+        taken.add(base.lower())
+        records = None
+        if len(args.inputs) > 1:
+            records = str(Path(args.detections_dir or out) / base)
+        elif args.detections_dir:
+            records = args.detections_dir
+        found.append((str(out / f"{base}{ext}"), records))
+    return found
 
 
 def _check_input(source: str, dest: str | None, settings, zones=None, detections=None):
@@ -109,22 +137,22 @@ def run(args: argparse.Namespace) -> int:
         # before anything is uploaded; registry names must be fetched on the workers,
         # not here, and model files travel with the job
         check_settings(settings, fetched=False)
-    for source in args.inputs:  # the user's files, checked before anything is uploaded
-        _check_input(source, _destination(args, source), settings, zones, detections)
+    destinations = _destinations(args)
+    for source, (dest, _) in zip(args.inputs, destinations, strict=True):
+        _check_input(source, dest, settings, zones, detections)  # before anything is uploaded
     client = Client()
     jobs = []
-    for source in args.inputs:
-        dest = _destination(args, source)
+    for source, (dest, records) in zip(args.inputs, destinations, strict=True):
         job = client.submit(source, settings, output=dest,
                             zones=zones[1] if zones else None,
                             detections=detections[1] if detections else None,
                             detections_file=str(detections[0]) if detections else None)
-        jobs.append((job, source, dest))
+        jobs.append((job, source, dest, records))
         print(job, flush=True)
     if not args.wait:
         return 0
     failed = 0
-    for job, source, dest in jobs:
+    for job, source, dest, records in jobs:
         info = _follow(client, job, source, args)
         if info["status"] != "done":
             failed += 1
@@ -132,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             continue
         if dest:
-            got = client.download(job, dest, args.detections_dir)
+            got = client.download(job, dest, records)
             print(f"{job}: {got['output']} (records in {got['report'].parent})", file=sys.stderr)
         else:
             print(f"{job}: {info['output_url']}", file=sys.stderr)

@@ -1,0 +1,38 @@
+"""`anonymize submit`'s choices made before any server is reached: where each
+job's video and records are downloaded (the cluster itself: test_distributed)."""
+
+from __future__ import annotations
+
+from anonymize.cli import build_parser
+from anonymize.commands.submit import _destinations
+
+
+def _args(*argv: str):
+    return build_parser("submit").parse_args(["submit", *argv])
+
+
+def test_several_inputs_get_a_video_and_records_of_their_own(tmp_path):
+    """Records have fixed names (detections.json, faces.pkl, ...): downloaded into
+    one folder, the last job's replaced the others', and a second input of the
+    same name replaced the first one's video, with exit status 0."""
+    out = tmp_path / "out"
+    got = _destinations(_args("cam1/clip.mp4", "cam2/clip.mp4", "s3://b/cam3/CLIP.mov",
+                              "--wait", "-o", str(out)))
+    assert got == [
+        (str(out / "clip.anonymized.mp4"), str(out / "clip.anonymized")),
+        (str(out / "clip-2.anonymized.mp4"), str(out / "clip-2.anonymized")),
+        (str(out / "CLIP-3.anonymized.mov"), str(out / "CLIP-3.anonymized")),
+    ]
+    records = tmp_path / "records"
+    got = _destinations(_args("a.mp4", "b.mkv", "--wait", "-o", str(out),
+                              "--detections-dir", str(records)))
+    assert got == [(str(out / "a.anonymized.mp4"), str(records / "a.anonymized")),
+                   (str(out / "b.anonymized.mkv"), str(records / "b.anonymized"))]
+
+
+def test_one_input_keeps_its_records_beside_the_video(tmp_path):
+    assert _destinations(_args("a.mp4", "--wait", "-o", str(tmp_path / "x.mp4"))) == [
+        (str(tmp_path / "x.mp4"), None)]
+    assert _destinations(_args("a.mp4", "--wait", "-o", f"{tmp_path}/")) == [
+        (str(tmp_path / "a.anonymized.mp4"), None)]
+    assert _destinations(_args("a.mp4", "b.mp4")) == [(None, None), (None, None)]
