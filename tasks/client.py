@@ -194,7 +194,7 @@ class Client:
                 if info["status"] in ("done", "failed", "cancelled"):
                     return info
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job} not finished after {timeout:.0f}s")
+                raise TimeoutError(f"job {job} not finished after {timeout:g} s")
             time.sleep(poll)
 
     def cancel(self, job: str, delete: bool = False) -> bool:

@@ -55,19 +55,27 @@ class Context:
 
 
 def _fetch_source(ctx: Context, job: dict, dest_dir: Path) -> Path:
+    from models.errors import one_line
     from pipeline.video import VideoError
     from pipeline.video.contain import contain, without_timestamps
 
+    from .errors import PermanentError
     from .storage import open_storage, split_url
 
     name = PurePosixPath(job.get("source_name") or "source").name
     local = dest_dir / ("source" + PurePosixPath(name).suffix)
     url = job["source_url"]
-    if url.startswith(ctx.storage.url().rstrip("/") + "/"):
-        ctx.storage.get_file(url[len(ctx.storage.url().rstrip("/")) + 1:], local)
-    else:  # an s3:// (or file://) input taken in place
-        base, key = split_url(url)
-        open_storage(base).get_file(key, local)
+    try:
+        if url.startswith(ctx.storage.url().rstrip("/") + "/"):
+            key = url[len(ctx.storage.url().rstrip("/")) + 1:]
+            if not key or key.endswith("/"):
+                raise ValueError(f"not an object url: {url} (give s3://BUCKET/KEY)")
+            ctx.storage.get_file(key, local)
+        else:  # an s3:// (or file://) input taken in place
+            base, key = split_url(url)
+            open_storage(base).get_file(key, local)
+    except FileNotFoundError as exc:  # retrying does not make the input appear
+        raise PermanentError(f"the input is {one_line(exc)}") from None
     if without_timestamps(local):  # a raw stream, read as `anonymize run` reads it
         try:
             contained, note = contain(local, dest_dir / "contained.mkv")

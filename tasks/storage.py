@@ -215,7 +215,7 @@ class S3Storage(Storage):
     def _retry(self, what: str, fn, *args, **kwargs):
         """Run ``fn`` retrying connection-level failures until ``retry_seconds`` pass."""
         from boto3.exceptions import S3TransferFailedError, S3UploadFailedError
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
         deadline = time.monotonic() + self.retry_seconds
         delay = 0.25
@@ -230,6 +230,8 @@ class S3Storage(Storage):
                 if status < 500 and code not in ("SlowDown", "RequestTimeout"):
                     raise StorageError(f"{what}: {code or exc}") from None
                 error: Exception = exc
+            except ParamValidationError as exc:  # a request that can never be valid (an empty key)
+                raise ValueError(f"{what}: {' '.join(str(exc).split())}") from None
             except (BotoCoreError, S3UploadFailedError, S3TransferFailedError, OSError) as exc:
                 if isinstance(exc, FileNotFoundError | IsADirectoryError | PermissionError):
                     raise
@@ -357,8 +359,10 @@ def open_storage(url: str, endpoint_url: str | None = None, **kwargs) -> Storage
 
 
 def split_url(url: str) -> tuple[str, str]:
-    """``s3://b/p/x.mp4`` -> (``s3://b/p``, ``x.mp4``): a storage url and a key in it."""
-    head, _, name = url.rstrip("/").rpartition("/")
-    if not name or head.endswith(":/") or head.endswith(":"):
-        raise ValueError(f"not an object url: {url}")
+    """``s3://b/p/x.mp4`` -> (``s3://b/p``, ``x.mp4``): a storage url and a key in it.
+    A bucket or folder (``s3://b/``, ``s3://b/p/``) or a url without a bucket
+    (``s3://``, which read as a local file named ``s3:``) is not an object."""
+    head, _, name = url.rpartition("/")
+    if not name or "://" not in head or head.endswith(":/") or head.endswith(":"):
+        raise ValueError(f"not an object url: {url} (give s3://BUCKET/KEY)")
     return head, name

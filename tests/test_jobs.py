@@ -313,6 +313,19 @@ def test_a_permanent_error_fails_the_job_at_once_with_one_line(tmp_path, tasks_o
     assert h.take_sent() == []
 
 
+def test_an_input_missing_from_storage_fails_the_job_at_once(tmp_path, scene, tasks_on):
+    """An s3:// input that names no object cannot appear by retrying: the job
+    fails at once with the reason, instead of after every retry."""
+    h = Harness(tmp_path, scene, settings())
+    h.storage.delete_prefix(f"jobs/{h.job}/")
+    countdowns = tasks_on(h)
+    assert jobs.split.apply(args=(h.job, h.storage.url())).failed()
+    info = h.state.get(h.job)
+    assert info["status"] == "failed"
+    assert info["error"].startswith("split: the input is not in storage: ")
+    assert countdowns == []  # not retried
+
+
 def test_a_transient_error_is_retried_with_backoff_then_fails_the_job(h, tasks_on, monkeypatch):
     countdowns = tasks_on(h)
     n = steps.run_split(h.ctx, h.job)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 
 import pytest
 
@@ -67,8 +68,24 @@ def test_open_storage_urls(tmp_path, monkeypatch):
     with pytest.raises(ValueError):
         open_storage("ftp://host/x")
     assert split_url("s3://bucket/jobs/x.mp4") == ("s3://bucket/jobs", "x.mp4")
+    # a bucket, a folder, no bucket at all (which used to open a local file "s3:")
+    for url in ("s3://bucket", "s3://bucket/", "s3://bucket/jobs/", "s3://", "s3:"):
+        with pytest.raises(ValueError, match="not an object url"):
+            split_url(url)
+
+
+@pytest.mark.integration
+def test_an_s3_request_that_can_never_be_valid_is_not_retried(s3_server, tmp_path):
+    """An empty key (a bucket given as an input) was retried for the whole
+    retry window, a minute, as if the connection had failed, holding the
+    worker; it is a ValueError at once, which fails the job."""
+    store = S3Storage(s3_server.bucket, "", endpoint_url=s3_server.endpoint, retry_seconds=60)
+    t = time.monotonic()
     with pytest.raises(ValueError):
-        split_url("s3://bucket")
+        store.get_file("", tmp_path / "x")
+    assert time.monotonic() - t < 10
+    with pytest.raises(FileNotFoundError):
+        store.get_file("missing.mp4", tmp_path / "y")
 
 
 @pytest.mark.integration

@@ -36,3 +36,16 @@ def test_one_input_keeps_its_records_beside_the_video(tmp_path):
     assert _destinations(_args("a.mp4", "--wait", "-o", f"{tmp_path}/")) == [
         (str(tmp_path / "a.anonymized.mp4"), None)]
     assert _destinations(_args("a.mp4", "b.mp4")) == [(None, None), (None, None)]
+
+
+def test_an_s3_input_that_is_no_object_is_refused_before_anything_is_queued(capsys, monkeypatch,
+                                                                          tmp_path):
+    """``s3://bucket/`` was queued and held the cpu worker for minutes of retries;
+    ``s3://`` was read by the worker as a local file named ``s3:``."""
+    from anonymize.cli import main
+
+    monkeypatch.setenv("ANONYMIZE_CLUSTER_ENV", str(tmp_path / "no-cluster-env"))
+    for url in ("s3://bucket/", "s3://bucket/videos/", "s3://"):
+        assert main(["submit", url]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err == [f"anonymize: error: not an object url: {url} (give s3://BUCKET/KEY)"]

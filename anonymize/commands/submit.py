@@ -76,8 +76,9 @@ def _check_input(source: str, dest: str | None, settings, zones=None, detections
     """What ``anonymize run`` checks before work, for a job about to be uploaded:
     a readable video whose streams the output container can hold, an output
     path that is not the input and can be written, the zones and detections
-    against the video. ``s3://`` inputs are checked by the split task (the job
-    then fails with the reason)."""
+    against the video. Of an ``s3://`` input only its form is checked here (an
+    object, not a bucket or folder); its content is checked by the split task
+    (the job then fails with the reason)."""
     from pathlib import Path
 
     from pipeline.video import probe
@@ -87,6 +88,9 @@ def _check_input(source: str, dest: str | None, settings, zones=None, detections
     from tasks.client import output_ext
 
     if source.startswith("s3://"):
+        from tasks.storage import split_url
+
+        split_url(source)  # an object, not a bucket or folder: the split task reads it
         return
     if dest:
         check_output_path(Path(source), Path(dest))
@@ -153,7 +157,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     failed = 0
     for job, source, dest, records in jobs:
-        info = _follow(client, job, source, args)
+        try:
+            info = _follow(client, job, source, args)
+        except TimeoutError as exc:  # --timeout: the job itself goes on
+            failed += 1
+            print(f"anonymize: {exc}; it goes on (`anonymize status {job}`)", file=sys.stderr)
+            continue
         if info["status"] != "done":
             failed += 1
             print(f"anonymize: job {job} {info['status']}: {info.get('error', '')}",
