@@ -198,14 +198,20 @@ class Client:
             time.sleep(poll)
 
     def cancel(self, job: str, delete: bool = False) -> bool:
-        from .keys import job_prefix
+        """Stop ``job``; its intermediate objects (segments: copies of the source's
+        unblurred video) are deleted now, and ``delete`` deletes everything of it
+        (source, outputs). A worker busy with a segment deletes what it uploads
+        once it sees the job cancelled (tasks/steps.py)."""
+        from .keys import drop_intermediates, job_prefix
 
         self.get(job)
         with self._reaching("job state", self.service.state_url):
             changed = self.state.cancel(job)
-        if delete:
-            with self._reaching("storage", self.storage_url):
+        with self._reaching("storage", self.storage_url):
+            if delete:
                 self.storage.delete_prefix(job_prefix(job))
+            elif changed:
+                drop_intermediates(self.storage, job)
         return changed
 
     def download(self, job: str, output: str | Path, records_dir: str | Path | None = None

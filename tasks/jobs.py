@@ -10,7 +10,7 @@ to Celery (:class:`JobTask`). The task names that workers register come from
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from celery import Task
 from celery.exceptions import Reject
@@ -20,6 +20,7 @@ from models.errors import one_line
 from .app import app, service
 from .config import PROCESS, REASSEMBLE, RENDER, SPLIT
 from .errors import PermanentError, permanent_errors
+from .keys import drop_intermediates
 from .steps import Context, run_process, run_reassemble, run_split
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,8 @@ class JobTask(Task):
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         job_id, what = args[0], self.step(args)
-        state = _context(args[-1]).state
+        ctx = _context(args[-1])
+        state = ctx.state
         if isinstance(exc, PermanentError):
             reason = f"{what}: {exc}"
         else:
@@ -91,6 +93,8 @@ class JobTask(Task):
                 state.segment_failed(job_id, args[1], one_line(exc, 500), attempts)
         log.warning("job %s failed: %s", job_id, reason)
         state.fail(job_id, reason)
+        with suppress(Exception):  # storage away too: the failure stands
+            drop_intermediates(ctx.storage, job_id)
 
     def retry(self, *args, **kwargs):
         try:

@@ -9,8 +9,15 @@ and the steps share this layout.
 
 from __future__ import annotations
 
-#: what only the steps read, deleted once the job is done
+#: what only the steps read, deleted once the job is done, failed or cancelled
+#: (``segments/`` holds stream copies of the source's unblurred video)
 INTERMEDIATE = ("segments/", "out/", "models/")
+
+
+def drop_intermediates(storage, job: str) -> None:
+    """Delete the job's :data:`INTERMEDIATE` objects from ``storage``."""
+    for sub in INTERMEDIATE:
+        storage.delete_prefix(job_prefix(job) + sub)
 
 
 def job_prefix(job: str) -> str:

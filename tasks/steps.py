@@ -29,8 +29,8 @@ from pathlib import Path, PurePosixPath
 
 from .config import PROCESS, REASSEMBLE, RENDER
 from .keys import (
-    INTERMEDIATE,
     detections_key,
+    drop_intermediates,
     edits_key,
     job_prefix,
     manifest_key,
@@ -133,7 +133,8 @@ def run_split(ctx: Context, job_id: str) -> int:
     n = len(manifest.segments)
     if not ctx.state.set_status(job_id, "processing", segments_total=n,
                                 frames_total=manifest.info.n_frames):
-        return 0  # cancelled meanwhile
+        drop_intermediates(ctx.storage, job_id)  # cancelled meanwhile: the segments just cut
+        return 0
     step = RENDER if manifest.detections_file else PROCESS
     for seg in manifest.segments:
         ctx.enqueue(step, (job_id, seg.index))
@@ -224,7 +225,11 @@ def run_process(ctx: Context, job_id: str, index: int, stack=None) -> bool:
     if pending[0]:
         ctx.state.add_frames(job_id, pending[0])
     done = ctx.state.segment_done(job_id, index)
-    if done >= len(manifest.segments) and not ctx.state.is_final(job_id):
+    if ctx.state.is_final(job_id):
+        # cancelled or failed while this segment ran (or done, and this a late
+        # redelivery): what was uploaded and cut for it must not stay behind
+        drop_intermediates(ctx.storage, job_id)
+    elif done >= len(manifest.segments):
         ctx.enqueue(REASSEMBLE, (job_id,))
     return True
 
@@ -277,7 +282,6 @@ def run_reassemble(ctx: Context, job_id: str) -> dict | None:
                          report_url=ctx.storage.url(prefix + "report.json"),
                          files=files, frames_match=report["frames_match"],
                          detections=report["detections"])
-    for sub in INTERMEDIATE:
-        ctx.storage.delete_prefix(prefix + sub)
+    drop_intermediates(ctx.storage, job_id)
     return report
 

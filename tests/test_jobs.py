@@ -253,6 +253,7 @@ def test_cancel_while_splitting_enqueues_nothing(h):
     assert steps.run_split(h.ctx, h.job) == 0
     assert h.take_sent() == []
     assert h.state.get(h.job)["status"] == "cancelled"
+    assert h.keys("segments/") == []  # the segments cut meanwhile are deleted
 
 
 def test_cancel_before_the_last_segment_finishes_skips_the_reassembly(h):
@@ -269,6 +270,24 @@ def test_cancel_before_the_last_segment_finishes_skips_the_reassembly(h):
     h.state.segment_done = cancel_then_count
     steps.run_process(h.ctx, h.job, n - 1, stack=ScriptedStack())
     assert h.take_sent() == []
+    # what the job had cut and the segment just uploaded do not stay behind
+    assert h.keys("segments/") == [] and h.keys("out/") == []
+
+
+def test_cancel_deletes_the_copies_of_the_source_at_once(h):
+    """``anonymize cancel`` without ``--delete`` left the job's segments (stream
+    copies of the source's unblurred video) in the bucket indefinitely; they
+    go at once, the source and anything finished stay."""
+    from tasks.client import Client
+    from tasks.service import ServiceSettings
+
+    steps.run_split(h.ctx, h.job)
+    assert h.keys("segments/")
+    client = Client(ServiceSettings(storage_url=h.storage.url()), check=False)
+    client.state, client.storage = h.state, h.storage
+    assert client.cancel(h.job)
+    assert h.keys("segments/") == []
+    assert any(k.startswith(f"jobs/{h.job}/source") for k in h.keys())
 
 
 # ------------------------------------------------------------ the Celery tasks
@@ -346,6 +365,7 @@ def test_a_transient_error_is_retried_with_backoff_then_fails_the_job(h, tasks_o
     assert info["error"] == f"segment 1 failed after {MAX_RETRIES + 1} attempts: storage went away"
     assert info["failures"] == {1: {"reason": "storage went away", "attempt": MAX_RETRIES + 1}}
     assert info["segments_done"] == 0 and n == 3
+    assert h.keys("segments/") == []  # the failed job's copies of the source are gone
 
 
 def test_a_transient_error_that_clears_lets_the_job_go_on(h, tasks_on, monkeypatch):
