@@ -164,10 +164,12 @@ class Detections:
 
     # -- edges: serialisation -------------------------------------------
     def to_dicts(self) -> list[dict]:
-        """JSON-friendly rows; the inverse of :meth:`from_dicts`."""
+        """JSON-friendly rows; the exact inverse of :meth:`from_dicts` (values as
+        :func:`f32` writes them: a worker's boxes reach the reassembly, and its
+        records, as ``anonymize run`` writes them)."""
         return [
-            {"label": LABELS[int(c)], "xyxy": [round(float(v), 2) for v in box],
-             "confidence": round(float(s), 4), "filled": bool(f)}
+            {"label": LABELS[int(c)], "xyxy": [f32(v) for v in box],
+             "confidence": f32(s), "filled": bool(f)}
             for box, s, c, f in zip(self.xyxy, self.confidence, self.class_id, self.filled,
                                     strict=True)
         ]
@@ -185,3 +187,10 @@ class Detections:
              "box_points": [int(v) for v in box]}
             for box, s, c in zip(self.rounded().xyxy, self.confidence, self.class_id, strict=True)
         ]
+
+
+def f32(value) -> float:
+    """The shortest decimal that reads back to the same float32: boxes and scores
+    written as JSON read back to the very values they were (rounded to 0.01 px
+    and 1e-4, a re-render's boxes were not the run's)."""
+    return float(np.format_float_positional(np.float32(value), unique=True, trim="-"))

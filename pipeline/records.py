@@ -27,9 +27,7 @@ from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
-
-from models.detections import FACE, LABELS, PLATE, Detections
+from models.detections import FACE, PLATE, Detections
 
 from .video.output import write_atomic
 
@@ -68,19 +66,10 @@ def plate_records(frames: Mapping[int, Detections], frame_pts: list[int],
     ]
 
 
-def _f32(value) -> float:
-    """The shortest decimal that reads back to the same float32."""
-    return float(np.format_float_positional(np.float32(value), unique=True, trim="-"))
-
-
 def detection_rows(frame: int, d: Detections) -> list[dict]:
-    """detections.json rows of one frame; ``id`` is ``<frame>:<row>``."""
-    return [
-        {"id": f"{frame}:{j}", "label": LABELS[int(c)], "xyxy": [_f32(v) for v in box],
-         "confidence": _f32(s), "filled": bool(f)}
-        for j, (box, s, c, f) in enumerate(zip(d.xyxy, d.confidence, d.class_id, d.filled,
-                                               strict=True))
-    ]
+    """detections.json rows of one frame (:meth:`Detections.to_dicts`, exact);
+    ``id`` is ``<frame>:<row>``."""
+    return [{"id": f"{frame}:{j}", **row} for j, row in enumerate(d.to_dicts())]
 
 
 def write_records(out_dir: Path, frames: Mapping[int, Detections], frame_pts: list[int],
