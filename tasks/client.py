@@ -161,6 +161,10 @@ class Client:
             return self.app.control.ping(timeout=timeout, connection=conn)
 
     def get(self, job: str) -> dict:
+        if not job or not all(ch.isalnum() or ch in "-_" for ch in job):
+            # job ids are made of these (tasks.state.new_job_id); another one would be
+            # read as one of a job's own keys ("JOB:done"), and Redis's answer as an outage
+            raise ValueError(f"not a job id: {job!r}")
         with self._reaching("job state", self.service.state_url):
             info = self.state.get(job)
         if info is None:

@@ -180,6 +180,10 @@ def test_status_and_cancel_of_an_unknown_job_exit_2(redis_server, tmp_path):
     for command in ("status", "cancel"):
         rc, _, lines, seconds = cli(command, "20250101-000000-deadbeef", env=env, cwd=tmp_path)
         assert_one_line_error(rc, lines, seconds, "unknown job: 20250101-000000-deadbeef")
+        # one of a job's own keys was read as a job, and Redis's answer as an outage
+        rc, _, lines, seconds = cli(command, "20250101-000000-deadbeef:done", env=env,
+                                    cwd=tmp_path)
+        assert_one_line_error(rc, lines, seconds, "not a job id: '20250101-000000-deadbeef:done'")
 
 
 @pytest.mark.integration
