@@ -314,10 +314,10 @@ def orientation(frame: av.VideoFrame) -> tuple[int, list[int] | None]:
     one written with a flip) is read as a horizontal flip after a rotation, and
     only the rotation turns the picture for detection: read as an angle alone, a
     plain mirror came out as 180°, and the output was shown upside down."""
-    matrix = next((list(struct.unpack("<9i", bytes(sd))) for sd in frame.side_data
-                   if sd.type == av.sidedata.sidedata.Type.DISPLAYMATRIX), None)
-    if matrix is None:
+    data = frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)
+    if data is None:
         return 0, None
+    matrix = list(struct.unpack("<9i", bytes(data)))
     a, b, c, d = matrix[0], matrix[1], matrix[3], matrix[4]
     if a * d - b * c < 0:
         a, c = -a, -c  # undo the flip (FFmpeg's av_display_matrix_flip negates column 0)
