@@ -218,6 +218,16 @@ class Client:
                 drop_intermediates(self.storage, job)
         return changed
 
+    def report(self, job: str) -> dict:
+        """A finished job's report.json."""
+        import json
+
+        from .storage import split_url
+
+        base, key = split_url(self.get(job)["report_url"])
+        with self._reaching("storage", base):
+            return json.loads(self._open(base).get_bytes(key))
+
     def download(self, job: str, output: str | Path, records_dir: str | Path | None = None
                  ) -> dict[str, Path]:
         """Fetch the result video to ``output`` and the records (pickles, JSON, report)

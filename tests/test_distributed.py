@@ -287,6 +287,10 @@ def test_unusual_inputs_fail_with_one_line_and_the_cluster_keeps_serving(cluster
     for line in (proc.stderr + proc_mkv.stderr).splitlines():
         if " failed: " in line:
             assert line.startswith("anonymize: job "), line
+    # what `anonymize run` says of a damaged input, `submit --wait` says too, naming it
+    assert client.get(jobs[damaged])["status"] == "done"
+    assert any(line.startswith("anonymize: warning: ") and urls[damaged] in line
+               and " is damaged: " in line for line in proc.stderr.splitlines()), proc.stderr
 
     status = cli("status", *jobs.values(), env=env)
     assert status.returncode == 1

@@ -32,6 +32,13 @@ def warn(message: str) -> None:
     tqdm.write(f"anonymize: warning: {message}", file=sys.stderr)
 
 
+def warn_dropped(source, dropped: list[dict]) -> None:
+    """One warning line per stream of ``source`` left out of the output, and why."""
+    for s in dropped:
+        warn(f"{s['type']} stream {s['index']} ({s['codec']}) of {source} is not in the "
+             f"output: {s['reason']}")
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     import sys
@@ -54,9 +61,7 @@ def run(args: argparse.Namespace) -> int:
             from pipeline.render import read_zones
 
             manifest.zones = read_zones(Path(args.zones), manifest.info)
-        for s in manifest.dropped_streams:
-            warn(f"{s['type']} stream {s['index']} ({s['codec']}) of {source} is not in the "
-                 f"output: {s['reason']}")
+        warn_dropped(source, manifest.dropped_streams)
         from pipeline.process import run_local  # loads torch: only once the input is known good
 
         with tqdm(total=manifest.info.n_frames, unit="frame", disable=args.quiet,

@@ -116,9 +116,11 @@ def run(args: argparse.Namespace) -> int:
 
     load_cluster_env()
     from models.resolve import check_settings
+    from pipeline.video.damage import input_warnings
     from tasks.client import Client
 
     from .options import settings_from_args
+    from .run import warn, warn_dropped
 
     if args.output and not args.wait:
         raise ValueError("-o/--output needs --wait")
@@ -168,6 +170,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"anonymize: job {job} {info['status']}: {info.get('error', '')}",
                   file=sys.stderr)
             continue
+        # what `anonymize run` would have said about the input, from the job's report
+        report = client.report(job)
+        warn_dropped(source, report.get("dropped_streams", []))
+        for line in input_warnings(source, report):
+            warn(line)
         if dest:
             got = client.download(job, dest, records)
             print(f"{job}: {got['output']} (records in {got['report'].parent})", file=sys.stderr)
