@@ -69,8 +69,13 @@ def load_document(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise DetectionsFileError(f"detections file not found: {path}")
+    def not_json(constant: str):
+        # Python reads NaN and Infinity, JSON has neither: a NaN corner compares false
+        # with every bound, so such a box passed every check and blurred nothing
+        raise DetectionsFileError(f"{path}: not valid JSON ({constant} is not a JSON number)")
+
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"), parse_constant=not_json)
     except UnicodeDecodeError:
         raise DetectionsFileError(f"{path}: not a JSON text file") from None
     except json.JSONDecodeError as exc:
@@ -106,6 +111,9 @@ def validate_document(doc, path: Path) -> None:
     seen_frames: set[int] = set()
     ids: set[str] = set()
     for entry in doc.get("frames", []):
+        for key in ("frame_idx", "pts"):  # JSON Schema's integers include 5.0
+            if isinstance(entry.get(key), float):
+                entry[key] = int(entry[key])
         f = entry["frame_idx"]
         if f in seen_frames:
             raise DetectionsFileError(f"{path}: frame {f}: listed twice")
@@ -182,8 +190,15 @@ def check_zones(zones: list[dict], path: Path, info) -> None:
                                       f"start {z['time_s'][0]}")
 
 
+#: no corner lies further than this from a frame (pixels): 1e300 passed as "past
+#: the edge" and overflowed when the box was drawn, leaving it unblurred
+FAR = 1e6
+
+
 def _box_problem(xyxy, w: int, h: int, what: str = "box") -> str | None:
     x1, y1, x2, y2 = (float(v) for v in xyxy)
+    if not all(abs(v) <= FAR for v in (x1, y1, x2, y2)):
+        return f"{_show(xyxy)} has a corner {FAR:g} pixels or more off the {w}x{h} frame"
     if what == "box" and (x2 <= x1 or y2 <= y1):
         return f"{_show(xyxy)} is empty (x2 <= x1 or y2 <= y1)"
     if x1 >= w or y1 >= h or x2 <= 0 or y2 <= 0:

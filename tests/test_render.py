@@ -222,6 +222,10 @@ def _broken(doc: dict, how: str) -> dict:
                                                                              [0, 1]]}]
     elif how == "size":
         doc["width"] = 640
+    elif how in ("nan", "infinity"):  # Python writes them as NaN / Infinity, JSON has neither
+        rows[0]["xyxy"][2] = float(how)
+    elif how == "far":  # passed as "past the edge" and overflowed when drawn: nothing blurred
+        rows[0]["xyxy"][2] = 1e300
     return doc
 
 
@@ -235,6 +239,9 @@ def _broken(doc: dict, how: str) -> dict:
     ("pts", "frame 3, pts:"),
     ("zone", "zones[0]: a zone needs exactly one of box or polygon"),
     ("size", "width: 640 but the video is 160x96"),
+    ("nan", "not valid JSON (NaN is not a JSON number)"),
+    ("infinity", "not valid JSON (Infinity is not a JSON number)"),
+    ("far", "has a corner 1e+06 pixels or more off the 160x96 frame"),
 ])
 def test_a_bad_detections_file_is_one_line_before_any_work(ran, tmp_path, capsys, how, expected):
     src, tmp = ran
@@ -261,6 +268,22 @@ def test_submit_refuses_bad_detections_before_reaching_a_server(ran, tmp_path, c
     assert err.count("\n") == 1 and "beyond the video" in err
     assert main(["submit", str(src), str(src), "--detections", str(bad)]) == 2
     assert "one INPUT" in capsys.readouterr().err
+
+
+def test_whole_numbers_written_with_a_point_are_read_as_whole_numbers(ran, tmp_path):
+    """JSON Schema's integers include 5.0: such a frame index passed the schema
+    and then failed as a list index, with a traceback."""
+    src, tmp = ran
+    doc = json.loads((tmp / "run" / "detections.json").read_text())
+    for entry in doc["frames"]:
+        entry["frame_idx"] = float(entry["frame_idx"])
+        entry["pts"] = float(entry["pts"])
+    edited = tmp_path / "floats.json"
+    edited.write_text(json.dumps(doc))
+    assert main(["render", str(src), "--detections", str(edited), "-o",
+                 str(tmp_path / "o.mp4"), "--quiet"]) == 0
+    again = json.loads((tmp_path / "detections.json").read_text())["frames"]
+    assert again == json.loads((tmp / "run" / "detections.json").read_text())["frames"]
 
 
 def test_not_json_is_one_line(ran, tmp_path, capsys):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,3 +235,30 @@ def test_image_folder_page(tmp_path):
                                          "settings": {"face_thresh": 0.5, "mask_scale": 1.3}})
     text = page.read_text()
     assert "img1.png" in text and "weak" in text and text.count("<figure class='thumb'") == 3
+
+
+def test_review_of_a_damaged_detections_file_names_it_in_one_line(reviewed, tmp_path, capsys):
+    """An edited detections.json missing a frame's boxes gave a KeyError traceback."""
+    folder, _ = reviewed
+    copy = tmp_path / "records"
+    shutil.copytree(folder, copy)
+    (copy / "detections.json").write_text('{"frames": [{"frame_idx": 0}]}')
+    assert main(["review", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"anonymize: error: {copy / 'detections.json'}: frame 0: ")
+
+
+def test_review_takes_the_video_in_the_folder_before_the_recorded_path(reviewed, tmp_path):
+    """report.json records the output as the run was told it (here absolute; often
+    relative to where it ran): a copy of the records was shown the original
+    run's video instead of its own."""
+    from anonymize.commands.review import find_video
+
+    folder, _ = reviewed
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    report = json.loads((copy / "report.json").read_text())
+    recorded = Path(report["output"])
+    assert recorded.is_file() and not recorded.is_relative_to(copy)
+    assert find_video(copy, report, None) == copy / recorded.name

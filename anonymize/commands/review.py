@@ -18,8 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def find_video(folder, report: dict, given: str | None):
-    """The output video the thumbnails come from: ``given``, the report's output (as
-    written, or by its name in ``folder``), else the only video in ``folder``."""
+    """The output video the thumbnails come from: ``given``, the report's output (by
+    its name in ``folder``, else as written), else the only video in ``folder``."""
     from pathlib import Path, PurePosixPath
 
     if given:
@@ -27,8 +27,11 @@ def find_video(folder, report: dict, given: str | None):
             raise FileNotFoundError(f"video not found: {given}")
         return Path(given)
     named = str(report.get("output") or "")
-    candidates = [Path(named), Path(folder) / Path(named).name,
-                  Path(folder) / PurePosixPath(named).name] if named else []
+    # the folder's own video first: the recorded path is relative to where the run
+    # was started, and from another directory (or for a copied folder) it named
+    # another run's video, whose frames then made the thumbnails
+    candidates = [Path(folder) / Path(named).name, Path(folder) / PurePosixPath(named).name,
+                  Path(named)] if named else []
     for c in candidates:
         if named and "://" not in str(c) and c.is_file():
             return c
@@ -53,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
         report = json.loads((folder / REPORT_JSON).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{folder / REPORT_JSON}: not valid JSON ({exc.msg})") from None
+    from pipeline.render import read_document
+
+    read_document(folder / DETECTIONS_JSON)  # a damaged or edited file: one line naming it
     video = find_video(folder, report, args.video)
     from pipeline.review import write_page
 
