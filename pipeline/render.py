@@ -225,6 +225,10 @@ def read_detections(path: Path, info) -> Edits:
 def edits_from(doc: dict, path: Path, info) -> Edits:
     """The edits of a schema-checked document, once checked against the video."""
     path = Path(path)
+    if "frames" not in doc:
+        # a zones file (or {}) given by mistake rendered the video with nothing blurred
+        raise DetectionsFileError(f"{path}: no 'frames': not the detections of a run (zones "
+                                  f"alone go with --zones)")
     check_against_video(doc, path, info)
     removed = set(doc.get("remove", []))
     frames: dict[int, Detections] = {}

@@ -226,6 +226,8 @@ def _broken(doc: dict, how: str) -> dict:
         rows[0]["xyxy"][2] = float(how)
     elif how == "far":  # passed as "past the edge" and overflowed when drawn: nothing blurred
         rows[0]["xyxy"][2] = 1e300
+    elif how == "zones-only":  # a zones file given as --detections: rendered with no blur
+        doc = {"zones": doc.get("zones", [])}
     return doc
 
 
@@ -242,6 +244,7 @@ def _broken(doc: dict, how: str) -> dict:
     ("nan", "not valid JSON (NaN is not a JSON number)"),
     ("infinity", "not valid JSON (Infinity is not a JSON number)"),
     ("far", "has a corner 1e+06 pixels or more off the 160x96 frame"),
+    ("zones-only", "no 'frames': not the detections of a run"),
 ])
 def test_a_bad_detections_file_is_one_line_before_any_work(ran, tmp_path, capsys, how, expected):
     src, tmp = ran
