@@ -268,16 +268,24 @@ def read_zones(path: Path, info=None) -> list[dict]:
     return list(doc.get("zones", []))
 
 
-def recorded_settings(settings, sources: dict[str, str], recorded: dict):
+def recorded_settings(settings, sources: dict[str, str], recorded: dict,
+                      where: str = "detections file"):
     """``settings`` with every value that came from the defaults replaced by the one
-    the detections file recorded (flag > environment > config file > file > default)."""
-    from .settings import Settings
+    the detections file recorded (flag > environment > config file > file > default).
+    A key a run does not record (a misspelt ``mask_scael``) or a value that cannot
+    be read is one error naming ``where`` and the key: it was ignored, or named
+    neither file nor field."""
+    from .settings import Settings, SettingsError, coerce
 
-    changes = {k: v for k, v in recorded.items()
-               if k in RECORDED_SETTINGS and sources.get(k) == "default"}
+    for k in recorded:
+        if k not in RECORDED_SETTINGS:
+            raise SettingsError(f"{where}: settings.{k}: not a setting a run records "
+                                f"({', '.join(RECORDED_SETTINGS)})")
+    changes = {k: coerce(k, v, f"{where}: settings.{k}") for k, v in recorded.items()
+               if sources.get(k) == "default"}
     if not changes:
         return settings
-    return Settings.from_dict({**settings.to_dict(), **changes}, "detections file")
+    return Settings.from_dict({**settings.to_dict(), **changes}, where)
 
 
 # ------------------------------------------------------------------- the stack

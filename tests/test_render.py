@@ -228,6 +228,10 @@ def _broken(doc: dict, how: str) -> dict:
         rows[0]["xyxy"][2] = 1e300
     elif how == "zones-only":  # a zones file given as --detections: rendered with no blur
         doc = {"zones": doc.get("zones", [])}
+    elif how == "setting-name":  # a misspelt setting was ignored
+        doc["settings"]["mask_scael"] = 1.6
+    elif how == "setting-value":
+        doc["settings"]["mask_scale"] = "big"
     return doc
 
 
@@ -245,6 +249,8 @@ def _broken(doc: dict, how: str) -> dict:
     ("infinity", "not valid JSON (Infinity is not a JSON number)"),
     ("far", "has a corner 1e+06 pixels or more off the 160x96 frame"),
     ("zones-only", "no 'frames': not the detections of a run"),
+    ("setting-name", "settings.mask_scael: not a setting a run records"),
+    ("setting-value", "settings.mask_scale: 'big' is not"),
 ])
 def test_a_bad_detections_file_is_one_line_before_any_work(ran, tmp_path, capsys, how, expected):
     src, tmp = ran

@@ -41,7 +41,8 @@ def render_settings(args: argparse.Namespace, recorded: dict):
     names = getattr(args, "_settings_flags", ())
     overrides = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     settings, sources = Settings.resolve(getattr(args, "config", None), overrides)
-    new = recorded_settings(settings, sources, recorded)
+    new = recorded_settings(settings, sources, recorded,
+                            getattr(args, "detections", None) or "detections file")
     for k in RECORDED_SETTINGS:
         if getattr(new, k) != getattr(settings, k) or (sources.get(k) == "default"
                                                        and k in recorded):
