@@ -218,13 +218,13 @@ class Client:
                 drop_intermediates(self.storage, job)
         return changed
 
-    def report(self, job: str) -> dict:
-        """A finished job's report.json."""
+    def report(self, info: dict) -> dict:
+        """The report.json of a finished job (``info``: its state, :meth:`get`)."""
         import json
 
         from .storage import split_url
 
-        base, key = split_url(self.get(job)["report_url"])
+        base, key = split_url(info["report_url"])
         with self._reaching("storage", base):
             return json.loads(self._open(base).get_bytes(key))
 

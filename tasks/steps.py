@@ -65,14 +65,12 @@ def _fetch_source(ctx: Context, job: dict, dest_dir: Path) -> Path:
     name = PurePosixPath(job.get("source_name") or "source").name
     local = dest_dir / ("source" + PurePosixPath(name).suffix)
     url = job["source_url"]
+    base, key = split_url(url)  # an object, not a bucket or folder
+    prefix = ctx.storage.url().rstrip("/") + "/"
     try:
-        if url.startswith(ctx.storage.url().rstrip("/") + "/"):
-            key = url[len(ctx.storage.url().rstrip("/")) + 1:]
-            if not key or key.endswith("/"):
-                raise ValueError(f"not an object url: {url} (give s3://BUCKET/KEY)")
-            ctx.storage.get_file(key, local)
+        if url.startswith(prefix):
+            ctx.storage.get_file(url[len(prefix):], local)
         else:  # an s3:// (or file://) input taken in place
-            base, key = split_url(url)
             open_storage(base).get_file(key, local)
     except FileNotFoundError as exc:  # retrying does not make the input appear
         raise PermanentError(f"the input is {one_line(exc)}") from None

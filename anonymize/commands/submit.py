@@ -63,11 +63,8 @@ def _destinations(args) -> list[tuple[str | None, str | None]]:
             k += 1
             base = f"{stem}-{k}.anonymized"
         taken.add(base.lower())
-        records = None
-        if len(args.inputs) > 1:
-            records = str(Path(args.detections_dir or out) / base)
-        elif args.detections_dir:
-            records = args.detections_dir
+        records = (str(Path(args.detections_dir or out) / base) if len(args.inputs) > 1
+                   else args.detections_dir)
         found.append((str(out / f"{base}{ext}"), records))
     return found
 
@@ -171,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             continue
         # what `anonymize run` would have said about the input, from the job's report
-        report = client.report(job)
+        report = client.report(info)
         warn_dropped(source, report.get("dropped_streams", []))
         for line in input_warnings(source, report):
             warn(line)
