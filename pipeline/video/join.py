@@ -179,6 +179,10 @@ def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadat
         tmpl = video_stream(first, segment_paths[0])
         ovs = dst.add_stream_from_template(tmpl)
         ovs.time_base = tb
+        # the segments' H.264 states its time base as its rate (x264 writes
+        # 1/tb, "1k fps"), which a Matroska muxer would store as every frame's
+        # duration: tell the muxer the source's rate instead
+        ovs.codec_context.framerate = info.nominal_rate()
         info.show_as_source(ovs)
         # default, forced, ...: a player picks the video track as in the source
         ovs.disposition = src.streams[info.stream_index].disposition

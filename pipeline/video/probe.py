@@ -131,6 +131,12 @@ class VideoInfo:
         elif self.rotation:
             stream.set_display_rotation(self.rotation)
 
+    def nominal_rate(self) -> Fraction | None:
+        """The frame rate a player is told (frames over the shown duration, as
+        a fraction of 1001ths at most: 30000/1001 stays exact); None for a
+        single frame."""
+        return Fraction(self.avg_fps).limit_denominator(1001) if self.avg_fps else None
+
 
 def start_shift(info: VideoInfo) -> int:
     """Ticks added to every timestamp written (segment encodes and the output)
