@@ -259,6 +259,47 @@ def test_damaged_input_gives_every_frame_that_decodes_and_counts_the_rest(tmp_pa
     assert [f["frame_idx"] for f in detections["frames"]] == [i for i in range(16) if i != 10]
 
 
+def _ts_with_a_damaged_adts_header(path: Path) -> Path:
+    """An MPEG-TS (H.264 + AAC in ADTS frames) whose sixth audio frame lost its
+    ADTS sync word: the demuxer still delivers the packet, but MP4 and
+    Matroska, which strip that header, cannot parse it."""
+    make_video(path, n_frames=20, audio=True, time_base=Fraction(1, 90000))
+    with av.open(str(path)) as c:
+        where = [p.pos for p in c.demux(c.streams.audio[0]) if p.size][5]
+    data = bytearray(path.read_bytes())
+    at = data.index(b"\xff\xf1", where)
+    data[at : at + 2] = b"\x00\x00"
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_an_audio_packet_the_output_cannot_take_is_left_out_and_reported(tmp_path, suffix):
+    """The whole run failed at its end, after every frame was detected, with
+    "Invalid data found when processing input: '.out.partial-….mp4'" (our
+    temporary name). The damaged packet is left out, as a player skips it;
+    the report counts it and a warning line names the input."""
+    from pipeline.video.damage import input_warnings
+
+    src = _ts_with_a_damaged_adts_header(tmp_path / "cam.ts")
+    with av.open(str(src)) as c:
+        audio_in = sum(1 for p in c.demux(c.streams.audio[0]) if p.size)
+    out = tmp_path / f"out{suffix}"
+    report = run_local(src, out, SETTINGS, tmp_path / "det", stack=Recorder())
+    assert report["frames_match"] is True and report["frames"] == 20
+    assert report["left_out_packets"] == 1
+    assert [(d["index"], d["type"]) for d in report["left_out"]] == [(1, "audio")]
+    with av.open(str(out)) as c:
+        assert sum(1 for p in c.demux(c.streams.audio[0]) if p.size) == audio_in - 1
+    lines = input_warnings(src, report)
+    assert len(lines) == 1 and str(src) in lines[0] and ".partial-" not in lines[0]
+    clean = make_video(tmp_path / "clean.ts", n_frames=5, audio=True,
+                       time_base=Fraction(1, 90000))
+    report = run_local(clean, tmp_path / f"clean{suffix}", SETTINGS, tmp_path / "det2",
+                       stack=Recorder())
+    assert report["left_out_packets"] == 0 and input_warnings(clean, report) == []
+
+
 def test_a_damaged_first_keyframe_starts_the_output_where_decoding_can(tmp_path):
     """The first keyframe is garbage: what decodes before the next keyframe is
     what a player shows; the output shows the same, at the same times."""

@@ -107,11 +107,26 @@ def rescale_report(info: VideoInfo, segment_damages: list[dict]) -> dict:
     }
 
 
+def left_out_report(left_out: list[dict]) -> dict:
+    """``left_out_packets`` and, when there are some, ``left_out`` (the first
+    ones: stream, time, the output's reason) for report.json: audio or
+    subtitle packets too damaged for the output container to take."""
+    if not left_out:
+        return {"left_out_packets": 0}
+    return {"left_out_packets": len(left_out), "left_out": left_out[:LISTED]}
+
+
 def input_warnings(source, report: dict) -> list[str]:
     """One line each for stderr about what the input made of the output:
-    damage, frames of another size."""
+    damage, frames of another size, damaged packets left out of the copy."""
     damaged = damage_warning(source, report)
     lines = [damaged] if damaged else []
+    n = report.get("left_out_packets", 0)
+    if n:
+        first = report["left_out"][0]
+        lines.append(f"{source} has {n} damaged audio/subtitle packet(s) the output cannot "
+                     f"take, left out (first: {first['type']} stream {first['index']} at "
+                     f"{first['time_s']:g} s: {first['reason']}); details in report.json")
     n = report.get("rescaled_frames", 0)
     if n:
         r = report["rescaled"]

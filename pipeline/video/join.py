@@ -148,7 +148,8 @@ def _check_mp4_gaps(source, info: VideoInfo, out_suffix: str) -> None:
 
 
 def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadata=False,
-                  frame_pts: list[int] | None = None) -> Path:
+                  frame_pts: list[int] | None = None, left_out: list[dict] | None = None
+                  ) -> Path:
     """Concatenate the encoded segments' video packets (stream copy), mux the
     source's streams that :func:`plan_streams` keeps by stream copy, keep
     the display matrix, strip container metadata and chapters unless
@@ -158,6 +159,11 @@ def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadat
     the source; less the frames of a damaged source that do not decode). A
     segment whose frames all failed to decode has no video stream and is
     passed over.
+
+    A copied packet that the output refuses as damaged (an AAC frame whose ADTS
+    header no longer parses: MP4 and Matroska rewrite that header) is left
+    out, and described in ``left_out`` (stream, time, reason) when given; the
+    run failed on it at its very end, naming our temporary file.
 
     Packets of the two sources are merged by time as they are read, so memory
     does not grow with the video's length. Each video packet's duration is set
@@ -197,8 +203,19 @@ def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadat
         count = [0]
         video = _video_packets(segment_paths, info, ovs, count, shift)
         others = _other_packets(src, copies, shift * tb)
-        for _, packet in heapq.merge(video, others, key=lambda x: x[0]):
-            dst.mux(packet)
+        sources = {o.index: i for i, o in copies.items()}
+        for t, packet in heapq.merge(video, others, key=lambda x: x[0]):
+            index = sources.get(packet.stream.index)
+            if index is None:
+                dst.mux(packet)
+                continue
+            try:
+                dst.mux(packet)
+            except (av.error.InvalidDataError, av.error.ArgumentError) as e:
+                if left_out is not None:
+                    left_out.append({"index": index, "type": src.streams[index].type,
+                                     "time_s": round(float(t), 6),
+                                     "reason": e.strerror or one_line(e)})
     if count[0] != expected:
         raise VideoError(f"joined {count[0]} frames but the source has {expected}: {out_path}")
     return out_path
