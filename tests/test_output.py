@@ -319,6 +319,35 @@ def test_a_damaged_first_keyframe_starts_the_output_where_decoding_can(tmp_path)
     assert report["damaged_frames"] >= 12 - len(want)
 
 
+def test_audio_starting_before_the_first_frame_moves_a_matroska_output_as_reported(tmp_path):
+    """An MP4's AAC starts 1024 samples before 0 (the priming its edit list
+    hides). Matroska cannot hold that: its muxer moved every stream by 64 ms
+    by itself, so report.json said frames_match false and start_shift_s 0,
+    and the run ended with status 1 and nothing said. The run now moves the
+    streams itself, by the amount it reports; sync and every gap are kept,
+    and an MP4 output keeps the source's times."""
+    src = make_video(tmp_path / "phone.mp4", n_frames=12, audio=True)
+    with av.open(str(src)) as c:
+        audio_src = [(bytes(p), p.pts * p.time_base) for p in c.demux(c.streams.audio[0]) if p.size]
+    assert audio_src[0][1] == Fraction(-1024, 16000)
+    info = probe(src)
+    for suffix, shift in ((".mkv", Fraction(-1024, 16000)), (".mp4", 0)):
+        out = tmp_path / f"out{suffix}"
+        report = run_local(src, out, SETTINGS, tmp_path / suffix[1:], stack=Recorder())
+        assert report["frames_match"] is True, suffix
+        moved = Fraction(report["start_shift_s"])
+        assert moved >= -shift and moved - -shift < info.time_base, suffix
+        got = probe(out)
+        times = [p * got.time_base for p in got.frame_pts]
+        want = [p * info.time_base + moved for p in info.frame_pts]
+        assert max(abs(a - b) for a, b in zip(times, want, strict=True)) <= got.time_base / 2
+        with av.open(str(out)) as c:
+            audio = [(bytes(p), p.pts * p.time_base) for p in c.demux(c.streams.audio[0]) if p.size]
+        assert [a for a, _ in audio] == [a for a, _ in audio_src]
+        assert max(abs(t - (u + moved)) for (_, t), (_, u) in zip(audio, audio_src, strict=True)
+                   ) <= Fraction(1, 1000)
+
+
 def test_a_90khz_source_written_to_matroska_matches_at_the_millisecond(tmp_path):
     """Matroska stores milliseconds: an MPEG-TS-style clock (1/90000 s, frames
     at 10.02 ms + 40 ms steps) lands on the nearest millisecond, and that is

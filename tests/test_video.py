@@ -23,6 +23,7 @@ from pipeline.video import (
     choose_pix_fmt,
     iter_frames,
     join_segments,
+    output_shift,
     plan_segments,
     probe,
     segment_tag,
@@ -91,7 +92,8 @@ def anonymize_like(src, workdir: Path, out: Path, target=20, context=3, keep=Fal
 def assert_same_timing(info: VideoInfo, out: VideoInfo, exact: bool = True) -> float:
     """Exact (MP4/MOV) or to the millisecond (Matroska, which also cannot
     store negative times: when the source's audio starts before 0 all streams
-    are shifted by the same amount). Returns that shift in seconds."""
+    are shifted by the same amount, :func:`output_shift`). Returns that shift
+    in seconds."""
     assert out.n_frames == info.n_frames
     if exact:
         src_times = [p * info.time_base for p in info.frame_pts]
@@ -100,7 +102,7 @@ def assert_same_timing(info: VideoInfo, out: VideoInfo, exact: bool = True) -> f
         return 0.0
     got = np.array([float(p * out.time_base) for p in out.frame_pts])
     want = np.array([float(p * info.time_base) for p in info.frame_pts])
-    shift = float(np.round(got[0] - want[0], 3))
+    shift = float(output_shift(info.path, info, Path(out.path).suffix) * info.time_base)
     assert np.abs(got - want - shift).max() <= 0.0005 + 1e-9
     assert out.duration_s == pytest.approx(info.duration_s, abs=0.0015)
     return shift

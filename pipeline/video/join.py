@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import io
+import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -147,6 +148,52 @@ def _check_mp4_gaps(source, info: VideoInfo, out_suffix: str) -> None:
                          f"write .mkv")
 
 
+def output_shift(source, info: VideoInfo, out_suffix: str, keep_metadata: bool = False) -> int:
+    """Ticks (of the source's video time base) added to every time the output
+    holds: :func:`start_shift`, and for Matroska, which cannot hold times
+    before 0, enough more that no copied packet is before 0 either. An MP4's
+    AAC starts before 0 (the encoder's priming, 1024 samples, which the MP4's
+    edit list hides): Matroska's muxer moved every stream by that much by
+    itself, so the report's times, ``frames_match`` and the exit status said
+    the frames were not where the source has them."""
+    shift = start_shift(info)
+    if OUTPUT_SUFFIXES.get(out_suffix.lower()) != "matroska":
+        return shift
+    with open_input(source) as src:
+        copied = plan_streams(src, info, keep_metadata).copied
+        earliest = _earliest_packet(src, copied) if copied else None
+    if earliest is None:
+        return shift
+    before = -(earliest + shift * info.time_base)
+    return shift + max(0, math.ceil(before / info.time_base))
+
+
+def _earliest_packet(src, indices: list[int]) -> Fraction | None:
+    """The earliest time (seconds) of the first packets of streams ``indices``,
+    as Matroska's muxer sees it: read until each has given one, or up to 1 s
+    (packets are interleaved by time, so nothing before 0 comes later). An
+    audio stream that states its codec delay (Matroska's CodecDelay, which a
+    copy keeps) may start that much before 0: the muxer stores its times
+    from there."""
+    seen, earliest = set(), None
+    for p in demux_until_error(src, *(src.streams[i] for i in indices)):
+        times = [t for t in (p.pts, p.dts) if t is not None]
+        if not times:
+            continue
+        ptb = Fraction(p.time_base.numerator, p.time_base.denominator)
+        cc = p.stream.codec_context
+        if p.stream.type == "audio" and cc is not None and cc.delay and cc.sample_rate:
+            # in the stream's ticks, rounded half away from 0 as the muxer rounds it
+            times = [t + math.floor(Fraction(cc.delay, cc.sample_rate) / ptb + Fraction(1, 2))
+                     for t in times]
+        t = min(times) * ptb
+        earliest = t if earliest is None else min(earliest, t)
+        seen.add(p.stream_index)
+        if len(seen) == len(indices) or t >= 1:
+            break
+    return earliest
+
+
 def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadata=False,
                   frame_pts: list[int] | None = None, left_out: list[dict] | None = None
                   ) -> Path:
@@ -169,7 +216,8 @@ def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadat
     does not grow with the video's length. Each video packet's duration is set
     to the gap to the next frame (last: to the source's end), so the output
     lasts exactly as long as the source. A source that starts before 0 is
-    moved to start at 0 (:func:`start_shift`)."""
+    moved to start at 0, and in Matroska so are copied streams that start
+    before 0 (:func:`output_shift`)."""
     out_path = Path(out_path)
     segment_paths = [Path(p) for p in segment_paths]
     if not segment_paths:
@@ -196,13 +244,14 @@ def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadat
         # file was refused after all the work (README, "Known limitations")
         tags.pop("timecode", None)
         ovs.metadata.update(tags)
-        shift = start_shift(info)
+        shift = start_shift(info)  # the segments were encoded with it
+        total = output_shift(source, info, out_path.suffix, keep_metadata)
         if keep_metadata:
             dst.metadata.update(src.metadata)
-            dst.set_chapters(_shifted_chapters(src.chapters(), shift * tb))
+            dst.set_chapters(_shifted_chapters(src.chapters(), total * tb))
         count = [0]
-        video = _video_packets(segment_paths, info, ovs, count, shift)
-        others = _other_packets(src, copies, shift * tb)
+        video = _video_packets(segment_paths, info, ovs, count, shift, total - shift)
+        others = _other_packets(src, copies, total * tb)
         sources = {o.index: i for i, o in copies.items()}
         for t, packet in heapq.merge(video, others, key=lambda x: x[0]):
             index = sources.get(packet.stream.index)
@@ -241,9 +290,10 @@ def _stream_tags(tags: dict, keep: bool) -> dict:
     return {k: v for k, v in tags.items() if k.lower() in _NEUTRAL_STREAM_KEYS}
 
 
-def _video_packets(paths, info: VideoInfo, ovs, count: list[int], shift: int = 0):
+def _video_packets(paths, info: VideoInfo, ovs, count: list[int], shift: int = 0,
+                   extra: int = 0):
     """(time, packet) of every encoded segment in order, with source pts plus
-    ``shift`` (which the segments were encoded with too)."""
+    ``shift`` (which the segments were encoded with too) plus ``extra``."""
     tb = info.time_base
     prev = None
     for path in paths:
@@ -256,6 +306,7 @@ def _video_packets(paths, info: VideoInfo, ovs, count: list[int], shift: int = 0
                 pts = p.pts  # the source's pts + shift
                 if seg_tb != tb:
                     pts = snap_pts(round(p.pts * seg_tb / tb) - shift, info.frame_pts) + shift
+                pts += extra
                 if prev is not None:
                     if pts <= prev.pts:
                         raise VideoError(f"segment {path} overlaps the previous one "
@@ -268,7 +319,7 @@ def _video_packets(paths, info: VideoInfo, ovs, count: list[int], shift: int = 0
                 prev = p
                 count[0] += 1
     if prev is not None:
-        end = info.end_pts + shift if info.end_pts is not None else prev.pts + 1
+        end = info.end_pts + shift + extra if info.end_pts is not None else prev.pts + 1
         prev.duration = max(1, end - prev.pts)
         yield Fraction(prev.dts) * tb, prev
 
