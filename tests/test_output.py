@@ -319,6 +319,20 @@ def test_a_damaged_first_keyframe_starts_the_output_where_decoding_can(tmp_path)
     assert report["damaged_frames"] >= 12 - len(want)
 
 
+def test_an_output_whose_frames_do_not_match_is_said_on_stderr(src, tmp_path):
+    """``anonymize run`` exits with status 1 when report.json says
+    frames_match false; stderr said nothing about why (the .mkv output of an
+    MP4 with AAC sound did so). One warning line now names both files."""
+    from pipeline.video.damage import input_warnings
+
+    report = run_local(src, tmp_path / "out.mp4", SETTINGS, tmp_path / "det", stack=Recorder())
+    assert report["frames_match"] is True and input_warnings(src, report) == []
+    report["frames_match"] = False
+    lines = input_warnings(src, report)
+    assert len(lines) == 1 and str(src) in lines[0] and str(tmp_path / "out.mp4") in lines[0]
+    assert "frames_match is false" in lines[0] and "\n" not in lines[0]
+
+
 def test_audio_starting_before_the_first_frame_moves_a_matroska_output_as_reported(tmp_path):
     """An MP4's AAC starts 1024 samples before 0 (the priming its edit list
     hides). Matroska cannot hold that: its muxer moved every stream by 64 ms

@@ -118,9 +118,16 @@ def left_out_report(left_out: list[dict]) -> dict:
 
 def input_warnings(source, report: dict) -> list[str]:
     """One line each for stderr about what the input made of the output:
-    damage, frames of another size, damaged packets left out of the copy."""
+    damage, frames of another size, damaged packets left out of the copy, and
+    an output that does not show the input's frames at their times (the
+    command then exits with status 1, which was all it said)."""
     damaged = damage_warning(source, report)
     lines = [damaged] if damaged else []
+    if report.get("frames_match") is False:
+        written = report.get("output_stream", {}).get("frames", "?")
+        lines.append(f"{report.get('output', 'the output')} does not show the frames of {source} "
+                     f"at their times ({written} frame(s) written for {report.get('frames')}; "
+                     f"frames_match is false in report.json)")
     n = report.get("left_out_packets", 0)
     if n:
         first = report["left_out"][0]
