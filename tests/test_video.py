@@ -192,6 +192,29 @@ def test_bad_inputs_raise_one_line_video_error(tmp_path):
     assert "still image" in _msg(cases["png"])
 
 
+def test_a_pipe_or_device_is_refused_without_waiting_for_it(tmp_path):
+    """A named pipe nobody writes to blocked FFmpeg's open for ever (and
+    SIGTERM could not stop it); with a writer, a pipe can be read only once
+    where a run reads its input several times. Both are refused at once."""
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "camera.mp4"
+    os.mkfifo(fifo)
+    code = ("import sys; from pipeline.video import probe, VideoError\n"
+            "try:\n    probe(sys.argv[1])\nexcept VideoError as e:\n    print(e)")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True,
+                              text=True, timeout=60, cwd=Path(__file__).parent.parent)
+    except subprocess.TimeoutExpired:
+        pytest.fail("probing a named pipe with no writer did not return")
+    assert done.stdout.strip() == (f"not a video file (a pipe): {fifo}; the input is read "
+                                   f"several times: save the video to a file first")
+    with pytest.raises(VideoError, match=r"^not a video file \(a character device\): /dev/null;"):
+        probe("/dev/null")
+
+
 def test_damaged_tags_do_not_stop_the_video_from_being_read(tmp_path):
     src = make_video(tmp_path / "v.mp4", n_frames=5, metadata={"title": "QQQQQQ"})
     data = src.read_bytes()

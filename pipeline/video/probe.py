@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import math
+import stat
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -162,12 +163,27 @@ def _typical_step(pts: list[int]) -> int:
     return max(1, diffs[len(diffs) // 2])
 
 
+def _special_kind(path: Path) -> str:
+    """What a path that exists but is neither a file nor a folder is."""
+    mode = path.stat().st_mode
+    for test, kind in ((stat.S_ISFIFO, "a pipe"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
 def open_input(path) -> av.container.InputContainer:
     p = Path(path)
     if not p.exists():
         raise VideoError(f"no such file: {p}")
     if p.is_dir():
         raise VideoError(f"not a video file (a directory): {p}")
+    if not p.is_file():
+        # a named pipe with no writer blocked the open for ever, deaf to SIGTERM, and
+        # a pipe with one can be read only once, where a run reads its input several times
+        raise VideoError(f"not a video file ({_special_kind(p)}): {p}; the input is read "
+                         f"several times: save the video to a file first")
     try:
         # damaged tags must not stop the pictures from being read
         return av.open(str(p), metadata_errors="replace")
