@@ -220,6 +220,29 @@ def test_second_video_stream_is_left_out_and_reported(tmp_path):
         assert [s.type for s in c.streams] == ["video"]
 
 
+def test_an_audio_track_cut_from_the_index_is_left_out_and_reported(tmp_path):
+    """An MP4 cut inside its index (written last) just before the audio
+    track's sample description: the video is whole, the audio track has no
+    codec and no packets. The run was refused with "cannot copy audio stream
+    1 (?) ... use the source's container (.mp4)", the very container asked
+    for."""
+    whole = make_video(tmp_path / "whole.mp4", n_frames=10, audio=True)
+    data = whole.read_bytes()
+    src = tmp_path / "cut.mp4"
+    src.write_bytes(data[: data.rindex(b"stsd") - 4])
+    with av.open(str(src)) as c:
+        assert [s.type for s in c.streams] == ["video", "audio"]
+        assert c.streams.audio[0].codec_context is None
+    out = tmp_path / "out.mp4"
+    report = run_local(src, out, SETTINGS, tmp_path / "det", stack=Recorder())
+    assert report["frames_match"] is True and report["frames"] == 10
+    assert [(d["index"], d["type"], d["codec"]) for d in report["dropped_streams"]] == [
+        (1, "audio", None)]
+    assert "cut-short" in report["dropped_streams"][0]["reason"]
+    with av.open(str(out)) as c:
+        assert [s.type for s in c.streams] == ["video"]
+
+
 def test_subtitles_the_output_cannot_hold_are_refused_before_work(tmp_path):
     src = make_video(tmp_path / "subs.mp4", n_frames=10, subtitles=True)
     stack = Recorder()

@@ -56,10 +56,16 @@ def plan_streams(src, info: VideoInfo, keep_metadata: bool) -> StreamPlan:
         if s.index == info.stream_index:
             continue
         codec = s.codec_context.name if s.codec_context else None
-        if s.type in ("audio", "subtitle") or (s.type == "data" and keep_metadata and codec):
+        if (s.type in ("audio", "subtitle") and codec) or (s.type == "data" and keep_metadata
+                                                           and codec):
             plan.copied.append(s.index)
             continue
-        if s.type == "video":
+        if s.type in ("audio", "subtitle"):
+            # an MP4 cut inside its index at the end: the track's description is gone,
+            # and the run was refused with "use the source's container (.mp4)"
+            why = ("its codec cannot be read (a damaged or cut-short file?), so it cannot "
+                   "be copied")
+        elif s.type == "video":
             attached = bool(s.disposition & av.stream.Disposition.attached_pic)
             why = ("an attached picture (cover art) is not anonymized" if attached
                    else "only the first video stream is anonymized; another could show "
