@@ -251,6 +251,51 @@ def test_subtitles_the_output_cannot_hold_are_refused_before_work(tmp_path):
     assert stack.calls == 0 and not (tmp_path / "out.mkv").exists()
 
 
+def _avi_with_sound(path: Path, codec: str) -> Path:
+    """A CCTV-style AVI: MPEG-4 video and 8 kHz mono sound in ``codec``."""
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("mpeg4", rate=25)
+        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+        aus = c.add_stream(codec, rate=8000)
+        aus.layout = "mono"
+        for i in range(5):
+            f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 * i, np.uint8), format="rgb24")
+            f.pts = i
+            for p in vs.encode(f.reformat(format="yuv420p")):
+                c.mux(p)
+        fmt = aus.codec_context.format.name
+        samples = (np.sin(np.arange(8000) / 5) * 3000).astype(np.int16)
+        a = av.AudioFrame.from_ndarray(samples[None, :], format="s16", layout="mono")
+        a.sample_rate, a.pts = 8000, 0
+        a = av.AudioResampler(format=fmt, layout="mono", rate=8000).resample(a)
+        for frame in a + [None]:
+            for p in aus.encode(frame):
+                c.mux(p)
+        for p in vs.encode(None):
+            c.mux(p)
+    return path
+
+
+@pytest.mark.parametrize("codec,hint", [
+    ("pcm_mulaw", "; write .mov instead"),
+    ("adpcm_ima_wav", "; no container anonymize writes (.mp4, .mov, .mkv) can hold it: "
+                      "convert that stream first"),
+])
+def test_sound_the_output_cannot_hold_is_refused_naming_what_would_work(tmp_path, codec, hint):
+    """The refusal said "use the source's container (.avi)": a container
+    anonymize refuses to write. It names the containers that do take the
+    stream, or says that none does."""
+    from pipeline.video.join import check_output_streams
+
+    src = _avi_with_sound(tmp_path / "cctv.avi", codec)
+    info = probe(src)
+    with pytest.raises(VideoError) as err:
+        check_output_streams(src, info, ".mp4")
+    msg = str(err.value)
+    assert msg.startswith(f"cannot copy audio stream 1 ({codec}) of {src} into .mp4: ")
+    assert hint in msg and ".avi" not in msg.replace(str(src), "") and "\n" not in msg
+
+
 def player_times(path: Path) -> list[Fraction]:
     """Times of the frames PyAV decodes, skipping packets the decoder rejects."""
     times = []

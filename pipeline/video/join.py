@@ -102,10 +102,46 @@ def _add_copies(src, dst, plan: StreamPlan, keep_metadata: bool, out_suffix: str
 
 
 def _not_copyable(s, out_suffix: str, source, e: Exception) -> VideoError:
+    """The refusal, with the output containers that do take the stream. It
+    said "use the source's container", which for an AVI (a CCTV camera's,
+    with IMA ADPCM or mu-law sound) is a container anonymize refuses to write."""
     codec = s.codec_context.name if s.codec_context else "?"
+    fits = [suffix for suffix in _suffixes_taking(s) if suffix != out_suffix.lower()]
+    if fits:
+        hint = f"write {' or '.join(fits)} instead"
+    else:
+        writable = ", ".join(dict.fromkeys(_SUFFIX_OF.values()))
+        hint = (f"no container anonymize writes ({writable}) can hold it: convert that "
+                f"stream first (with ffmpeg, keeping the video as it is: -c:v copy)")
     return VideoError(f"cannot copy {s.type} stream {s.index} ({codec}) of {source} into "
-                      f"{out_suffix}: {one_line(e)}; use the source's container "
-                      f"({Path(source).suffix})")
+                      f"{out_suffix}: {one_line(e)}; {hint}")
+
+
+# one suffix for each container the output can be written in (the first named)
+_SUFFIX_OF: dict[str, str] = {}
+for _suffix, _fmt in OUTPUT_SUFFIXES.items():
+    _SUFFIX_OF.setdefault(_fmt, _suffix)
+
+
+def _suffixes_taking(s) -> list[str]:
+    """The output suffixes (one per container) whose muxer takes a copy of
+    stream ``s`` (its header written in memory)."""
+    fits = []
+    for fmt, suffix in _SUFFIX_OF.items():
+        dst = av.open(io.BytesIO(), "w", format=fmt)
+        try:
+            o = dst.add_stream_from_template(s)
+            o.time_base = s.time_base
+            dst.start_encoding()
+            fits.append(suffix)
+        except (ValueError, av.FFmpegError):
+            pass
+        finally:
+            try:
+                dst.close()
+            except (ValueError, av.FFmpegError):
+                pass
+    return fits
 
 
 def check_output_streams(source, info: VideoInfo, out_suffix: str,
