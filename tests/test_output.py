@@ -21,7 +21,7 @@ from models.detections import Detections
 from pipeline.plan import prepare_local
 from pipeline.process import run_local
 from pipeline.settings import Settings
-from pipeline.video import VideoError, probe
+from pipeline.video import VideoError, iter_frames, probe
 from pipeline.video.output import atomic_output, check_output_path, same_file
 from tests import corpus
 from tests.videos import make_video
@@ -366,6 +366,31 @@ def test_an_audio_packet_the_output_cannot_take_is_left_out_and_reported(tmp_pat
     report = run_local(clean, tmp_path / f"clean{suffix}", SETTINGS, tmp_path / "det2",
                        stack=Recorder())
     assert report["left_out_packets"] == 0 and input_warnings(clean, report) == []
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".ts"])
+def test_a_frame_stamped_with_the_time_of_another_is_left_out_and_counted(tmp_path, suffix):
+    """Damaged timing gave frames 3 and 8 the times of the frames before them
+    (frame 8 a keyframe). The whole video was refused ("duplicate frame
+    timestamps"), against "only a file of which no frame decodes is refused";
+    a player shows one picture at a time: the first is kept, the repeat left
+    out and counted as damage, every other frame at its time."""
+    from pipeline.video.damage import input_warnings
+    from tests.videos import frame_number, make_restamped
+
+    times = [0, 40, 80, 80, 160, 200, 240, 280, 280, 360, 400, 440, 480, 520, 560, 600]
+    src = make_restamped(tmp_path / f"cam{suffix}", times, gop=4)
+    info = probe(src)
+    assert [(p - info.frame_pts[0]) * info.time_base for p in info.frame_pts] == [
+        Fraction(t, 1000) for t in sorted(set(times))]  # an MPEG-TS starts at 1 s
+    out = tmp_path / "out.mp4"
+    report = run_local(src, out, SETTINGS, tmp_path / "det", stack=Recorder())
+    assert report["frames_match"] is True and report["frames"] == 14
+    assert report["damaged_frames"] == 2 and report["damage"]["duplicates"]["count"] == 2
+    lines = input_warnings(src, report)
+    assert len(lines) == 1 and "2 had the time of another frame and are left out" in lines[0]
+    got = [frame_number(rgb) for _, rgb in iter_frames(out, probe(out))]
+    assert got == [i % 13 for i in range(16) if i not in (3, 8)]
 
 
 def test_a_damaged_first_keyframe_starts_the_output_where_decoding_can(tmp_path):

@@ -38,6 +38,7 @@ from tests.videos import (
     frame_number,
     make_audio_only,
     make_image,
+    make_restamped,
     make_video,
     synthetic_frame,
 )
@@ -691,32 +692,6 @@ def test_frame_num_check_flags_only_lost_references(tmp_path, suffix):
         assert len(flagged) == want, (path.name, flagged)
 
 
-def _keyframe_going_back(path: Path) -> Path:
-    """An H.264 MP4 whose keyframe 4 is stamped before keyframe 2 (its timing
-    table damaged), decode times still increasing: packets' pts 0, 40, 80,
-    120, 20, 200, ... ms, a keyframe every second packet, every frame intra
-    coded as far as order goes (P-frames refer only to the frame before)."""
-    tb = Fraction(1, 1000)
-    times = [0, 40, 80, 120, 20, 200, 240, 280, 320, 360]
-    with av.open(str(path), "w") as c:
-        vs = c.add_stream("libx264", rate=25)
-        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
-        vs.time_base = vs.codec_context.time_base = tb
-        vs.codec_context.options = {"preset": "ultrafast",
-                                    "x264-params": "keyint=2:min-keyint=2:scenecut=0:bframes=0"}
-        packets = []
-        for i in range(len(times)):
-            frame = av.VideoFrame.from_ndarray(synthetic_frame(i, 64, 48), format="rgb24")
-            frame = frame.reformat(format="yuv420p")
-            frame.pts, frame.time_base = i * 40, tb
-            packets += vs.encode(frame)
-        packets += vs.encode(None)
-        for i, (packet, t) in enumerate(zip(packets, times, strict=True)):
-            packet.pts, packet.dts = t, i * 40 - 1000
-            c.mux(packet)
-    return path
-
-
 def test_a_keyframe_stamped_before_an_earlier_one_does_not_abort_the_split(tmp_path):
     """NUT's index asserts that keyframes come in increasing time; FFmpeg's
     assertion aborted the whole process (exit 134, no message, the work folder
@@ -725,7 +700,8 @@ def test_a_keyframe_stamped_before_an_earlier_one_does_not_abort_the_split(tmp_p
     import subprocess
     import sys
 
-    src = _keyframe_going_back(tmp_path / "src.mp4")
+    # an MP4 whose keyframe 4 is stamped before keyframe 2 (its timing table damaged)
+    src = make_restamped(tmp_path / "src.mp4", [0, 40, 80, 120, 20, 200, 240, 280, 320, 360])
     info = probe(src)
     assert [p * info.time_base for p in info.frame_pts] == [
         Fraction(t, 1000) for t in (0, 20, 40, 80, 120, 200, 240, 280, 320, 360)]

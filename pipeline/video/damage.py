@@ -67,15 +67,16 @@ def damage_report(info: VideoInfo, segment_damages: list[dict]) -> dict:
     skipped = sorted(skipped_indices(segment_damages))
     concealed = sorted({i for d in segment_damages for i in d.get("concealed", [])} - set(skipped))
     unreadable = int(info.damage.get("unreadable", 0)) + int(info.damage.get("rejected", 0))
+    duplicates = int(info.damage.get("duplicates", 0))
     messages: list[str] = []
     for m in [*info.damage.get("messages", []), *(m for d in segment_damages
                                                   for m in d.get("messages", []))]:
         if m not in messages and len(messages) < 5:
             messages.append(m)
-    total = len(skipped) + len(concealed) + unreadable
+    total = len(skipped) + len(concealed) + unreadable + duplicates
     if not total:
         return {"damaged_frames": 0}
-    return {
+    report = {
         "damaged_frames": total,
         "damage": {
             "skipped": {"count": len(skipped), "frames": _listed(info, skipped),
@@ -89,6 +90,12 @@ def damage_report(info: VideoInfo, segment_damages: list[dict]) -> dict:
             "messages": messages,
         },
     }
+    if duplicates:
+        report["damage"]["duplicates"] = {
+            "count": duplicates,
+            "meaning": "a further frame at the time of another (damaged timing): one picture "
+                       "is shown at a time, the first decoded is kept, this one left out"}
+    return report
 
 
 def rescale_report(info: VideoInfo, segment_damages: list[dict]) -> dict:
@@ -169,6 +176,9 @@ def damage_warning(source, report: dict) -> str | None:
     if d["unreadable"]["count"]:
         parts.append(f"at least {d['unreadable']['count']} could not be read (reading stopped "
                      f"where the file is cut short or damaged)")
+    if d.get("duplicates", {}).get("count"):
+        parts.append(f"{d['duplicates']['count']} had the time of another frame and are left "
+                     f"out")
     bound = "at least " if d["unreadable"]["count"] else ""  # past the stop nothing is known
     return (f"{source} is damaged: {bound}{n} frame(s) affected: " + "; ".join(parts)
             + "; details in report.json")
