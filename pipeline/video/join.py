@@ -179,12 +179,15 @@ def check_output_streams(source, info: VideoInfo, out_suffix: str,
 
 def _check_mp4_gaps(source, info: VideoInfo, out_suffix: str) -> None:
     """An MP4/MOV track stores each frame's duration in 32 bits of its time
-    base: a damaged timestamp that puts one frame hours after the others
-    (seen in a damaged MPEG-TS: 16.6 h at 1/90000) cannot be written, and the
-    muxer failed only at the very end. Matroska holds it."""
+    base, and FFmpeg takes a packet's duration only below 2^31 ticks: a
+    damaged timestamp that puts one frame hours after the others (seen in a
+    damaged MPEG-TS: 16.6 h at 1/90000; an MP4 whose timing table was
+    overwritten: 53 h at 1/16000, between 2^31 and 2^32, which left the
+    output without its video track) cannot be written, and the muxer failed
+    only at the very end. Matroska holds it."""
     times = [*info.frame_pts, info.end_pts if info.end_pts is not None else info.frame_pts[-1]]
     gap = max((b - a for a, b in zip(times, times[1:], strict=False)), default=0)
-    if gap >= 2**32:
+    if gap >= 2**31:
         raise VideoError(f"{source} has {float(gap * info.time_base) / 3600:.1f} h between two "
                          f"frames (a damaged timestamp?), more than {out_suffix} can hold; "
                          f"write .mkv")
