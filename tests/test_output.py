@@ -296,6 +296,35 @@ def test_sound_the_output_cannot_hold_is_refused_naming_what_would_work(tmp_path
     assert hint in msg and ".avi" not in msg.replace(str(src), "") and "\n" not in msg
 
 
+def test_a_muxer_refusal_is_said_in_ffmpegs_words(tmp_path):
+    """Opus into .mov: the muxer's header refuses it; the line said "Invalid
+    argument: '<none>' returned 22"."""
+    from pipeline.video.join import check_output_streams
+
+    src = tmp_path / "talk.mkv"
+    with av.open(str(src), "w") as c:
+        vs = c.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+        aus = c.add_stream("libopus", rate=48000)
+        aus.layout = "mono"
+        for i in range(3):
+            f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 50 * i, np.uint8), format="rgb24")
+            f.pts = i
+            for p in vs.encode(f.reformat(format="yuv420p")):
+                c.mux(p)
+        a = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.int16), format="s16", layout="mono")
+        a.sample_rate, a.pts = 48000, 0
+        for p in aus.encode(a):
+            c.mux(p)
+        for stream in (aus, vs):
+            for p in stream.encode(None):
+                c.mux(p)
+    with pytest.raises(VideoError) as err:
+        check_output_streams(src, probe(src), ".mov")
+    assert str(err.value) == (f"cannot copy audio stream 1 (opus) of {src} into .mov: its muxer "
+                              f"refused it (Invalid argument); write .mp4 or .mkv instead")
+
+
 def player_times(path: Path) -> list[Fraction]:
     """Times of the frames PyAV decodes, skipping packets the decoder rejects."""
     times = []

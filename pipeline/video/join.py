@@ -113,8 +113,11 @@ def _not_copyable(s, out_suffix: str, source, e: Exception) -> VideoError:
         writable = ", ".join(dict.fromkeys(_SUFFIX_OF.values()))
         hint = (f"no container anonymize writes ({writable}) can hold it: convert that "
                 f"stream first (with ffmpeg, keeping the video as it is: -c:v copy)")
+    # FFmpeg's own words, without PyAV's "'<none>' returned 22"
+    why = (f"its muxer refused it ({e.strerror})" if isinstance(e, av.FFmpegError) and e.strerror
+           else one_line(e))
     return VideoError(f"cannot copy {s.type} stream {s.index} ({codec}) of {source} into "
-                      f"{out_suffix}: {one_line(e)}; {hint}")
+                      f"{out_suffix}: {why}; {hint}")
 
 
 # one suffix for each container the output can be written in (the first named)
