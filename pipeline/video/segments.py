@@ -223,16 +223,16 @@ def _write_copy(packets: Iterator[av.Packet], fmt: str, info: VideoInfo, out_pat
         offset = max(0, -start)  # dts only grow in decode order, and pts >= dts
         tag.update(pts_offset=offset, container=fmt)
         set_segment_tag(dst, tag)
-        last_key = None
+        last_key = -1  # NUT's index: each keyframe's time above the last one's, from -1
         for p in itertools.chain([first], packets):
-            if fmt == "nut" and p.is_keyframe:
-                if last_key is not None and p.pts <= last_key:
-                    raise _Uncopyable(f"keyframe at pts {p.pts} after one at {last_key}")
-                last_key = p.pts
             if offset:
                 p.pts += offset
                 if p.dts is not None:
                     p.dts += offset
+            if fmt == "nut" and p.is_keyframe:
+                if p.pts <= last_key:
+                    raise _Uncopyable(f"keyframe at pts {p.pts} after one at {last_key}")
+                last_key = p.pts
             p.stream = ovs
             dst.mux(p)
 
