@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.render import DetectionsFileError, edits_from, read_document, read_zones
     from pipeline.video.output import same_file
 
-    from .run import warn
+    from .run import warn, warn_dropped
 
     source, output = Path(args.input), Path(args.output)
     det_file = Path(args.detections)
@@ -84,9 +84,7 @@ def run(args: argparse.Namespace) -> int:
         zones = edits.zones + (read_zones(Path(args.zones), manifest.info) if args.zones else [])
         manifest.zones = zones
         manifest.detections_file = edits.name
-        for s in manifest.dropped_streams:
-            warn(f"{s['type']} stream {s['index']} ({s['codec']}) of {source} is not in the "
-                 f"output: {s['reason']}")
+        warn_dropped(source, manifest.dropped_streams)
         from pipeline.process import run_local
         from pipeline.render import RecordedDetections
 

@@ -35,8 +35,8 @@ def warn(message: str) -> None:
 def warn_dropped(source, dropped: list[dict]) -> None:
     """One warning line per stream of ``source`` left out of the output, and why."""
     for s in dropped:
-        warn(f"{s['type']} stream {s['index']} ({s['codec']}) of {source} is not in the "
-             f"output: {s['reason']}")
+        warn(f"{s['type']} stream {s['index']} ({s['codec'] or 'unknown codec'}) of {source} "
+             f"is not in the output: {s['reason']}")
 
 
 def run(args: argparse.Namespace) -> int:
