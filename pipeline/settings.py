@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ PLATE_MODES = ("both", "one-stage", "two-stage", "off")
 BLUR_MODES = ("blur", "pixelate", "solid")
 SHAPES = ("box", "ellipse")
 MODEL_FORMATS = ("auto", *FILE_FORMATS)
+#: what --device takes (torch would take more, such as "CPU" or "mps", and fail
+#: with a traceback once the models load, after the video was probed and cut)
+DEVICE_FORM = (r"auto|cpu|cuda(:[0-9]+)?", "cpu, cuda, cuda:N or auto")
 BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True,
               "false": False, "0": False, "no": False, "off": False}
 
@@ -64,10 +68,12 @@ class SettingsError(ValueError):
 
 def _opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
          lo: float | None = None, hi: float | None = None, video_only: bool = False,
-         group: str = "detection", flag: str | None = None) -> Any:
-    """A settings field with its help text and limits (read by the CLI and validate())."""
+         group: str = "detection", flag: str | None = None,
+         form: tuple[str, str] | None = None) -> Any:
+    """A settings field with its help text and limits (read by the CLI and validate());
+    ``form`` is (regular expression a text value must match in full, what it says)."""
     meta = {"help": help, "choices": choices, "lo": lo, "hi": hi, "video_only": video_only,
-            "group": group, "flag": flag}
+            "group": group, "flag": flag, "form": form}
     return field(default=default, metadata=meta)
 
 
@@ -151,7 +157,7 @@ class Settings:
                                "(stripped by default)", video_only=True, group="encoding")
     # execution
     device: str = _opt("auto", "cpu, cuda, cuda:N or auto (CUDA when present)",
-                       group="execution")
+                       group="execution", form=DEVICE_FORM)
     batch_size: int = _opt(8, "frames per detector batch", lo=1, group="execution")
     half: bool = _opt(True, "half precision: fp16 on CUDA; bf16 on CPUs with AMX (the "
                             "face, plate and vehicle networks; RetinaFace stays fp32)",
@@ -306,6 +312,9 @@ def coerce(name: str, value: Any, source: str) -> Any:
         if not isinstance(value, str) or not value.strip():
             raise fail("a non-empty text")
         out = value.strip()
+    form = meta.get("form")
+    if form and not re.fullmatch(form[0], out):
+        raise fail(form[1])
     choices = meta.get("choices")
     if choices and out not in choices:
         raise fail(f"one of {', '.join(choices)}")

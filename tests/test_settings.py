@@ -122,6 +122,10 @@ def test_boolean_words(word, value):
     ("ANONYMIZE_MODE", "smear", "ANONYMIZE_MODE: 'smear' is not one of blur, pixelate, solid"),
     ("ANONYMIZE_PRESET", "fastest", "ANONYMIZE_PRESET: 'fastest' is not one of"),
     ("ANONYMIZE_DEVICE", " ", "ANONYMIZE_DEVICE: ' ' is not a non-empty text"),
+    ("ANONYMIZE_DEVICE", "foo", "ANONYMIZE_DEVICE: 'foo' is not cpu, cuda, cuda:N or auto"),
+    ("ANONYMIZE_DEVICE", "CPU", "ANONYMIZE_DEVICE: 'CPU' is not cpu, cuda, cuda:N or auto"),
+    ("ANONYMIZE_DEVICE", "cuda:-1", "ANONYMIZE_DEVICE: 'cuda:-1' is not cpu, cuda"),
+    ("ANONYMIZE_DEVICE", "mps", "ANONYMIZE_DEVICE: 'mps' is not cpu, cuda"),
 ])
 def test_unreadable_environment_values_are_errors(var, raw, message):
     with pytest.raises(SettingsError) as err:
@@ -234,3 +238,33 @@ def test_cli_bad_setting_is_one_line_exit_2():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "anonymize: error: --lp-thresh: 'lots' is not a number"]
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12"])
+def test_device_forms_the_readme_names_are_accepted(device):
+    assert Settings.load(overrides={"device": device}, environ={}).device == device
+
+
+def test_device_the_machine_lacks_is_one_line_exit_2():
+    """`--device foo` was taken, then torch's traceback (exit 1) once the models
+    loaded; `--device cuda` on a machine without CUDA likewise."""
+    proc = run_cli("run", "in.mp4", "-o", "out.mp4", "--device", "foo")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "anonymize: error: --device: 'foo' is not cpu, cuda, cuda:N or auto"]
+    proc = run_cli("worker", "--device", "gpu")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "anonymize: error: --device: 'gpu' is not cpu, cuda, cuda:N or auto"]
+    import torch
+
+    from models.base import resolve_device
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="^device cuda:1 requested but CUDA is not "
+                                             "available$"):
+            resolve_device("cuda:1")
+    else:
+        n = torch.cuda.device_count()
+        with pytest.raises(ValueError, match=f"^device cuda:{n} requested but this machine"):
+            resolve_device(f"cuda:{n}")

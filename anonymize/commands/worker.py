@@ -22,11 +22,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    from pipeline.settings import coerce
     from tasks.client import load_cluster_env
 
     load_cluster_env()
     if args.concurrency < 1:
         raise ValueError("--concurrency must be >= 1")
+    # the pool processes would fail every job with it, after the worker said it was ready
+    if args.device is not None:
+        coerce("device", args.device, "--device")
+    elif os.environ.get("ANONYMIZE_WORKER_DEVICE"):
+        coerce("device", os.environ["ANONYMIZE_WORKER_DEVICE"], "ANONYMIZE_WORKER_DEVICE")
     from tasks.service import ServiceSettings, check_services
     from workers.main import parse_queues, run_worker
 
