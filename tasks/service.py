@@ -54,6 +54,11 @@ class ServiceSettings:
         "worker_max_memory_mb": "ANONYMIZE_WORKER_MAX_MEMORY_MB",
     }
 
+    #: the least value of each number: a visibility timeout of 0 or less hands every
+    #: running task to another worker at the next sweep; a negative retry count or
+    #: memory limit means nothing
+    LEAST = {"visibility_timeout": 1, "task_max_retries": 0, "worker_max_memory_mb": 0}
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServiceSettings:
         env = os.environ if environ is None else environ
@@ -62,10 +67,7 @@ class ServiceSettings:
             if var in env and env[var] != "":
                 current = getattr(out, name)
                 if isinstance(current, int):
-                    try:
-                        setattr(out, name, int(env[var]))
-                    except ValueError:
-                        raise SettingsError(f"{var}: {env[var]!r} is not a whole number") from None
+                    setattr(out, name, whole_number(var, env[var], cls.LEAST[name]))
                 else:
                     setattr(out, name, env[var])
         if not out.result_backend:
@@ -82,6 +84,18 @@ class ServiceSettings:
 
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def whole_number(var: str, text: str, least: int) -> int:
+    """The whole number environment variable ``var`` holds, at least ``least``, or a
+    one-line SettingsError naming the variable (as settings are read)."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise SettingsError(f"{var}: {text!r} is not a whole number") from None
+    if value < least:
+        raise SettingsError(f"{var}: {text!r} is not >= {least}")
+    return value
 
 
 def redact(url: str) -> str:
