@@ -325,6 +325,32 @@ def coerce(name: str, value: Any, source: str) -> Any:
     return out
 
 
+def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A mapping's pairs as a dict, unless a key comes twice: JSON and YAML readers
+    keep the last value, and which one was meant is not known."""
+    seen: list[Any] = []
+    for key, _ in pairs:
+        if key in seen:
+            raise ValueError(f"key {key!r} appears twice")
+        seen.append(key)
+    return dict(pairs)
+
+
+def _yaml_loader():
+    """PyYAML's SafeLoader, refusing a key given twice in one mapping."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                self.flatten_mapping(node)
+                _unique_keys([(self.construct_object(k, deep=deep), None)
+                              for k, _ in node.value])
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
+
+
 def read_config(path: Path) -> dict[str, Any]:
     """A settings file's mapping, keys normalised to the field names."""
     if not path.is_file():
@@ -334,21 +360,25 @@ def read_config(path: Path) -> dict[str, Any]:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
 
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_yaml_loader())  # a SafeLoader
         else:
-            data = json.loads(text)
-    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError
+            data = json.loads(text, object_pairs_hook=_unique_keys)
+    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError / a key twice
         raise SettingsError(f"config file {path} cannot be read: {one_line(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise SettingsError(f"config file {path} must hold a mapping of settings")
-    out = {}
+    out: dict[str, Any] = {}
+    spelt: dict[str, str] = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
         if name not in FIELDS:
             raise SettingsError(_unknown(str(key), FIELDS, f"{path}: {key}"))
-        out[name] = value
+        if name in out:  # lp-thresh and lp_thresh: which one was meant is not known
+            raise SettingsError(f"config file {path} sets {name} twice, as {spelt[name]} and "
+                                f"as {key}")
+        out[name], spelt[name] = value, str(key)
     return out
 
 

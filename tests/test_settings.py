@@ -152,6 +152,22 @@ def test_bad_config_files_are_errors(tmp_path, text, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("text,message", [
+    ("lp-thresh: 0.3\nlp_thresh: 0.4\n", "sets lp_thresh twice, as lp-thresh and as lp_thresh"),
+    ('{"lp_thresh": 0.4, "lp-thresh": 0.3}', "sets lp_thresh twice, as lp_thresh and as lp-"),
+    ("faces: false\nplates: off\nfaces: true\n", "key 'faces' appears twice"),
+    ('{"faces": false, "faces": true}', "key 'faces' appears twice"),
+])
+def test_config_setting_one_key_twice_is_an_error(tmp_path, text, message):
+    """A key given twice (or in both spellings) was taken, the last value silently
+    winning: `faces: false` above `faces: true` turned face detection on."""
+    cfg = tmp_path / ("s.json" if text.startswith("{") else "s.yaml")
+    cfg.write_text(text)
+    with pytest.raises(SettingsError) as err:
+        Settings.load(cfg, environ={})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
 def test_config_typo_gets_a_suggestion(tmp_path):
     cfg = tmp_path / "s.yaml"
     cfg.write_text("lp_tresh: 0.2\n")
