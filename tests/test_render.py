@@ -307,6 +307,20 @@ def test_not_json_is_one_line(ran, tmp_path, capsys):
 # ------------------------------------------------------------------ zones
 
 
+@pytest.mark.parametrize("flag", ["--detect-every", "--reference-every", "--device",
+                                  "--lp-thresh"])
+def test_render_has_no_flags_for_the_detectors_it_does_not_run(flag, capsys):
+    """--detect-every and --reference-every were offered and did nothing (every frame's
+    boxes come from the file), and `--detect-every 3` was refused for --fill-frames 1."""
+    with pytest.raises(SystemExit):
+        main(["render", "--help"])
+    assert flag not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as err:
+        main(["render", "in.mp4", "--detections", "d.json", "-o", "o.mp4", flag, "2"])
+    assert err.value.code == 2
+    assert f"unrecognized arguments: {flag} 2" in capsys.readouterr().err
+
+
 def test_polygon_mask_takes_pixels_whose_centres_are_inside():
     m = polygon_mask(np.array([[0, 0], [8, 0], [0, 8]]), 0, 0, 8, 8)
     ys, xs = np.mgrid[0:8, 0:8]
