@@ -185,9 +185,22 @@ def check_zones(zones: list[dict], path: Path, info) -> None:
             if a >= n:
                 raise DetectionsFileError(f"{path}: zones[{k}].frames: frame {a} is beyond the "
                                           f"video, which has {n} frames (0-{n - 1})")
-        if "time_s" in z and z["time_s"][1] < z["time_s"][0]:
-            raise DetectionsFileError(f"{path}: zones[{k}].time_s: end {z['time_s'][1]} before "
-                                      f"start {z['time_s'][0]}")
+        if "time_s" in z:
+            a, b = z["time_s"]
+            if b < a:
+                raise DetectionsFileError(f"{path}: zones[{k}].time_s: end {b} before start {a}")
+            _check_zone_times(a, b, f"{path}: zones[{k}].time_s", info)
+
+
+def _check_zone_times(a: float, b: float, where: str, info) -> None:
+    """A time range that holds no frame's timestamp applies to no frame: a forced region
+    given in minutes, or for another clip, blurred nothing and said nothing (frames
+    beyond the video are refused likewise)."""
+    times = [float(p * info.time_base) for p in info.frame_pts]
+    if times and not any(a <= t <= b for t in times):
+        raise DetectionsFileError(f"{where}: no frame of the video is shown from {a:g} to "
+                                  f"{b:g} s (its frames are at {min(times):g} to "
+                                  f"{max(times):g} s)")
 
 
 #: no corner lies further than this from a frame (pixels): 1e300 passed as "past

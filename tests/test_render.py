@@ -379,6 +379,30 @@ def test_zones_file_with_frames_is_refused(tmp_path):
         read_zones(path)
 
 
+@pytest.mark.parametrize("time_s,refused", [
+    ([12.0, 18.5], True), ([-5, -1], True), ([0.505, 0.54], True),  # between two frames
+    ([0.0, 0.0], True), ([0.02, 0.03], False), ([1.5, 99], False), ([-5, 0.03], False)])
+def test_zone_times_that_hold_no_frame_are_refused(tmp_path, time_s, refused):
+    """Like frames beyond the video: a force zone for 12-18.5 s of a 2-s clip (or in
+    minutes instead of seconds) was taken and blurred nothing, exit 0."""
+    from types import SimpleNamespace
+
+    from pipeline.render import DetectionsFileError, read_zones
+
+    info = SimpleNamespace(width=W, height=H, n_frames=N, time_base=TB,
+                           frame_pts=[300 + i * 512 for i in range(N)])  # 0.0234 s + i x 0.04 s
+    path = tmp_path / "z.json"
+    path.write_text(json.dumps({"zones": [{"kind": "force", "box": [1, 1, 9, 9],
+                                           "time_s": time_s}]}))
+    if refused:
+        with pytest.raises(DetectionsFileError, match=r"z.json: zones\[0\].time_s: no frame of "
+                                                      r"the video is shown from .* \(its frames "
+                                                      r"are at 0.0234375 to 1.58344 s\)$"):
+            read_zones(path, info)
+    else:
+        assert read_zones(path, info)[0]["time_s"] == time_s
+
+
 def test_read_detections_ignores_filled_and_disabled_boxes(ran):
     src, tmp = ran
     doc = json.loads((tmp / "run" / "detections.json").read_text())
