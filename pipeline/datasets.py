@@ -2,8 +2,8 @@
 
 Two layouts are read:
 
-* ``--dataset DIR``: ``DIR/annotations.json`` as described in DESIGN.md
-  ("Annotated datasets"), boxes in pixel coordinates of the stored image;
+* ``--dataset DIR``: ``DIR/annotations.json`` as README describes it ("Command
+  line", ``eval --dataset``), boxes in pixel coordinates of the stored image;
 * the research YOLO-txt layout (``--anno-dir`` / ``--img-dir``): one
   ``<stem>.txt`` per image with ``class cx cy w h`` rows normalised to 0..1;
   class ids become labels through an explicit mapping (the research plate
