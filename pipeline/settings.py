@@ -243,6 +243,19 @@ class Settings:
 FIELDS: dict[str, Any] = {f.name: f for f in fields(Settings)}
 
 
+def check_something_hidden(settings: Settings, zones: list[dict] | None = None) -> None:
+    """Refuse settings that detect nothing (no faces, plates off) when no forced region
+    (a ``force`` zone) is given either: the output would be the input re-encoded under
+    an anonymized name. ``zones`` is None for a command that takes none."""
+    if settings.faces or settings.plate_mode or any(z.get("kind") == "force"
+                                                    for z in zones or ()):
+        return
+    hint = "" if zones is None else (" (or, to blur fixed regions only, give --zones with a "
+                                     "force zone)")
+    raise SettingsError(f"faces and plates are both off, so nothing would be anonymized: "
+                        f"turn one on{hint}")
+
+
 def env_names() -> set[str]:
     """Every ``ANONYMIZE_*`` variable the project reads."""
     from_settings = {ENV_PREFIX + name.upper() for name in FIELDS}

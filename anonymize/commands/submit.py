@@ -113,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
     load_cluster_env()
     from models.resolve import check_settings
+    from pipeline.settings import check_something_hidden
     from pipeline.video.damage import input_warnings
     from tasks.client import Client
 
@@ -137,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         settings = render_settings(args, detections[1].get("settings", {}))
     else:
         settings = settings_from_args(args)
+        check_something_hidden(settings, zones[1] if zones else [])
         # before anything is uploaded; registry names must be fetched on the workers,
         # not here, and model files travel with the job
         check_settings(settings, fetched=False)
