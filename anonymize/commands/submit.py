@@ -120,8 +120,16 @@ def run(args: argparse.Namespace) -> int:
     from .options import settings_from_args
     from .run import warn, warn_dropped
 
+    # an option whose partner is missing would be ignored: the user expects its effect
     if args.output and not args.wait:
         raise ValueError("-o/--output needs --wait")
+    if args.detections_dir and not args.output:
+        raise ValueError("--detections-dir needs -o/--output (and --wait): the records are "
+                         "downloaded with the video")
+    if args.timeout is not None and not args.wait:
+        raise ValueError("--timeout needs --wait")
+    if args.timeout is not None and not args.timeout > 0:
+        raise ValueError(f"--timeout must be a number of seconds above 0, got {args.timeout:g}")
     zones = detections = None
     if args.zones:
         from pipeline.render import read_zones
