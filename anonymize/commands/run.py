@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: beside OUTPUT)")
     p.add_argument("--zones", metavar="FILE",
                    help="exclusion zones (never blurred) and forced regions (always blurred): "
-                        "a JSON file holding only zones (format: README, Zones)")
+                        "a JSON file holding only zones (format: README, \"The detections "
+                        "file\")")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_settings_arguments(p)
 
