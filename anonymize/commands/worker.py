@@ -11,7 +11,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queues", "-Q", default="gpu,cpu",
                    help="gpu, cpu or gpu,cpu (default: gpu,cpu)")
     p.add_argument("--device", help="device for this worker's models: cpu, cuda, cuda:N "
-                                    "(default: the job's setting, auto)")
+                                    "(default: the job's setting, auto; cpu for a worker "
+                                    "of the cpu queue only)")
     p.add_argument("--concurrency", "-c", type=int, default=1,
                    help="pool processes; each loads its own models (default: 1)")
     p.add_argument("--hostname", "-n", help="worker node name (default: QUEUES@host)")
