@@ -69,3 +69,32 @@ def test_options_without_the_option_they_serve_are_refused(capsys, monkeypatch, 
         assert main(["submit", "a.mp4", *argv]) == 2
         err = capsys.readouterr().err.splitlines()
         assert len(err) == 1 and err[0].startswith(f"anonymize: error: {message}"), err
+
+
+def test_cancel_delete_of_a_finished_job_says_its_objects_are_deleted(capsys, monkeypatch,
+                                                                       tmp_path):
+    """`cancel --delete` of a done job deleted its source and results but printed only
+    "already done", as if nothing had happened."""
+    import tasks.client
+    from anonymize.cli import main
+
+    calls = []
+
+    class Done:
+        def __init__(self):
+            pass
+
+        def cancel(self, job, delete=False):
+            calls.append((job, delete))
+            return False
+
+        def get(self, job):
+            return {"job": job, "status": "done"}
+
+    monkeypatch.setenv("ANONYMIZE_CLUSTER_ENV", str(tmp_path / "no-cluster-env"))
+    monkeypatch.setattr(tasks.client, "Client", Done)
+    assert main(["cancel", "--delete", "j1"]) == 0
+    assert main(["cancel", "j2"]) == 0
+    assert calls == [("j1", True), ("j2", False)]
+    assert capsys.readouterr().out.splitlines() == [
+        "j1: already done; its objects deleted from storage", "j2: already done"]
