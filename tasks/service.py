@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 from models.errors import one_line
-from pipeline.settings import SettingsError
+from pipeline.settings import SettingsError, check_environment
 
 #: seconds a client waits for a server to accept a connection / answer
 CHECK_TIMEOUT = 3.0
@@ -62,6 +62,8 @@ class ServiceSettings:
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServiceSettings:
         env = os.environ if environ is None else environ
+        # a misspelt ANONYMIZE_VISIBILTY_TIMEOUT would leave the default in force unsaid
+        check_environment(env)
         out = cls()
         for name, var in cls.ENV.items():
             if var in env and env[var] != "":

@@ -270,6 +270,18 @@ def test_service_numbers_out_of_range_are_one_line_naming_the_variable(var, raw,
     assert celery_config(service, ok)["broker_transport_options"]["unacked_restore_interval"] == 1
 
 
+@pytest.mark.parametrize("command", ["status", "cancel", "worker"])
+def test_a_misspelt_variable_is_refused_by_every_cluster_command(command, tmp_path):
+    """submit refused ANONYMIZE_VISIBILTY_TIMEOUT (settings are read strictly), but a
+    worker started with it, the default 3600 s in force, and status and cancel ran."""
+    args = [command] + (["some-job"] if command == "cancel" else [])
+    rc, _, lines, seconds = cli(*args, env={"ANONYMIZE_VISIBILTY_TIMEOUT": "7200"},
+                                cwd=tmp_path)
+    assert_one_line_error(rc, lines, seconds, "unknown environment variable "
+                          "ANONYMIZE_VISIBILTY_TIMEOUT (did you mean "
+                          "ANONYMIZE_VISIBILITY_TIMEOUT?)")
+
+
 def test_worker_with_a_service_number_out_of_range_exits_2_in_one_line(tmp_path):
     rc, _, lines, seconds = cli("worker", env={"ANONYMIZE_VISIBILITY_TIMEOUT": "0"},
                                 cwd=tmp_path)
