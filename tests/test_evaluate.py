@@ -625,3 +625,15 @@ def test_real_stack_covers_us_plates(tmp_path, data_dir):
     assert plate["coverage_recall"] >= 0.8, plate
     with open(out / "one-stage_mdict_list.pkl", "rb") as f:
         assert len(pickle.load(f)) == 10
+
+
+@pytest.mark.parametrize("width", ["-5", "nan"])
+def test_negative_min_width_is_refused(tmp_path, capsys, width):
+    """--min-width -5 ran and printed a cov(w>=-5) column, every box counted."""
+    from anonymize.cli import main
+
+    assert main(["eval", "--dataset", str(tmp_path / "ds"), "--out-dir", str(tmp_path / "out"),
+                 "--min-width", width]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"anonymize: error: --min-width must be 0 or more pixels, got {width}"]
+    assert not (tmp_path / "out").exists()

@@ -103,6 +103,8 @@ def _device_of(stack, settings) -> str:
 def run(args: argparse.Namespace) -> int:
     from pipeline.video.output import check_folder_writable
 
+    if not (args.min_width >= 0):  # -5 (or nan) printed a cov(w>=-5) column of every box
+        raise ValueError(f"--min-width must be 0 or more pixels, got {args.min_width:g}")
     records = _records(args)  # fail on a bad dataset before loading any model
     check_folder_writable(Path(args.out_dir), "--out-dir")
 
