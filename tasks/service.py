@@ -62,7 +62,7 @@ class ServiceSettings:
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServiceSettings:
         env = os.environ if environ is None else environ
-        # a misspelt ANONYMIZE_VISIBILTY_TIMEOUT would leave the default in force unsaid
+        # a misspelt visibility timeout variable would leave the default in force unsaid
         check_environment(env)
         out = cls()
         for name, var in cls.ENV.items():
