@@ -294,6 +294,8 @@ def coerce(name: str, value: Any, source: str) -> Any:
     if kind is bool:
         if isinstance(value, bool):
             out: Any = value
+        elif type(value) is int and value in (0, 1):  # `faces: 0` in YAML or JSON is a number
+            out = bool(value)
         elif isinstance(value, str) and value.strip().lower() in BOOL_WORDS:
             out = BOOL_WORDS[value.strip().lower()]
         else:

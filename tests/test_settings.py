@@ -168,6 +168,16 @@ def test_config_setting_one_key_twice_is_an_error(tmp_path, text, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("text,value", [("faces: 0\n", False), ("faces: 1\n", True),
+                                        ('{"faces": 0}', False), ('{"faces": 1}', True)])
+def test_config_booleans_written_as_1_or_0_are_read(tmp_path, text, value):
+    """`faces: 0` was refused with "0 is not a boolean (true/false, 1/0, ...)": YAML
+    and JSON read 0 as a number, and only the text "0" was taken."""
+    cfg = tmp_path / ("s.json" if text.startswith("{") else "s.yaml")
+    cfg.write_text(text)
+    assert Settings.load(cfg, environ={}).faces is value
+
+
 def test_config_typo_gets_a_suggestion(tmp_path):
     cfg = tmp_path / "s.yaml"
     cfg.write_text("lp_tresh: 0.2\n")
