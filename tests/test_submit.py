@@ -3,6 +3,8 @@ job's video and records are downloaded (the cluster itself: test_distributed).""
 
 from __future__ import annotations
 
+import pytest
+
 from anonymize.cli import build_parser
 from anonymize.commands.submit import _destinations
 
@@ -98,3 +100,21 @@ def test_cancel_delete_of_a_finished_job_says_its_objects_are_deleted(capsys, mo
     assert calls == [("j1", True), ("j2", False)]
     assert capsys.readouterr().out.splitlines() == [
         "j1: already done; its objects deleted from storage", "j2: already done"]
+
+
+@pytest.mark.parametrize("flag", [["--face-model", "retinaface-mobilenet0.25"],
+                                  ["--lp-thresh", "0.3"], ["--no-plates"],
+                                  ["--detect-every", "2"], ["--device", "cpu"]])
+def test_detector_flags_with_detections_are_refused(capsys, monkeypatch, tmp_path, flag):
+    """`submit --detections` took --face-model, --lp-thresh and the like and ignored
+    them (no detector runs), where `render` has no such flags."""
+    from anonymize.cli import main
+
+    monkeypatch.setenv("ANONYMIZE_CLUSTER_ENV", str(tmp_path / "no-cluster-env"))
+    assert main(["submit", "a.mp4", "--detections", "d.json", *flag]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"anonymize: error: {flag[0]} steers the detectors, and --detections "
+                   f"re-renders without them (as `anonymize render`, which has no such flag)"
+                   if flag[0] != "--no-plates" else
+                   "anonymize: error: --plates steers the detectors, and --detections "
+                   "re-renders without them (as `anonymize render`, which has no such flag)"]

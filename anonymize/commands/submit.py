@@ -138,10 +138,15 @@ def run(args: argparse.Namespace) -> int:
     if args.detections:
         from pipeline.render import read_document
 
-        from .render import render_settings
+        from .render import not_for_render, render_settings
 
         if len(args.inputs) > 1:
             raise ValueError("--detections re-renders one input; give one INPUT")
+        steering = [n for n in not_for_render() if getattr(args, n, None) is not None]
+        if steering:  # they were taken and did nothing: no detector runs
+            raise ValueError(f"--{steering[0].replace('_', '-')} steers the detectors, and "
+                             f"--detections re-renders without them (as `anonymize render`, "
+                             f"which has no such flag)")
         detections = (Path(args.detections), read_document(Path(args.detections)))
         settings = render_settings(args, detections[1].get("settings", {}))
     else:
