@@ -42,6 +42,26 @@ def find_video(folder, report: dict, given: str | None):
                             f"give it with --video")
 
 
+def check_video(video, doc: dict, given: bool) -> None:
+    """The thumbnails' video must be of the detections' frame size: another video (the
+    source of another clip, a phone copy) was taken, its frames shown under this run's
+    boxes, unblurred faces included. A video given with --video must be readable; a
+    found one that is not gives a page without thumbnails that says why."""
+    from pipeline.video import VideoError, probe
+
+    try:
+        info = probe(video)
+    except VideoError:
+        if given:
+            raise
+        return
+    want = (doc.get("width"), doc.get("height"))
+    if None not in want and (info.width, info.height) != want:
+        hint = "" if given else "; give the output with --video"
+        raise ValueError(f"{video} is {info.width}x{info.height}, but the detections are of "
+                         f"a {want[0]}x{want[1]} video: not this run's output{hint}")
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -58,8 +78,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{folder / REPORT_JSON}: not valid JSON ({exc.msg})") from None
     from pipeline.render import read_document
 
-    read_document(folder / DETECTIONS_JSON)  # a damaged or edited file: one line naming it
+    doc = read_document(folder / DETECTIONS_JSON)  # a damaged or edited file: one line
     video = find_video(folder, report, args.video)
+    check_video(video, doc, given=bool(args.video))
     from pipeline.review import write_page
 
     page = write_page(folder, video, report)
