@@ -1,5 +1,6 @@
 """`anonymize submit`'s choices made before any server is reached: where each
-job's video and records are downloaded (the cluster itself: test_distributed)."""
+job's video and records are downloaded, options refused (the cluster itself:
+test_distributed); the same for `cancel` and `worker`, with a stand-in client."""
 
 from __future__ import annotations
 
@@ -118,3 +119,19 @@ def test_detector_flags_with_detections_are_refused(capsys, monkeypatch, tmp_pat
                    if flag[0] != "--no-plates" else
                    "anonymize: error: --plates steers the detectors, and --detections "
                    "re-renders without them (as `anonymize render`, which has no such flag)"]
+
+
+def test_worker_log_level_is_checked_before_the_worker_starts(capsys, monkeypatch, tmp_path):
+    """--loglevel FOO reached Celery, which raised click's BadParameter as a traceback
+    once the servers had been reached."""
+    from anonymize.cli import main
+
+    monkeypatch.setenv("ANONYMIZE_CLUSTER_ENV", str(tmp_path / "no-cluster-env"))
+    with pytest.raises(SystemExit) as err:
+        main(["worker", "--loglevel", "FOO"])
+    assert err.value.code == 2
+    assert "argument --loglevel/-l: invalid choice: 'FOO'" in capsys.readouterr().err
+    from anonymize.cli import build_parser
+
+    args = build_parser("worker").parse_args(["worker", "-l", "debug"])
+    assert args.loglevel == "DEBUG"

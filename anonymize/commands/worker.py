@@ -16,7 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", "-c", type=int, default=1,
                    help="pool processes; each loads its own models (default: 1)")
     p.add_argument("--hostname", "-n", help="worker node name (default: QUEUES@host)")
-    p.add_argument("--loglevel", "-l", default="INFO", help="log level (default: INFO)")
+    p.add_argument("--loglevel", "-l", default="INFO", type=str.upper,
+                   choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL"),
+                   help="log level (default: INFO)")
     p.add_argument("--preload", action="store_true",
                    help="load the default models when each pool process starts, not on its "
                         "first task")
