@@ -128,8 +128,8 @@ def run(args: argparse.Namespace) -> int:
                          "downloaded with the video")
     if args.timeout is not None and not args.wait:
         raise ValueError("--timeout needs --wait")
-    if args.timeout is not None and not args.timeout > 0:
-        raise ValueError(f"--timeout must be a number of seconds above 0, got {args.timeout:g}")
+    if args.timeout is not None and not args.timeout >= 0:
+        raise ValueError(f"--timeout must be 0 or more seconds, got {args.timeout:g}")
     zones = detections = None
     if args.zones:
         from pipeline.render import read_zones
