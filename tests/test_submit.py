@@ -134,3 +134,20 @@ def test_worker_log_level_is_checked_before_the_worker_starts(capsys, monkeypatc
 
     args = build_parser("worker").parse_args(["worker", "-l", "debug"])
     assert args.loglevel == "DEBUG"
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"ANONYMIZE_FACES": "maybe"}, "ANONYMIZE_FACES: 'maybe' is not a boolean"),
+    ({"ANONYMIZE_FACE_MODEL": "nope"}, "--face-model: unknown model 'nope'")])
+def test_worker_preload_checks_the_settings_it_will_load(capsys, monkeypatch, tmp_path, env,
+                                                         message):
+    """`worker --preload` with a bad setting in its environment said "ready" and then
+    failed in every pool process's start with a traceback."""
+    from anonymize.cli import main
+
+    monkeypatch.setenv("ANONYMIZE_CLUSTER_ENV", str(tmp_path / "no-cluster-env"))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert main(["worker", "--preload"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"anonymize: error: {message}"), err

@@ -42,6 +42,13 @@ def run(args: argparse.Namespace) -> int:
     from workers.main import parse_queues, run_worker
 
     parse_queues(args.queues)
+    if args.preload:
+        # what each pool process loads at its start: a bad value (ANONYMIZE_FACES=maybe)
+        # or an unfetched model was a traceback in every child after "ready"
+        from models.resolve import check_settings
+        from pipeline.settings import Settings
+
+        check_settings(Settings.load())
     service = ServiceSettings.from_env()
     check_services(service)  # one line now, rather than Celery retrying for ever
     return run_worker(args.queues, device=args.device, concurrency=args.concurrency,
