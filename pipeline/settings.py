@@ -369,16 +369,17 @@ def _yaml_loader():
 def read_config(path: Path) -> dict[str, Any]:
     """A settings file's mapping, keys normalised to the field names."""
     if not path.is_file():
-        raise SettingsError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+        raise SettingsError(f"config file {path} is a folder, not a file" if path.is_dir()
+                            else f"config file not found: {path}")
     try:
+        text = path.read_text(encoding="utf-8")  # a Latin-1 file: name it, not only the byte
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
 
             data = yaml.load(text, Loader=_yaml_loader())  # a SafeLoader
         else:
             data = json.loads(text, object_pairs_hook=_unique_keys)
-    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError / a key twice
+    except Exception as exc:  # UnicodeDecodeError / YAMLError / JSONDecodeError / a key twice
         raise SettingsError(f"config file {path} cannot be read: {one_line(exc)}") from None
     if data is None:
         return {}

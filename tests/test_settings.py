@@ -185,6 +185,19 @@ def test_config_typo_gets_a_suggestion(tmp_path):
         Settings.load(cfg, environ={})
 
 
+def test_a_config_file_that_is_no_utf8_text_or_a_folder_is_named(tmp_path):
+    """A Latin-1 config file said only "'utf-8' codec can't decode byte 0xe9 ...",
+    without the file; a folder was "not found"."""
+    cfg = tmp_path / "s.yaml"
+    cfg.write_bytes(b"lp_thresh: 0.1  # caf\xe9\n")
+    with pytest.raises(SettingsError, match=f"^config file {cfg} cannot be read: 'utf-8' "
+                                            f"codec can't decode byte 0xe9"):
+        Settings.load(cfg, environ={})
+    with pytest.raises(SettingsError, match=f"^config file {tmp_path} is a folder, not a "
+                                            f"file$"):
+        Settings.load(tmp_path, environ={})
+
+
 def test_missing_config_file_is_an_error(tmp_path):
     with pytest.raises(SettingsError, match="config file not found"):
         Settings.load(tmp_path / "nope.yaml", environ={})
