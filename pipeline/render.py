@@ -64,11 +64,13 @@ class Edits:
 # ------------------------------------------------------------------- reading
 
 
-def load_document(path: Path) -> dict:
-    """The JSON document of ``path``, or a one-line error."""
+def load_document(path: Path, what: str = "detections file") -> dict:
+    """The JSON document of ``path``, or a one-line error (``what`` names the file's
+    role: a --zones file was called a detections file)."""
     path = Path(path)
     if not path.is_file():
-        raise DetectionsFileError(f"detections file not found: {path}")
+        raise DetectionsFileError(f"{what} {path} is a folder, not a file" if path.is_dir()
+                                  else f"{what} not found: {path}")
     def not_json(constant: str):
         # Python reads NaN and Infinity, JSON has neither: a NaN corner compares false
         # with every bound, so such a box passed every check and blurred nothing
@@ -270,7 +272,7 @@ def edits_from(doc: dict, path: Path, info) -> Edits:
 def read_zones(path: Path, info=None) -> list[dict]:
     """The zones of a ``--zones FILE`` (a document holding only zones)."""
     path = Path(path)
-    doc = load_document(path)
+    doc = load_document(path, "zones file")
     validate_document(doc, path)
     if doc.get("frames") or doc.get("remove"):
         raise DetectionsFileError(f"{path}: --zones reads zones only, but the file has "

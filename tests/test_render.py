@@ -403,6 +403,20 @@ def test_zone_times_that_hold_no_frame_are_refused(tmp_path, time_s, refused):
         assert read_zones(path, info)[0]["time_s"] == time_s
 
 
+def test_a_missing_zones_file_or_a_folder_is_named_for_what_it_is(tmp_path):
+    """--zones nosuch.json said "detections file not found"; a folder given as either
+    file was "not found"."""
+    from pipeline.render import DetectionsFileError, read_document, read_zones
+
+    with pytest.raises(DetectionsFileError, match="^zones file not found: .*nosuch.json$"):
+        read_zones(tmp_path / "nosuch.json")
+    with pytest.raises(DetectionsFileError, match=f"^zones file {tmp_path} is a folder, not "
+                                                  f"a file$"):
+        read_zones(tmp_path)
+    with pytest.raises(DetectionsFileError, match=f"^detections file {tmp_path} is a folder"):
+        read_document(tmp_path)
+
+
 def test_read_detections_ignores_filled_and_disabled_boxes(ran):
     src, tmp = ran
     doc = json.loads((tmp / "run" / "detections.json").read_text())
