@@ -307,3 +307,15 @@ def test_device_the_machine_lacks_is_one_line_exit_2():
         n = torch.cuda.device_count()
         with pytest.raises(ValueError, match=f"^device cuda:{n} requested but this machine"):
             resolve_device(f"cuda:{n}")
+
+
+@pytest.mark.parametrize("argv", [["models", "list"], ["review", "nowhere"],
+                                  ["convert-weights", "--weights", "w", "--cfg", "c", "-o", "o"]])
+def test_commands_without_settings_refuse_a_misspelt_variable_too(argv):
+    """ANONYMIZE_MODELS_DIRR (for ANONYMIZE_MODELS_DIR) was ignored by the commands that
+    read no settings: `models list` showed, and `models fetch` filled, the default cache."""
+    proc = run_cli(*argv, env={"ANONYMIZE_MODELS_DIRR": "/elsewhere"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "anonymize: error: unknown environment variable ANONYMIZE_MODELS_DIRR (did you mean "
+        "ANONYMIZE_MODELS_DIR?)"]
