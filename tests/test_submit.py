@@ -33,6 +33,17 @@ def test_several_inputs_get_a_video_and_records_of_their_own(tmp_path):
                    (str(out / "b.anonymized.mkv"), str(records / "b.anonymized"))]
 
 
+def test_several_inputs_into_a_file_name_are_refused(tmp_path):
+    """`submit a.mp4 b.mp4 --wait -o out.mp4` made a folder named out.mp4 holding
+    a.anonymized.mp4 and b.anonymized.mp4."""
+    with pytest.raises(ValueError, match="with several inputs -o names a folder"):
+        _destinations(_args("a.mp4", "b.mp4", "--wait", "-o", str(tmp_path / "out.mp4")))
+    (tmp_path / "clips.mov").mkdir()  # an existing folder of that name is a folder
+    assert _destinations(_args("a.mp4", "b.mp4", "--wait", "-o", str(tmp_path / "clips.mov")))[0] \
+        == (str(tmp_path / "clips.mov" / "a.anonymized.mp4"),
+            str(tmp_path / "clips.mov" / "a.anonymized"))
+
+
 def test_one_input_keeps_its_records_beside_the_video(tmp_path):
     assert _destinations(_args("a.mp4", "--wait", "-o", str(tmp_path / "x.mp4"))) == [
         (str(tmp_path / "x.mp4"), None)]

@@ -51,7 +51,12 @@ def _destinations(args) -> list[tuple[str | None, str | None]]:
     out = Path(args.output)
     if not (len(args.inputs) > 1 or out.is_dir() or args.output.endswith("/")):
         return [(str(out), args.detections_dir)]
-    from tasks.client import output_ext
+    from tasks.client import VIDEO_EXTS, output_ext
+
+    if not out.is_dir() and out.suffix.lower() in (*VIDEO_EXTS, ".avi"):
+        # it became a folder named like a video, holding the videos
+        raise ValueError(f"-o {args.output}: with several inputs -o names a folder (each "
+                         f"video goes in as <stem>.anonymized.<ext>); give a folder")
 
     taken: set[str] = set()
     found = []
