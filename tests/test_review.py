@@ -275,6 +275,25 @@ def test_review_refuses_a_video_that_is_not_the_runs_output(reviewed, tmp_path, 
                                                     "with --video")
 
 
+def test_review_finds_the_video_beside_the_records_of_a_several_job_download(reviewed,
+                                                                            tmp_path):
+    """`submit A B --wait -o DIR` downloads DIR/a.anonymized.mp4 with its records in
+    DIR/a.anonymized/, and report.json names the s3:// output: review of that records
+    folder could not tell which video was the output."""
+    from anonymize.commands.review import find_video
+
+    folder, _ = reviewed
+    records = tmp_path / "a.anonymized"
+    shutil.copytree(folder, records)
+    report = json.loads((records / "report.json").read_text())
+    (records / Path(report["output"]).name).rename(tmp_path / "a.anonymized.mp4")
+    report["output"] = "s3://bucket/jobs/j/output.mp4"
+    assert find_video(records, report, None) == (tmp_path / "a.anonymized.mp4").absolute()
+    (records / "report.json").write_text(json.dumps(report))
+    assert main(["review", str(records)]) == 0
+    assert "<figure class='thumb'" in (records / "report.html").read_text()
+
+
 def test_review_takes_the_video_in_the_folder_before_the_recorded_path(reviewed, tmp_path):
     """report.json records the output as the run was told it (here absolute; often
     relative to where it ran): a copy of the records was shown the original

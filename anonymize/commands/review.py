@@ -14,7 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder holding detections.json and report.json of a run, render or "
                         "submit -o download")
     p.add_argument("--video", help="the anonymized output video (default: the one report.json "
-                                   "names, else the only video in DIR)")
+                                   "names, else the only video in DIR, else DIR's name with a "
+                                   "video suffix beside it, as submit -o DIR lays out several "
+                                   "jobs)")
 
 
 def find_video(folder, report: dict, given: str | None):
@@ -38,6 +40,13 @@ def find_video(folder, report: dict, given: str | None):
     videos = [p for p in Path(folder).iterdir() if p.suffix.lower() in VIDEO_SUFFIXES]
     if len(videos) == 1:
         return videos[0]
+    # `submit A B -o DIR` puts each job's records in DIR/<stem>.anonymized/ and its video
+    # beside that folder, DIR/<stem>.anonymized.<ext>; report.json names the s3:// output
+    folder = Path(folder).absolute()
+    beside = [folder.with_name(folder.name + ext) for ext in VIDEO_SUFFIXES]
+    beside = [p for p in beside if p.is_file()]
+    if not videos and len(beside) == 1:
+        return beside[0]
     raise FileNotFoundError(f"cannot tell which video in {folder} is the output; "
                             f"give it with --video")
 
