@@ -61,8 +61,10 @@ def list_images(folder: Path, out_dir: Path | None = None,
     outputs again); those are added to ``passed_over`` so the caller can say
     so. ``out_dir`` is checked first (:func:`check_out_dir`)."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
+    if not folder.is_dir():  # an existing file was "not found" too
+        raise FileNotFoundError(f"image folder not found: {folder}" if not folder.exists() else
+                                f"image folder {folder} is a file, not a folder: give the "
+                                f"folder that holds it")
     inside = check_out_dir(folder, out_dir) if out_dir is not None else None
     found = []
     searched: set[str] = set()

@@ -291,6 +291,20 @@ def test_an_empty_folder_is_refused_before_models_load(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("command,flags", [("images", ("--img-dir", "--out-dir")),
+                                           ("faces", ("--frames-dir", "--save-dir"))])
+def test_an_image_given_as_the_folder_is_named_as_such(tmp_path, capsys, command, flags):
+    """A photo given as --img-dir was reported as "image folder not found", though it
+    is there."""
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"")
+    assert main([command, flags[0], str(photo), flags[1], str(tmp_path / "out"),
+                 "--quiet"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"anonymize: error: image folder {photo} is a file, not a folder: give the folder "
+        f"that holds it"]
+
+
 def test_other_image_formats_are_anonymized_and_nothing_is_passed_over_in_silence(
         data_dir, tmp_path, capsys):
     """JFIF, GIF and PPM files are blurred and written back in their format; a

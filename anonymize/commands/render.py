@@ -11,11 +11,13 @@ HELP = ("re-render a video from (edited) detections, no detector loaded; exclusi
 
 
 def not_for_render() -> tuple[str, ...]:
-    """Settings that only steer the detectors: render runs none, so it has no such flags."""
+    """Settings that only steer the detectors: render runs none, so it has no such flags
+    (--detect-every and --reference-every pick frames for the detectors; a render reads
+    every frame's boxes from the file whatever they say)."""
     from pipeline.settings import FIELDS
 
     return tuple(name for name, f in FIELDS.items() if f.metadata["group"] == "detection"
-                 ) + ("device", "batch_size", "half")
+                 ) + ("device", "batch_size", "half", "detect_every", "reference_every")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
