@@ -251,24 +251,24 @@ def test_subtitles_the_output_cannot_hold_are_refused_before_work(tmp_path):
     assert stack.calls == 0 and not (tmp_path / "out.mkv").exists()
 
 
-def _avi_with_sound(path: Path, codec: str) -> Path:
-    """A CCTV-style AVI: MPEG-4 video and 8 kHz mono sound in ``codec``."""
+def _with_sound(path: Path, video: str, sound: str, rate: int, samples: np.ndarray,
+                frames: int = 5) -> Path:
+    """A small video with mono sound: ``frames`` frames of ``video``, and
+    ``samples`` (int16) encoded as ``sound`` at ``rate`` Hz."""
     with av.open(str(path), "w") as c:
-        vs = c.add_stream("mpeg4", rate=25)
+        vs = c.add_stream(video, rate=25)
         vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
-        aus = c.add_stream(codec, rate=8000)
+        aus = c.add_stream(sound, rate=rate)
         aus.layout = "mono"
-        for i in range(5):
+        for i in range(frames):
             f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 * i, np.uint8), format="rgb24")
             f.pts = i
             for p in vs.encode(f.reformat(format="yuv420p")):
                 c.mux(p)
-        fmt = aus.codec_context.format.name
-        samples = (np.sin(np.arange(8000) / 5) * 3000).astype(np.int16)
         a = av.AudioFrame.from_ndarray(samples[None, :], format="s16", layout="mono")
-        a.sample_rate, a.pts = 8000, 0
-        a = av.AudioResampler(format=fmt, layout="mono", rate=8000).resample(a)
-        for frame in a + [None]:
+        a.sample_rate, a.pts = rate, 0
+        fmt = aus.codec_context.format.name
+        for frame in av.AudioResampler(format=fmt, layout="mono", rate=rate).resample(a) + [None]:
             for p in aus.encode(frame):
                 c.mux(p)
         for p in vs.encode(None):
@@ -287,7 +287,9 @@ def test_sound_the_output_cannot_hold_is_refused_naming_what_would_work(tmp_path
     stream, or says that none does."""
     from pipeline.video.join import check_output_streams
 
-    src = _avi_with_sound(tmp_path / "cctv.avi", codec)
+    # a CCTV-style AVI: MPEG-4 video, 8 kHz sound
+    tone = (np.sin(np.arange(8000) / 5) * 3000).astype(np.int16)
+    src = _with_sound(tmp_path / "cctv.avi", "mpeg4", codec, 8000, tone)
     info = probe(src)
     with pytest.raises(VideoError) as err:
         check_output_streams(src, info, ".mp4")
@@ -301,24 +303,8 @@ def test_a_muxer_refusal_is_said_in_ffmpegs_words(tmp_path):
     argument: '<none>' returned 22"."""
     from pipeline.video.join import check_output_streams
 
-    src = tmp_path / "talk.mkv"
-    with av.open(str(src), "w") as c:
-        vs = c.add_stream("libx264", rate=25)
-        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
-        aus = c.add_stream("libopus", rate=48000)
-        aus.layout = "mono"
-        for i in range(3):
-            f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 50 * i, np.uint8), format="rgb24")
-            f.pts = i
-            for p in vs.encode(f.reformat(format="yuv420p")):
-                c.mux(p)
-        a = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.int16), format="s16", layout="mono")
-        a.sample_rate, a.pts = 48000, 0
-        for p in aus.encode(a):
-            c.mux(p)
-        for stream in (aus, vs):
-            for p in stream.encode(None):
-                c.mux(p)
+    src = _with_sound(tmp_path / "talk.mkv", "libx264", "libopus", 48000,
+                      np.zeros(960, np.int16), frames=3)
     with pytest.raises(VideoError) as err:
         check_output_streams(src, probe(src), ".mov")
     assert str(err.value) == (f"cannot copy audio stream 1 (opus) of {src} into .mov: its muxer "
