@@ -216,6 +216,9 @@ class Client:
                 self.storage.delete_prefix(job_prefix(job))
             elif changed:
                 drop_intermediates(self.storage, job)
+        if delete:  # status must not go on naming objects that are gone
+            with self._reaching("job state", self.service.state_url):
+                self.state.mark_deleted(job)
         return changed
 
     def report(self, info: dict) -> dict:
@@ -239,6 +242,9 @@ class Client:
         info = self.get(job)
         if info["status"] != "done":
             raise ValueError(f"job {job} is {info['status']}, not done")
+        if info.get("deleted"):
+            raise ValueError(f"job {job} is done, but its objects were deleted from storage "
+                             "(cancel --delete)")
         output = Path(output)
         records_dir = Path(records_dir) if records_dir else output.parent
         got = {}

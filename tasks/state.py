@@ -100,6 +100,14 @@ class JobState:
     def cancel(self, job: str) -> bool:
         return self.set_status(job, "cancelled", error="cancelled by user")
 
+    def mark_deleted(self, job: str) -> None:
+        """Record that the job's objects were deleted from storage, final job or
+        not: its output and report locations no longer hold anything."""
+        pipe = self.r.pipeline()
+        pipe.hset(self._k(job), mapping={"deleted": _enc(time.time())})
+        self._touch(pipe, job)
+        pipe.execute()
+
     def segment_done(self, job: str, index: int) -> int:
         """Record one finished segment; returns how many distinct ones are done."""
         pipe = self.r.pipeline()

@@ -218,6 +218,34 @@ def test_submit_status_cancel_succeed_against_live_servers(redis_server, tmp_pat
     assert rc == 1 and f"{job}  cancelled" in out
 
 
+@pytest.mark.integration
+def test_a_done_job_whose_objects_were_deleted_names_them_no_more(redis_server, tmp_path):
+    """`cancel --delete` of a finished job deleted its objects, and `status`
+    went on printing its output and report locations, which held nothing."""
+    from tasks.state import JobState, new_job_id
+
+    store = tmp_path / "store"
+    env = {"ANONYMIZE_BROKER_URL": redis_server.url, "ANONYMIZE_STORAGE_URL": store.as_uri()}
+    job = new_job_id()
+    out = store / "jobs" / job / "out"
+    out.mkdir(parents=True)
+    (out / "a.mp4").write_bytes(b"video")
+    (out / "report.json").write_text("{}")
+    state = JobState(redis_server.url)
+    state.create(job, source_name="a.mp4", output_url=(out / "a.mp4").as_uri(),
+                 report_url=(out / "report.json").as_uri())
+    assert state.set_status(job, "done")
+    rc, printed, _, _ = cli("status", job, env=env, cwd=tmp_path)
+    assert rc == 0 and f"output {(out / 'a.mp4').as_uri()}" in printed
+    rc, printed, _, _ = cli("cancel", "--delete", job, env=env, cwd=tmp_path)
+    assert rc == 0 and printed.strip() == f"{job}: already done; its objects deleted from storage"
+    assert not [f for f in store.rglob("*") if f.is_file()]
+    rc, printed, _, _ = cli("status", job, env=env, cwd=tmp_path)
+    assert rc == 0 and f"{job}  done  a.mp4" in printed
+    assert "objects deleted from storage" in printed and "output" not in printed
+    assert state.get(job)["status"] == "done"
+
+
 # ------------------------------------------------------------------ contracts
 
 

@@ -37,7 +37,9 @@ def _line(info: dict) -> str:
     if info.get("frames_total"):
         done = min(int(info.get("frames_done") or 0), int(info["frames_total"]))
         parts.append(f"frames {done}/{info['frames_total']}")
-    if info.get("output_url"):
+    if info.get("deleted"):
+        parts.append("objects deleted from storage (cancel --delete)")
+    elif info.get("output_url"):
         parts.append(f"output {info['output_url']}")
         parts.append(f"report {info['report_url']}")
     if info.get("error"):
