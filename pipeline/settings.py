@@ -235,8 +235,10 @@ class Settings:
                 continue
             if name not in FIELDS:
                 raise SettingsError(_unknown(name, FIELDS, "setting"))
-            values[name] = coerce(name, value, "--" + name.replace("_", "-"))
-            sources[name] = "--" + name.replace("_", "-")
+            # a switch set off came from its --no- form (--no-faces)
+            flag = ("--no-" if value is False else "--") + name.replace("_", "-")
+            values[name] = coerce(name, value, flag)
+            sources[name] = flag
         return cls(**values), sources
 
 

@@ -257,7 +257,7 @@ def test_print_settings_shows_values_and_sources(tmp_path):
     cfg = tmp_path / "s.yaml"
     cfg.write_text("crf: 20\n")
     proc = run_cli("run", "in.mp4", "-o", "out.mp4", "--config", str(cfg), "--lp-thresh", "0.3",
-                   "--print-settings", env={"ANONYMIZE_PLATES": "two-stage"})
+                   "--no-half", "--print-settings", env={"ANONYMIZE_PLATES": "two-stage"})
     assert proc.returncode == 0, proc.stderr
     lines = {line.split(":")[0]: line for line in proc.stdout.splitlines()}
     assert set(lines) == set(FIELDS)
@@ -265,6 +265,7 @@ def test_print_settings_shows_values_and_sources(tmp_path):
     assert re.search(r"0\.3\s+# --lp-thresh$", lines["lp_thresh"])
     assert re.search(r"20\s+# " + re.escape(str(cfg)) + "$", lines["crf"])
     assert re.search(r"true\s+# default$", lines["faces"])
+    assert re.search(r"false\s+# --no-half$", lines["half"])  # the flag given, not --half
 
 
 def test_cli_bad_setting_is_one_line_exit_2():
