@@ -37,12 +37,20 @@ def load_cluster_env(path: str | Path | None = None, environ: dict | None = None
     path = Path(path)
     if not path.is_file():
         return None
-    for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"cluster settings {path}: not UTF-8 text ({exc.reason} at byte "
+                         f"{exc.start})") from None
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#") or "=" not in line:
             continue
         key, _, value = line.removeprefix("export ").partition("=")
-        parts = shlex.split(value) if value else [""]
+        try:
+            parts = shlex.split(value) if value else [""]
+        except ValueError as exc:  # an unclosed quote
+            raise ValueError(f"cluster settings {path}, line {number}: {exc}") from None
         env.setdefault(key.strip(), parts[0] if parts else "")
     return path
 

@@ -76,6 +76,20 @@ def small_video(tmp_path_factory):
     return make_video(tmp_path_factory.mktemp("video") / "small.mp4", n_frames=6)
 
 
+@pytest.mark.parametrize("content,expected", [
+    (b"ANONYMIZE_BROKER_URL=redis://h\xe9te/0\n", "not UTF-8 text"),
+    (b"ANONYMIZE_BROKER_URL='redis://host/0\n", "line 1: No closing quotation"),
+])
+def test_a_cluster_settings_file_that_cannot_be_read_is_named(tmp_path, content, expected):
+    """A Latin-1 .cluster/env or an unclosed quote in it said only "'utf-8' codec
+    can't decode byte 0xe9 ..." or "No closing quotation", naming no file."""
+    env_file = tmp_path / "cluster.env"
+    env_file.write_bytes(content)
+    rc, _, lines, seconds = cli("status", env={"ANONYMIZE_CLUSTER_ENV": str(env_file)},
+                                cwd=tmp_path)
+    assert_one_line_error(rc, lines, seconds, f"cluster settings {env_file}", expected)
+
+
 # ------------------------------------------------------------------ broker
 
 
