@@ -162,3 +162,27 @@ def test_worker_preload_checks_the_settings_it_will_load(capsys, monkeypatch, tm
     assert main(["worker", "--preload"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"anonymize: error: {message}"), err
+
+
+def test_a_zones_file_travels_with_its_own_name(monkeypatch, tmp_path):
+    """The worker checks an s3:// job's zones against the video; what it said of
+    them named "zones.json", not the user's file."""
+    import json
+
+    import tasks.client
+    from anonymize.cli import main
+
+    submitted = []
+
+    class Recording:
+        def submit(self, source, settings, **kwargs):
+            submitted.append(kwargs)
+            return "j1"
+
+    zones = tmp_path / "my-zones.json"
+    zones.write_text(json.dumps({"zones": [{"kind": "force", "box": [0, 0, 8, 8]}]}))
+    monkeypatch.setenv("ANONYMIZE_CLUSTER_ENV", str(tmp_path / "no-cluster-env"))
+    monkeypatch.setattr(tasks.client, "Client", Recording)
+    assert main(["submit", "s3://bucket/clip.mp4", "--zones", str(zones)]) == 0
+    assert submitted[0]["detections_file"] == str(zones)
+    assert submitted[0]["zones"] and submitted[0]["detections"] is None

@@ -169,7 +169,9 @@ def run(args: argparse.Namespace) -> int:
         job = client.submit(source, settings, output=dest,
                             zones=zones[1] if zones else None,
                             detections=detections[1] if detections else None,
-                            detections_file=str(detections[0]) if detections else None)
+                            # the worker names it in what it says of the zones or boxes
+                            detections_file=str((detections or zones)[0])
+                            if detections or zones else None)
         jobs.append((job, source, dest, records))
         print(job, flush=True)
     if not args.wait:
