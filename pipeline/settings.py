@@ -117,12 +117,12 @@ class Settings:
                          "for CenterFace: x1.5 at 16); frames too large for one pass are "
                          "tiled", lo=4)
     plate_size: int = _opt(960, "one-stage plate detector input size, px (640 misses "
-                           "small plates)", lo=32)
+                           "small plates)", lo=32, hi=4096)
     plate_second_size: int = _opt(640, "one-stage plate detector also runs at this long "
                                   "side, px, and the plates of both sizes are merged: the "
                                   "weights' native 640 finds plates that 960 misses and the "
-                                  "reverse; never tiled (0 = off)", lo=0)
-    crop_size: int = _opt(320, "two-stage vehicle crop input size, px", lo=32)
+                                  "reverse; never tiled (0 = off)", lo=0, hi=4096)
+    crop_size: int = _opt(320, "two-stage vehicle crop input size, px", lo=32, hi=4096)
     crop_margin: float = _opt(0.1, "vehicle box grown by this share of its size before "
                               "cropping (two-stage)", lo=0, hi=1)
     # temporal filling

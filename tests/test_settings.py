@@ -118,6 +118,10 @@ def test_boolean_words(word, value):
     ("ANONYMIZE_CRF", "18.5", "ANONYMIZE_CRF: '18.5' is not a whole number"),
     ("ANONYMIZE_CRF", "52", "ANONYMIZE_CRF: '52' is not between 0 and 51"),
     ("ANONYMIZE_BATCH_SIZE", "0", "ANONYMIZE_BATCH_SIZE: '0' is not >= 1"),
+    # a 100000-px plate input is 67 GB of floats: refused, not tried
+    ("ANONYMIZE_PLATE_SIZE", "100000", "ANONYMIZE_PLATE_SIZE: '100000' is not between 32 and 4096"),
+    ("ANONYMIZE_PLATE_SECOND_SIZE", "5000", "ANONYMIZE_PLATE_SECOND_SIZE: '5000' is not between"),
+    ("ANONYMIZE_CROP_SIZE", "8192", "ANONYMIZE_CROP_SIZE: '8192' is not between 32 and 4096"),
     ("ANONYMIZE_MASK_SCALE", "0.9", "ANONYMIZE_MASK_SCALE: '0.9' is not >= 1"),
     ("ANONYMIZE_MODE", "smear", "ANONYMIZE_MODE: 'smear' is not one of blur, pixelate, solid"),
     ("ANONYMIZE_PRESET", "fastest", "ANONYMIZE_PRESET: 'fastest' is not one of"),
