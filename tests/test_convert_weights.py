@@ -366,3 +366,38 @@ def test_build_refuses_other_checkpoints(tmp_path):
     torch.save({"arch": "yolov8", "state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(WeightsError, match="not a YOLOv3 checkpoint"):
         build(tmp_path / "other.pt")
+
+
+@pytest.mark.parametrize("size", [0, -64, 100])
+def test_an_input_size_yolov3_cannot_run_is_refused_at_conversion_and_load(files, tmp_path, size):
+    """--input-size 0 (or -64, 100) was written into the checkpoint, which then
+    failed at the first image: 0 and -64 with a torch traceback."""
+    with pytest.raises(ValueError, match="multiple of 32"):
+        convert_keras_h5(files["h5"], str(files["names"]), input_size=size)
+    checkpoint = convert_keras_h5(files["h5"], str(files["names"]), input_size=SIZE)
+    checkpoint["config"]["input_size"] = size  # converted by an earlier version
+    with pytest.raises((ValueError, WeightsError), match="multiple of 32"):
+        build(_save(checkpoint, tmp_path / "bad.pt"))
+
+
+def test_cli_output_that_is_a_folder_or_below_a_file_is_one_line_and_leaves_nothing(
+        files, tmp_path, capsys):
+    """-o naming a folder failed at the end with '[Errno 21] ... out.tmp -> out'
+    and left out.tmp beside it; -o below a file was a FileExistsError traceback.
+    Both are refused before converting; a conversion leaves no temporary file."""
+    from anonymize.cli import main
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "afile").write_text("x")
+    for target in (tmp_path / "out", tmp_path / "afile" / "x.pt"):
+        rc = main(["convert-weights", "--weights", str(files["weights"]), "--cfg",
+                   str(files["cfg"]), "--names", str(files["names"]), "-o", str(target)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and err[0].startswith("anonymize: error:"), err
+        assert str(target if target.is_dir() else target.parent) in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "out"]
+    assert not any((tmp_path / "out").iterdir())
+    rc = main(["convert-weights", "--weights", str(files["weights"]), "--cfg", str(files["cfg"]),
+               "--names", str(files["names"]), "-o", str(tmp_path / "new" / "m.pt")])
+    assert rc == 0 and [p.name for p in (tmp_path / "new").iterdir()] == ["m.pt"]
+    assert build(tmp_path / "new" / "m.pt").input_size == SIZE
