@@ -147,6 +147,13 @@ def load_annotations(dataset_dir: str | Path) -> list[ImageRecord]:
     if not isinstance(images, list):
         raise ValueError(f"{anno} has no 'images' list")
     records = [_record(root, f"{anno}: images[{i}]", entry) for i, entry in enumerate(images)]
+    first: dict[str, int] = {}
+    for i, r in enumerate(records):  # listed twice: its boxes and detections would count twice
+        j = first.setdefault(os.path.normpath(r.path), i)
+        if j != i:
+            raise ValueError(f"{anno}: images[{i}] ({r.name}) is the image images[{j}] "
+                             f"({records[j].name}) lists already; list each image once, with "
+                             "all its boxes")
     missing = [r for r in records if not r.path.is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} of the {len(records)} images listed in {anno} "
@@ -232,8 +239,13 @@ def load_yolo_dir(anno_dir: str | Path, img_dir: str | Path,
     if not images:
         raise FileNotFoundError(f"no images in {img_dir}")
     records = []
+    by_stem: dict[str, Path] = {}
     for img in images:
         txt = anno_dir / f"{img.stem}.txt"
+        other = by_stem.setdefault(img.stem, img)
+        if other is not img and txt.is_file():  # x.jpg and x.png: whose boxes are they?
+            raise ValueError(f"{other.name} and {img.name} in {img_dir} share the annotation "
+                             f"file {txt}: give each image its own stem")
         try:
             boxes = parse_yolo_txt(txt.read_text(encoding="utf-8"), class_labels) \
                 if txt.is_file() else []
@@ -243,8 +255,18 @@ def load_yolo_dir(anno_dir: str | Path, img_dir: str | Path,
     return records
 
 
+#: how far outside 0..1 a normalised YOLO number may be (rounding in exports)
+YOLO_SLACK = 0.01
+
+
 def parse_yolo_txt(text: str, class_labels: dict[int, str]) -> list[GTBox]:
-    """``class cx cy w h`` rows (extra columns ignored) -> normalised boxes (cx, cy, w, h)."""
+    """``class cx cy w h`` rows (extra columns ignored) -> normalised boxes (cx, cy, w, h).
+
+    A row of a mapped class whose numbers are not normalised (a value above 1,
+    as pixel coordinates are, or below 0, or no width or height) is an error
+    naming the row, as Ultralytics refuses such label files: clipped to the
+    image, its box was dropped or cut to a sliver in silence. A box reaching
+    past the image's edge (cx 0.98, w 0.1) is clipped, as before."""
     boxes = []
     for line_no, line in enumerate(text.splitlines(), 1):
         parts = line.split()
@@ -258,6 +280,12 @@ def parse_yolo_txt(text: str, class_labels: dict[int, str]) -> list[GTBox]:
             raise ValueError(f"YOLO row {line_no} needs 'class cx cy w h': {line!r}")
         cls = int(values[0])
         if cls in class_labels:
+            cx, cy, w, h = values[1:5]
+            if not (w > 0 and h > 0
+                    and all(-YOLO_SLACK <= v <= 1 + YOLO_SLACK for v in (cx, cy, w, h))):
+                raise ValueError(f"YOLO row {line_no} is not a box normalised to 0..1 "
+                                 f"('class cx cy w h', w and h above 0; pixel coordinates "
+                                 f"must be divided by the image size): {line!r}")
             boxes.append(GTBox(class_labels[cls], values[1:5]))
     return boxes
 
