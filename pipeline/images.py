@@ -26,7 +26,7 @@ from .blur import anonymize_frame
 from .datasets import IMAGE_SUFFIXES, UNREADABLE_SUFFIXES, read_or_skip
 from .records import face_pickle
 from .settings import Settings
-from .video.output import atomic_output
+from .video.output import atomic_output, write_atomic
 
 #: records an `images` or `faces` run writes last into its output folder: an
 #: output folder inside the image folder that holds one is an earlier run's
@@ -284,12 +284,10 @@ def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
 
 def write_image_detections(out_dir: Path, found: dict[str, Detections]) -> Path:
     """``detections.pkl``: list of {filename, det} with det in the ImageAI format."""
-    path = Path(out_dir) / "detections.pkl"
-    path.parent.mkdir(parents=True, exist_ok=True)  # every image may have been left out
     rows = [{"filename": name, "det": d.to_imageai()} for name, d in found.items()]
-    with open(path, "wb") as f:
-        pickle.dump(rows, f, protocol=4)
-    return path
+    # whole or not at all, like the images (the folder is made: every image may
+    # have been left out)
+    return write_atomic(Path(out_dir) / "detections.pkl", pickle.dumps(rows, protocol=4))
 
 
 def write_face_pickle(save_dir: Path, found: dict[str, Detections], frames_dir: Path,
@@ -301,8 +299,5 @@ def write_face_pickle(save_dir: Path, found: dict[str, Detections], frames_dir: 
     position = {name: i for i, name in enumerate(listing if listing is not None else found)}
     frames = {position[name]: d.with_class(FACE) for name, d in found.items()}
     names = {position[name]: str(Path(frames_dir) / name) for name in found}
-    path = Path(save_dir) / "faces.pkl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        pickle.dump(face_pickle(frames, names), f, protocol=4)
-    return path
+    return write_atomic(Path(save_dir) / "faces.pkl",
+                        pickle.dumps(face_pickle(frames, names), protocol=4))
