@@ -130,16 +130,20 @@ def convert_files(spec: ModelSpec, files: dict[str, Path]) -> Path:
     except Exception as exc:  # a converter meeting unexpected bytes
         raise WeightsError(f"{spec.name}: conversion failed: {exc}") from exc
     target = checkpoint_path(spec.name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _replacing(target) as tmp:  # two fetches of one model may run at once
-        torch.save(checkpoint, tmp)
-    record = json.dumps({
-        "name": spec.name, "source": spec.source.describe(),
-        "members": {k: {"path": m, "sha256": d} for k, (m, d) in spec.source.members.items()},
-        "licence": spec.licence, "checkpoint_sha256": sha256_file(target),
-    }, indent=2)
-    with _replacing(target.parent / SOURCE_RECORD) as tmp:
-        tmp.write_text(record, encoding="utf-8")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _replacing(target) as tmp:  # two fetches of one model may run at once
+            torch.save(checkpoint, tmp)
+        record = json.dumps({
+            "name": spec.name, "source": spec.source.describe(),
+            "members": {k: {"path": m, "sha256": d} for k, (m, d) in spec.source.members.items()},
+            "licence": spec.licence, "checkpoint_sha256": sha256_file(target),
+        }, indent=2)
+        with _replacing(target.parent / SOURCE_RECORD) as tmp:
+            tmp.write_text(record, encoding="utf-8")
+    except OSError as exc:  # a models folder that is a file, full or read-only
+        raise WeightsError(f"{spec.name}: cannot write its checkpoint to {target.parent}: "
+                           f"{exc.strerror or exc}") from None
     return target
 
 

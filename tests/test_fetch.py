@@ -148,3 +148,29 @@ def test_two_fetches_of_one_model_at_once_both_finish(split_model, monkeypatch):
     record = json.loads((ckpt.parent / "source.json").read_text())
     assert record["checkpoint_sha256"] == sha256_file(ckpt)
     assert sorted(p.name for p in ckpt.parent.iterdir()) == ["model.pt", "source.json"]
+
+
+def test_a_models_folder_that_cannot_be_written_is_refused_before_downloading(
+        split_model, monkeypatch, tmp_path, capsys):
+    """ANONYMIZE_MODELS_DIR below a file (or on a read-only volume): the source
+    was downloaded, then the conversion ended in a NotADirectoryError traceback."""
+    from anonymize.cli import main
+
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("ANONYMIZE_MODELS_DIR", str(tmp_path / "afile" / "models"))
+    downloads = []
+    monkeypatch.setattr(models.fetch, "_download_archive",
+                        lambda *a: downloads.append(a) or pytest.fail("downloaded"))
+    assert main(["models", "fetch", split_model]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("anonymize: error: models folder"), err
+    assert "afile" in err[0] and not downloads
+    with pytest.raises(WeightsError, match="cannot write its checkpoint"):  # the library call
+        convert_sources(split_model, _fetched_members(tmp_path))
+
+
+def _fetched_members(tmp_path):
+    carried = tmp_path / "carried"
+    carried.mkdir(exist_ok=True)
+    (carried / "w.bin").write_bytes(PAYLOAD)
+    return carried

@@ -55,8 +55,12 @@ def run(args: argparse.Namespace) -> int:
         _list()
         return 0
     from models.fetch import fetch, fetch_all, spec_of
+    from models.registry import models_home
     from models.resolve import fetch_help
+    from pipeline.video.output import check_folder_writable
 
+    # before any download: a folder the checkpoints cannot go to failed after it
+    check_folder_writable(models_home(), "models folder (ANONYMIZE_MODELS_DIR)")
     if not args.names:
         paths = fetch_all(force=args.force, all_models=args.all_models)
     else:
