@@ -115,6 +115,8 @@ def _stale(path: Path, expected: dict) -> str | None:
         record = json.loads(meta.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return f"unreadable {meta.name}"
+    if not isinstance(record, dict):  # JSON, but not a record (null, a list)
+        return f"unreadable {meta.name}"
     for key, value in expected.items():
         if record.get(key) != value:
             return f"{key.replace('_', ' ')} changed"

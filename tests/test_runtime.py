@@ -374,6 +374,20 @@ def test_edited_record_exports_again(home):
     assert len(exports) == 2
 
 
+@pytest.mark.parametrize("text", ["[1, 2]", "null", "{bad"])
+def test_a_graph_record_that_is_not_one_exports_again(home, text):
+    """A tiny.json holding JSON that is not a record (a list, null) stopped the
+    command with an AttributeError traceback; like unreadable JSON, it exports
+    the graph again."""
+    ckpt, exports = home
+    module = _Tiny().eval()
+    graph_export.ensure_graph(module, TINY, ckpt)
+    (ckpt.parent / "tiny.json").write_text(text)
+    graph_export.ensure_graph(module, TINY, ckpt)
+    assert len(exports) == 2
+    assert isinstance(json.loads((ckpt.parent / "tiny.json").read_text()), dict)
+
+
 def test_user_supplied_weights_get_a_graph_folder_by_hash(home, tmp_path_factory):
     ckpt, _ = home
     elsewhere = tmp_path_factory.mktemp("user") / "weights.pt"
