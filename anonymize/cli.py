@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import sys
 
 #: command name -> module under anonymize.commands
@@ -145,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
 
     limit_heap_growth()  # before the first frame buffer: flat memory on long videos
     _one_line_warnings()
+    # before OpenCV loads: its own warning lines ('[ WARN:0@1.7] global grfmt_tiff.cpp:811
+    # readData OpenCV TIFF: ... can not handle images with 32-bit samples') stood beside
+    # the one line that names a file left out; its errors still print
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=command if command in COMMANDS else None)

@@ -391,3 +391,26 @@ def test_linked_folders_are_searched_once_and_a_broken_link_is_reported(
     rows = pickle.loads((out / "detections.pkl").read_bytes())
     assert [r["filename"] for r in rows] == ["linked/party.jpg", "top.jpg"]
     assert (out / "linked" / "party.jpg").is_file()
+
+
+def test_an_image_opencv_cannot_read_gets_one_warning_line_and_no_opencv_lines(tmp_path):
+    """A float TIFF (a scientific or HDR export) is left out with the command's
+    one warning line; OpenCV's own two '[ WARN:0@...] global grfmt_tiff.cpp'
+    lines came with it. No detector is needed to see it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "ok.png"), np.zeros((8, 8, 3), np.uint8))
+    assert cv2.imwrite(str(tmp_path / "in" / "float.tif"), np.zeros((8, 8, 3), np.float32))
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-m", "anonymize", "images", "--img-dir",
+                           str(tmp_path / "in"), "--out-dir", str(tmp_path / "out"), "--quiet",
+                           "--no-faces", "--plates", "off"], capture_output=True, text=True,
+                          env=env, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("anonymize: warning:"), lines
+    assert "float.tif" in lines[0] and (tmp_path / "out" / "ok.png").is_file()
