@@ -138,7 +138,8 @@ def load_annotations(dataset_dir: str | Path) -> list[ImageRecord]:
     if not anno.is_file():
         raise FileNotFoundError(f"no annotations.json in dataset directory {root}")
     try:
-        data = json.loads(anno.read_text(encoding="utf-8"))
+        # utf-8-sig: UTF-8, also with the byte-order mark Windows tools write first
+        data = json.loads(anno.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{anno} is not valid JSON: {exc}") from exc
     except UnicodeDecodeError as exc:
@@ -247,7 +248,7 @@ def load_yolo_dir(anno_dir: str | Path, img_dir: str | Path,
             raise ValueError(f"{other.name} and {img.name} in {img_dir} share the annotation "
                              f"file {txt}: give each image its own stem")
         try:
-            boxes = parse_yolo_txt(txt.read_text(encoding="utf-8"), class_labels) \
+            boxes = parse_yolo_txt(txt.read_text(encoding="utf-8-sig"), class_labels) \
                 if txt.is_file() else []
         except (ValueError, UnicodeDecodeError) as exc:
             raise ValueError(f"{txt}: {exc}") from exc

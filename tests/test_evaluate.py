@@ -672,3 +672,18 @@ def test_an_image_listed_twice_is_refused_naming_both_entries(tmp_path):
                                          r"images\[0\] \(images/x.png\)") as err:
         load_annotations(tmp_path)
     assert "\n" not in str(err.value)
+
+
+def test_annotation_files_with_a_byte_order_mark_are_read(tmp_path):
+    """UTF-8 with a BOM (Notepad, PowerShell 5's utf8) was refused: annotations.json
+    as 'Unexpected UTF-8 BOM', a YOLO .txt as a bad row 1."""
+    write_image(tmp_path / "images" / "x.png", 20, 20)
+    (tmp_path / "annotations.json").write_text(json.dumps({"images": [GOOD]}),
+                                               encoding="utf-8-sig")
+    (rec,) = load_annotations(tmp_path)
+    assert rec.boxes[0].xyxy == [1, 1, 5, 5]
+    anno = tmp_path / "anno"
+    anno.mkdir()
+    (anno / "x.txt").write_text("15 0.5 0.5 0.2 0.4\n", encoding="utf-8-sig")
+    (rec,) = load_yolo_dir(anno, tmp_path / "images", {15: "plate"})
+    assert [b.label for b in rec.boxes] == ["plate"]
