@@ -224,6 +224,9 @@ def _anchors_from(names: str | list[str] | None, anchors) -> list[list[int]] | N
         return None
     if len(flat) != 18:
         raise WeightsError(f"expected 9 anchors (18 numbers), got {len(flat)} numbers")
+    if not all(np.isfinite(v) and round(v) >= 1 for v in flat):  # widths and heights in pixels
+        raise WeightsError(f"anchors are box widths and heights in pixels, each 1 or more; "
+                           f"got {', '.join(f'{v:g}' for v in flat)}")
     return [[int(round(flat[i])), int(round(flat[i + 1]))] for i in range(0, 18, 2)]
 
 

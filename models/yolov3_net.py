@@ -56,6 +56,9 @@ def make_config(**overrides) -> dict:
     if sorted(i for m in config["masks"] for i in m) != list(range(len(config["anchors"]))):
         raise ValueError("YOLOv3 masks must use every anchor exactly once")
     check_input_size(config["input_size"])
+    if not all(isinstance(v, int) and v >= 1 for a in config["anchors"] for v in a):
+        raise ValueError(f"YOLOv3 anchors are widths and heights in pixels, each 1 or more; "
+                         f"got {config['anchors']}")
     return config
 
 

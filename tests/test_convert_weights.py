@@ -401,3 +401,16 @@ def test_cli_output_that_is_a_folder_or_below_a_file_is_one_line_and_leaves_noth
                "--names", str(files["names"]), "-o", str(tmp_path / "new" / "m.pt")])
     assert rc == 0 and [p.name for p in (tmp_path / "new").iterdir()] == ["m.pt"]
     assert build(tmp_path / "new" / "m.pt").input_size == SIZE
+
+
+@pytest.mark.parametrize("bad", ["-5", "0", "nan"])
+def test_anchors_that_are_not_pixel_sizes_are_refused(files, tmp_path, bad):
+    """--anchors ending in -5 (or 0) was converted into a checkpoint whose boxes
+    have negative (or no) size; nan was refused with 'cannot convert float NaN'."""
+    anchors = ANCHORS.replace(" ", "").rsplit(",", 1)[0] + "," + bad
+    with pytest.raises(WeightsError, match="anchors are box widths and heights in pixels"):
+        convert_keras_h5(files["h5"], str(files["names"]), anchors=anchors, input_size=SIZE)
+    (tmp_path / "neg.cfg").write_text(files["cfg"].read_text().replace(
+        "anchors = 10,13", f"anchors = {bad if bad != 'nan' else '-1'},13"))
+    with pytest.raises(WeightsError, match="anchors are widths and heights in pixels"):
+        convert_darknet(files["weights"], tmp_path / "neg.cfg", str(files["names"]))
