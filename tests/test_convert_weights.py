@@ -414,3 +414,22 @@ def test_anchors_that_are_not_pixel_sizes_are_refused(files, tmp_path, bad):
         "anchors = 10,13", f"anchors = {bad if bad != 'nan' else '-1'},13"))
     with pytest.raises(WeightsError, match="anchors are widths and heights in pixels"):
         convert_darknet(files["weights"], tmp_path / "neg.cfg", str(files["names"]))
+
+
+@pytest.mark.parametrize("text", ['[1, 2]', '{bad', '{}', '{"labels": "car"}',
+                                  '{"labels": ["car", "plate"], "anchors": "x"}'])
+def test_a_detection_config_that_is_not_one_is_named_in_one_line(files, tmp_path, text):
+    """An ImageAI detection_config.json given as --names that is a list ended in
+    an AttributeError traceback, one without 'labels' in a KeyError; bad JSON or
+    bad anchors were blamed on the .h5 ('not a Keras YOLOv3 layout'), and labels
+    given as one string were read letter by letter."""
+    config = tmp_path / "detection_config.json"
+    config.write_text(text)
+    with pytest.raises(WeightsError) as err:
+        convert_keras_h5(files["h5"], str(config), input_size=SIZE)
+    message = str(err.value)
+    assert message.startswith(str(config)) and "\n" not in message, message
+    config.write_text('{"labels": ["car", "plate"], "anchors": [[1, 2, 3, 4, 5, 6], '
+                      '[7, 8, 9, 10, 11, 12], [13, 14, 15, 16, 17, 18]]}')
+    checkpoint = convert_keras_h5(files["h5"], str(config), input_size=SIZE)
+    assert checkpoint["names"] == ["car", "plate"]
