@@ -134,12 +134,18 @@ def write_rgb(path: Path, rgb: np.ndarray, like: Path | None = None) -> None:
         alpha = stored[:, :, 3]
         out = np.dstack([out, alpha if alpha.dtype == np.uint8 else (alpha >> 8).astype(np.uint8)])
     suffix = path.suffix.lower()
+    as_suffix = _ENCODE_AS.get(suffix, suffix)
     try:
-        ok, data = cv2.imencode(_ENCODE_AS.get(suffix, suffix), out)
+        ok, data = cv2.imencode(as_suffix, out)
     except cv2.error:
         ok = False
     if not ok:
-        raise ValueError(f"could not write image: {path} (no {suffix} encoder here)")
+        # an encoder that is there can still refuse a picture: OpenJPEG one under
+        # 32 px a side, netpbm's .pgm a colour one (a .pgm holding a PNG)
+        why = (f"OpenCV cannot encode this {out.shape[1]}x{out.shape[0]} "
+               f"{'grey' if out.ndim == 2 else f'{out.shape[2]}-channel'} picture as {suffix}"
+               if cv2.haveImageWriter("x" + as_suffix) else f"no {suffix} encoder here")
+        raise ValueError(f"could not write image: {path} ({why})")
     with atomic_output(path) as partial:  # a reader never sees half an image
         partial.write_bytes(data.tobytes())
 

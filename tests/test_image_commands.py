@@ -425,3 +425,24 @@ def test_an_image_folder_that_is_a_file_is_named_as_such(tmp_path, capsys):
                  "--quiet", "--no-faces", "--plates", "off"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a file, not a folder" in err[0] and str(photo) in err[0], err
+
+
+def test_an_image_its_encoder_refuses_is_left_out_with_the_real_reason(tmp_path, capsys):
+    """A 30x20 .jp2 (OpenJPEG encodes nothing under 32 px a side) and a .pgm
+    holding a colour PNG are left out, as before, but the warning said there was
+    'no .jp2 encoder here', which there is. (The .jp2 holds PNG bytes: OpenCV
+    cannot write a small JPEG 2000 to start from; it is read by content.)"""
+    (tmp_path / "in").mkdir()
+    small = np.full((20, 30, 3), 100, np.uint8)
+    (tmp_path / "in" / "small.jp2").write_bytes(cv2.imencode(".png", small)[1].tobytes())
+    (tmp_path / "in" / "colour.pgm").write_bytes(cv2.imencode(".png", small)[1].tobytes())
+    cv2.imwrite(str(tmp_path / "in" / "ok.png"), small)
+    assert main(["images", "--img-dir", str(tmp_path / "in"), "--out-dir", str(tmp_path / "out"),
+                 "--quiet", "--no-faces", "--plates", "off"]) == 1
+    warned = [line for line in capsys.readouterr().err.splitlines()
+              if line.startswith("anonymize: warning:")]
+    assert len(warned) == 2 and all("encoder here" not in line for line in warned), warned
+    assert "cannot encode this 30x20 3-channel picture as .jp2" in warned[1], warned
+    assert "as .pgm" in warned[0], warned
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.endswith(
+        (".pkl", ".html"))) == ["ok.png"]
