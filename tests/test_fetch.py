@@ -174,3 +174,16 @@ def _fetched_members(tmp_path):
     carried.mkdir(exist_ok=True)
     (carried / "w.bin").write_bytes(PAYLOAD)
     return carried
+
+
+def test_models_list_calls_a_damaged_checkpoint_damaged(split_model, capsys):
+    """`models list` said 'fetched' of a model.pt that loading refuses."""
+    from anonymize.cli import main
+
+    ckpt = fetch(split_model)
+    assert main(["models", "list"]) == 0
+    assert f"{split_model}  [faces]  fetched\n" in capsys.readouterr().out
+    _flip_a_weight(ckpt)
+    assert main(["models", "list"]) == 0
+    assert (f"{split_model}  [faces]  damaged (changed since fetched: "
+            f"`anonymize models fetch {split_model} --force`)") in capsys.readouterr().out

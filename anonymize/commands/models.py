@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _list() -> None:
+    from models.fetch import checkpoint_problem
     from models.file_formats import FORMATS, formats_table
     from models.registry import REGISTRY, checkpoint_path, models_home
 
@@ -29,6 +30,9 @@ def _list() -> None:
     for spec in REGISTRY.values():
         state = "fetched" if checkpoint_path(spec.name).exists() else (
             "user file" if spec.source.kind == "file" else "not fetched")
+        if state == "fetched" and checkpoint_problem(checkpoint_path(spec.name)):
+            # loading refuses it: say so here too
+            state = f"damaged (changed since fetched: `anonymize models fetch {spec.name} --force`)"
         print(f"\n{spec.name}  [{spec.task}]  {state}")
         print(f"  source:   {spec.source.describe()}")
         if spec.name in format_of:
