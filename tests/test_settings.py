@@ -148,6 +148,19 @@ def test_bad_config_files_are_errors(tmp_path, text, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_json_config_with_a_byte_order_mark_is_read_and_one_not_utf8_is_named(tmp_path):
+    """A JSON settings file saved by a Windows editor (UTF-8 with a BOM) was
+    refused as 'Unexpected UTF-8 BOM' (YAML took it); a Latin-1 one failed
+    with a codec message that did not name the file."""
+    cfg = tmp_path / "s.json"
+    cfg.write_text('{"lp_thresh": 0.3}', encoding="utf-8-sig")
+    assert Settings.load(cfg, environ={}).lp_thresh == 0.3
+    cfg.write_bytes('{"face_model": "caf\u00e9.pt"}'.encode("latin-1"))
+    with pytest.raises(SettingsError, match="config file .*s.json cannot be read") as err:
+        Settings.load(cfg, environ={})
+    assert "\n" not in str(err.value)
+
+
 def test_config_typo_gets_a_suggestion(tmp_path):
     cfg = tmp_path / "s.yaml"
     cfg.write_text("lp_tresh: 0.2\n")
