@@ -62,9 +62,7 @@ def list_images(folder: Path, out_dir: Path | None = None,
     so. ``out_dir`` is checked first (:func:`check_out_dir`)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} is a file, not a folder: give the "
-                                "folder that holds it" if folder.exists() else
-                                f"image folder not found: {folder}")
+        raise FileNotFoundError(f"image folder not found: {folder}")
     inside = check_out_dir(folder, out_dir) if out_dir is not None else None
     found = []
     searched: set[str] = set()

@@ -416,17 +416,6 @@ def test_an_image_opencv_cannot_read_gets_one_warning_line_and_no_opencv_lines(t
     assert "float.tif" in lines[0] and (tmp_path / "out" / "ok.png").is_file()
 
 
-def test_an_image_folder_that_is_a_file_is_named_as_such(tmp_path, capsys):
-    """--img-dir photo.jpg (one photo given instead of its folder) said 'image
-    folder not found: photo.jpg' of a file that is there."""
-    photo = tmp_path / "photo.jpg"
-    cv2.imwrite(str(photo), np.zeros((8, 8, 3), np.uint8))
-    assert main(["images", "--img-dir", str(photo), "--out-dir", str(tmp_path / "out"),
-                 "--quiet", "--no-faces", "--plates", "off"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "is a file, not a folder" in err[0] and str(photo) in err[0], err
-
-
 def test_an_image_its_encoder_refuses_is_left_out_with_the_real_reason(tmp_path, capsys):
     """A 30x20 .jp2 (OpenJPEG encodes nothing under 32 px a side) and a .pgm
     holding a colour PNG are left out, as before, but the warning said there was
