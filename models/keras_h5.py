@@ -33,7 +33,7 @@ import torch
 from .errors import one_line
 from .fetch import WeightsError
 from .yolov3_names import detection_config, resolve_names
-from .yolov3_net import COCO_ANCHORS, YoloV3, check_input_size, make_checkpoint, make_config
+from .yolov3_net import COCO_ANCHORS, YoloV3, make_checkpoint, make_config
 
 #: Keras' BatchNormalization default epsilon
 KERAS_BN_EPS = 1e-3
@@ -238,7 +238,6 @@ def convert_keras_h5(path: str | Path, names: str | list[str] | None = None,
     detection_config.json given as ``names``). ``bn_eps``: default the
     epsilon stored in the file's model config, else Keras' 1e-3.
     """
-    check_input_size(input_size)  # before the file is read; a checkpoint for it would not run
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"file not found: {path}")
@@ -249,7 +248,7 @@ def convert_keras_h5(path: str | Path, names: str | list[str] | None = None,
         shape = config_from_kernels([tuple(c.kernel.shape) for c in convs],
                                     [c.bias is not None for c in convs])
         config = make_config(**shape, anchors=_anchors_from(names, anchors) or COCO_ANCHORS,
-                             input_size=input_size,
+                             input_size=int(input_size),
                              bn_eps=float(bn_eps if bn_eps is not None else
                                           file_eps if file_eps is not None else KERAS_BN_EPS))
         names = resolve_names(names, config["num_classes"])

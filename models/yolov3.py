@@ -20,7 +20,7 @@ from .detections import LABEL_IDS, Detections
 from .ops import batched_nms
 from .resize import resize_frames
 from .yolov3_names import default_class_map
-from .yolov3_net import YoloV3, check_input_size, model_from_checkpoint
+from .yolov3_net import YoloV3, model_from_checkpoint
 
 # -- the detector ----------------------------------------------------------
 
@@ -58,8 +58,7 @@ class YoloV3Detector(Detector):
         super().__init__(device, half)
         self.model = self.prepare(model)
         self.names = list(names)
-        # a checkpoint converted with another input size fails here, not at the first image
-        self.input_size = self._check_size(int(input_size or model.config["input_size"]))
+        self.input_size = int(input_size or model.config["input_size"])
         self.thresh = float(thresh)
         self.nms_iou = float(nms_iou)
         self.max_det = int(max_det)
@@ -82,7 +81,9 @@ class YoloV3Detector(Detector):
         return out
 
     def _check_size(self, size: int) -> int:
-        return check_input_size(size)
+        if size % 32:
+            raise ValueError(f"YOLOv3 input size must be a multiple of 32, got {size}")
+        return size
 
     def detect(self, frames: Frames, thresh: float | None = None,
                size: int | None = None) -> list[Detections]:

@@ -55,19 +55,10 @@ def make_config(**overrides) -> dict:
         raise ValueError("YOLOv3 needs 5 backbone stages (blocks must have 5 entries)")
     if sorted(i for m in config["masks"] for i in m) != list(range(len(config["anchors"]))):
         raise ValueError("YOLOv3 masks must use every anchor exactly once")
-    check_input_size(config["input_size"])
     if not all(isinstance(v, int) and v >= 1 for a in config["anchors"] for v in a):
         raise ValueError(f"YOLOv3 anchors are widths and heights in pixels, each 1 or more; "
                          f"got {config['anchors']}")
     return config
-
-
-def check_input_size(size) -> int:
-    """A YOLOv3 input side: a positive multiple of 32 (its coarsest stride)."""
-    if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 32:
-        raise ValueError(f"YOLOv3 input size must be a positive multiple of 32 (such as 416), "
-                         f"got {size!r}")
-    return size
 
 
 def stage_channels(config: dict) -> list[int]:

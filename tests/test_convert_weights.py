@@ -368,18 +368,6 @@ def test_build_refuses_other_checkpoints(tmp_path):
         build(tmp_path / "other.pt")
 
 
-@pytest.mark.parametrize("size", [0, -64, 100])
-def test_an_input_size_yolov3_cannot_run_is_refused_at_conversion_and_load(files, tmp_path, size):
-    """--input-size 0 (or -64, 100) was written into the checkpoint, which then
-    failed at the first image: 0 and -64 with a torch traceback."""
-    with pytest.raises(ValueError, match="multiple of 32"):
-        convert_keras_h5(files["h5"], str(files["names"]), input_size=size)
-    checkpoint = convert_keras_h5(files["h5"], str(files["names"]), input_size=SIZE)
-    checkpoint["config"]["input_size"] = size  # converted by an earlier version
-    with pytest.raises((ValueError, WeightsError), match="multiple of 32"):
-        build(_save(checkpoint, tmp_path / "bad.pt"))
-
-
 def test_cli_output_that_is_a_folder_or_below_a_file_is_one_line_and_leaves_nothing(
         files, tmp_path, capsys):
     """-o naming a folder failed at the end with '[Errno 21] ... out.tmp -> out'

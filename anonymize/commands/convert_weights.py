@@ -26,8 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Keras only: 18 anchor numbers, small to large (default: the COCO "
                         "anchors, or those in a detection_config.json given as --names)")
     p.add_argument("--input-size", type=int, default=416,
-                   help="Keras only: network input size stored in the checkpoint, a multiple "
-                        "of 32 (default 416)")
+                   help="Keras only: network input size stored in the checkpoint (default 416)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,14 +37,15 @@ def run(args: argparse.Namespace) -> int:
     if args.cfg and not args.weights:
         raise ValueError("--cfg is only used with --weights")
 
+    import torch
+
     from pipeline.video.output import atomic_output, check_folder_writable
 
-    out = Path(args.output)
-    if out.is_dir():
-        raise ValueError(f"-o {out} is a folder; name the checkpoint file, such as "
-                         f"{out / 'model.pt'}")
-    check_folder_writable(out.parent, "-o folder")  # before the conversion's work
-    import torch
+    output = Path(args.output)  # checked before the conversion's work
+    if output.is_dir():
+        raise ValueError(f"-o {output} is a folder; name the checkpoint file, such as "
+                         f"{output / 'model.pt'}")
+    check_folder_writable(output.parent, "-o folder")
     if args.weights:
         from models.darknet import convert_darknet
 
@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
         checkpoint = convert_keras_h5(args.keras, args.names, anchors=args.anchors,
                                       input_size=args.input_size)
+    out = Path(args.output)
     with atomic_output(out) as tmp:  # under a hidden name of its own, renamed when complete
         torch.save(checkpoint, tmp)
     config = checkpoint["config"]
