@@ -391,6 +391,67 @@ def test_box_with_swapped_corners_is_kept_in_order(tmp_path):
     (sample,) = iter_samples([rec])
     assert sample.gt[0].xyxy == [2, 3, 9, 8]
 
+@pytest.mark.parametrize("row", [
+    "15 320 240 64 32",       # pixel coordinates: the box lay off the image, dropped
+    "15 0.5 0.5 -0.2 0.1",    # negative width: corners swapped, dropped
+    "15 0.5 0.5 0 0.1",       # no width
+    "15 -0.3 0.5 0.2 0.1",    # centre left of the image
+])
+def test_yolo_row_that_is_not_normalised_is_an_error_naming_the_row(tmp_path, row):
+    """Such a row's box was clipped away (or to a sliver) without a word, so a
+    set annotated in pixels evaluated as one with no plates."""
+    img, anno = tmp_path / "img", tmp_path / "anno"
+    write_image(img / "a.png", 64, 48)
+    anno.mkdir()
+    (anno / "a.txt").write_text(f"15 0.5 0.5 0.2 0.4\n\n{row} extra\n7 320 240 64 32\n")
+    with pytest.raises(ValueError, match=r"a\.txt: YOLO row 3 is not a box normalised") as err:
+        load_yolo_dir(anno, img, {15: "plate"})
+    assert "\n" not in str(err.value)
+    # a class no label is mapped to is not read; a box past the edge is clipped
+    (anno / "a.txt").write_text("15 0.98 0.5 0.1 1.0\n7 320 240 64 32\n")
+    (sample,) = iter_samples(load_yolo_dir(anno, img, {15: "plate"}))
+    assert sample.gt[0].xyxy == pytest.approx([59.52, 0, 64, 48])
+
+
+def test_two_images_sharing_one_yolo_annotation_file_are_refused(tmp_path):
+    """x.jpg and x.png both took x.txt's boxes, right for one of them at most."""
+    img, anno = tmp_path / "img", tmp_path / "anno"
+    write_image(img / "x.png", 20, 20)
+    write_image(img / "x.jpg", 20, 20)
+    anno.mkdir()
+    assert len(load_yolo_dir(anno, img, {15: "plate"})) == 2  # no x.txt: no boxes, no doubt
+    (anno / "x.txt").write_text("15 0.5 0.5 0.2 0.4\n")
+    with pytest.raises(ValueError, match=r"x\.jpg and x\.png .* share the annotation file"):
+        load_yolo_dir(anno, img, {15: "plate"})
+
+
+def test_an_image_listed_twice_is_refused_naming_both_entries(tmp_path):
+    """Listed twice (two exports merged), an image's boxes and detections were
+    all counted twice."""
+    write_image(tmp_path / "images" / "x.png", 20, 20)
+    write_annotations(tmp_path, [GOOD, {"file": "images/y.png"},
+                                 {"file": "images/./x.png", "boxes": []}])
+    write_image(tmp_path / "images" / "y.png", 20, 20)
+    with pytest.raises(ValueError, match=r"images\[2\] \(images/./x.png\) is the image "
+                                         r"images\[0\] \(images/x.png\)") as err:
+        load_annotations(tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_annotation_files_with_a_byte_order_mark_are_read(tmp_path):
+    """UTF-8 with a BOM (Notepad, PowerShell 5's utf8) was refused: annotations.json
+    as 'Unexpected UTF-8 BOM', a YOLO .txt as a bad row 1."""
+    write_image(tmp_path / "images" / "x.png", 20, 20)
+    (tmp_path / "annotations.json").write_text(json.dumps({"images": [GOOD]}),
+                                               encoding="utf-8-sig")
+    (rec,) = load_annotations(tmp_path)
+    assert rec.boxes[0].xyxy == [1, 1, 5, 5]
+    anno = tmp_path / "anno"
+    anno.mkdir()
+    (anno / "x.txt").write_text("15 0.5 0.5 0.2 0.4\n", encoding="utf-8-sig")
+    (rec,) = load_yolo_dir(anno, tmp_path / "images", {15: "plate"})
+    assert [b.label for b in rec.boxes] == ["plate"]
+
 
 def test_undecodable_image_is_left_out_reported_and_fails_the_command(tmp_path, monkeypatch,
                                                                       capsys):
@@ -625,65 +686,3 @@ def test_real_stack_covers_us_plates(tmp_path, data_dir):
     assert plate["coverage_recall"] >= 0.8, plate
     with open(out / "one-stage_mdict_list.pkl", "rb") as f:
         assert len(pickle.load(f)) == 10
-
-
-@pytest.mark.parametrize("row", [
-    "15 320 240 64 32",       # pixel coordinates: the box lay off the image, dropped
-    "15 0.5 0.5 -0.2 0.1",    # negative width: corners swapped, dropped
-    "15 0.5 0.5 0 0.1",       # no width
-    "15 -0.3 0.5 0.2 0.1",    # centre left of the image
-])
-def test_yolo_row_that_is_not_normalised_is_an_error_naming_the_row(tmp_path, row):
-    """Such a row's box was clipped away (or to a sliver) without a word, so a
-    set annotated in pixels evaluated as one with no plates."""
-    img, anno = tmp_path / "img", tmp_path / "anno"
-    write_image(img / "a.png", 64, 48)
-    anno.mkdir()
-    (anno / "a.txt").write_text(f"15 0.5 0.5 0.2 0.4\n\n{row} extra\n7 320 240 64 32\n")
-    with pytest.raises(ValueError, match=r"a\.txt: YOLO row 3 is not a box normalised") as err:
-        load_yolo_dir(anno, img, {15: "plate"})
-    assert "\n" not in str(err.value)
-    # a class no label is mapped to is not read; a box past the edge is clipped
-    (anno / "a.txt").write_text("15 0.98 0.5 0.1 1.0\n7 320 240 64 32\n")
-    (sample,) = iter_samples(load_yolo_dir(anno, img, {15: "plate"}))
-    assert sample.gt[0].xyxy == pytest.approx([59.52, 0, 64, 48])
-
-
-def test_two_images_sharing_one_yolo_annotation_file_are_refused(tmp_path):
-    """x.jpg and x.png both took x.txt's boxes, right for one of them at most."""
-    img, anno = tmp_path / "img", tmp_path / "anno"
-    write_image(img / "x.png", 20, 20)
-    write_image(img / "x.jpg", 20, 20)
-    anno.mkdir()
-    assert len(load_yolo_dir(anno, img, {15: "plate"})) == 2  # no x.txt: no boxes, no doubt
-    (anno / "x.txt").write_text("15 0.5 0.5 0.2 0.4\n")
-    with pytest.raises(ValueError, match=r"x\.jpg and x\.png .* share the annotation file"):
-        load_yolo_dir(anno, img, {15: "plate"})
-
-
-def test_an_image_listed_twice_is_refused_naming_both_entries(tmp_path):
-    """Listed twice (two exports merged), an image's boxes and detections were
-    all counted twice."""
-    write_image(tmp_path / "images" / "x.png", 20, 20)
-    write_annotations(tmp_path, [GOOD, {"file": "images/y.png"},
-                                 {"file": "images/./x.png", "boxes": []}])
-    write_image(tmp_path / "images" / "y.png", 20, 20)
-    with pytest.raises(ValueError, match=r"images\[2\] \(images/./x.png\) is the image "
-                                         r"images\[0\] \(images/x.png\)") as err:
-        load_annotations(tmp_path)
-    assert "\n" not in str(err.value)
-
-
-def test_annotation_files_with_a_byte_order_mark_are_read(tmp_path):
-    """UTF-8 with a BOM (Notepad, PowerShell 5's utf8) was refused: annotations.json
-    as 'Unexpected UTF-8 BOM', a YOLO .txt as a bad row 1."""
-    write_image(tmp_path / "images" / "x.png", 20, 20)
-    (tmp_path / "annotations.json").write_text(json.dumps({"images": [GOOD]}),
-                                               encoding="utf-8-sig")
-    (rec,) = load_annotations(tmp_path)
-    assert rec.boxes[0].xyxy == [1, 1, 5, 5]
-    anno = tmp_path / "anno"
-    anno.mkdir()
-    (anno / "x.txt").write_text("15 0.5 0.5 0.2 0.4\n", encoding="utf-8-sig")
-    (rec,) = load_yolo_dir(anno, tmp_path / "images", {15: "plate"})
-    assert [b.label for b in rec.boxes] == ["plate"]

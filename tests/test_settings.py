@@ -148,6 +148,18 @@ def test_bad_config_files_are_errors(tmp_path, text, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_config_typo_gets_a_suggestion(tmp_path):
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("lp_tresh: 0.2\n")
+    with pytest.raises(SettingsError, match="did you mean lp_thresh"):
+        Settings.load(cfg, environ={})
+
+
+def test_missing_config_file_is_an_error(tmp_path):
+    with pytest.raises(SettingsError, match="config file not found"):
+        Settings.load(tmp_path / "nope.yaml", environ={})
+
+
 def test_a_json_config_with_a_byte_order_mark_is_read_and_one_not_utf8_is_named(tmp_path):
     """A JSON settings file saved by a Windows editor (UTF-8 with a BOM) was
     refused as 'Unexpected UTF-8 BOM' (YAML took it); a Latin-1 one failed
@@ -159,18 +171,6 @@ def test_a_json_config_with_a_byte_order_mark_is_read_and_one_not_utf8_is_named(
     with pytest.raises(SettingsError, match="config file .*s.json cannot be read") as err:
         Settings.load(cfg, environ={})
     assert "\n" not in str(err.value)
-
-
-def test_config_typo_gets_a_suggestion(tmp_path):
-    cfg = tmp_path / "s.yaml"
-    cfg.write_text("lp_tresh: 0.2\n")
-    with pytest.raises(SettingsError, match="did you mean lp_thresh"):
-        Settings.load(cfg, environ={})
-
-
-def test_missing_config_file_is_an_error(tmp_path):
-    with pytest.raises(SettingsError, match="config file not found"):
-        Settings.load(tmp_path / "nope.yaml", environ={})
 
 
 def test_unknown_anonymize_variable_is_an_error_with_a_suggestion():
