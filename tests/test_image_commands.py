@@ -396,7 +396,7 @@ def test_linked_folders_are_searched_once_and_a_broken_link_is_reported(
 def test_an_image_opencv_cannot_read_gets_one_warning_line_and_no_opencv_lines(tmp_path):
     """A float TIFF (a scientific or HDR export) is left out with the command's
     one warning line; OpenCV's own two '[ WARN:0@...] global grfmt_tiff.cpp'
-    lines came with it. No detector is needed to see it."""
+    lines came with it."""
     import os
     import subprocess
     import sys
@@ -408,7 +408,7 @@ def test_an_image_opencv_cannot_read_gets_one_warning_line_and_no_opencv_lines(t
     env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
     proc = subprocess.run([sys.executable, "-m", "anonymize", "images", "--img-dir",
                            str(tmp_path / "in"), "--out-dir", str(tmp_path / "out"), "--quiet",
-                           "--no-faces", "--plates", "off"], capture_output=True, text=True,
+                           "--plates", "off"], capture_output=True, text=True,
                           env=env, cwd=Path(__file__).resolve().parent.parent)
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -427,7 +427,7 @@ def test_an_image_its_encoder_refuses_is_left_out_with_the_real_reason(tmp_path,
     (tmp_path / "in" / "colour.pgm").write_bytes(cv2.imencode(".png", small)[1].tobytes())
     cv2.imwrite(str(tmp_path / "in" / "ok.png"), small)
     assert main(["images", "--img-dir", str(tmp_path / "in"), "--out-dir", str(tmp_path / "out"),
-                 "--quiet", "--no-faces", "--plates", "off"]) == 1
+                 "--quiet", "--plates", "off"]) == 1
     warned = [line for line in capsys.readouterr().err.splitlines()
               if line.startswith("anonymize: warning:")]
     assert len(warned) == 2 and all("encoder here" not in line for line in warned), warned
