@@ -239,16 +239,12 @@ def load_yolo_dir(anno_dir: str | Path, img_dir: str | Path,
                     and (p.is_file() or (p.is_symlink() and not p.exists())))
     if not images:
         raise FileNotFoundError(f"no images in {img_dir}")
+    _one_image_per_txt(images, anno_dir)
     records = []
-    by_stem: dict[str, Path] = {}
     for img in images:
         txt = anno_dir / f"{img.stem}.txt"
-        other = by_stem.setdefault(img.stem, img)
-        if other is not img and txt.is_file():  # x.jpg and x.png: whose boxes are they?
-            raise ValueError(f"{other.name} and {img.name} in {img_dir} share the annotation "
-                             f"file {txt}: give each image its own stem")
         try:
-            boxes = parse_yolo_txt(txt.read_text(encoding="utf-8-sig"), class_labels) \
+            boxes = parse_yolo_txt(txt.read_text(encoding="utf-8"), class_labels) \
                 if txt.is_file() else []
         except (ValueError, UnicodeDecodeError) as exc:
             raise ValueError(f"{txt}: {exc}") from exc
@@ -256,20 +252,11 @@ def load_yolo_dir(anno_dir: str | Path, img_dir: str | Path,
     return records
 
 
-#: how far outside 0..1 a normalised YOLO number may be (rounding in exports)
-YOLO_SLACK = 0.01
-
-
 def parse_yolo_txt(text: str, class_labels: dict[int, str]) -> list[GTBox]:
-    """``class cx cy w h`` rows (extra columns ignored) -> normalised boxes (cx, cy, w, h).
-
-    A row of a mapped class whose numbers are not normalised (a value above 1,
-    as pixel coordinates are, or below 0, or no width or height) is an error
-    naming the row, as Ultralytics refuses such label files: clipped to the
-    image, its box was dropped or cut to a sliver in silence. A box reaching
-    past the image's edge (cx 0.98, w 0.1) is clipped, as before."""
+    """``class cx cy w h`` rows (extra columns ignored) -> normalised boxes (cx, cy, w, h)."""
     boxes = []
-    for line_no, line in enumerate(text.splitlines(), 1):
+    # a byte-order mark (Notepad, PowerShell 5) made row 1 unreadable; other rows: _normalised
+    for line_no, line in enumerate(text.removeprefix("\ufeff").splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
@@ -281,14 +268,44 @@ def parse_yolo_txt(text: str, class_labels: dict[int, str]) -> list[GTBox]:
             raise ValueError(f"YOLO row {line_no} needs 'class cx cy w h': {line!r}")
         cls = int(values[0])
         if cls in class_labels:
-            cx, cy, w, h = values[1:5]
-            if not (w > 0 and h > 0
-                    and all(-YOLO_SLACK <= v <= 1 + YOLO_SLACK for v in (cx, cy, w, h))):
-                raise ValueError(f"YOLO row {line_no} is not a box normalised to 0..1 "
-                                 f"('class cx cy w h', w and h above 0; pixel coordinates "
-                                 f"must be divided by the image size): {line!r}")
             boxes.append(GTBox(class_labels[cls], values[1:5]))
+    _normalised(text, class_labels)
     return boxes
+
+
+#: how far outside 0..1 a normalised YOLO number may be (rounding in exports)
+YOLO_SLACK = 0.01
+
+
+def _normalised(text: str, class_labels: dict[int, str]) -> None:
+    """Refuse a row of a mapped class whose numbers are not normalised (a value
+    above 1, as pixel coordinates are, or below 0, or no width or height), naming
+    the row, as Ultralytics refuses such label files: clipped to the image, its
+    box was dropped or cut to a sliver in silence. A box reaching past the
+    image's edge (cx 0.98, w 0.1) is clipped, as before. Rows are read as
+    :func:`parse_yolo_txt` read them."""
+    for line_no, line in enumerate(text.removeprefix("\ufeff").splitlines(), 1):
+        values = [float(v) for v in line.split()[:5]]
+        if not values or int(values[0]) not in class_labels:
+            continue
+        cx, cy, w, h = values[1:5]
+        if not (w > 0 and h > 0
+                and all(-YOLO_SLACK <= v <= 1 + YOLO_SLACK for v in (cx, cy, w, h))):
+            raise ValueError(f"YOLO row {line_no} is not a box normalised to 0..1 "
+                             f"('class cx cy w h', w and h above 0; pixel coordinates "
+                             f"must be divided by the image size): {line!r}")
+
+
+def _one_image_per_txt(images: list[Path], anno_dir: Path) -> None:
+    """Refuse two images sharing a stem when that stem has a .txt (x.jpg and x.png
+    both took x.txt's boxes, right for one of them at most)."""
+    by_stem: dict[str, Path] = {}
+    for img in images:
+        other = by_stem.setdefault(img.stem, img)
+        if other is not img and (anno_dir / f"{img.stem}.txt").is_file():
+            raise ValueError(f"{other.name} and {img.name} in {img.parent} share the "
+                             f"annotation file {anno_dir / (img.stem + '.txt')}: give each "
+                             f"image its own stem")
 
 
 def iter_samples(records: Iterable[ImageRecord],
