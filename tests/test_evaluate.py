@@ -645,6 +645,24 @@ def test_cli_missing_dataset_dir_is_a_one_line_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_draw_into_a_drawn_that_is_a_file_is_refused_before_models_load(
+        tmp_path, capsys, monkeypatch):
+    """OUT/drawn a file: --draw ended in a FileExistsError traceback once the
+    model had loaded."""
+    from anonymize.cli import main
+    from pipeline import detect
+
+    make_dataset(tmp_path / "ds")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "drawn").write_text("x")
+    monkeypatch.setattr(detect.DetectionStack, "from_settings",
+                        classmethod(lambda cls, s: pytest.fail("a model was loaded")))
+    assert main(["eval", "--dataset", str(tmp_path / "ds"), "--out-dir", str(tmp_path / "out"),
+                 "--mode", "one-stage", "--draw"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("anonymize: error: --draw folder"), err
+
+
 def test_cli_without_a_dataset_is_a_one_line_error(tmp_path):
     proc = run_cli("--out-dir", str(tmp_path / "out"))
     assert proc.returncode != 0
