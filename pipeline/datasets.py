@@ -100,12 +100,30 @@ def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
                if path.is_symlink() and not path.exists() else exc.strerror or str(exc))
         raise ValueError(f"cannot read image: {path} ({why})") from None
     flags = cv2.IMREAD_COLOR if upright else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
-    bgr = cv2.imdecode(data, flags) if data.size else None
+    cut = png_cut_short(data)
+    bgr = cv2.imdecode(data, flags) if data.size and not cut else None
     if bgr is None:
-        hint = (f" ({path.suffix} files are not read here: convert it to JPEG or PNG)"
+        hint = (" (a PNG cut short: its last chunks are missing)" if cut else
+                f" ({path.suffix} files are not read here: convert it to JPEG or PNG)"
                 if path.suffix.lower() in UNREADABLE_SUFFIXES else "")
         raise ValueError(f"cannot decode image: {path}{hint}")
     return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def png_cut_short(data: np.ndarray) -> bool:
+    """Whether ``data`` is a PNG that ends before its IEND chunk (a copy or
+    download cut short). OpenCV cannot decode one, and libpng then prints a
+    line of its own on stderr ('libpng error: PNG input buffer is incomplete'),
+    beside the one warning that names the file; so it is not handed over."""
+    raw = memoryview(data).cast("B")
+    if bytes(raw[:8]) != b"\x89PNG\r\n\x1a\n":
+        return False
+    pos = 8
+    while pos + 8 <= len(raw):  # chunks: length, type, data, CRC
+        if bytes(raw[pos + 4:pos + 8]) == b"IEND":
+            return False
+        pos += 12 + int.from_bytes(raw[pos:pos + 4], "big")
+    return True
 
 
 def read_or_skip(path: Path, skipped: list | None, entry=None,

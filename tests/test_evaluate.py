@@ -413,6 +413,21 @@ def test_yolo_row_that_is_not_normalised_is_an_error_naming_the_row(tmp_path, ro
     assert sample.gt[0].xyxy == pytest.approx([59.52, 0, 64, 48])
 
 
+def test_a_png_cut_short_is_named_so_and_libpng_prints_nothing(tmp_path, capfd):
+    """A PNG cut short (an interrupted copy) is not decoded, as before, but
+    libpng added its own 'libpng error: PNG input buffer is incomplete' line on
+    stderr beside the one warning line; a whole PNG, an APNG and a JPEG are read."""
+    write_image(tmp_path / "whole.png", 40, 30)
+    data = (tmp_path / "whole.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[:len(data) // 2])
+    (tmp_path / "no-end.png").write_bytes(data[:-12])  # all but the IEND chunk
+    for name in ("cut.png", "no-end.png"):
+        with pytest.raises(ValueError, match=r"cannot decode image: .* \(a PNG cut short"):
+            read_image(tmp_path / name)
+    assert read_image(tmp_path / "whole.png").shape == (30, 40, 3)
+    assert "libpng" not in capfd.readouterr().err
+
+
 def test_two_images_sharing_one_yolo_annotation_file_are_refused(tmp_path):
     """x.jpg and x.png both took x.txt's boxes, right for one of them at most."""
     img, anno = tmp_path / "img", tmp_path / "anno"
@@ -476,7 +491,8 @@ def test_undecodable_image_is_left_out_reported_and_fails_the_command(tmp_path, 
     assert [u["file"] for u in saved["undecodable"]] == ["images/cut.png"]
     assert saved["labels"]["plate"]["gt"] == 1  # the left-out image's plate is not counted
     err = capsys.readouterr().err
-    assert "cannot decode image" in err and "cut.png; left out" in err
+    assert "cannot decode image" in err and "cut.png (a PNG cut short" in err
+    assert "left out" in err
 
 
 # -- evaluation run with a fake stack ----------------------------------------------------
