@@ -320,10 +320,8 @@ def read_config(path: Path) -> dict[str, Any]:
     """A settings file's mapping, keys normalised to the field names."""
     if not path.is_file():
         raise SettingsError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
     try:
-        # utf-8-sig: UTF-8, also with the byte-order mark Windows editors write first
-        # (JSON refused it: 'Unexpected UTF-8 BOM'); text that is not UTF-8 names the file
-        text = path.read_text(encoding="utf-8-sig")
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
 

@@ -160,19 +160,6 @@ def test_missing_config_file_is_an_error(tmp_path):
         Settings.load(tmp_path / "nope.yaml", environ={})
 
 
-def test_a_json_config_with_a_byte_order_mark_is_read_and_one_not_utf8_is_named(tmp_path):
-    """A JSON settings file saved by a Windows editor (UTF-8 with a BOM) was
-    refused as 'Unexpected UTF-8 BOM' (YAML took it); a Latin-1 one failed
-    with a codec message that did not name the file."""
-    cfg = tmp_path / "s.json"
-    cfg.write_text('{"lp_thresh": 0.3}', encoding="utf-8-sig")
-    assert Settings.load(cfg, environ={}).lp_thresh == 0.3
-    cfg.write_bytes('{"face_model": "caf\u00e9.pt"}'.encode("latin-1"))
-    with pytest.raises(SettingsError, match="config file .*s.json cannot be read") as err:
-        Settings.load(cfg, environ={})
-    assert "\n" not in str(err.value)
-
-
 def test_unknown_anonymize_variable_is_an_error_with_a_suggestion():
     with pytest.raises(SettingsError) as err:
         Settings.load(environ={"ANONYMIZE_LP_TRESH": "0.2"})
