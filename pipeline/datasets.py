@@ -101,13 +101,27 @@ def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
         raise ValueError(f"cannot read image: {path} ({why})") from None
     flags = cv2.IMREAD_COLOR if upright else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
     cut = png_cut_short(data)
-    bgr = cv2.imdecode(data, flags) if data.size and not cut else None
+    try:
+        bgr = cv2.imdecode(data, flags) if data.size and not cut else None
+    except cv2.error as exc:  # raised, not None: over OpenCV's pixel limit, ...
+        raise ValueError(f"cannot decode image: {path} ({_opencv_reason(exc)})") from None
     if bgr is None:
         hint = (" (a PNG cut short: its last chunks are missing)" if cut else
                 f" ({path.suffix} files are not read here: convert it to JPEG or PNG)"
                 if path.suffix.lower() in UNREADABLE_SUFFIXES else "")
         raise ValueError(f"cannot decode image: {path}{hint}")
     return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def _opencv_reason(exc: Exception) -> str:
+    """Why OpenCV refused to decode, in words: its size limit (a gigapixel
+    panorama, or a megabyte PNG that claims 40000x30000 pixels of nothing)
+    raised an assertion that stopped the whole folder with a traceback."""
+    if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
+        return "more pixels than OpenCV decodes, 2^30 unless OPENCV_IO_MAX_IMAGE_PIXELS says more"
+    from models.errors import one_line
+
+    return one_line(exc)
 
 
 def png_cut_short(data: np.ndarray) -> bool:

@@ -428,6 +428,26 @@ def test_a_png_cut_short_is_named_so_and_libpng_prints_nothing(tmp_path, capfd):
     assert "libpng" not in capfd.readouterr().err
 
 
+def test_an_image_over_opencvs_pixel_limit_is_undecodable_not_a_traceback(tmp_path):
+    """A PNG whose header claims 40000x30000 pixels (a gigapixel panorama, or a
+    'decompression bomb' of a megabyte) made OpenCV raise its size assertion,
+    which stopped the whole folder (images, faces, eval) with a traceback."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", 40000, 30000, 8, 0, 0, 0, 0)
+    (tmp_path / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                                        + chunk(b"IDAT", zlib.compress(b"\0" * 40001))
+                                        + chunk(b"IEND", b""))
+    with pytest.raises(ValueError, match=r"cannot decode image: .*huge\.png \(more pixels "
+                                         r"than OpenCV decodes") as err:
+        read_image(tmp_path / "huge.png")
+    assert "\n" not in str(err.value)
+
+
 def test_two_images_sharing_one_yolo_annotation_file_are_refused(tmp_path):
     """x.jpg and x.png both took x.txt's boxes, right for one of them at most."""
     img, anno = tmp_path / "img", tmp_path / "anno"
