@@ -31,6 +31,9 @@ from .video.output import atomic_output, write_atomic
 #: records an `images` or `faces` run writes last into its output folder: an
 #: output folder inside the image folder that holds one is an earlier run's
 RUN_RECORDS = ("detections.pkl", "faces.pkl")
+#: written first into an output folder inside the image folder, before any image: a
+#: run stopped before its records (Ctrl-C, a crash) leaves it, and may be run again
+RUN_MARKER = ".anonymize-output"
 
 
 def natural_key(rel: Path) -> tuple:
@@ -98,7 +101,8 @@ def check_out_dir(folder: Path, out_dir: Path) -> Path | None:
     files but no records of an earlier run (:data:`RUN_RECORDS`): its own
     images would be left out of the run and could be overwritten by its
     outputs. Accepted inside: a folder that does not exist yet, an empty
-    one, or an earlier run's output (run again into it, it is refreshed)."""
+    one, or an earlier run's output (run again into it, it is refreshed),
+    also one stopped before its records (:data:`RUN_MARKER`)."""
     out, root = Path(out_dir).resolve(), Path(folder).resolve()
     if out == root:
         raise ValueError(f"the output folder {out_dir} is the image folder: the originals "
@@ -109,7 +113,7 @@ def check_out_dir(folder: Path, out_dir: Path) -> Path | None:
     if not out.is_relative_to(root):
         return None
     if out.is_dir() and any(out.iterdir()) and not any((out / n).is_file()
-                                                       for n in RUN_RECORDS):
+                                                       for n in (*RUN_RECORDS, RUN_MARKER)):
         raise ValueError(f"the output folder {out_dir} lies inside the image folder and "
                          f"already holds files, but no {' or '.join(RUN_RECORDS)} of an "
                          "earlier run: its images would be left out and could be "
@@ -255,6 +259,9 @@ def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
     written (the file system's error named)."""
     img_dir, out_dir = Path(img_dir), Path(out_dir)
     paths = list_images(img_dir, out_dir)
+    if check_out_dir(img_dir, out_dir) is not None:  # inside: ours before its first image
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / RUN_MARKER).touch()
     found: dict[str, Detections] = {}
     left_out = skipped if skipped is not None else []
     counted = len(left_out)

@@ -435,3 +435,36 @@ def test_an_image_its_encoder_refuses_is_left_out_with_the_real_reason(tmp_path,
     assert "as .pgm" in warned[0], warned
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.endswith(
         (".pkl", ".html"))) == ["ok.png"]
+
+
+def test_a_run_stopped_before_its_records_can_be_run_again_into_its_folder(tmp_path):
+    """Ctrl-C (or a crash) after some images but before detections.pkl left an
+    output folder inside the image folder that every later run refused ('already
+    holds files, but no detections.pkl ...'): the run marks the folder first."""
+    from models.detections import Detections
+    from pipeline.images import anonymize_folder, list_images
+    from pipeline.settings import Settings
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(photos / f"p{i}.jpg"), np.full((16, 16, 3), 60 * i, np.uint8))
+
+    class StoppedAfterOneBatch:
+        calls = 0
+
+        def detect(self, images):
+            self.calls += 1
+            if self.calls > 1:
+                raise KeyboardInterrupt
+            return [Detections.empty() for _ in images]
+
+    out = photos / "anon"
+    with pytest.raises(KeyboardInterrupt):
+        anonymize_folder(photos, out, StoppedAfterOneBatch(), Settings(batch_size=1))
+    assert (out / "p0.jpg").is_file() and not (out / "detections.pkl").exists()
+    assert [p.name for p in list_images(photos, out)] == ["p0.jpg", "p1.jpg", "p2.jpg"]
+    (photos / "mine").mkdir()  # a folder of photos that is not a run's is still refused
+    cv2.imwrite(str(photos / "mine" / "x.jpg"), np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="already holds files"):
+        list_images(photos, photos / "mine")
