@@ -158,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     stopping = _stopped_like_ctrl_c() if command != "worker" else contextlib.nullcontext()
     try:
         with stopping:
+            # every command, not only those that read settings: a misspelt
+            # ANONYMIZE_MODELS_DIR sent `models fetch` to the default cache unsaid
+            from pipeline.settings import check_environment
+
+            check_environment(os.environ)
             return int(args._run(args) or 0)
     except Terminated as exc:
         import signal

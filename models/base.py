@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .detections import Detections
+from .errors import DeviceError
 
 Frames = np.ndarray | torch.Tensor | Sequence[np.ndarray]
 
@@ -42,7 +43,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device} requested but CUDA is not available")
+        raise DeviceError(f"device {device} requested but CUDA is not available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DeviceError(f"device {device} requested but this machine has "
+                          f"{torch.cuda.device_count()} CUDA device(s) (cuda:0 and up)")
     return dev
 
 

@@ -13,6 +13,12 @@ class WeightsError(RuntimeError):
     """Missing, corrupt or unconvertible weights; the message is one line."""
 
 
+class DeviceError(ValueError):
+    """A device setting this machine cannot serve (``cuda`` without CUDA, ``cuda:3``
+    on a machine with one GPU): the user's to fix, so one line, exit status 2, and a
+    job fails at once rather than retrying on the same machine."""
+
+
 def one_line(exc: BaseException, limit: int | None = None) -> str:
     """The first non-empty line of ``exc``'s message (its type name if it has
     none), whitespace collapsed, cut to ``limit`` characters when given."""

@@ -81,8 +81,8 @@ class YoloV3Detector(Detector):
         return out
 
     def _check_size(self, size: int) -> int:
-        if size % 32:
-            raise ValueError(f"YOLOv3 input size must be a multiple of 32, got {size}")
+        if size < 32 or size % 32:  # 0 passed and failed inside torch's resize
+            raise ValueError(f"YOLOv3 input size must be a positive multiple of 32, got {size}")
         return size
 
     def detect(self, frames: Frames, thresh: float | None = None,

@@ -51,6 +51,9 @@ def make_config(**overrides) -> dict:
     if unknown:
         raise ValueError(f"unknown YOLOv3 config keys: {', '.join(sorted(unknown))}")
     config.update(json.loads(json.dumps(overrides)))
+    size = config["input_size"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 32:
+        raise ValueError(f"YOLOv3 input size must be a positive multiple of 32, got {size}")
     if len(config["blocks"]) != 5:
         raise ValueError("YOLOv3 needs 5 backbone stages (blocks must have 5 entries)")
     if sorted(i for m in config["masks"] for i in m) != list(range(len(config["anchors"]))):

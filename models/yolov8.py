@@ -85,6 +85,8 @@ class YoloV8Detector(Detector):
     def _letterbox(self, images: torch.Tensor, size: int, square: bool):
         """(B,H,W,3) uint8 -> (B,3,h,w) model input + (scale, pad_left, pad_top)."""
         _, h, w, _ = images.shape
+        if square:  # a size x size canvas: the network needs a multiple of its stride
+            size = int(math.ceil(size / self.stride) * self.stride)
         scale, new_w, new_h, left, top = letterbox_params(h, w, size, self.stride, square)
         if square:
             canvas_h = canvas_w = size

@@ -2,8 +2,8 @@
 
 Two layouts are read:
 
-* ``--dataset DIR``: ``DIR/annotations.json`` as described in DESIGN.md
-  ("Annotated datasets"), boxes in pixel coordinates of the stored image;
+* ``--dataset DIR``: ``DIR/annotations.json`` as README describes it ("Command
+  line", ``eval --dataset``), boxes in pixel coordinates of the stored image;
 * the research YOLO-txt layout (``--anno-dir`` / ``--img-dir``): one
   ``<stem>.txt`` per image with ``class cx cy w h`` rows normalised to 0..1;
   class ids become labels through an explicit mapping (the research plate
@@ -263,6 +263,10 @@ def load_yolo_dir(anno_dir: str | Path, img_dir: str | Path,
             raise FileNotFoundError(f"{what} directory not found: {d}")
     if not class_labels:
         raise ValueError("no class id is mapped to a label (use --plate-class-id/--face-class-id)")
+    negative = sorted(c for c in class_labels if c < 0)
+    if negative:
+        raise ValueError(f"class id {negative[0]} ({class_labels[negative[0]]}): YOLO class ids "
+                         f"are 0 or more")
     # hidden files (macOS's ._IMG_0001.JPG beside each photo) are not images, nor is
     # a folder named like one (holiday.jpg); a link to a missing image is listed, so
     # that it is reported as undecodable rather than dropped in silence
@@ -273,19 +277,27 @@ def load_yolo_dir(anno_dir: str | Path, img_dir: str | Path,
         raise FileNotFoundError(f"no images in {img_dir}")
     _one_image_per_txt(images, anno_dir)
     records = []
+    seen: set[int] = set()
     for img in images:
         txt = anno_dir / f"{img.stem}.txt"
         try:
-            boxes = parse_yolo_txt(txt.read_text(encoding="utf-8"), class_labels) \
+            boxes = parse_yolo_txt(txt.read_text(encoding="utf-8"), class_labels, seen) \
                 if txt.is_file() else []
         except (ValueError, UnicodeDecodeError) as exc:
             raise ValueError(f"{txt}: {exc}") from exc
         records.append(ImageRecord(img, boxes, normalized=True, name=img.name))
+    for cid, label in sorted(class_labels.items()):
+        if cid not in seen:  # a wrong id evaluated against no boxes at all, unsaid
+            warnings.warn(f"no annotation row in {anno_dir} has class id {cid} (the "
+                          f"{label} id): no {label} box is evaluated; the rows' class ids "
+                          f"are {', '.join(map(str, sorted(seen))) or 'none'}", stacklevel=2)
     return records
 
 
-def parse_yolo_txt(text: str, class_labels: dict[int, str]) -> list[GTBox]:
-    """``class cx cy w h`` rows (extra columns ignored) -> normalised boxes (cx, cy, w, h)."""
+def parse_yolo_txt(text: str, class_labels: dict[int, str],
+                   seen: set[int] | None = None) -> list[GTBox]:
+    """``class cx cy w h`` rows (extra columns ignored) -> normalised boxes (cx, cy, w, h);
+    every row's class id goes into ``seen`` when given."""
     boxes = []
     # a byte-order mark (Notepad, PowerShell 5) made row 1 unreadable; other rows: _normalised
     for line_no, line in enumerate(text.removeprefix("\ufeff").splitlines(), 1):
@@ -299,6 +311,8 @@ def parse_yolo_txt(text: str, class_labels: dict[int, str]) -> list[GTBox]:
         if len(values) < 5 or not all(math.isfinite(v) for v in values):
             raise ValueError(f"YOLO row {line_no} needs 'class cx cy w h': {line!r}")
         cls = int(values[0])
+        if seen is not None:
+            seen.add(cls)
         if cls in class_labels:
             boxes.append(GTBox(class_labels[cls], values[1:5]))
     _normalised(text, class_labels)

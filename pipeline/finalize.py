@@ -15,7 +15,7 @@ from .records import write_records
 from .render import RECORDED_SETTINGS
 from .review import REPORT_HTML, review_flags
 from .segment_job import SegmentResult
-from .video.damage import damage_report, rescale_report, skipped_indices
+from .video.damage import damage_report, left_out_report, rescale_report, skipped_indices
 
 
 def finalize(manifest: Manifest, segment_videos: list[Path], results: list[SegmentResult],
@@ -35,9 +35,11 @@ def finalize(manifest: Manifest, segment_videos: list[Path], results: list[Segme
     shown = [p for i, p in enumerate(info.frame_pts) if i not in skipped]
     if not shown:
         raise video.VideoError(f"no frame of {manifest.source_name} could be decoded")
+    left_out: list[dict] = []  # copied packets the output refused as damaged
     video.join_segments(segment_videos, source, info, output,
-                        keep_metadata=settings.keep_metadata, frame_pts=shown)
-    shift = video.start_shift(info)  # a source starting before 0 starts at 0
+                        keep_metadata=settings.keep_metadata, frame_pts=shown, left_out=left_out)
+    # a source starting before 0 starts at 0; in Matroska its audio does too
+    shift = video.output_shift(source, info, Path(output).suffix, settings.keep_metadata)
     frames: dict[int, Detections] = {}
     for r in results:
         frames.update(r.frames)
@@ -68,6 +70,7 @@ def finalize(manifest: Manifest, segment_videos: list[Path], results: list[Segme
         "start_shift_s": float(shift * info.time_base),
         **damage_report(info, [r.damage for r in results]),
         **rescale_report(info, [r.damage for r in results]),
+        **left_out_report(left_out),
         "segments": len(manifest.segments),
         "detections": counts,
         "filled_boxes": filled,

@@ -64,8 +64,10 @@ def list_images(folder: Path, out_dir: Path | None = None,
     outputs again); those are added to ``passed_over`` so the caller can say
     so. ``out_dir`` is checked first (:func:`check_out_dir`)."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
+    if not folder.is_dir():  # an existing file was "not found" too
+        raise FileNotFoundError(f"image folder not found: {folder}" if not folder.exists() else
+                                f"image folder {folder} is a file, not a folder: give the "
+                                f"folder that holds it")
     inside = check_out_dir(folder, out_dir) if out_dir is not None else None
     found = []
     searched: set[str] = set()
@@ -125,23 +127,28 @@ def write_rgb(path: Path, rgb: np.ndarray, like: Path | None = None) -> None:
     """Write ``rgb``; with ``like`` (the source file) in its channel layout: a
     grey source stays grey, a source with transparency keeps its alpha
     channel (the blurred colour under it), so a cut-out PNG does not come
-    back on an opaque background. 16-bit sources are written in 8 bits."""
+    back on an opaque background. 16-bit sources are written in 8 bits.
+
+    The source's colour profile (ICC) goes with the pixels where the format
+    holds one (JPEG, PNG, WebP): the pixels are read as stored, in the
+    profile's colours, and without it a wide-gamut photo (every phone's
+    Display P3) is shown dull. A profile for other channels than the output
+    has (a CMYK JPEG's, decoded to RGB) is left out."""
     path.parent.mkdir(parents=True, exist_ok=True)
     out = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     # the source, every channel and bit depth, turned as ``rgb`` was
-    stored = read_unchanged_upright(like) if like is not None else None
+    stored, profile = read_unchanged_upright(like) if like is not None else (None, None)
     if stored is not None and stored.ndim == 2:
         out = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     elif stored is not None and stored.shape[2] == 4 and stored.shape[:2] == rgb.shape[:2]:
         alpha = stored[:, :, 3]
         out = np.dstack([out, alpha if alpha.dtype == np.uint8 else (alpha >> 8).astype(np.uint8)])
+    if profile is not None and profile[16:20] != (b"GRAY" if out.ndim == 2 else b"RGB "):
+        profile = None
     suffix = path.suffix.lower()
     as_suffix = _ENCODE_AS.get(suffix, suffix)
-    try:
-        ok, data = cv2.imencode(as_suffix, out)
-    except cv2.error:
-        ok = False
-    if not ok:
+    data = _encode(as_suffix, out, profile)
+    if data is None:
         # an encoder that is there can still refuse a picture: OpenJPEG one under
         # 32 px a side, netpbm's .pgm a colour one (a .pgm holding a PNG)
         why = (f"OpenCV cannot encode this {out.shape[1]}x{out.shape[0]} "
@@ -152,28 +159,49 @@ def write_rgb(path: Path, rgb: np.ndarray, like: Path | None = None) -> None:
         partial.write_bytes(data.tobytes())
 
 
-def read_unchanged_upright(path: Path) -> np.ndarray | None:
+def _encode(ext: str, image: np.ndarray, profile: bytes | None) -> np.ndarray | None:
+    """``image`` encoded as ``ext``, with the colour profile where the format
+    takes it (else without); None when OpenCV has no such encoder, or its
+    encoder refuses this picture."""
+    if profile is not None and ext in _PROFILE_FORMATS:
+        try:
+            ok, data = cv2.imencodeWithMetadata(ext, image, [cv2.IMAGE_METADATA_ICCP],
+                                                [np.frombuffer(profile, np.uint8)])
+            if ok:
+                return data
+        except cv2.error:
+            pass  # a profile the encoder refuses (libpng checks them): written without
+    try:
+        ok, data = cv2.imencode(ext, image)
+    except cv2.error:
+        return None
+    return data if ok else None
+
+
+def read_unchanged_upright(path: Path) -> tuple[np.ndarray | None, bytes | None]:
     """``path`` decoded with every channel and bit depth, with its EXIF
     orientation applied as :func:`~pipeline.datasets.read_image` applies it
     to the colour: OpenCV turns only 3-channel decodes, and the alpha plane
-    of a turned RGBA photo must turn with its pixels. None if it does not
-    decode."""
+    of a turned RGBA photo must turn with its pixels; and its ICC colour
+    profile. (None, None) if it does not decode."""
     data = np.fromfile(path, dtype=np.uint8)
     if not hasattr(cv2, "imdecodeWithMetadata"):  # an older OpenCV: the alpha stays as stored
         try:
-            return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+            return cv2.imdecode(data, cv2.IMREAD_UNCHANGED), None
         except cv2.error:
-            return None
+            return None, None
     try:
         image, kinds, chunks = cv2.imdecodeWithMetadata(data, cv2.IMREAD_UNCHANGED)
     except cv2.error:
-        return None
+        return None, None
     if image is None or not image.size:
-        return None
-    exif = [bytes(np.asarray(c, np.uint8).ravel())
-            for k, c in zip(np.asarray(kinds).ravel(), chunks, strict=False)
-            if k == cv2.IMAGE_METADATA_EXIF]
-    return orient(image, exif_orientation(exif[0]) if exif else 1)
+        return None, None
+    found: dict[int, bytes] = {}  # the first chunk of each kind
+    for k, c in zip(np.asarray(kinds).ravel(), chunks, strict=False):
+        found.setdefault(int(k), bytes(np.asarray(c, np.uint8).ravel()))
+    exif = found.get(cv2.IMAGE_METADATA_EXIF)
+    return (orient(image, exif_orientation(exif) if exif else 1),
+            found.get(cv2.IMAGE_METADATA_ICCP) or None)
 
 
 def exif_orientation(exif: bytes) -> int:
@@ -205,6 +233,8 @@ def orient(image: np.ndarray, orientation: int) -> np.ndarray:
 
 #: suffixes OpenCV reads but encodes under another name of the same format
 _ENCODE_AS = {".jfif": ".jpg", ".jpe": ".jpg"}
+#: formats whose OpenCV encoder stores a colour profile
+_PROFILE_FORMATS = (".jpg", ".jpeg", ".png", ".webp")
 
 
 def iter_batches(paths: list[Path], size: int, skipped: list[tuple[Path, str]] | None = None

@@ -64,11 +64,13 @@ class Edits:
 # ------------------------------------------------------------------- reading
 
 
-def load_document(path: Path) -> dict:
-    """The JSON document of ``path``, or a one-line error."""
+def load_document(path: Path, what: str = "detections file") -> dict:
+    """The JSON document of ``path``, or a one-line error (``what`` names the file's
+    role: a --zones file was called a detections file)."""
     path = Path(path)
     if not path.is_file():
-        raise DetectionsFileError(f"detections file not found: {path}")
+        raise DetectionsFileError(f"{what} {path} is a folder, not a file" if path.is_dir()
+                                  else f"{what} not found: {path}")
     def not_json(constant: str):
         # Python reads NaN and Infinity, JSON has neither: a NaN corner compares false
         # with every bound, so such a box passed every check and blurred nothing
@@ -185,9 +187,22 @@ def check_zones(zones: list[dict], path: Path, info) -> None:
             if a >= n:
                 raise DetectionsFileError(f"{path}: zones[{k}].frames: frame {a} is beyond the "
                                           f"video, which has {n} frames (0-{n - 1})")
-        if "time_s" in z and z["time_s"][1] < z["time_s"][0]:
-            raise DetectionsFileError(f"{path}: zones[{k}].time_s: end {z['time_s'][1]} before "
-                                      f"start {z['time_s'][0]}")
+        if "time_s" in z:
+            a, b = z["time_s"]
+            if b < a:
+                raise DetectionsFileError(f"{path}: zones[{k}].time_s: end {b} before start {a}")
+            _check_zone_times(a, b, f"{path}: zones[{k}].time_s", info)
+
+
+def _check_zone_times(a: float, b: float, where: str, info) -> None:
+    """A time range that holds no frame's timestamp applies to no frame: a forced region
+    given in minutes, or for another clip, blurred nothing and said nothing (frames
+    beyond the video are refused likewise)."""
+    times = [float(p * info.time_base) for p in info.frame_pts]
+    if times and not any(a <= t <= b for t in times):
+        raise DetectionsFileError(f"{where}: no frame of the video is shown from {a:g} to "
+                                  f"{b:g} s (its frames are at {min(times):g} to "
+                                  f"{max(times):g} s)")
 
 
 #: no corner lies further than this from a frame (pixels): 1e300 passed as "past
@@ -257,7 +272,7 @@ def edits_from(doc: dict, path: Path, info) -> Edits:
 def read_zones(path: Path, info=None) -> list[dict]:
     """The zones of a ``--zones FILE`` (a document holding only zones)."""
     path = Path(path)
-    doc = load_document(path)
+    doc = load_document(path, "zones file")
     validate_document(doc, path)
     if doc.get("frames") or doc.get("remove"):
         raise DetectionsFileError(f"{path}: --zones reads zones only, but the file has "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ PLATE_MODES = ("both", "one-stage", "two-stage", "off")
 BLUR_MODES = ("blur", "pixelate", "solid")
 SHAPES = ("box", "ellipse")
 MODEL_FORMATS = ("auto", *FILE_FORMATS)
+#: what --device takes (torch would take more, such as "CPU" or "mps", and fail
+#: with a traceback once the models load, after the video was probed and cut)
+DEVICE_FORM = (r"auto|cpu|cuda(:[0-9]+)?", "cpu, cuda, cuda:N or auto")
 BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True,
               "false": False, "0": False, "no": False, "off": False}
 
@@ -64,10 +68,12 @@ class SettingsError(ValueError):
 
 def _opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
          lo: float | None = None, hi: float | None = None, video_only: bool = False,
-         group: str = "detection", flag: str | None = None) -> Any:
-    """A settings field with its help text and limits (read by the CLI and validate())."""
+         group: str = "detection", flag: str | None = None,
+         form: tuple[str, str] | None = None) -> Any:
+    """A settings field with its help text and limits (read by the CLI and validate());
+    ``form`` is (regular expression a text value must match in full, what it says)."""
     meta = {"help": help, "choices": choices, "lo": lo, "hi": hi, "video_only": video_only,
-            "group": group, "flag": flag}
+            "group": group, "flag": flag, "form": form}
     return field(default=default, metadata=meta)
 
 
@@ -151,7 +157,7 @@ class Settings:
                                "(stripped by default)", video_only=True, group="encoding")
     # execution
     device: str = _opt("auto", "cpu, cuda, cuda:N or auto (CUDA when present)",
-                       group="execution")
+                       group="execution", form=DEVICE_FORM)
     batch_size: int = _opt(8, "frames per detector batch", lo=1, group="execution")
     half: bool = _opt(True, "half precision: fp16 on CUDA; bf16 on CPUs with AMX (the "
                             "face, plate and vehicle networks; RetinaFace stays fp32)",
@@ -237,6 +243,19 @@ class Settings:
 FIELDS: dict[str, Any] = {f.name: f for f in fields(Settings)}
 
 
+def check_something_hidden(settings: Settings, zones: list[dict] | None = None) -> None:
+    """Refuse settings that detect nothing (no faces, plates off) when no forced region
+    (a ``force`` zone) is given either: the output would be the input re-encoded under
+    an anonymized name. ``zones`` is None for a command that takes none."""
+    if settings.faces or settings.plate_mode or any(z.get("kind") == "force"
+                                                    for z in zones or ()):
+        return
+    hint = "" if zones is None else (" (or, to blur fixed regions only, give --zones with a "
+                                     "force zone)")
+    raise SettingsError(f"faces and plates are both off, so nothing would be anonymized: "
+                        f"turn one on{hint}")
+
+
 def env_names() -> set[str]:
     """Every ``ANONYMIZE_*`` variable the project reads."""
     from_settings = {ENV_PREFIX + name.upper() for name in FIELDS}
@@ -275,6 +294,8 @@ def coerce(name: str, value: Any, source: str) -> Any:
     if kind is bool:
         if isinstance(value, bool):
             out: Any = value
+        elif type(value) is int and value in (0, 1):  # `faces: 0` in YAML or JSON is a number
+            out = bool(value)
         elif isinstance(value, str) and value.strip().lower() in BOOL_WORDS:
             out = BOOL_WORDS[value.strip().lower()]
         else:
@@ -306,6 +327,9 @@ def coerce(name: str, value: Any, source: str) -> Any:
         if not isinstance(value, str) or not value.strip():
             raise fail("a non-empty text")
         out = value.strip()
+    form = meta.get("form")
+    if form and not re.fullmatch(form[0], out):
+        raise fail(form[1])
     choices = meta.get("choices")
     if choices and out not in choices:
         raise fail(f"one of {', '.join(choices)}")
@@ -316,30 +340,61 @@ def coerce(name: str, value: Any, source: str) -> Any:
     return out
 
 
+def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A mapping's pairs as a dict, unless a key comes twice: JSON and YAML readers
+    keep the last value, and which one was meant is not known."""
+    seen: list[Any] = []
+    for key, _ in pairs:
+        if key in seen:
+            raise ValueError(f"key {key!r} appears twice")
+        seen.append(key)
+    return dict(pairs)
+
+
+def _yaml_loader():
+    """PyYAML's SafeLoader, refusing a key given twice in one mapping."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                self.flatten_mapping(node)
+                _unique_keys([(self.construct_object(k, deep=deep), None)
+                              for k, _ in node.value])
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
+
+
 def read_config(path: Path) -> dict[str, Any]:
     """A settings file's mapping, keys normalised to the field names."""
     if not path.is_file():
-        raise SettingsError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+        raise SettingsError(f"config file {path} is a folder, not a file" if path.is_dir()
+                            else f"config file not found: {path}")
     try:
+        text = path.read_text(encoding="utf-8")  # a Latin-1 file: name it, not only the byte
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
 
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_yaml_loader())  # a SafeLoader
         else:
-            data = json.loads(text)
-    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError
+            data = json.loads(text, object_pairs_hook=_unique_keys)
+    except Exception as exc:  # UnicodeDecodeError / YAMLError / JSONDecodeError / a key twice
         raise SettingsError(f"config file {path} cannot be read: {one_line(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise SettingsError(f"config file {path} must hold a mapping of settings")
-    out = {}
+    out: dict[str, Any] = {}
+    spelt: dict[str, str] = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
         if name not in FIELDS:
             raise SettingsError(_unknown(str(key), FIELDS, f"{path}: {key}"))
-        out[name] = value
+        if name in out:  # lp-thresh and lp_thresh: which one was meant is not known
+            raise SettingsError(f"config file {path} sets {name} twice, as {spelt[name]} and "
+                                f"as {key}")
+        out[name], spelt[name] = value, str(key)
     return out
 
 

@@ -35,7 +35,7 @@ import os
 
 from kombu import Queue
 
-from .service import ServiceSettings
+from .service import ServiceSettings, whole_number
 
 #: extra environment knobs of the broker transport (kombu Redis), beside ServiceSettings
 TRANSPORT_ENV = {
@@ -72,7 +72,7 @@ def celery_config(service: ServiceSettings, environ: dict[str, str] | None = Non
                  "health_check_interval": 10}
     for name, var in TRANSPORT_ENV.items():
         if env.get(var):
-            transport[name] = int(env[var])
+            transport[name] = whole_number(var, env[var], 1)
     return {
         "broker_url": service.broker_url,
         "result_backend": service.result_backend or service.broker_url,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 from models.errors import one_line
-from pipeline.settings import SettingsError
+from pipeline.settings import SettingsError, check_environment
 
 #: seconds a client waits for a server to accept a connection / answer
 CHECK_TIMEOUT = 3.0
@@ -54,18 +54,22 @@ class ServiceSettings:
         "worker_max_memory_mb": "ANONYMIZE_WORKER_MAX_MEMORY_MB",
     }
 
+    #: the least value of each number: a visibility timeout of 0 or less hands every
+    #: running task to another worker at the next sweep; a negative retry count or
+    #: memory limit means nothing
+    LEAST = {"visibility_timeout": 1, "task_max_retries": 0, "worker_max_memory_mb": 0}
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServiceSettings:
         env = os.environ if environ is None else environ
+        # a misspelt visibility timeout variable would leave the default in force unsaid
+        check_environment(env)
         out = cls()
         for name, var in cls.ENV.items():
             if var in env and env[var] != "":
                 current = getattr(out, name)
                 if isinstance(current, int):
-                    try:
-                        setattr(out, name, int(env[var]))
-                    except ValueError:
-                        raise SettingsError(f"{var}: {env[var]!r} is not a whole number") from None
+                    setattr(out, name, whole_number(var, env[var], cls.LEAST[name]))
                 else:
                     setattr(out, name, env[var])
         if not out.result_backend:
@@ -82,6 +86,18 @@ class ServiceSettings:
 
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def whole_number(var: str, text: str, least: int) -> int:
+    """The whole number environment variable ``var`` holds, at least ``least``, or a
+    one-line SettingsError naming the variable (as settings are read)."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise SettingsError(f"{var}: {text!r} is not a whole number") from None
+    if value < least:
+        raise SettingsError(f"{var}: {text!r} is not >= {least}")
+    return value
 
 
 def redact(url: str) -> str:

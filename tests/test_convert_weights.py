@@ -362,6 +362,30 @@ def test_cli_reports_bad_weights_in_one_line(files, tmp_path):
     assert r.returncode == 2 and "--cfg" in r.stderr
 
 
+@pytest.mark.parametrize("size", [0, -5, 33])
+def test_keras_input_size_that_no_yolov3_takes_is_refused(files, tmp_path, size):
+    """--input-size 0, -5 or 33 wrote a checkpoint, exit 0, that failed when loaded
+    (0: a traceback from torch's resize as a vehicle model)."""
+    from models.errors import WeightsError
+
+    with pytest.raises(WeightsError, match=f"input size must be a positive multiple of 32, "
+                                           f"got {size}"):
+        convert_keras_h5(files["h5"], str(files["names"]), anchors=ANCHORS, input_size=size)
+
+
+def test_keras_only_options_with_darknet_weights_are_refused(files, tmp_path, capsys):
+    """--anchors and --input-size were ignored with --weights (the cfg has its own)."""
+    from anonymize.cli import main
+
+    for extra in (["--anchors", ANCHORS.replace(" ", "")], ["--input-size", "608"]):
+        assert main(["convert-weights", "--weights", str(files["weights"]), "--cfg",
+                     str(files["cfg"]), "-o", str(tmp_path / "x.pt"), *extra]) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            "anonymize: error: --anchors and --input-size are only used with --keras (a "
+            "darknet cfg states its own)"]
+    assert not (tmp_path / "x.pt").exists()
+
+
 def test_build_refuses_other_checkpoints(tmp_path):
     torch.save({"arch": "yolov8", "state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(WeightsError, match="not a YOLOv3 checkpoint"):

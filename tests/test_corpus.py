@@ -226,6 +226,13 @@ def output_tick(path: Path) -> Fraction:
         return Fraction(main_video_stream(c).time_base)
 
 
+def stated_rate(path: Path) -> Fraction | None:
+    """The frame rate the output's main video stream states (what a player
+    or an editor shows as its fps)."""
+    with av.open(str(path)) as c:
+        return main_video_stream(c).average_rate
+
+
 def same_times(want: list[Fraction], got: list[Fraction], tick: Fraction) -> bool:
     return len(want) == len(got) and all(abs(a - b) <= tick / 2
                                          for a, b in zip(want, got, strict=True))
@@ -248,6 +255,12 @@ def check_ok(case: Case, job: Job, r: Result, reference: list[Fraction], before:
     assert out.is_file(), f"no output file {out}"
     got, tick = shown_times(out), output_tick(out)
     assert same_times(reference, got, tick), first_mismatch(reference, got, tick)
+    if len(reference) > 2 and reference[-1] > reference[0]:
+        # the rate it states is near the rate it shows frames at (Matroska said
+        # "1k fps" for every 25 fps video)
+        shown = (len(reference) - 1) / (reference[-1] - reference[0])
+        rate = stated_rate(out)
+        assert rate and 0.5 < rate / shown < 2, f"output states {rate} fps, shows ~{float(shown):.2f}"
     report = json.loads((out.parent / "report.json").read_text())
     assert report["frames_match"] is True, "report.json: frames_match is not true"
     assert report["frames"] == len(reference), f"report.json: frames {report['frames']}"

@@ -740,3 +740,35 @@ def test_real_stack_covers_us_plates(tmp_path, data_dir):
     assert plate["coverage_recall"] >= 0.8, plate
     with open(out / "one-stage_mdict_list.pkl", "rb") as f:
         assert len(pickle.load(f)) == 10
+
+
+@pytest.mark.parametrize("width", ["-5", "nan"])
+def test_negative_min_width_is_refused(tmp_path, capsys, width):
+    """--min-width -5 ran and printed a cov(w>=-5) column, every box counted."""
+    from anonymize.cli import main
+
+    assert main(["eval", "--dataset", str(tmp_path / "ds"), "--out-dir", str(tmp_path / "out"),
+                 "--min-width", width]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"anonymize: error: --min-width must be 0 or more pixels, got {width}"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_yolo_class_ids_that_match_no_row_are_named(tmp_path):
+    """--plate-class-id 3 on rows of class 15 (or -1) evaluated against no plate at all
+    and reported 'gt 0' without a word."""
+    from pipeline.datasets import load_yolo_dir
+
+    for d in ("anno", "img"):
+        (tmp_path / d).mkdir()
+    write_image(tmp_path / "img" / "a.png", 20, 20)
+    (tmp_path / "anno" / "a.txt").write_text("15 0.5 0.5 0.2 0.1\n0 0.2 0.2 0.1 0.1\n",
+                                             encoding="utf-8")
+    with pytest.warns(UserWarning, match=r"no annotation row in .* has class id 3 \(the plate "
+                                         r"id\): no plate box is evaluated; the rows' class ids "
+                                         r"are 0, 15"):
+        records = load_yolo_dir(tmp_path / "anno", tmp_path / "img", {3: "plate", 0: "face"})
+    assert [b.label for b in records[0].boxes] == ["face"]
+    with pytest.raises(ValueError, match=r"^class id -1 \(plate\): YOLO class ids are 0 or "
+                                         r"more$"):
+        load_yolo_dir(tmp_path / "anno", tmp_path / "img", {-1: "plate"})

@@ -139,6 +139,40 @@ def test_grey_and_transparent_images_keep_their_channels(data_dir, tmp_path):
     assert cutout[y1:y2, x1:x2, :3].std() < src[y1:y2, x1:x2].std()
 
 
+def _chunks(path) -> dict[int, bytes]:
+    _, kinds, chunks = cv2.imdecodeWithMetadata(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    return {int(k): bytes(np.asarray(c, np.uint8).ravel()) for k, c in zip(np.asarray(kinds).ravel(),
+                                                                            chunks, strict=True)}
+
+
+def test_images_keep_their_colour_profile_and_drop_exif(data_dir, tmp_path):
+    """A photo's ICC profile says what its pixel values mean (a phone's Display
+    P3): written back without it, the blurred photo is shown in duller
+    colours. The profile stays where it fits the output's channels; EXIF
+    (camera, time, GPS) never does."""
+    with_profile = _chunks(data_dir / "plates_openalpr_us" / "images" / "car7.jpg")
+    profile, exif = with_profile[cv2.IMAGE_METADATA_ICCP], with_profile[cv2.IMAGE_METADATA_EXIF]
+    assert profile[16:20] == b"RGB "
+    src = cv2.imread(str(data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg"))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, image in (("photo.jpg", src), ("photo.png", src), ("photo.webp", src),
+                        ("grey.jpg", cv2.cvtColor(src, cv2.COLOR_BGR2GRAY))):
+        ok, data = cv2.imencodeWithMetadata(
+            "." + name.rsplit(".", 1)[1], image,
+            [cv2.IMAGE_METADATA_ICCP, cv2.IMAGE_METADATA_EXIF][:1 + name.endswith(".jpg")],
+            [np.frombuffer(profile, np.uint8), np.frombuffer(exif, np.uint8)][:1 + name.endswith(".jpg")])
+        assert ok
+        data.tofile(str(folder / name))
+    assert cv2.IMAGE_METADATA_EXIF in _chunks(folder / "photo.jpg")
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(tmp_path / "out"),
+                 "--quiet", "--no-plates", "--device", "cpu"]) == 0
+    for name in ("photo.jpg", "photo.png", "photo.webp"):
+        assert _chunks(tmp_path / "out" / name) == {cv2.IMAGE_METADATA_ICCP: profile}, name
+    # an RGB profile does not describe grey pixels: left out
+    assert _chunks(tmp_path / "out" / "grey.jpg") == {}
+
+
 def test_a_transparent_image_with_an_exif_orientation_keeps_its_alpha_turned_along(
         data_dir, tmp_path):
     """A PNG's eXIf orientation turns its colour upright on reading; the alpha
@@ -255,6 +289,20 @@ def test_an_empty_folder_is_refused_before_models_load(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("anonymize: error: no images in")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command,flags", [("images", ("--img-dir", "--out-dir")),
+                                           ("faces", ("--frames-dir", "--save-dir"))])
+def test_an_image_given_as_the_folder_is_named_as_such(tmp_path, capsys, command, flags):
+    """A photo given as --img-dir was reported as "image folder not found", though it
+    is there."""
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"")
+    assert main([command, flags[0], str(photo), flags[1], str(tmp_path / "out"),
+                 "--quiet"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"anonymize: error: image folder {photo} is a file, not a folder: give the folder "
+        f"that holds it"]
 
 
 def test_other_image_formats_are_anonymized_and_nothing_is_passed_over_in_silence(

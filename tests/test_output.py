@@ -21,7 +21,7 @@ from models.detections import Detections
 from pipeline.plan import prepare_local
 from pipeline.process import run_local
 from pipeline.settings import Settings
-from pipeline.video import VideoError, probe
+from pipeline.video import VideoError, iter_frames, probe
 from pipeline.video.output import atomic_output, check_output_path, same_file
 from tests import corpus
 from tests.videos import make_video
@@ -220,12 +220,95 @@ def test_second_video_stream_is_left_out_and_reported(tmp_path):
         assert [s.type for s in c.streams] == ["video"]
 
 
+def test_an_audio_track_cut_from_the_index_is_left_out_and_reported(tmp_path):
+    """An MP4 cut inside its index (written last) just before the audio
+    track's sample description: the video is whole, the audio track has no
+    codec and no packets. The run was refused with "cannot copy audio stream
+    1 (?) ... use the source's container (.mp4)", the very container asked
+    for."""
+    whole = make_video(tmp_path / "whole.mp4", n_frames=10, audio=True)
+    data = whole.read_bytes()
+    src = tmp_path / "cut.mp4"
+    src.write_bytes(data[: data.rindex(b"stsd") - 4])
+    with av.open(str(src)) as c:
+        assert [s.type for s in c.streams] == ["video", "audio"]
+        assert c.streams.audio[0].codec_context is None
+    out = tmp_path / "out.mp4"
+    report = run_local(src, out, SETTINGS, tmp_path / "det", stack=Recorder())
+    assert report["frames_match"] is True and report["frames"] == 10
+    assert [(d["index"], d["type"], d["codec"]) for d in report["dropped_streams"]] == [
+        (1, "audio", None)]
+    assert "cut-short" in report["dropped_streams"][0]["reason"]
+    with av.open(str(out)) as c:
+        assert [s.type for s in c.streams] == ["video"]
+
+
 def test_subtitles_the_output_cannot_hold_are_refused_before_work(tmp_path):
     src = make_video(tmp_path / "subs.mp4", n_frames=10, subtitles=True)
     stack = Recorder()
     with pytest.raises(VideoError, match=r"cannot copy subtitle stream 1 \(mov_text\)"):
         run_local(src, tmp_path / "out.mkv", SETTINGS, stack=stack)
     assert stack.calls == 0 and not (tmp_path / "out.mkv").exists()
+
+
+def _with_sound(path: Path, video: str, sound: str, rate: int, samples: np.ndarray,
+                frames: int = 5) -> Path:
+    """A small video with mono sound: ``frames`` frames of ``video``, and
+    ``samples`` (int16) encoded as ``sound`` at ``rate`` Hz."""
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream(video, rate=25)
+        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+        aus = c.add_stream(sound, rate=rate)
+        aus.layout = "mono"
+        for i in range(frames):
+            f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 * i, np.uint8), format="rgb24")
+            f.pts = i
+            for p in vs.encode(f.reformat(format="yuv420p")):
+                c.mux(p)
+        a = av.AudioFrame.from_ndarray(samples[None, :], format="s16", layout="mono")
+        a.sample_rate, a.pts = rate, 0
+        fmt = aus.codec_context.format.name
+        for frame in av.AudioResampler(format=fmt, layout="mono", rate=rate).resample(a) + [None]:
+            for p in aus.encode(frame):
+                c.mux(p)
+        for p in vs.encode(None):
+            c.mux(p)
+    return path
+
+
+@pytest.mark.parametrize("codec,hint", [
+    ("pcm_mulaw", "; write .mov instead"),
+    ("adpcm_ima_wav", "; no container anonymize writes (.mp4, .mov, .mkv) can hold it: "
+                      "convert that stream first"),
+])
+def test_sound_the_output_cannot_hold_is_refused_naming_what_would_work(tmp_path, codec, hint):
+    """The refusal said "use the source's container (.avi)": a container
+    anonymize refuses to write. It names the containers that do take the
+    stream, or says that none does."""
+    from pipeline.video.join import check_output_streams
+
+    # a CCTV-style AVI: MPEG-4 video, 8 kHz sound
+    tone = (np.sin(np.arange(8000) / 5) * 3000).astype(np.int16)
+    src = _with_sound(tmp_path / "cctv.avi", "mpeg4", codec, 8000, tone)
+    info = probe(src)
+    with pytest.raises(VideoError) as err:
+        check_output_streams(src, info, ".mp4")
+    msg = str(err.value)
+    assert msg.startswith(f"cannot copy audio stream 1 ({codec}) of {src} into .mp4: ")
+    assert hint in msg and ".avi" not in msg.replace(str(src), "") and "\n" not in msg
+
+
+def test_a_muxer_refusal_is_said_in_ffmpegs_words(tmp_path):
+    """Opus into .mov: the muxer's header refuses it; the line said "Invalid
+    argument: '<none>' returned 22"."""
+    from pipeline.video.join import check_output_streams
+
+    src = _with_sound(tmp_path / "talk.mkv", "libx264", "libopus", 48000,
+                      np.zeros(960, np.int16), frames=3)
+    with pytest.raises(VideoError) as err:
+        check_output_streams(src, probe(src), ".mov")
+    assert str(err.value) == (f"cannot copy audio stream 1 (opus) of {src} into .mov: its muxer "
+                              f"refused it (Invalid argument); write .mp4 or .mkv instead")
 
 
 def player_times(path: Path) -> list[Fraction]:
@@ -259,6 +342,72 @@ def test_damaged_input_gives_every_frame_that_decodes_and_counts_the_rest(tmp_pa
     assert [f["frame_idx"] for f in detections["frames"]] == [i for i in range(16) if i != 10]
 
 
+def _ts_with_a_damaged_adts_header(path: Path) -> Path:
+    """An MPEG-TS (H.264 + AAC in ADTS frames) whose sixth audio frame lost its
+    ADTS sync word: the demuxer still delivers the packet, but MP4 and
+    Matroska, which strip that header, cannot parse it."""
+    make_video(path, n_frames=20, audio=True, time_base=Fraction(1, 90000))
+    with av.open(str(path)) as c:
+        where = [p.pos for p in c.demux(c.streams.audio[0]) if p.size][5]
+    data = bytearray(path.read_bytes())
+    at = data.index(b"\xff\xf1", where)
+    data[at : at + 2] = b"\x00\x00"
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_an_audio_packet_the_output_cannot_take_is_left_out_and_reported(tmp_path, suffix):
+    """The whole run failed at its end, after every frame was detected, with
+    "Invalid data found when processing input: '.out.partial-….mp4'" (our
+    temporary name). The damaged packet is left out, as a player skips it;
+    the report counts it and a warning line names the input."""
+    from pipeline.video.damage import input_warnings
+
+    src = _ts_with_a_damaged_adts_header(tmp_path / "cam.ts")
+    with av.open(str(src)) as c:
+        audio_in = sum(1 for p in c.demux(c.streams.audio[0]) if p.size)
+    out = tmp_path / f"out{suffix}"
+    report = run_local(src, out, SETTINGS, tmp_path / "det", stack=Recorder())
+    assert report["frames_match"] is True and report["frames"] == 20
+    assert report["left_out_packets"] == 1
+    assert [(d["index"], d["type"]) for d in report["left_out"]] == [(1, "audio")]
+    with av.open(str(out)) as c:
+        assert sum(1 for p in c.demux(c.streams.audio[0]) if p.size) == audio_in - 1
+    lines = input_warnings(src, report)
+    assert len(lines) == 1 and str(src) in lines[0] and ".partial-" not in lines[0]
+    clean = make_video(tmp_path / "clean.ts", n_frames=5, audio=True,
+                       time_base=Fraction(1, 90000))
+    report = run_local(clean, tmp_path / f"clean{suffix}", SETTINGS, tmp_path / "det2",
+                       stack=Recorder())
+    assert report["left_out_packets"] == 0 and input_warnings(clean, report) == []
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".ts"])
+def test_a_frame_stamped_with_the_time_of_another_is_left_out_and_counted(tmp_path, suffix):
+    """Damaged timing gave frames 3 and 8 the times of the frames before them
+    (frame 8 a keyframe). The whole video was refused ("duplicate frame
+    timestamps"), against "only a file of which no frame decodes is refused";
+    a player shows one picture at a time: the first is kept, the repeat left
+    out and counted as damage, every other frame at its time."""
+    from pipeline.video.damage import input_warnings
+    from tests.videos import frame_number, make_restamped
+
+    times = [0, 40, 80, 80, 160, 200, 240, 280, 280, 360, 400, 440, 480, 520, 560, 600]
+    src = make_restamped(tmp_path / f"cam{suffix}", times, gop=4)
+    info = probe(src)
+    assert [(p - info.frame_pts[0]) * info.time_base for p in info.frame_pts] == [
+        Fraction(t, 1000) for t in sorted(set(times))]  # an MPEG-TS starts at 1 s
+    out = tmp_path / "out.mp4"
+    report = run_local(src, out, SETTINGS, tmp_path / "det", stack=Recorder())
+    assert report["frames_match"] is True and report["frames"] == 14
+    assert report["damaged_frames"] == 2 and report["damage"]["duplicates"]["count"] == 2
+    lines = input_warnings(src, report)
+    assert len(lines) == 1 and "2 had the time of another frame and are left out" in lines[0]
+    got = [frame_number(rgb) for _, rgb in iter_frames(out, probe(out))]
+    assert got == [i % 13 for i in range(16) if i not in (3, 8)]
+
+
 def test_a_damaged_first_keyframe_starts_the_output_where_decoding_can(tmp_path):
     """The first keyframe is garbage: what decodes before the next keyframe is
     what a player shows; the output shows the same, at the same times."""
@@ -276,6 +425,49 @@ def test_a_damaged_first_keyframe_starts_the_output_where_decoding_can(tmp_path)
     assert player_times(out) == want
     assert report["frames"] == len(want) and report["frames_match"] is True
     assert report["damaged_frames"] >= 12 - len(want)
+
+
+def test_an_output_whose_frames_do_not_match_is_said_on_stderr(src, tmp_path):
+    """``anonymize run`` exits with status 1 when report.json says
+    frames_match false; stderr said nothing about why (the .mkv output of an
+    MP4 with AAC sound did so). One warning line now names both files."""
+    from pipeline.video.damage import input_warnings
+
+    report = run_local(src, tmp_path / "out.mp4", SETTINGS, tmp_path / "det", stack=Recorder())
+    assert report["frames_match"] is True and input_warnings(src, report) == []
+    report["frames_match"] = False
+    lines = input_warnings(src, report)
+    assert len(lines) == 1 and str(src) in lines[0] and str(tmp_path / "out.mp4") in lines[0]
+    assert "frames_match is false" in lines[0] and "\n" not in lines[0]
+
+
+def test_audio_starting_before_the_first_frame_moves_a_matroska_output_as_reported(tmp_path):
+    """An MP4's AAC starts 1024 samples before 0 (the priming its edit list
+    hides). Matroska cannot hold that: its muxer moved every stream by 64 ms
+    by itself, so report.json said frames_match false and start_shift_s 0,
+    and the run ended with status 1 and nothing said. The run now moves the
+    streams itself, by the amount it reports; sync and every gap are kept,
+    and an MP4 output keeps the source's times."""
+    src = make_video(tmp_path / "phone.mp4", n_frames=12, audio=True)
+    with av.open(str(src)) as c:
+        audio_src = [(bytes(p), p.pts * p.time_base) for p in c.demux(c.streams.audio[0]) if p.size]
+    assert audio_src[0][1] == Fraction(-1024, 16000)
+    info = probe(src)
+    for suffix, shift in ((".mkv", Fraction(-1024, 16000)), (".mp4", 0)):
+        out = tmp_path / f"out{suffix}"
+        report = run_local(src, out, SETTINGS, tmp_path / suffix[1:], stack=Recorder())
+        assert report["frames_match"] is True, suffix
+        moved = Fraction(report["start_shift_s"])
+        assert moved >= -shift and moved - -shift < info.time_base, suffix
+        got = probe(out)
+        times = [p * got.time_base for p in got.frame_pts]
+        want = [p * info.time_base + moved for p in info.frame_pts]
+        assert max(abs(a - b) for a, b in zip(times, want, strict=True)) <= got.time_base / 2
+        with av.open(str(out)) as c:
+            audio = [(bytes(p), p.pts * p.time_base) for p in c.demux(c.streams.audio[0]) if p.size]
+        assert [a for a, _ in audio] == [a for a, _ in audio_src]
+        assert max(abs(t - (u + moved)) for (_, t), (_, u) in zip(audio, audio_src, strict=True)
+                   ) <= Fraction(1, 1000)
 
 
 def test_a_90khz_source_written_to_matroska_matches_at_the_millisecond(tmp_path):

@@ -307,6 +307,20 @@ def test_not_json_is_one_line(ran, tmp_path, capsys):
 # ------------------------------------------------------------------ zones
 
 
+@pytest.mark.parametrize("flag", ["--detect-every", "--reference-every", "--device",
+                                  "--lp-thresh"])
+def test_render_has_no_flags_for_the_detectors_it_does_not_run(flag, capsys):
+    """--detect-every and --reference-every were offered and did nothing (every frame's
+    boxes come from the file), and `--detect-every 3` was refused for --fill-frames 1."""
+    with pytest.raises(SystemExit):
+        main(["render", "--help"])
+    assert flag not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as err:
+        main(["render", "in.mp4", "--detections", "d.json", "-o", "o.mp4", flag, "2"])
+    assert err.value.code == 2
+    assert f"unrecognized arguments: {flag} 2" in capsys.readouterr().err
+
+
 def test_polygon_mask_takes_pixels_whose_centres_are_inside():
     m = polygon_mask(np.array([[0, 0], [8, 0], [0, 8]]), 0, 0, 8, 8)
     ys, xs = np.mgrid[0:8, 0:8]
@@ -363,6 +377,44 @@ def test_zones_file_with_frames_is_refused(tmp_path):
     path.write_text(json.dumps({"frames": [{"frame_idx": 0, "detections": []}]}))
     with pytest.raises(DetectionsFileError, match="zones only"):
         read_zones(path)
+
+
+@pytest.mark.parametrize("time_s,refused", [
+    ([12.0, 18.5], True), ([-5, -1], True), ([0.505, 0.54], True),  # between two frames
+    ([0.0, 0.0], True), ([0.02, 0.03], False), ([1.5, 99], False), ([-5, 0.03], False)])
+def test_zone_times_that_hold_no_frame_are_refused(tmp_path, time_s, refused):
+    """Like frames beyond the video: a force zone for 12-18.5 s of a 2-s clip (or in
+    minutes instead of seconds) was taken and blurred nothing, exit 0."""
+    from types import SimpleNamespace
+
+    from pipeline.render import DetectionsFileError, read_zones
+
+    info = SimpleNamespace(width=W, height=H, n_frames=N, time_base=TB,
+                           frame_pts=[300 + i * 512 for i in range(N)])  # 0.0234 s + i x 0.04 s
+    path = tmp_path / "z.json"
+    path.write_text(json.dumps({"zones": [{"kind": "force", "box": [1, 1, 9, 9],
+                                           "time_s": time_s}]}))
+    if refused:
+        with pytest.raises(DetectionsFileError, match=r"z.json: zones\[0\].time_s: no frame of "
+                                                      r"the video is shown from .* \(its frames "
+                                                      r"are at 0.0234375 to 1.58344 s\)$"):
+            read_zones(path, info)
+    else:
+        assert read_zones(path, info)[0]["time_s"] == time_s
+
+
+def test_a_missing_zones_file_or_a_folder_is_named_for_what_it_is(tmp_path):
+    """--zones nosuch.json said "detections file not found"; a folder given as either
+    file was "not found"."""
+    from pipeline.render import DetectionsFileError, read_document, read_zones
+
+    with pytest.raises(DetectionsFileError, match="^zones file not found: .*nosuch.json$"):
+        read_zones(tmp_path / "nosuch.json")
+    with pytest.raises(DetectionsFileError, match=f"^zones file {tmp_path} is a folder, not "
+                                                  f"a file$"):
+        read_zones(tmp_path)
+    with pytest.raises(DetectionsFileError, match=f"^detections file {tmp_path} is a folder"):
+        read_document(tmp_path)
 
 
 def test_read_detections_ignores_filled_and_disabled_boxes(ran):

@@ -22,6 +22,7 @@ from pipeline.review_flags import MAX_THUMBNAILS, find_flags, pick_frames
 from pipeline.settings import Settings
 from tests.browser import Browser
 from tests.test_run import FILL, N, ScriptedStack, write_scene
+from tests.videos import make_video
 
 
 def box(x, y, s=20, label=FACE, conf=0.9, filled=False):
@@ -247,6 +248,50 @@ def test_review_of_a_damaged_detections_file_names_it_in_one_line(reviewed, tmp_
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith(f"anonymize: error: {copy / 'detections.json'}: frame 0: ")
+
+
+def test_review_refuses_a_video_that_is_not_the_runs_output(reviewed, tmp_path, capsys):
+    """--video of another clip (or no video at all) was taken: its frames became the
+    contact sheet under this run's boxes, exit 0."""
+    folder, _ = reviewed
+    other = make_video(tmp_path / "other.mp4", n_frames=4, width=64, height=48)
+    assert main(["review", str(folder), "--video", str(other)]) == 2
+    doc = json.loads((folder / "detections.json").read_text())
+    assert capsys.readouterr().err.splitlines() == [
+        f"anonymize: error: {other} is 64x48, but the detections are of a "
+        f"{doc['width']}x{doc['height']} video: not this run's output"]
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("not a video")
+    assert main(["review", str(folder), "--video", str(notes)]) == 2
+    assert capsys.readouterr().err.startswith(f"anonymize: error: not a video: {notes}")
+    copy = tmp_path / "copy"  # the only video in the folder, when report.json names none
+    shutil.copytree(folder, copy)
+    report = json.loads((copy / "report.json").read_text())
+    (copy / Path(report["output"]).name).unlink()
+    (copy / "report.json").write_text(json.dumps({**report, "output": None}))
+    shutil.copy(other, copy / "other.mp4")
+    assert main(["review", str(copy)]) == 2
+    assert capsys.readouterr().err.strip().endswith("not this run's output; give the output "
+                                                    "with --video")
+
+
+def test_review_finds_the_video_beside_the_records_of_a_several_job_download(reviewed,
+                                                                            tmp_path):
+    """`submit A B --wait -o DIR` downloads DIR/a.anonymized.mp4 with its records in
+    DIR/a.anonymized/, and report.json names the s3:// output: review of that records
+    folder could not tell which video was the output."""
+    from anonymize.commands.review import find_video
+
+    folder, _ = reviewed
+    records = tmp_path / "a.anonymized"
+    shutil.copytree(folder, records)
+    report = json.loads((records / "report.json").read_text())
+    (records / Path(report["output"]).name).rename(tmp_path / "a.anonymized.mp4")
+    report["output"] = "s3://bucket/jobs/j/output.mp4"
+    assert find_video(records, report, None) == (tmp_path / "a.anonymized.mp4").absolute()
+    (records / "report.json").write_text(json.dumps(report))
+    assert main(["review", str(records)]) == 0
+    assert "<figure class='thumb'" in (records / "report.html").read_text()
 
 
 def test_review_takes_the_video_in_the_folder_before_the_recorded_path(reviewed, tmp_path):

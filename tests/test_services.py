@@ -240,6 +240,54 @@ def test_every_service_variable_passes_the_strict_environment_check():
     check_environment({name: "1" for name in names})
 
 
+@pytest.mark.parametrize("var,raw,message", [
+    ("ANONYMIZE_VISIBILITY_TIMEOUT", "0", "ANONYMIZE_VISIBILITY_TIMEOUT: '0' is not >= 1"),
+    ("ANONYMIZE_VISIBILITY_TIMEOUT", "-5", "ANONYMIZE_VISIBILITY_TIMEOUT: '-5' is not >= 1"),
+    ("ANONYMIZE_VISIBILITY_TIMEOUT", "1h", "ANONYMIZE_VISIBILITY_TIMEOUT: '1h' is not a whole"),
+    ("ANONYMIZE_TASK_MAX_RETRIES", "-1", "ANONYMIZE_TASK_MAX_RETRIES: '-1' is not >= 0"),
+    ("ANONYMIZE_WORKER_MAX_MEMORY_MB", "-1", "ANONYMIZE_WORKER_MAX_MEMORY_MB: '-1' is not >= 0"),
+    ("ANONYMIZE_UNACKED_RESTORE_INTERVAL", "abc",
+     "ANONYMIZE_UNACKED_RESTORE_INTERVAL: 'abc' is not a whole number"),
+    ("ANONYMIZE_UNACKED_MUTEX_EXPIRE", "0", "ANONYMIZE_UNACKED_MUTEX_EXPIRE: '0' is not >= 1"),
+])
+def test_service_numbers_out_of_range_are_one_line_naming_the_variable(var, raw, message):
+    """A visibility timeout of 0 or -5 was taken (every running task handed to another
+    worker at the next sweep), as were negative retries and memory limits, and a
+    transport knob that is no number said only "invalid literal for int()"."""
+    from pipeline.settings import SettingsError
+    from tasks.config import celery_config
+    from tasks.service import ServiceSettings
+
+    env = {var: raw}
+    with pytest.raises(SettingsError) as err:
+        celery_config(ServiceSettings.from_env(env), env)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    ok = {"ANONYMIZE_VISIBILITY_TIMEOUT": "1", "ANONYMIZE_TASK_MAX_RETRIES": "0",
+          "ANONYMIZE_WORKER_MAX_MEMORY_MB": "0", "ANONYMIZE_UNACKED_RESTORE_INTERVAL": "1"}
+    service = ServiceSettings.from_env(ok)
+    assert (service.visibility_timeout, service.task_max_retries,
+            service.worker_max_memory_mb) == (1, 0, 0)
+    assert celery_config(service, ok)["broker_transport_options"]["unacked_restore_interval"] == 1
+
+
+@pytest.mark.parametrize("command", ["status", "cancel", "worker"])
+def test_a_misspelt_variable_is_refused_by_every_cluster_command(command, tmp_path):
+    """submit refused ANONYMIZE_VISIBILTY_TIMEOUT (settings are read strictly), but a
+    worker started with it, the default 3600 s in force, and status and cancel ran."""
+    args = [command] + (["some-job"] if command == "cancel" else [])
+    rc, _, lines, seconds = cli(*args, env={"ANONYMIZE_VISIBILTY_TIMEOUT": "7200"},
+                                cwd=tmp_path)
+    assert_one_line_error(rc, lines, seconds, "unknown environment variable "
+                          "ANONYMIZE_VISIBILTY_TIMEOUT (did you mean "
+                          "ANONYMIZE_VISIBILITY_TIMEOUT?)")
+
+
+def test_worker_with_a_service_number_out_of_range_exits_2_in_one_line(tmp_path):
+    rc, _, lines, seconds = cli("worker", env={"ANONYMIZE_VISIBILITY_TIMEOUT": "0"},
+                                cwd=tmp_path)
+    assert_one_line_error(rc, lines, seconds, "ANONYMIZE_VISIBILITY_TIMEOUT: '0' is not >= 1")
+
+
 def test_importing_the_tasks_layer_connects_nowhere_and_reads_no_environment():
     """`tasks.app` is configured by whoever starts a process, never at import."""
     code = ("import os, sys; os.environ['ANONYMIZE_BROKER_URL'] = 'redis://env-was-read:1/0'\n"

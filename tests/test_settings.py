@@ -122,6 +122,10 @@ def test_boolean_words(word, value):
     ("ANONYMIZE_MODE", "smear", "ANONYMIZE_MODE: 'smear' is not one of blur, pixelate, solid"),
     ("ANONYMIZE_PRESET", "fastest", "ANONYMIZE_PRESET: 'fastest' is not one of"),
     ("ANONYMIZE_DEVICE", " ", "ANONYMIZE_DEVICE: ' ' is not a non-empty text"),
+    ("ANONYMIZE_DEVICE", "foo", "ANONYMIZE_DEVICE: 'foo' is not cpu, cuda, cuda:N or auto"),
+    ("ANONYMIZE_DEVICE", "CPU", "ANONYMIZE_DEVICE: 'CPU' is not cpu, cuda, cuda:N or auto"),
+    ("ANONYMIZE_DEVICE", "cuda:-1", "ANONYMIZE_DEVICE: 'cuda:-1' is not cpu, cuda"),
+    ("ANONYMIZE_DEVICE", "mps", "ANONYMIZE_DEVICE: 'mps' is not cpu, cuda"),
 ])
 def test_unreadable_environment_values_are_errors(var, raw, message):
     with pytest.raises(SettingsError) as err:
@@ -148,11 +152,50 @@ def test_bad_config_files_are_errors(tmp_path, text, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("text,message", [
+    ("lp-thresh: 0.3\nlp_thresh: 0.4\n", "sets lp_thresh twice, as lp-thresh and as lp_thresh"),
+    ('{"lp_thresh": 0.4, "lp-thresh": 0.3}', "sets lp_thresh twice, as lp_thresh and as lp-"),
+    ("faces: false\nplates: off\nfaces: true\n", "key 'faces' appears twice"),
+    ('{"faces": false, "faces": true}', "key 'faces' appears twice"),
+])
+def test_config_setting_one_key_twice_is_an_error(tmp_path, text, message):
+    """A key given twice (or in both spellings) was taken, the last value silently
+    winning: `faces: false` above `faces: true` turned face detection on."""
+    cfg = tmp_path / ("s.json" if text.startswith("{") else "s.yaml")
+    cfg.write_text(text)
+    with pytest.raises(SettingsError) as err:
+        Settings.load(cfg, environ={})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("text,value", [("faces: 0\n", False), ("faces: 1\n", True),
+                                        ('{"faces": 0}', False), ('{"faces": 1}', True)])
+def test_config_booleans_written_as_1_or_0_are_read(tmp_path, text, value):
+    """`faces: 0` was refused with "0 is not a boolean (true/false, 1/0, ...)": YAML
+    and JSON read 0 as a number, and only the text "0" was taken."""
+    cfg = tmp_path / ("s.json" if text.startswith("{") else "s.yaml")
+    cfg.write_text(text)
+    assert Settings.load(cfg, environ={}).faces is value
+
+
 def test_config_typo_gets_a_suggestion(tmp_path):
     cfg = tmp_path / "s.yaml"
     cfg.write_text("lp_tresh: 0.2\n")
     with pytest.raises(SettingsError, match="did you mean lp_thresh"):
         Settings.load(cfg, environ={})
+
+
+def test_a_config_file_that_is_no_utf8_text_or_a_folder_is_named(tmp_path):
+    """A Latin-1 config file said only "'utf-8' codec can't decode byte 0xe9 ...",
+    without the file; a folder was "not found"."""
+    cfg = tmp_path / "s.yaml"
+    cfg.write_bytes(b"lp_thresh: 0.1  # caf\xe9\n")
+    with pytest.raises(SettingsError, match=f"^config file {cfg} cannot be read: 'utf-8' "
+                                            f"codec can't decode byte 0xe9"):
+        Settings.load(cfg, environ={})
+    with pytest.raises(SettingsError, match=f"^config file {tmp_path} is a folder, not a "
+                                            f"file$"):
+        Settings.load(tmp_path, environ={})
 
 
 def test_missing_config_file_is_an_error(tmp_path):
@@ -234,3 +277,45 @@ def test_cli_bad_setting_is_one_line_exit_2():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "anonymize: error: --lp-thresh: 'lots' is not a number"]
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12"])
+def test_device_forms_the_readme_names_are_accepted(device):
+    assert Settings.load(overrides={"device": device}, environ={}).device == device
+
+
+def test_device_the_machine_lacks_is_one_line_exit_2():
+    """`--device foo` was taken, then torch's traceback (exit 1) once the models
+    loaded; `--device cuda` on a machine without CUDA likewise."""
+    proc = run_cli("run", "in.mp4", "-o", "out.mp4", "--device", "foo")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "anonymize: error: --device: 'foo' is not cpu, cuda, cuda:N or auto"]
+    proc = run_cli("worker", "--device", "gpu")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "anonymize: error: --device: 'gpu' is not cpu, cuda, cuda:N or auto"]
+    import torch
+
+    from models.base import resolve_device
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="^device cuda:1 requested but CUDA is not "
+                                             "available$"):
+            resolve_device("cuda:1")
+    else:
+        n = torch.cuda.device_count()
+        with pytest.raises(ValueError, match=f"^device cuda:{n} requested but this machine"):
+            resolve_device(f"cuda:{n}")
+
+
+@pytest.mark.parametrize("argv", [["models", "list"], ["review", "nowhere"],
+                                  ["convert-weights", "--weights", "w", "--cfg", "c", "-o", "o"]])
+def test_commands_without_settings_refuse_a_misspelt_variable_too(argv):
+    """ANONYMIZE_MODELS_DIRR (for ANONYMIZE_MODELS_DIR) was ignored by the commands that
+    read no settings: `models list` showed, and `models fetch` filled, the default cache."""
+    proc = run_cli(*argv, env={"ANONYMIZE_MODELS_DIRR": "/elsewhere"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "anonymize: error: unknown environment variable ANONYMIZE_MODELS_DIRR (did you mean "
+        "ANONYMIZE_MODELS_DIR?)"]

@@ -23,6 +23,7 @@ from pipeline.video import (
     choose_pix_fmt,
     iter_frames,
     join_segments,
+    output_shift,
     plan_segments,
     probe,
     segment_tag,
@@ -37,6 +38,7 @@ from tests.videos import (
     frame_number,
     make_audio_only,
     make_image,
+    make_restamped,
     make_video,
     synthetic_frame,
 )
@@ -91,7 +93,8 @@ def anonymize_like(src, workdir: Path, out: Path, target=20, context=3, keep=Fal
 def assert_same_timing(info: VideoInfo, out: VideoInfo, exact: bool = True) -> float:
     """Exact (MP4/MOV) or to the millisecond (Matroska, which also cannot
     store negative times: when the source's audio starts before 0 all streams
-    are shifted by the same amount). Returns that shift in seconds."""
+    are shifted by the same amount, :func:`output_shift`). Returns that shift
+    in seconds."""
     assert out.n_frames == info.n_frames
     if exact:
         src_times = [p * info.time_base for p in info.frame_pts]
@@ -100,7 +103,7 @@ def assert_same_timing(info: VideoInfo, out: VideoInfo, exact: bool = True) -> f
         return 0.0
     got = np.array([float(p * out.time_base) for p in out.frame_pts])
     want = np.array([float(p * info.time_base) for p in info.frame_pts])
-    shift = float(np.round(got[0] - want[0], 3))
+    shift = float(output_shift(info.path, info, Path(out.path).suffix) * info.time_base)
     assert np.abs(got - want - shift).max() <= 0.0005 + 1e-9
     assert out.duration_s == pytest.approx(info.duration_s, abs=0.0015)
     return shift
@@ -190,6 +193,29 @@ def test_bad_inputs_raise_one_line_video_error(tmp_path):
     assert "still image" in _msg(cases["png"])
 
 
+def test_a_pipe_or_device_is_refused_without_waiting_for_it(tmp_path):
+    """A named pipe nobody writes to blocked FFmpeg's open for ever (and
+    SIGTERM could not stop it); with a writer, a pipe can be read only once
+    where a run reads its input several times. Both are refused at once."""
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "camera.mp4"
+    os.mkfifo(fifo)
+    code = ("import sys; from pipeline.video import probe, VideoError\n"
+            "try:\n    probe(sys.argv[1])\nexcept VideoError as e:\n    print(e)")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True,
+                              text=True, timeout=60, cwd=Path(__file__).parent.parent)
+    except subprocess.TimeoutExpired:
+        pytest.fail("probing a named pipe with no writer did not return")
+    assert done.stdout.strip() == (f"not a video file (a pipe): {fifo}; the input is read "
+                                   f"several times: save the video to a file first")
+    with pytest.raises(VideoError, match=r"^not a video file \(a character device\): /dev/null;"):
+        probe("/dev/null")
+
+
 def test_damaged_tags_do_not_stop_the_video_from_being_read(tmp_path):
     src = make_video(tmp_path / "v.mp4", n_frames=5, metadata={"title": "QQQQQQ"})
     data = src.read_bytes()
@@ -217,12 +243,13 @@ def test_a_gap_an_mp4_track_cannot_hold_is_refused_before_work(tmp_path):
     at the end. Matroska holds it."""
     from pipeline.video.join import check_output_streams
 
-    pts = [0, 3600, 7200, 7200 + 2**32 + 3600]
-    src = make_video(tmp_path / "v.ts", pts=pts, time_base=Fraction(1, 90000))
-    info = probe(src)
-    with pytest.raises(VideoError, match=r"h between two frames .* write \.mkv"):
-        check_output_streams(src, info, ".mp4")
-    check_output_streams(src, info, ".mkv")
+    for gap in (2**32 + 3600, 2**31):  # FFmpeg takes a packet's duration below 2^31 only
+        pts = [0, 3600, 7200, 7200 + gap]
+        src = make_video(tmp_path / "v.ts", pts=pts, time_base=Fraction(1, 90000))
+        info = probe(src)
+        with pytest.raises(VideoError, match=r"h between two frames .* write \.mkv"):
+            check_output_streams(src, info, ".mp4")
+        check_output_streams(src, info, ".mkv")
 
 
 def _msg(path) -> str:
@@ -664,6 +691,31 @@ def test_frame_num_check_flags_only_lost_references(tmp_path, suffix):
             check = FrameNumCheck(vs.codec_context.extradata)
             flagged = [p.pts for p in c.demux(vs) if p.size and check.packet(memoryview(p))]
         assert len(flagged) == want, (path.name, flagged)
+
+
+def test_a_keyframe_stamped_before_an_earlier_one_does_not_abort_the_split(tmp_path):
+    """NUT's index asserts that keyframes come in increasing time; FFmpeg's
+    assertion aborted the whole process (exit 134, no message, the work folder
+    with the unblurred copies left behind). The copy is given up before that
+    packet and the segment decoded instead, with every frame at its time."""
+    import subprocess
+    import sys
+
+    # an MP4 whose keyframe 4 is stamped before keyframe 2 (its timing table damaged)
+    src = make_restamped(tmp_path / "src.mp4", [0, 40, 80, 120, 20, 200, 240, 280, 320, 360])
+    info = probe(src)
+    assert [p * info.time_base for p in info.frame_pts] == [
+        Fraction(t, 1000) for t in (0, 20, 40, 80, 120, 200, 240, 280, 320, 360)]
+    seg_file = tmp_path / "seg.nut"
+    code = ("import sys; from pipeline.video import probe, plan_segments, split_segment; "
+            "src = sys.argv[1]; info = probe(src); "
+            "split_segment(src, info, plan_segments(info, 100, 0)[0], sys.argv[2])")
+    done = subprocess.run([sys.executable, "-c", code, str(src), str(seg_file)],
+                          capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr[-500:]
+    want = {p: frame_number(rgb) for p, rgb in iter_frames(src, info)}
+    got = {p: frame_number(rgb) for p, rgb in iter_frames(seg_file, info)}
+    assert got == want and sorted(got) == info.frame_pts
 
 
 def test_join_passes_over_segments_without_frames(tmp_path):

@@ -179,6 +179,26 @@ def test_letterbox_maps_boxes_back_to_frame_pixels(shape, size, square):
     np.testing.assert_allclose(back.xyxy[0], [x1, y1, x2, y2], atol=1.0 / scale + 0.5)
 
 
+@pytest.mark.parametrize("size,side", [(33, 64), (900, 928), (1000, 1024), (960, 960)])
+def test_square_letterbox_of_any_size_is_rounded_up_to_the_stride(size, side):
+    """Tiles and crops are letterboxed to a square: at --plate-size 900 (a 1080p
+    frame's tiles) or --crop-size 33 the network failed inside ONNX Runtime with a
+    traceback; the rectangular pass already rounded its canvas up."""
+    det = YoloV8Detector(torch.nn.Identity(), ["license_plate"])
+    x, (scale, left, top) = det._letterbox(torch.zeros((1, 500, 120, 3), dtype=torch.uint8), size,
+                                           True)
+    assert x.shape[2:] == (side, side)
+    assert (scale, top) == (side / 500, 0) and left == (side - round(120 * scale)) // 2
+
+
+@pytest.mark.models
+def test_plate_sizes_that_are_no_multiple_of_32_run(detectors):
+    det = detectors(MODELS[0])
+    frame = np.full((1080, 1920, 3), 90, np.uint8)
+    assert len(det.detect([frame], 0.1, size=900)) == 1  # tiled: 1920 > 2 x 900
+    assert len(det.detect_crops([frame[:200, :300]], 0.1, size=33)) == 1
+
+
 # ------------------------------------------------------------ real weights
 def _openalpr(data_dir: Path, files: list[str]):
     ann = json.loads((data_dir / "plates_openalpr_us" / "annotations.json").read_text())

@@ -210,3 +210,32 @@ def make_gop_video(src: Path, dst: Path, frames: int, gop: int) -> Path:
         for packet in ovs.encode():
             out.mux(packet)
     return dst
+
+
+def make_restamped(path, times: list[int], gop: int = 2, width: int = 64,
+                   height: int = 48) -> Path:
+    """H.264 frames ``i`` (``synthetic_frame``) whose packets are stamped with
+    ``times`` (ms) as damaged timing would stamp them, out of order or
+    repeated, their decode times still increasing; a keyframe every ``gop``
+    packets, no B-frames (decoding does not depend on the stamps)."""
+    path = Path(path)
+    tb = Fraction(1, 1000)
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+        vs.time_base = vs.codec_context.time_base = tb
+        vs.codec_context.options = {
+            "preset": "ultrafast",
+            "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0"}
+        packets = []
+        for i in range(len(times)):
+            frame = av.VideoFrame.from_ndarray(synthetic_frame(i, width, height), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts, frame.time_base = i * 40, tb
+            packets += vs.encode(frame)
+        packets += vs.encode(None)
+        low = min(times)
+        for i, (packet, t) in enumerate(zip(packets, times, strict=True)):
+            packet.pts, packet.dts = t, low - 1000 + i * 40
+            c.mux(packet)
+    return path

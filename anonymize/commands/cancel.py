@@ -23,5 +23,7 @@ def run(args: argparse.Namespace) -> int:
     for job in args.jobs:
         changed = client.cancel(job, delete=args.delete)
         status = client.get(job)["status"]
-        print(f"{job}: {'cancelled' if changed else 'already ' + status}")
+        # --delete deletes a finished job's objects too: say so, not only "already done"
+        deleted = "; its objects deleted from storage" if args.delete else ""
+        print(f"{job}: {'cancelled' if changed else 'already ' + status}{deleted}")
     return 0

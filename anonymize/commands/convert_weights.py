@@ -25,8 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--anchors", default=None, metavar="W,H,...",
                    help="Keras only: 18 anchor numbers, small to large (default: the COCO "
                         "anchors, or those in a detection_config.json given as --names)")
-    p.add_argument("--input-size", type=int, default=416,
-                   help="Keras only: network input size stored in the checkpoint (default 416)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="Keras only: network input size stored in the checkpoint, a multiple "
+                        "of 32 (default 416)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--weights needs --cfg (the darknet network description)")
     if args.cfg and not args.weights:
         raise ValueError("--cfg is only used with --weights")
+    if args.weights and (args.anchors is not None or args.input_size is not None):
+        raise ValueError("--anchors and --input-size are only used with --keras (a darknet "
+                         "cfg states its own)")
 
     import torch
 
@@ -54,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         from models.keras_h5 import convert_keras_h5
 
         checkpoint = convert_keras_h5(args.keras, args.names, anchors=args.anchors,
-                                      input_size=args.input_size)
+                                      input_size=416 if args.input_size is None
+                                      else args.input_size)
     out = Path(args.output)
     with atomic_output(out) as tmp:  # under a hidden name of its own, renamed when complete
         torch.save(checkpoint, tmp)

@@ -22,7 +22,8 @@ MODES = ("two-stage", "one-stage", "both", "faces")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("data (either --dataset, or --anno-dir with --img-dir)")
     src.add_argument("--dataset", metavar="DIR",
-                     help="folder with annotations.json (format in DESIGN.md)")
+                     help="folder with annotations.json (format: README, "
+                          "\"Command line\")")
     src.add_argument("--anno-dir", metavar="DIR",
                      help="YOLO-txt annotations: one <image stem>.txt per image, "
                           "rows 'class cx cy w h' normalised to 0..1")
@@ -46,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write images with ground truth (green) and detections (red) "
                              "to OUT/drawn/ as JPEG, named after the image's path (folders "
                              "joined by __; the source suffix kept where names would clash)")
-    # eval's --mode picks what to detect (DESIGN.md); how regions are hidden plays no part
+    # eval's --mode picks what to detect; how regions are hidden plays no part
     add_settings_arguments(parser, video=False, exclude=("faces", "plates", "mode"))
 
 
@@ -102,6 +103,8 @@ def _device_of(stack, settings) -> str:
 def run(args: argparse.Namespace) -> int:
     from pipeline.video.output import check_folder_writable
 
+    if not (args.min_width >= 0):  # -5 (or nan) printed a cov(w>=-5) column of every box
+        raise ValueError(f"--min-width must be 0 or more pixels, got {args.min_width:g}")
     records = _records(args)  # fail on a bad dataset before loading any model
     check_folder_writable(Path(args.out_dir), "--out-dir")
     if args.draw:  # OUT/drawn a file: a FileExistsError traceback once the model had loaded

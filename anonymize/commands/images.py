@@ -61,9 +61,11 @@ def run(args: argparse.Namespace) -> int:
     from models.resolve import check_settings
     from pipeline.images import write_image_detections
     from pipeline.review import write_image_page
+    from pipeline.settings import check_something_hidden
     from pipeline.video.output import check_folder_writable
 
     settings = settings_from_args(args)
+    check_something_hidden(settings)
     check_folder_writable(Path(args.out_dir), "--out-dir")  # before any model loads
     models = check_settings(settings)  # a bad model setting fails before any image is read
     t0 = time.perf_counter()

@@ -11,11 +11,13 @@ HELP = ("re-render a video from (edited) detections, no detector loaded; exclusi
 
 
 def not_for_render() -> tuple[str, ...]:
-    """Settings that only steer the detectors: render runs none, so it has no such flags."""
+    """Settings that only steer the detectors: render runs none, so it has no such flags
+    (--detect-every and --reference-every pick frames for the detectors; a render reads
+    every frame's boxes from the file whatever they say)."""
     from pipeline.settings import FIELDS
 
     return tuple(name for name, f in FIELDS.items() if f.metadata["group"] == "detection"
-                 ) + ("device", "batch_size", "half")
+                 ) + ("device", "batch_size", "half", "detect_every", "reference_every")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.render import DetectionsFileError, edits_from, read_document, read_zones
     from pipeline.video.output import same_file
 
-    from .run import warn
+    from .run import warn, warn_dropped
 
     source, output = Path(args.input), Path(args.output)
     det_file = Path(args.detections)
@@ -84,9 +86,7 @@ def run(args: argparse.Namespace) -> int:
         zones = edits.zones + (read_zones(Path(args.zones), manifest.info) if args.zones else [])
         manifest.zones = zones
         manifest.detections_file = edits.name
-        for s in manifest.dropped_streams:
-            warn(f"{s['type']} stream {s['index']} ({s['codec']}) of {source} is not in the "
-                 f"output: {s['reason']}")
+        warn_dropped(source, manifest.dropped_streams)
         from pipeline.process import run_local
         from pipeline.render import RecordedDetections
 

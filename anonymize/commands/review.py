@@ -14,7 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder holding detections.json and report.json of a run, render or "
                         "submit -o download")
     p.add_argument("--video", help="the anonymized output video (default: the one report.json "
-                                   "names, else the only video in DIR)")
+                                   "names, else the only video in DIR, else DIR's name with a "
+                                   "video suffix beside it, as submit -o DIR lays out several "
+                                   "jobs)")
 
 
 def find_video(folder, report: dict, given: str | None):
@@ -38,8 +40,35 @@ def find_video(folder, report: dict, given: str | None):
     videos = [p for p in Path(folder).iterdir() if p.suffix.lower() in VIDEO_SUFFIXES]
     if len(videos) == 1:
         return videos[0]
+    # `submit A B -o DIR` puts each job's records in DIR/<stem>.anonymized/ and its video
+    # beside that folder, DIR/<stem>.anonymized.<ext>; report.json names the s3:// output
+    folder = Path(folder).absolute()
+    beside = [folder.with_name(folder.name + ext) for ext in VIDEO_SUFFIXES]
+    beside = [p for p in beside if p.is_file()]
+    if not videos and len(beside) == 1:
+        return beside[0]
     raise FileNotFoundError(f"cannot tell which video in {folder} is the output; "
                             f"give it with --video")
+
+
+def check_video(video, doc: dict, given: bool) -> None:
+    """The thumbnails' video must be of the detections' frame size: another video (the
+    source of another clip, a phone copy) was taken, its frames shown under this run's
+    boxes, unblurred faces included. A video given with --video must be readable; a
+    found one that is not gives a page without thumbnails that says why."""
+    from pipeline.video import VideoError, probe
+
+    try:
+        info = probe(video)
+    except VideoError:
+        if given:
+            raise
+        return
+    want = (doc.get("width"), doc.get("height"))
+    if None not in want and (info.width, info.height) != want:
+        hint = "" if given else "; give the output with --video"
+        raise ValueError(f"{video} is {info.width}x{info.height}, but the detections are of "
+                         f"a {want[0]}x{want[1]} video: not this run's output{hint}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,8 +87,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{folder / REPORT_JSON}: not valid JSON ({exc.msg})") from None
     from pipeline.render import read_document
 
-    read_document(folder / DETECTIONS_JSON)  # a damaged or edited file: one line naming it
+    doc = read_document(folder / DETECTIONS_JSON)  # a damaged or edited file: one line
     video = find_video(folder, report, args.video)
+    check_video(video, doc, given=bool(args.video))
     from pipeline.review import write_page
 
     page = write_page(folder, video, report)

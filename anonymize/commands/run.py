@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: beside OUTPUT)")
     p.add_argument("--zones", metavar="FILE",
                    help="exclusion zones (never blurred) and forced regions (always blurred): "
-                        "a JSON file holding only zones (format: README, Zones)")
+                        "a JSON file holding only zones (format: README, \"The detections "
+                        "file\")")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_settings_arguments(p)
 
@@ -35,8 +36,8 @@ def warn(message: str) -> None:
 def warn_dropped(source, dropped: list[dict]) -> None:
     """One warning line per stream of ``source`` left out of the output, and why."""
     for s in dropped:
-        warn(f"{s['type']} stream {s['index']} ({s['codec']}) of {source} is not in the "
-             f"output: {s['reason']}")
+        warn(f"{s['type']} stream {s['index']} ({s['codec'] or 'unknown codec'}) of {source} "
+             f"is not in the output: {s['reason']}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     from models.resolve import check_settings
     from pipeline.plan import prepared_local
+    from pipeline.settings import check_something_hidden
 
     source, output = Path(args.input), Path(args.output)
     settings = settings_from_args(args)
@@ -61,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
             from pipeline.render import read_zones
 
             manifest.zones = read_zones(Path(args.zones), manifest.info)
+        check_something_hidden(settings, manifest.zones or [])
         warn_dropped(source, manifest.dropped_streams)
         from pipeline.process import run_local  # loads torch: only once the input is known good
 

@@ -51,7 +51,12 @@ def _destinations(args) -> list[tuple[str | None, str | None]]:
     out = Path(args.output)
     if not (len(args.inputs) > 1 or out.is_dir() or args.output.endswith("/")):
         return [(str(out), args.detections_dir)]
-    from tasks.client import output_ext
+    from tasks.client import VIDEO_EXTS, output_ext
+
+    if not out.is_dir() and out.suffix.lower() in (*VIDEO_EXTS, ".avi"):
+        # it became a folder named like a video, holding the videos
+        raise ValueError(f"-o {args.output}: with several inputs -o names a folder (each "
+                         f"video goes in as <stem>.anonymized.<ext>); give a folder")
 
     taken: set[str] = set()
     found = []
@@ -113,14 +118,23 @@ def run(args: argparse.Namespace) -> int:
 
     load_cluster_env()
     from models.resolve import check_settings
+    from pipeline.settings import check_something_hidden
     from pipeline.video.damage import input_warnings
     from tasks.client import Client
 
     from .options import settings_from_args
     from .run import warn, warn_dropped
 
+    # an option whose partner is missing would be ignored: the user expects its effect
     if args.output and not args.wait:
         raise ValueError("-o/--output needs --wait")
+    if args.detections_dir and not args.output:
+        raise ValueError("--detections-dir needs -o/--output (and --wait): the records are "
+                         "downloaded with the video")
+    if args.timeout is not None and not args.wait:
+        raise ValueError("--timeout needs --wait")
+    if args.timeout is not None and not args.timeout >= 0:
+        raise ValueError(f"--timeout must be 0 or more seconds, got {args.timeout:g}")
     zones = detections = None
     if args.zones:
         from pipeline.render import read_zones
@@ -129,14 +143,20 @@ def run(args: argparse.Namespace) -> int:
     if args.detections:
         from pipeline.render import read_document
 
-        from .render import render_settings
+        from .render import not_for_render, render_settings
 
         if len(args.inputs) > 1:
             raise ValueError("--detections re-renders one input; give one INPUT")
+        steering = [n for n in not_for_render() if getattr(args, n, None) is not None]
+        if steering:  # they were taken and did nothing: no detector runs
+            raise ValueError(f"--{steering[0].replace('_', '-')} steers the detectors, and "
+                             f"--detections re-renders without them (as `anonymize render`, "
+                             f"which has no such flag)")
         detections = (Path(args.detections), read_document(Path(args.detections)))
         settings = render_settings(args, detections[1].get("settings", {}))
     else:
         settings = settings_from_args(args)
+        check_something_hidden(settings, zones[1] if zones else [])
         # before anything is uploaded; registry names must be fetched on the workers,
         # not here, and model files travel with the job
         check_settings(settings, fetched=False)

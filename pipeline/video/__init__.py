@@ -27,12 +27,12 @@ calls::
 
 from .decode import DecodeLog, iter_frames, segment_tag
 from .encode import OUTPUT_SUFFIXES, VideoWriter, choose_pix_fmt, open_output
-from .join import join_segments
+from .join import join_segments, output_shift
 from .probe import VideoError, VideoInfo, probe, start_shift
 from .segments import Segment, plan_segments, split_segment
 
 __all__ = [
     "OUTPUT_SUFFIXES", "DecodeLog", "Segment", "VideoError", "VideoInfo", "VideoWriter",
-    "choose_pix_fmt", "iter_frames", "join_segments", "start_shift", "open_output", "plan_segments", "probe",
+    "choose_pix_fmt", "iter_frames", "join_segments", "output_shift", "start_shift", "open_output", "plan_segments", "probe",
     "segment_tag", "split_segment",
 ]

@@ -67,15 +67,16 @@ def damage_report(info: VideoInfo, segment_damages: list[dict]) -> dict:
     skipped = sorted(skipped_indices(segment_damages))
     concealed = sorted({i for d in segment_damages for i in d.get("concealed", [])} - set(skipped))
     unreadable = int(info.damage.get("unreadable", 0)) + int(info.damage.get("rejected", 0))
+    duplicates = int(info.damage.get("duplicates", 0))
     messages: list[str] = []
     for m in [*info.damage.get("messages", []), *(m for d in segment_damages
                                                   for m in d.get("messages", []))]:
         if m not in messages and len(messages) < 5:
             messages.append(m)
-    total = len(skipped) + len(concealed) + unreadable
+    total = len(skipped) + len(concealed) + unreadable + duplicates
     if not total:
         return {"damaged_frames": 0}
-    return {
+    report = {
         "damaged_frames": total,
         "damage": {
             "skipped": {"count": len(skipped), "frames": _listed(info, skipped),
@@ -89,6 +90,12 @@ def damage_report(info: VideoInfo, segment_damages: list[dict]) -> dict:
             "messages": messages,
         },
     }
+    if duplicates:
+        report["damage"]["duplicates"] = {
+            "count": duplicates,
+            "meaning": "a further frame at the time of another (damaged timing): one picture "
+                       "is shown at a time, the first decoded is kept, this one left out"}
+    return report
 
 
 def rescale_report(info: VideoInfo, segment_damages: list[dict]) -> dict:
@@ -107,11 +114,33 @@ def rescale_report(info: VideoInfo, segment_damages: list[dict]) -> dict:
     }
 
 
+def left_out_report(left_out: list[dict]) -> dict:
+    """``left_out_packets`` and, when there are some, ``left_out`` (the first
+    ones: stream, time, the output's reason) for report.json: audio or
+    subtitle packets too damaged for the output container to take."""
+    if not left_out:
+        return {"left_out_packets": 0}
+    return {"left_out_packets": len(left_out), "left_out": left_out[:LISTED]}
+
+
 def input_warnings(source, report: dict) -> list[str]:
     """One line each for stderr about what the input made of the output:
-    damage, frames of another size."""
+    damage, frames of another size, damaged packets left out of the copy, and
+    an output that does not show the input's frames at their times (the
+    command then exits with status 1, which was all it said)."""
     damaged = damage_warning(source, report)
     lines = [damaged] if damaged else []
+    if report.get("frames_match") is False:
+        written = report.get("output_stream", {}).get("frames", "?")
+        lines.append(f"{report.get('output', 'the output')} does not show the frames of {source} "
+                     f"at their times ({written} frame(s) written for {report.get('frames')}; "
+                     f"frames_match is false in report.json)")
+    n = report.get("left_out_packets", 0)
+    if n:
+        first = report["left_out"][0]
+        lines.append(f"{source} has {n} damaged audio/subtitle packet(s) the output cannot "
+                     f"take, left out (first: {first['type']} stream {first['index']} at "
+                     f"{first['time_s']:g} s: {first['reason']}); details in report.json")
     n = report.get("rescaled_frames", 0)
     if n:
         r = report["rescaled"]
@@ -147,6 +176,9 @@ def damage_warning(source, report: dict) -> str | None:
     if d["unreadable"]["count"]:
         parts.append(f"at least {d['unreadable']['count']} could not be read (reading stopped "
                      f"where the file is cut short or damaged)")
+    if d.get("duplicates", {}).get("count"):
+        parts.append(f"{d['duplicates']['count']} had the time of another frame and are left "
+                     f"out")
     bound = "at least " if d["unreadable"]["count"] else ""  # past the stop nothing is known
     return (f"{source} is damaged: {bound}{n} frame(s) affected: " + "; ".join(parts)
             + "; details in report.json")

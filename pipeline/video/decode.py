@@ -179,10 +179,13 @@ def decode_frames(packets: Iterable[av.Packet], codec, times: FrameTimes, log: D
 
     A packet the decoder rejects is skipped (the frames it held are missing
     from the output; the caller counts them against the frame list), and a
-    frame the decoder had to conceal is marked suspect in ``log``."""
+    frame the decoder had to conceal is marked suspect in ``log``. A frame at
+    the time of one already given (damaged timing: the probe counts these)
+    is not given again."""
     check = FrameNumCheck(codec.extradata) if codec.name == "h264" else None
     window: deque = deque()
     labels: list[int] = []
+    given: set[int] = set()
 
     def decode(packet) -> list:
         try:
@@ -196,7 +199,8 @@ def decode_frames(packets: Iterable[av.Packet], codec, times: FrameTimes, log: D
         while window and (flush or len(window) > _REORDER_WINDOW):
             frame, label = window.popleft(), heapq.heappop(labels)
             pts = times.frame(label)
-            if pts is not None:
+            if pts is not None and pts not in given:
+                given.add(pts)
                 yield pts, frame
 
     for packet in packets:

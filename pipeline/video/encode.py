@@ -86,8 +86,7 @@ class VideoWriter:
         self.frames = 0
         self._c = open_output(self.path, time_base=info.time_base)
         tb = info.time_base
-        rate = Fraction(info.avg_fps).limit_denominator(1001) if info.avg_fps else None
-        s = self._c.add_stream("libx264", rate=rate)
+        s = self._c.add_stream("libx264", rate=info.nominal_rate())
         s.width, s.height = info.width, info.height
         s.pix_fmt = self.pix_fmt
         s.time_base = tb

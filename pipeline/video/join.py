@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import io
+import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -55,10 +56,16 @@ def plan_streams(src, info: VideoInfo, keep_metadata: bool) -> StreamPlan:
         if s.index == info.stream_index:
             continue
         codec = s.codec_context.name if s.codec_context else None
-        if s.type in ("audio", "subtitle") or (s.type == "data" and keep_metadata and codec):
+        if (s.type in ("audio", "subtitle") and codec) or (s.type == "data" and keep_metadata
+                                                           and codec):
             plan.copied.append(s.index)
             continue
-        if s.type == "video":
+        if s.type in ("audio", "subtitle"):
+            # an MP4 cut inside its index at the end: the track's description is gone,
+            # and the run was refused with "use the source's container (.mp4)"
+            why = ("its codec cannot be read (a damaged or cut-short file?), so it cannot "
+                   "be copied")
+        elif s.type == "video":
             attached = bool(s.disposition & av.stream.Disposition.attached_pic)
             why = ("an attached picture (cover art) is not anonymized" if attached
                    else "only the first video stream is anonymized; another could show "
@@ -95,10 +102,49 @@ def _add_copies(src, dst, plan: StreamPlan, keep_metadata: bool, out_suffix: str
 
 
 def _not_copyable(s, out_suffix: str, source, e: Exception) -> VideoError:
+    """The refusal, with the output containers that do take the stream. It
+    said "use the source's container", which for an AVI (a CCTV camera's,
+    with IMA ADPCM or mu-law sound) is a container anonymize refuses to write."""
     codec = s.codec_context.name if s.codec_context else "?"
+    fits = [suffix for suffix in _suffixes_taking(s) if suffix != out_suffix.lower()]
+    if fits:
+        hint = f"write {' or '.join(fits)} instead"
+    else:
+        writable = ", ".join(dict.fromkeys(_SUFFIX_OF.values()))
+        hint = (f"no container anonymize writes ({writable}) can hold it: convert that "
+                f"stream first (with ffmpeg, keeping the video as it is: -c:v copy)")
+    # FFmpeg's own words, without PyAV's "'<none>' returned 22"
+    why = (f"its muxer refused it ({e.strerror})" if isinstance(e, av.FFmpegError) and e.strerror
+           else one_line(e))
     return VideoError(f"cannot copy {s.type} stream {s.index} ({codec}) of {source} into "
-                      f"{out_suffix}: {one_line(e)}; use the source's container "
-                      f"({Path(source).suffix})")
+                      f"{out_suffix}: {why}; {hint}")
+
+
+# one suffix for each container the output can be written in (the first named)
+_SUFFIX_OF: dict[str, str] = {}
+for _suffix, _fmt in OUTPUT_SUFFIXES.items():
+    _SUFFIX_OF.setdefault(_fmt, _suffix)
+
+
+def _suffixes_taking(s) -> list[str]:
+    """The output suffixes (one per container) whose muxer takes a copy of
+    stream ``s`` (its header written in memory)."""
+    fits = []
+    for fmt, suffix in _SUFFIX_OF.items():
+        dst = av.open(io.BytesIO(), "w", format=fmt)
+        try:
+            o = dst.add_stream_from_template(s)
+            o.time_base = s.time_base
+            dst.start_encoding()
+            fits.append(suffix)
+        except (ValueError, av.FFmpegError):
+            pass
+        finally:
+            try:
+                dst.close()
+            except (ValueError, av.FFmpegError):
+                pass
+    return fits
 
 
 def check_output_streams(source, info: VideoInfo, out_suffix: str,
@@ -136,19 +182,69 @@ def check_output_streams(source, info: VideoInfo, out_suffix: str,
 
 def _check_mp4_gaps(source, info: VideoInfo, out_suffix: str) -> None:
     """An MP4/MOV track stores each frame's duration in 32 bits of its time
-    base: a damaged timestamp that puts one frame hours after the others
-    (seen in a damaged MPEG-TS: 16.6 h at 1/90000) cannot be written, and the
-    muxer failed only at the very end. Matroska holds it."""
+    base, and FFmpeg takes a packet's duration only below 2^31 ticks: a
+    damaged timestamp that puts one frame hours after the others (seen in a
+    damaged MPEG-TS: 16.6 h at 1/90000; an MP4 whose timing table was
+    overwritten: 53 h at 1/16000, between 2^31 and 2^32, which left the
+    output without its video track) cannot be written, and the muxer failed
+    only at the very end. Matroska holds it."""
     times = [*info.frame_pts, info.end_pts if info.end_pts is not None else info.frame_pts[-1]]
     gap = max((b - a for a, b in zip(times, times[1:], strict=False)), default=0)
-    if gap >= 2**32:
+    if gap >= 2**31:
         raise VideoError(f"{source} has {float(gap * info.time_base) / 3600:.1f} h between two "
                          f"frames (a damaged timestamp?), more than {out_suffix} can hold; "
                          f"write .mkv")
 
 
+def output_shift(source, info: VideoInfo, out_suffix: str, keep_metadata: bool = False) -> int:
+    """Ticks (of the source's video time base) added to every time the output
+    holds: :func:`start_shift`, and for Matroska, which cannot hold times
+    before 0, enough more that no copied packet is before 0 either. An MP4's
+    AAC starts before 0 (the encoder's priming, 1024 samples, which the MP4's
+    edit list hides): Matroska's muxer moved every stream by that much by
+    itself, so the report's times, ``frames_match`` and the exit status said
+    the frames were not where the source has them."""
+    shift = start_shift(info)
+    if OUTPUT_SUFFIXES.get(out_suffix.lower()) != "matroska":
+        return shift
+    with open_input(source) as src:
+        copied = plan_streams(src, info, keep_metadata).copied
+        earliest = _earliest_packet(src, copied) if copied else None
+    if earliest is None:
+        return shift
+    before = -(earliest + shift * info.time_base)
+    return shift + max(0, math.ceil(before / info.time_base))
+
+
+def _earliest_packet(src, indices: list[int]) -> Fraction | None:
+    """The earliest time (seconds) of the first packets of streams ``indices``,
+    as Matroska's muxer sees it: read until each has given one, or up to 1 s
+    (packets are interleaved by time, so nothing before 0 comes later). An
+    audio stream that states its codec delay (Matroska's CodecDelay, which a
+    copy keeps) may start that much before 0: the muxer stores its times
+    from there."""
+    seen, earliest = set(), None
+    for p in demux_until_error(src, *(src.streams[i] for i in indices)):
+        times = [t for t in (p.pts, p.dts) if t is not None]
+        if not times:
+            continue
+        ptb = Fraction(p.time_base.numerator, p.time_base.denominator)
+        cc = p.stream.codec_context
+        if p.stream.type == "audio" and cc is not None and cc.delay and cc.sample_rate:
+            # in the stream's ticks, rounded half away from 0 as the muxer rounds it
+            times = [t + math.floor(Fraction(cc.delay, cc.sample_rate) / ptb + Fraction(1, 2))
+                     for t in times]
+        t = min(times) * ptb
+        earliest = t if earliest is None else min(earliest, t)
+        seen.add(p.stream_index)
+        if len(seen) == len(indices) or t >= 1:
+            break
+    return earliest
+
+
 def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadata=False,
-                  frame_pts: list[int] | None = None) -> Path:
+                  frame_pts: list[int] | None = None, left_out: list[dict] | None = None
+                  ) -> Path:
     """Concatenate the encoded segments' video packets (stream copy), mux the
     source's streams that :func:`plan_streams` keeps by stream copy, keep
     the display matrix, strip container metadata and chapters unless
@@ -159,11 +255,17 @@ def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadat
     segment whose frames all failed to decode has no video stream and is
     passed over.
 
+    A copied packet that the output refuses as damaged (an AAC frame whose ADTS
+    header no longer parses: MP4 and Matroska rewrite that header) is left
+    out, and described in ``left_out`` (stream, time, reason) when given; the
+    run failed on it at its very end, naming our temporary file.
+
     Packets of the two sources are merged by time as they are read, so memory
     does not grow with the video's length. Each video packet's duration is set
     to the gap to the next frame (last: to the source's end), so the output
     lasts exactly as long as the source. A source that starts before 0 is
-    moved to start at 0 (:func:`start_shift`)."""
+    moved to start at 0, and in Matroska so are copied streams that start
+    before 0 (:func:`output_shift`)."""
     out_path = Path(out_path)
     segment_paths = [Path(p) for p in segment_paths]
     if not segment_paths:
@@ -179,6 +281,10 @@ def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadat
         tmpl = video_stream(first, segment_paths[0])
         ovs = dst.add_stream_from_template(tmpl)
         ovs.time_base = tb
+        # the segments' H.264 states its time base as its rate (x264 writes
+        # 1/tb, "1k fps"), which a Matroska muxer would store as every frame's
+        # duration: tell the muxer the source's rate instead
+        ovs.codec_context.framerate = info.nominal_rate()
         info.show_as_source(ovs)
         # default, forced, ...: a player picks the video track as in the source
         ovs.disposition = src.streams[info.stream_index].disposition
@@ -190,15 +296,27 @@ def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadat
         # file was refused after all the work (README, "Known limitations")
         tags.pop("timecode", None)
         ovs.metadata.update(tags)
-        shift = start_shift(info)
+        shift = start_shift(info)  # the segments were encoded with it
+        total = output_shift(source, info, out_path.suffix, keep_metadata)
         if keep_metadata:
             dst.metadata.update(src.metadata)
-            dst.set_chapters(_shifted_chapters(src.chapters(), shift * tb))
+            dst.set_chapters(_shifted_chapters(src.chapters(), total * tb))
         count = [0]
-        video = _video_packets(segment_paths, info, ovs, count, shift)
-        others = _other_packets(src, copies, shift * tb)
-        for _, packet in heapq.merge(video, others, key=lambda x: x[0]):
-            dst.mux(packet)
+        video = _video_packets(segment_paths, info, ovs, count, shift, total - shift)
+        others = _other_packets(src, copies, total * tb)
+        sources = {o.index: i for i, o in copies.items()}
+        for t, packet in heapq.merge(video, others, key=lambda x: x[0]):
+            index = sources.get(packet.stream.index)
+            if index is None:
+                dst.mux(packet)
+                continue
+            try:
+                dst.mux(packet)
+            except (av.error.InvalidDataError, av.error.ArgumentError) as e:
+                if left_out is not None:
+                    left_out.append({"index": index, "type": src.streams[index].type,
+                                     "time_s": round(float(t), 6),
+                                     "reason": e.strerror or one_line(e)})
     if count[0] != expected:
         raise VideoError(f"joined {count[0]} frames but the source has {expected}: {out_path}")
     return out_path
@@ -224,9 +342,10 @@ def _stream_tags(tags: dict, keep: bool) -> dict:
     return {k: v for k, v in tags.items() if k.lower() in _NEUTRAL_STREAM_KEYS}
 
 
-def _video_packets(paths, info: VideoInfo, ovs, count: list[int], shift: int = 0):
+def _video_packets(paths, info: VideoInfo, ovs, count: list[int], shift: int = 0,
+                   extra: int = 0):
     """(time, packet) of every encoded segment in order, with source pts plus
-    ``shift`` (which the segments were encoded with too)."""
+    ``shift`` (which the segments were encoded with too) plus ``extra``."""
     tb = info.time_base
     prev = None
     for path in paths:
@@ -239,6 +358,7 @@ def _video_packets(paths, info: VideoInfo, ovs, count: list[int], shift: int = 0
                 pts = p.pts  # the source's pts + shift
                 if seg_tb != tb:
                     pts = snap_pts(round(p.pts * seg_tb / tb) - shift, info.frame_pts) + shift
+                pts += extra
                 if prev is not None:
                     if pts <= prev.pts:
                         raise VideoError(f"segment {path} overlaps the previous one "
@@ -251,7 +371,7 @@ def _video_packets(paths, info: VideoInfo, ovs, count: list[int], shift: int = 0
                 prev = p
                 count[0] += 1
     if prev is not None:
-        end = info.end_pts + shift if info.end_pts is not None else prev.pts + 1
+        end = info.end_pts + shift + extra if info.end_pts is not None else prev.pts + 1
         prev.duration = max(1, end - prev.pts)
         yield Fraction(prev.dts) * tb, prev
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import math
+import stat
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -131,6 +132,12 @@ class VideoInfo:
         elif self.rotation:
             stream.set_display_rotation(self.rotation)
 
+    def nominal_rate(self) -> Fraction | None:
+        """The frame rate a player is told (frames over the shown duration, as
+        a fraction of 1001ths at most: 30000/1001 stays exact); None for a
+        single frame."""
+        return Fraction(self.avg_fps).limit_denominator(1001) if self.avg_fps else None
+
 
 def start_shift(info: VideoInfo) -> int:
     """Ticks added to every timestamp written (segment encodes and the output)
@@ -162,12 +169,27 @@ def _typical_step(pts: list[int]) -> int:
     return max(1, diffs[len(diffs) // 2])
 
 
+def _special_kind(path: Path) -> str:
+    """What a path that exists but is neither a file nor a folder is."""
+    mode = path.stat().st_mode
+    for test, kind in ((stat.S_ISFIFO, "a pipe"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
 def open_input(path) -> av.container.InputContainer:
     p = Path(path)
     if not p.exists():
         raise VideoError(f"no such file: {p}")
     if p.is_dir():
         raise VideoError(f"not a video file (a directory): {p}")
+    if not p.is_file():
+        # a named pipe with no writer blocked the open for ever, deaf to SIGTERM, and
+        # a pipe with one can be read only once, where a run reads its input several times
+        raise VideoError(f"not a video file ({_special_kind(p)}): {p}; the input is read "
+                         f"several times: save the video to a file first")
     try:
         # damaged tags must not stop the pictures from being read
         return av.open(str(p), metadata_errors="replace")
@@ -232,16 +254,18 @@ def probe(path) -> VideoInfo:
         )
     damage: dict = {}
     with _ffmpeg_errors() as errors:
-        frames, keys, end, read = _scan_packets(path, info.stream_index)
+        frames, keys, end, read, duplicates = _scan_packets(path, info.stream_index)
     if any(not line.startswith(f"{info.codec}:") for line in errors):
         # the demuxer stopped on damage: the index's surplus, or at least one frame.
         # The decoder's complaints while the container was opened (a stream cut
         # before its first keyframe: "non-existing PPS") stop nothing.
         damage["unreadable"] = max(1, promised - read)
     if info.format_name in _DECODE_PROBE_FORMATS or frames is None:
-        frames, keys, end, rejected = _scan_decoded(path, info.stream_index)
+        frames, keys, end, rejected, duplicates = _scan_decoded(path, info.stream_index)
         if rejected:
             damage["rejected"] = rejected
+    if duplicates:
+        damage["duplicates"] = duplicates
     if errors:
         damage["messages"] = errors[:5]
     if not frames:
@@ -343,8 +367,9 @@ def demux_until_error(container, *streams, on_error: Callable[[Exception], None]
 
 def _scan_packets(path, index):
     """Frame and keyframe pts from demuxing only (None when packets lack pts),
-    and how many packets could be read. A demuxer error ends the scan (the
-    rest of the file cannot be read)."""
+    how many packets could be read, and how many frames repeat the time of
+    another (:func:`_unique`). A demuxer error ends the scan (the rest of the
+    file cannot be read)."""
     pts, keys, end, read = [], [], None, 0
     missing_pts = False
     # decode-order durations (MP4's): with frames reordered, the packet with the
@@ -372,16 +397,24 @@ def _scan_packets(path, index):
             reordered = reordered or (latest is not None and p.pts < latest)
             latest = p.pts if latest is None else max(latest, p.pts)
     if missing_pts:
-        return None, None, None, read
-    pts.sort()
-    if len(set(pts)) != len(pts):
-        return None, None, None, read
+        return None, None, None, read, 0
+    pts, duplicates = _unique(pts)
     keys = sorted(set(keys) & set(pts))
     if reordered and all_timed and pts and pts[-1] < pts[0] + total < end:
         end = pts[0] + total
     if pts and (end is None or end <= pts[-1]):
         end = pts[-1] + _typical_step(pts)
-    return pts, keys, end, read
+    return pts, keys, end, read, duplicates
+
+
+def _unique(pts: list[int]) -> tuple[list[int], int]:
+    """The distinct times, sorted, and how many frames repeat one. Two frames
+    at one time (a damaged timing table) cannot both be shown: a player shows
+    one picture at a time, and frames are told apart by their times
+    throughout, so the first decoded at that time is kept and the other is
+    damage (the whole video was refused: "duplicate frame timestamps")."""
+    distinct = sorted(set(pts))
+    return distinct, len(pts) - len(distinct)
 
 
 def _scan_decoded(path, index):
@@ -406,15 +439,13 @@ def _scan_decoded(path, index):
                         f"frames without timestamps in {path} ({c.format.name} stream with no "
                         f"container)")
                 labels.append(f.pts)
-    pts = sorted(labels)
+    pts, duplicates = _unique(labels)
     if not pts:
-        return pts, [], None, rejected
-    if len(set(pts)) != len(pts):
-        raise VideoError(f"duplicate frame timestamps in {path}")
+        return pts, [], None, rejected, 0
     keys = sorted(set(key_labels) & set(pts))
     if not keys or keys[0] != pts[0]:
         keys = sorted(set(keys) | {pts[0]})
-    return pts, keys, pts[-1] + _typical_step(pts), rejected
+    return pts, keys, pts[-1] + _typical_step(pts), rejected, duplicates
 
 
 def snap_pts(pts: int, known: list[int]) -> int:

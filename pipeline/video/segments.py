@@ -131,8 +131,8 @@ def split_segment(source, info: VideoInfo, segment: Segment, out_path) -> Path:
             _write_copy(_packets(source, info, segment), fmt, info, out_path, dict(tag))
             if _first_pictures_agree(out_path, source, info, segment):
                 return out_path
-        except av.FFmpegError:
-            pass  # a muxer refused a packet
+        except (av.FFmpegError, _Uncopyable):
+            pass  # a muxer refused a packet, or would have aborted the process
         out_path.unlink(missing_ok=True)
     _write_decoded(_packets(source, info, segment), info, out_path, dict(tag), source)
     return out_path
@@ -198,8 +198,17 @@ def _with_dts(packets: Iterator[av.Packet]) -> Iterator[av.Packet]:
     yield from packets
 
 
+class _Uncopyable(Exception):
+    """A packet the segment's muxer must not be given: the segment is decoded instead."""
+
+
 def _write_copy(packets: Iterator[av.Packet], fmt: str, info: VideoInfo, out_path: Path,
                 tag: dict) -> None:
+    """The stream copy. NUT's index needs keyframes in increasing time, and
+    FFmpeg checks it with an assertion when the file is closed, which aborts
+    the process (no exception, the work folder left behind): damaged
+    timestamps (an MP4 whose timing table was overwritten) put a keyframe
+    before an earlier one, so such a copy is given up before that packet."""
     first = next(packets)
     with _open_segment(out_path, fmt) as dst:
         # the stream template is read before the dts look-ahead, which may read a
@@ -214,11 +223,16 @@ def _write_copy(packets: Iterator[av.Packet], fmt: str, info: VideoInfo, out_pat
         offset = max(0, -start)  # dts only grow in decode order, and pts >= dts
         tag.update(pts_offset=offset, container=fmt)
         set_segment_tag(dst, tag)
+        last_key = -1  # NUT's index: each keyframe's time above the last one's, from -1
         for p in itertools.chain([first], packets):
             if offset:
                 p.pts += offset
                 if p.dts is not None:
                     p.dts += offset
+            if fmt == "nut" and p.is_keyframe:
+                if p.pts <= last_key:
+                    raise _Uncopyable(f"keyframe at pts {p.pts} after one at {last_key}")
+                last_key = p.pts
             p.stream = ovs
             dst.mux(p)
 
