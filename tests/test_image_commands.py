@@ -444,7 +444,8 @@ def test_linked_folders_are_searched_once_and_a_broken_link_is_reported(
 def test_an_image_opencv_cannot_read_gets_one_warning_line_and_no_opencv_lines(tmp_path):
     """A float TIFF (a scientific or HDR export) is left out with the command's
     one warning line; OpenCV's own two '[ WARN:0@...] global grfmt_tiff.cpp'
-    lines came with it."""
+    lines came with it, and a picture an encoder refuses (a 30x20 .jp2) came
+    with three '[ERROR:...]' lines of OpenCV's."""
     import os
     import subprocess
     import sys
@@ -453,6 +454,8 @@ def test_an_image_opencv_cannot_read_gets_one_warning_line_and_no_opencv_lines(t
     (tmp_path / "in").mkdir()
     cv2.imwrite(str(tmp_path / "in" / "ok.png"), np.zeros((8, 8, 3), np.uint8))
     assert cv2.imwrite(str(tmp_path / "in" / "float.tif"), np.zeros((8, 8, 3), np.float32))
+    (tmp_path / "in" / "small.jp2").write_bytes(
+        cv2.imencode(".png", np.zeros((20, 30, 3), np.uint8))[1].tobytes())
     env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
     proc = subprocess.run([sys.executable, "-m", "anonymize", "images", "--img-dir",
                            str(tmp_path / "in"), "--out-dir", str(tmp_path / "out"), "--quiet",
@@ -460,8 +463,9 @@ def test_an_image_opencv_cannot_read_gets_one_warning_line_and_no_opencv_lines(t
                           env=env, cwd=Path(__file__).resolve().parent.parent)
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("anonymize: warning:"), lines
-    assert "float.tif" in lines[0] and (tmp_path / "out" / "ok.png").is_file()
+    assert len(lines) == 2 and all(x.startswith("anonymize: warning:") for x in lines), lines
+    assert "float.tif" in lines[0] and "small.jp2" in lines[1]
+    assert (tmp_path / "out" / "ok.png").is_file()
 
 
 def test_an_image_its_encoder_refuses_is_left_out_with_the_real_reason(tmp_path, capsys):
