@@ -146,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
 
     limit_heap_growth()  # before the first frame buffer: flat memory on long videos
     _one_line_warnings()
+    # before OpenCV loads: its own log lines ('[ WARN:0@1.7] global grfmt_tiff.cpp:811
+    # readData OpenCV TIFF: ... can not handle images with 32-bit samples', three
+    # '[ERROR:...]' lines when an encoder refuses a picture) stood beside the one line
+    # that names the file left out; every such failure is reported in that line
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "FATAL")
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=command if command in COMMANDS else None)

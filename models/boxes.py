@@ -38,7 +38,8 @@ def letterbox_params(height: int, width: int, size: int, stride: int = 32,
     centred on it.
     """
     scale = min(size / height, size / width)
-    new_w, new_h = int(round(width * scale)), int(round(height * scale))
+    # at least one pixel: a strip (3x50000) would shrink to no row at all
+    new_w, new_h = max(1, int(round(width * scale))), max(1, int(round(height * scale)))
     if pad_to_square:
         canvas_w = canvas_h = size
     else:

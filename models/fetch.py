@@ -10,18 +10,25 @@ detector's fast-inference graph (models/runtime.py) is exported beside it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import secrets
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import WeightsError, one_line
 from .registry import REGISTRY, ModelSpec, checkpoint_path
+
+#: beside each fetched ``model.pt``: where it came from, and its sha256
+SOURCE_RECORD = "source.json"
 
 # torch is imported where it is used: the loader's checks of model settings
 # (which import this module) run in `anonymize submit` too, before any model
@@ -123,16 +130,56 @@ def convert_files(spec: ModelSpec, files: dict[str, Path]) -> Path:
     except Exception as exc:  # a converter meeting unexpected bytes
         raise WeightsError(f"{spec.name}: conversion failed: {exc}") from exc
     target = checkpoint_path(spec.name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    torch.save(checkpoint, tmp)
-    tmp.replace(target)
-    (target.parent / "source.json").write_text(json.dumps({
-        "name": spec.name, "source": spec.source.describe(),
-        "members": {k: {"path": m, "sha256": d} for k, (m, d) in spec.source.members.items()},
-        "licence": spec.licence, "checkpoint_sha256": sha256_file(target),
-    }, indent=2))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _replacing(target) as tmp:  # two fetches of one model may run at once
+            torch.save(checkpoint, tmp)
+        record = json.dumps({
+            "name": spec.name, "source": spec.source.describe(),
+            "members": {k: {"path": m, "sha256": d} for k, (m, d) in spec.source.members.items()},
+            "licence": spec.licence, "checkpoint_sha256": sha256_file(target),
+        }, indent=2)
+        with _replacing(target.parent / SOURCE_RECORD) as tmp:
+            tmp.write_text(record, encoding="utf-8")
+    except OSError as exc:  # a models folder that is a file, full or read-only
+        raise WeightsError(f"{spec.name}: cannot write its checkpoint to {target.parent}: "
+                           f"{exc.strerror or exc}") from None
     return target
+
+
+@contextlib.contextmanager
+def _replacing(target: Path) -> Iterator[Path]:
+    """A temporary name of this process's own beside ``target``, renamed over it
+    when written (removed on failure): a reader, or a second fetch of the same
+    model writing at the same time, never sees half a file, and neither fetch
+    renames the other's unfinished file."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why a fetched checkpoint is not the one `anonymize models fetch` wrote:
+    its sha256 differs from the one recorded beside it in ``source.json`` (a
+    file cut short by a full disk or an interrupted copy, bytes changed on a
+    bad disk; a changed weight still loads and detects, wrongly). None when it
+    matches, or when no record says what it should be."""
+    try:
+        record = json.loads((Path(checkpoint).parent / SOURCE_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    recorded = record.get("checkpoint_sha256") if isinstance(record, dict) else None
+    if not isinstance(recorded, str) or not Path(checkpoint).is_file():
+        return None
+    actual = sha256_file(Path(checkpoint))
+    if actual == recorded:
+        return None
+    return (f"{checkpoint} is not the checkpoint that was fetched (sha256 {actual[:16]}..., "
+            f"{SOURCE_RECORD} records {recorded[:16]}...): it was changed or cut short")
 
 
 def spec_of(name: str) -> ModelSpec:
@@ -155,13 +202,14 @@ def fetch(name: str, force: bool = False) -> Path:
     """Make sure ``name``'s converted checkpoint exists; return its path.
 
     Only `anonymize models fetch` (and test set-up) calls this: loading a
-    model never fetches (models/loader.py). A record whose weights are the
+    model never fetches (models/loader.py). A cached checkpoint that is not
+    the one fetched (:func:`checkpoint_problem`) is fetched again. A record whose weights are the
     user's own file has nothing to fetch: a WeightsError says so.
     """
     spec = _fetchable(name)
     target = checkpoint_path(name)
-    if target.exists() and not force:
-        return target
+    if target.exists() and not force and checkpoint_problem(target) is None:
+        return target  # a damaged one is fetched again
     with tempfile.TemporaryDirectory(prefix=f"anonymize-{name}-") as tmp:
         target = convert_files(spec, fetch_sources(name, Path(tmp)))
     export_graphs(spec, target)

@@ -16,6 +16,7 @@ runners never touch.
 from __future__ import annotations
 
 import ast
+import atexit
 import contextlib
 import copy
 import fcntl
@@ -25,6 +26,8 @@ import inspect
 import json
 import logging
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -115,6 +118,8 @@ def _stale(path: Path, expected: dict) -> str | None:
         record = json.loads(meta.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return f"unreadable {meta.name}"
+    if not isinstance(record, dict):  # JSON, but not a record (null, a list)
+        return f"unreadable {meta.name}"
     for key, value in expected.items():
         if record.get(key) != value:
             return f"{key.replace('_', ' ')} changed"
@@ -144,21 +149,50 @@ def ensure_graph(module: torch.nn.Module, spec: GraphSpec, checkpoint: str | Pat
     expected = _expected_record(module, spec, checkpoint_sha)
     if _stale(path, expected) is None:
         return path
-    folder.mkdir(parents=True, exist_ok=True)
-    with _locked(folder / f"{spec.name}.lock"):
-        reason = _stale(path, expected)  # another process may have exported meanwhile
-        if reason is None:
-            return path
-        (log.info if quiet else log.warning)(
-            "exporting the %s graph to %s (%s); local computation, once", spec.name, path, reason)
-        tmp = path.with_suffix(".tmp.onnx")
-        export_onnx(module, spec, tmp)
-        record = {**expected, "onnx_sha256": sha256_file(tmp), "torch": torch.__version__}
-        tmp.replace(path)
-        meta_tmp = path.with_suffix(".json.tmp")
-        meta_tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
-        meta_tmp.replace(path.with_suffix(".json"))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with _locked(folder / f"{spec.name}.lock"):
+            return _export(module, spec, path, expected, quiet)
+    except OSError as exc:
+        # a read-only models volume (a graph for a model file, or a stale one): the
+        # graph is exported for this process only, into a folder of its own
+        private = _private_folder() / checkpoint_sha[:16] / path.name
+        if _stale(private, expected) is not None:
+            log.warning("cannot write the %s graph to %s (%s); exporting it for this "
+                        "process only, at every start", spec.name, folder,
+                        exc.strerror or exc)
+            private.parent.mkdir(parents=True, exist_ok=True)
+        return _export(module, spec, private, expected, quiet=True)
+
+
+def _export(module: torch.nn.Module, spec: GraphSpec, path: Path, expected: dict,
+            quiet: bool) -> Path:
+    """Export ``module`` to ``path`` with its record beside it, unless a fresh one
+    is there (another process may have exported meanwhile)."""
+    reason = _stale(path, expected)
+    if reason is None:
+        return path
+    (log.info if quiet else log.warning)(
+        "exporting the %s graph to %s (%s); local computation, once", spec.name, path, reason)
+    tmp = path.with_suffix(".tmp.onnx")
+    export_onnx(module, spec, tmp)
+    record = {**expected, "onnx_sha256": sha256_file(tmp), "torch": torch.__version__}
+    tmp.replace(path)
+    meta_tmp = path.with_suffix(".json.tmp")
+    meta_tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    meta_tmp.replace(path.with_suffix(".json"))
     return path
+
+
+_PRIVATE: list[Path] = []
+
+
+def _private_folder() -> Path:
+    """This process's own folder for graphs the cache cannot take, removed at exit."""
+    if not _PRIVATE or not _PRIVATE[0].is_dir():
+        _PRIVATE[:] = [Path(tempfile.mkdtemp(prefix="anonymize-graphs-"))]
+        atexit.register(shutil.rmtree, _PRIVATE[0], ignore_errors=True)
+    return _PRIVATE[0]
 
 
 def export_onnx(module: torch.nn.Module, spec: GraphSpec, path: Path) -> None:

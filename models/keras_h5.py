@@ -32,7 +32,7 @@ import torch
 
 from .errors import one_line
 from .fetch import WeightsError
-from .yolov3_names import resolve_names
+from .yolov3_names import detection_config, resolve_names
 from .yolov3_net import COCO_ANCHORS, YoloV3, make_checkpoint, make_config
 
 #: Keras' BatchNormalization default epsilon
@@ -214,7 +214,7 @@ def _anchors_from(names: str | list[str] | None, anchors) -> list[list[int]] | N
         flat = [float(v) for v in (anchors.replace(" ", "").split(",")
                                     if isinstance(anchors, str) else np.ravel(anchors))]
     elif isinstance(names, str) and names.lower().endswith(".json") and Path(names).is_file():
-        raw = json.loads(Path(names).read_text(encoding="utf-8")).get("anchors")
+        raw = detection_config(Path(names)).get("anchors")
         if raw is None:
             return None
         groups = [list(map(float, g)) for g in raw]
@@ -224,6 +224,9 @@ def _anchors_from(names: str | list[str] | None, anchors) -> list[list[int]] | N
         return None
     if len(flat) != 18:
         raise WeightsError(f"expected 9 anchors (18 numbers), got {len(flat)} numbers")
+    if not all(np.isfinite(v) and round(v) >= 1 for v in flat):  # widths and heights in pixels
+        raise WeightsError(f"anchors are box widths and heights in pixels, each 1 or more; "
+                           f"got {', '.join(f'{v:g}' for v in flat)}")
     return [[int(round(flat[i])), int(round(flat[i + 1]))] for i in range(0, 18, 2)]
 
 

@@ -35,7 +35,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import one_line
-from .fetch import WeightsError
+from .fetch import WeightsError, checkpoint_problem
 from .file_formats import FORMATS
 from .model_labels import wrong_task
 from .model_ref import TASK_LABELS, ModelError, ModelRef
@@ -63,6 +63,11 @@ def build(ref: ModelRef, device=None, half: bool = True, **hints):
 
         return UnionDetector([build(p, device=device, half=half, **hints) for p in ref.parts])
     spec = REGISTRY[ref.record]
+    if not ref.is_file:  # a fetched checkpoint that changed would load and detect wrongly
+        problem = checkpoint_problem(ref.path)
+        if problem:
+            raise ModelError(f"model {ref.record}: {problem}; run `anonymize models fetch "
+                             f"{ref.record} --force`")
     builder = spec.load_function("builder")
     opts = {k: v for k, v in hints.items() if spec.builder in _HINTS.get(k, ())}
     if ref.format == "mmdet":

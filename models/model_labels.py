@@ -9,10 +9,10 @@ Separate from resolving because each format tells its classes its own way
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .detections import FACE, LABELS, PLATE, VEHICLE_IDS, label_id
+from .errors import WeightsError
 from .model_ref import FLAG, TASK_LABELS, TASKS, ModelError
 from .registry import ModelSpec
 
@@ -41,13 +41,14 @@ def _yolov8_labels(names: list[str]) -> frozenset[int]:
 
 
 def _read_names(path: Path) -> list[str]:
-    text = path.read_text(encoding="utf-8", errors="replace")
     if path.suffix.lower() == ".json":
+        from .yolov3_names import detection_config
+
         try:
-            return [str(n) for n in json.loads(text)["labels"]]
-        except (ValueError, KeyError, TypeError):
-            raise ModelError(f"{path.name}: expected an ImageAI detection_config.json with "
-                             f"'labels'") from None
+            return detection_config(path)["labels"]
+        except WeightsError as exc:
+            raise ModelError(str(exc)) from None
+    text = path.read_text(encoding="utf-8", errors="replace")
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .detections import label_id
+from .errors import WeightsError, one_line
 
 COCO_NAMES: list[str] = [
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
@@ -56,16 +57,44 @@ def resolve_names(spec: str | Sequence[str] | None, num_classes: int) -> list[st
         path = Path(spec)
         if not path.is_file():
             raise FileNotFoundError(f"names file not found: {spec}")
-        text = path.read_text(encoding="utf-8")
         if path.suffix.lower() == ".json":
-            names = list(json.loads(text)["labels"])
+            names = detection_config(path)["labels"]
         else:
+            text = path.read_text(encoding="utf-8")
             names = [line.strip() for line in text.splitlines() if line.strip()]
     else:
         names = list(spec)
     if len(names) != num_classes:
         raise ValueError(f"{len(names)} class names given but the model has {num_classes} classes")
     return [str(n) for n in names]
+
+
+def detection_config(path: Path) -> dict:
+    """An ImageAI ``detection_config.json``, checked: an object whose ``labels``
+    is a list of class names and whose ``anchors``, when present, is a list of
+    numbers or of lists of numbers. Anything else is a one-line WeightsError
+    naming this file (not the weights it goes with)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise WeightsError(f"{path}: not a readable detection_config.json ({one_line(exc)})"
+                           ) from None
+    labels = data.get("labels") if isinstance(data, dict) else None
+    if not (isinstance(labels, list) and labels and all(isinstance(n, str) for n in labels)):
+        raise WeightsError(f"{path}: expected an ImageAI detection_config.json, an object "
+                           f"whose 'labels' lists the class names")
+    anchors = data.get("anchors")
+
+    def numbers(values) -> bool:
+        return isinstance(values, list) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+    if anchors is not None and not (numbers(anchors) or (isinstance(anchors, list) and anchors
+                                                         and all(map(numbers, anchors)))):
+        raise WeightsError(f"{path}: 'anchors' must be a list of numbers (or of lists of "
+                           f"numbers), got {anchors!r}")
+    return data
 
 
 def canonical_label(name: str) -> int | None:

@@ -58,6 +58,9 @@ def make_config(**overrides) -> dict:
         raise ValueError("YOLOv3 needs 5 backbone stages (blocks must have 5 entries)")
     if sorted(i for m in config["masks"] for i in m) != list(range(len(config["anchors"]))):
         raise ValueError("YOLOv3 masks must use every anchor exactly once")
+    if not all(isinstance(v, int) and v >= 1 for a in config["anchors"] for v in a):
+        raise ValueError(f"YOLOv3 anchors are widths and heights in pixels, each 1 or more; "
+                         f"got {config['anchors']}")
     return config
 
 

@@ -100,12 +100,44 @@ def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
                if path.is_symlink() and not path.exists() else exc.strerror or str(exc))
         raise ValueError(f"cannot read image: {path} ({why})") from None
     flags = cv2.IMREAD_COLOR if upright else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
-    bgr = cv2.imdecode(data, flags) if data.size else None
+    cut = png_cut_short(data)
+    try:
+        bgr = cv2.imdecode(data, flags) if data.size and not cut else None
+    except cv2.error as exc:  # raised, not None: over OpenCV's pixel limit, ...
+        raise ValueError(f"cannot decode image: {path} ({_opencv_reason(exc)})") from None
     if bgr is None:
-        hint = (f" ({path.suffix} files are not read here: convert it to JPEG or PNG)"
+        hint = (" (a PNG cut short: its last chunks are missing)" if cut else
+                f" ({path.suffix} files are not read here: convert it to JPEG or PNG)"
                 if path.suffix.lower() in UNREADABLE_SUFFIXES else "")
         raise ValueError(f"cannot decode image: {path}{hint}")
     return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def _opencv_reason(exc: Exception) -> str:
+    """Why OpenCV refused to decode, in words: its size limit (a gigapixel
+    panorama, or a megabyte PNG that claims 40000x30000 pixels of nothing)
+    raised an assertion that stopped the whole folder with a traceback."""
+    if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
+        return "more pixels than OpenCV decodes, 2^30 unless OPENCV_IO_MAX_IMAGE_PIXELS says more"
+    from models.errors import one_line
+
+    return one_line(exc)
+
+
+def png_cut_short(data: np.ndarray) -> bool:
+    """Whether ``data`` is a PNG that ends before its IEND chunk (a copy or
+    download cut short). OpenCV cannot decode one, and libpng then prints a
+    line of its own on stderr ('libpng error: PNG input buffer is incomplete'),
+    beside the one warning that names the file; so it is not handed over."""
+    raw = memoryview(data).cast("B")
+    if bytes(raw[:8]) != b"\x89PNG\r\n\x1a\n":
+        return False
+    pos = 8
+    while pos + 8 <= len(raw):  # chunks: length, type, data, CRC
+        if bytes(raw[pos + 4:pos + 8]) == b"IEND":
+            return False
+        pos += 12 + int.from_bytes(raw[pos:pos + 4], "big")
+    return True
 
 
 def read_or_skip(path: Path, skipped: list | None, entry=None,
@@ -138,7 +170,8 @@ def load_annotations(dataset_dir: str | Path) -> list[ImageRecord]:
     if not anno.is_file():
         raise FileNotFoundError(f"no annotations.json in dataset directory {root}")
     try:
-        data = json.loads(anno.read_text(encoding="utf-8"))
+        # utf-8-sig: UTF-8, also with the byte-order mark Windows tools write first
+        data = json.loads(anno.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{anno} is not valid JSON: {exc}") from exc
     except UnicodeDecodeError as exc:
@@ -147,6 +180,13 @@ def load_annotations(dataset_dir: str | Path) -> list[ImageRecord]:
     if not isinstance(images, list):
         raise ValueError(f"{anno} has no 'images' list")
     records = [_record(root, f"{anno}: images[{i}]", entry) for i, entry in enumerate(images)]
+    first: dict[str, int] = {}
+    for i, r in enumerate(records):  # listed twice: its boxes and detections would count twice
+        j = first.setdefault(os.path.normpath(r.path), i)
+        if j != i:
+            raise ValueError(f"{anno}: images[{i}] ({r.name}) is the image images[{j}] "
+                             f"({records[j].name}) lists already; list each image once, with "
+                             "all its boxes")
     missing = [r for r in records if not r.path.is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} of the {len(records)} images listed in {anno} "
@@ -235,6 +275,7 @@ def load_yolo_dir(anno_dir: str | Path, img_dir: str | Path,
                     and (p.is_file() or (p.is_symlink() and not p.exists())))
     if not images:
         raise FileNotFoundError(f"no images in {img_dir}")
+    _one_image_per_txt(images, anno_dir)
     records = []
     seen: set[int] = set()
     for img in images:
@@ -258,7 +299,8 @@ def parse_yolo_txt(text: str, class_labels: dict[int, str],
     """``class cx cy w h`` rows (extra columns ignored) -> normalised boxes (cx, cy, w, h);
     every row's class id goes into ``seen`` when given."""
     boxes = []
-    for line_no, line in enumerate(text.splitlines(), 1):
+    # a byte-order mark (Notepad, PowerShell 5) made row 1 unreadable; other rows: _normalised
+    for line_no, line in enumerate(text.removeprefix("\ufeff").splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
@@ -273,7 +315,43 @@ def parse_yolo_txt(text: str, class_labels: dict[int, str],
             seen.add(cls)
         if cls in class_labels:
             boxes.append(GTBox(class_labels[cls], values[1:5]))
+    _normalised(text, class_labels)
     return boxes
+
+
+#: how far outside 0..1 a normalised YOLO number may be (rounding in exports)
+YOLO_SLACK = 0.01
+
+
+def _normalised(text: str, class_labels: dict[int, str]) -> None:
+    """Refuse a row of a mapped class whose numbers are not normalised (a value
+    above 1, as pixel coordinates are, or below 0, or no width or height), naming
+    the row, as Ultralytics refuses such label files: clipped to the image, its
+    box was dropped or cut to a sliver in silence. A box reaching past the
+    image's edge (cx 0.98, w 0.1) is clipped, as before. Rows are read as
+    :func:`parse_yolo_txt` read them."""
+    for line_no, line in enumerate(text.removeprefix("\ufeff").splitlines(), 1):
+        values = [float(v) for v in line.split()[:5]]
+        if not values or int(values[0]) not in class_labels:
+            continue
+        cx, cy, w, h = values[1:5]
+        if not (w > 0 and h > 0
+                and all(-YOLO_SLACK <= v <= 1 + YOLO_SLACK for v in (cx, cy, w, h))):
+            raise ValueError(f"YOLO row {line_no} is not a box normalised to 0..1 "
+                             f"('class cx cy w h', w and h above 0; pixel coordinates "
+                             f"must be divided by the image size): {line!r}")
+
+
+def _one_image_per_txt(images: list[Path], anno_dir: Path) -> None:
+    """Refuse two images sharing a stem when that stem has a .txt (x.jpg and x.png
+    both took x.txt's boxes, right for one of them at most)."""
+    by_stem: dict[str, Path] = {}
+    for img in images:
+        other = by_stem.setdefault(img.stem, img)
+        if other is not img and (anno_dir / f"{img.stem}.txt").is_file():
+            raise ValueError(f"{other.name} and {img.name} in {img.parent} share the "
+                             f"annotation file {anno_dir / (img.stem + '.txt')}: give each "
+                             f"image its own stem")
 
 
 def iter_samples(records: Iterable[ImageRecord],

@@ -47,6 +47,7 @@ from models.boxes import box_iou_np
 from models.detections import FACE, LABELS, PLATE, VEHICLE_IDS, Detections, label_id
 from pipeline.blur import region_mask
 from pipeline.datasets import GTBox, ImageRecord, iter_samples
+from pipeline.video.output import write_atomic
 
 IOU_THRESH = 0.5
 COVERAGE_THRESH = 0.9
@@ -354,8 +355,9 @@ def evaluate_dataset(records: Sequence[ImageRecord],
         bar.close()
     total_s = time.perf_counter() - start
 
-    with open(pickle_path(out_dir, mode), "wb") as f:
-        pickle.dump(mdicts, f)
+    # each output whole or not at all (write_atomic): an interrupted run leaves
+    # the previous run's files, never half of one
+    write_atomic(pickle_path(out_dir, mode), pickle.dumps(mdicts, protocol=4))
     metrics = {
         "mode": mode,
         "images": len(mdicts),
@@ -374,7 +376,7 @@ def evaluate_dataset(records: Sequence[ImageRecord],
                    "detect_s": round(detect_s, 3),
                    "detect_ms_per_image": round(1000 * detect_s / max(len(mdicts), 1), 2)},
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_atomic(out_dir / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
     return metrics
 
 
@@ -403,7 +405,7 @@ def _write_drawn(target: Path, image_rgb: np.ndarray) -> None:
     ok, data = cv2.imencode(".jpg", np.ascontiguousarray(image_rgb[:, :, ::-1]))
     if not ok:
         raise OSError(f"cannot write {target}")
-    target.write_bytes(data.tobytes())
+    write_atomic(target, data.tobytes())
 
 
 def format_table(metrics: dict) -> str:

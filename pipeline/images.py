@@ -26,11 +26,14 @@ from .blur import anonymize_frame
 from .datasets import IMAGE_SUFFIXES, UNREADABLE_SUFFIXES, read_or_skip
 from .records import face_pickle
 from .settings import Settings
-from .video.output import atomic_output
+from .video.output import atomic_output, write_atomic
 
 #: records an `images` or `faces` run writes last into its output folder: an
 #: output folder inside the image folder that holds one is an earlier run's
 RUN_RECORDS = ("detections.pkl", "faces.pkl")
+#: written first into an output folder inside the image folder, before any image: a
+#: run stopped before its records (Ctrl-C, a crash) leaves it, and may be run again
+RUN_MARKER = ".anonymize-output"
 
 
 def natural_key(rel: Path) -> tuple:
@@ -100,7 +103,8 @@ def check_out_dir(folder: Path, out_dir: Path) -> Path | None:
     files but no records of an earlier run (:data:`RUN_RECORDS`): its own
     images would be left out of the run and could be overwritten by its
     outputs. Accepted inside: a folder that does not exist yet, an empty
-    one, or an earlier run's output (run again into it, it is refreshed)."""
+    one, or an earlier run's output (run again into it, it is refreshed),
+    also one stopped before its records (:data:`RUN_MARKER`)."""
     out, root = Path(out_dir).resolve(), Path(folder).resolve()
     if out == root:
         raise ValueError(f"the output folder {out_dir} is the image folder: the originals "
@@ -111,7 +115,7 @@ def check_out_dir(folder: Path, out_dir: Path) -> Path | None:
     if not out.is_relative_to(root):
         return None
     if out.is_dir() and any(out.iterdir()) and not any((out / n).is_file()
-                                                       for n in RUN_RECORDS):
+                                                       for n in (*RUN_RECORDS, RUN_MARKER)):
         raise ValueError(f"the output folder {out_dir} lies inside the image folder and "
                          f"already holds files, but no {' or '.join(RUN_RECORDS)} of an "
                          "earlier run: its images would be left out and could be "
@@ -142,16 +146,23 @@ def write_rgb(path: Path, rgb: np.ndarray, like: Path | None = None) -> None:
     if profile is not None and profile[16:20] != (b"GRAY" if out.ndim == 2 else b"RGB "):
         profile = None
     suffix = path.suffix.lower()
-    data = _encode(_ENCODE_AS.get(suffix, suffix), out, profile)
+    as_suffix = _ENCODE_AS.get(suffix, suffix)
+    data = _encode(as_suffix, out, profile)
     if data is None:
-        raise ValueError(f"could not write image: {path} (no {suffix} encoder here)")
+        # an encoder that is there can still refuse a picture: OpenJPEG one under
+        # 32 px a side, netpbm's .pgm a colour one (a .pgm holding a PNG)
+        why = (f"OpenCV cannot encode this {out.shape[1]}x{out.shape[0]} "
+               f"{'grey' if out.ndim == 2 else f'{out.shape[2]}-channel'} picture as {suffix}"
+               if cv2.haveImageWriter("x" + as_suffix) else f"no {suffix} encoder here")
+        raise ValueError(f"could not write image: {path} ({why})")
     with atomic_output(path) as partial:  # a reader never sees half an image
         partial.write_bytes(data.tobytes())
 
 
 def _encode(ext: str, image: np.ndarray, profile: bytes | None) -> np.ndarray | None:
     """``image`` encoded as ``ext``, with the colour profile where the format
-    takes it (else without); None when OpenCV has no such encoder."""
+    takes it (else without); None when OpenCV has no such encoder, or its
+    encoder refuses this picture."""
     if profile is not None and ext in _PROFILE_FORMATS:
         try:
             ok, data = cv2.imencodeWithMetadata(ext, image, [cv2.IMAGE_METADATA_ICCP],
@@ -278,6 +289,9 @@ def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
     written (the file system's error named)."""
     img_dir, out_dir = Path(img_dir), Path(out_dir)
     paths = list_images(img_dir, out_dir)
+    if check_out_dir(img_dir, out_dir) is not None:  # inside: ours before its first image
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / RUN_MARKER).touch()
     found: dict[str, Detections] = {}
     left_out = skipped if skipped is not None else []
     counted = len(left_out)
@@ -313,12 +327,10 @@ def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
 
 def write_image_detections(out_dir: Path, found: dict[str, Detections]) -> Path:
     """``detections.pkl``: list of {filename, det} with det in the ImageAI format."""
-    path = Path(out_dir) / "detections.pkl"
-    path.parent.mkdir(parents=True, exist_ok=True)  # every image may have been left out
     rows = [{"filename": name, "det": d.to_imageai()} for name, d in found.items()]
-    with open(path, "wb") as f:
-        pickle.dump(rows, f, protocol=4)
-    return path
+    # whole or not at all, like the images (the folder is made: every image may
+    # have been left out)
+    return write_atomic(Path(out_dir) / "detections.pkl", pickle.dumps(rows, protocol=4))
 
 
 def write_face_pickle(save_dir: Path, found: dict[str, Detections], frames_dir: Path,
@@ -330,8 +342,5 @@ def write_face_pickle(save_dir: Path, found: dict[str, Detections], frames_dir: 
     position = {name: i for i, name in enumerate(listing if listing is not None else found)}
     frames = {position[name]: d.with_class(FACE) for name, d in found.items()}
     names = {position[name]: str(Path(frames_dir) / name) for name in found}
-    path = Path(save_dir) / "faces.pkl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        pickle.dump(face_pickle(frames, names), f, protocol=4)
-    return path
+    return write_atomic(Path(save_dir) / "faces.pkl",
+                        pickle.dumps(face_pickle(frames, names), protocol=4))

@@ -374,7 +374,9 @@ def read_config(path: Path) -> dict[str, Any]:
         raise SettingsError(f"config file {path} is a folder, not a file" if path.is_dir()
                             else f"config file not found: {path}")
     try:
-        text = path.read_text(encoding="utf-8")  # a Latin-1 file: name it, not only the byte
+        # a Latin-1 file: name it, not only the byte; utf-8-sig: also with the byte-order
+        # mark Windows editors write first, which JSON refused ('Unexpected UTF-8 BOM')
+        text = path.read_text(encoding="utf-8-sig")
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
 

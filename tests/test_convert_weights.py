@@ -390,3 +390,58 @@ def test_build_refuses_other_checkpoints(tmp_path):
     torch.save({"arch": "yolov8", "state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(WeightsError, match="not a YOLOv3 checkpoint"):
         build(tmp_path / "other.pt")
+
+
+def test_cli_output_that_is_a_folder_or_below_a_file_is_one_line_and_leaves_nothing(
+        files, tmp_path, capsys):
+    """-o naming a folder failed at the end with '[Errno 21] ... out.tmp -> out'
+    and left out.tmp beside it; -o below a file was a FileExistsError traceback.
+    Both are refused before converting; a conversion leaves no temporary file."""
+    from anonymize.cli import main
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "afile").write_text("x")
+    for target in (tmp_path / "out", tmp_path / "afile" / "x.pt"):
+        rc = main(["convert-weights", "--weights", str(files["weights"]), "--cfg",
+                   str(files["cfg"]), "--names", str(files["names"]), "-o", str(target)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and err[0].startswith("anonymize: error:"), err
+        assert str(target if target.is_dir() else target.parent) in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "out"]
+    assert not any((tmp_path / "out").iterdir())
+    rc = main(["convert-weights", "--weights", str(files["weights"]), "--cfg", str(files["cfg"]),
+               "--names", str(files["names"]), "-o", str(tmp_path / "new" / "m.pt")])
+    assert rc == 0 and [p.name for p in (tmp_path / "new").iterdir()] == ["m.pt"]
+    assert build(tmp_path / "new" / "m.pt").input_size == SIZE
+
+
+@pytest.mark.parametrize("bad", ["-5", "0", "nan"])
+def test_anchors_that_are_not_pixel_sizes_are_refused(files, tmp_path, bad):
+    """--anchors ending in -5 (or 0) was converted into a checkpoint whose boxes
+    have negative (or no) size; nan was refused with 'cannot convert float NaN'."""
+    anchors = ANCHORS.replace(" ", "").rsplit(",", 1)[0] + "," + bad
+    with pytest.raises(WeightsError, match="anchors are box widths and heights in pixels"):
+        convert_keras_h5(files["h5"], str(files["names"]), anchors=anchors, input_size=SIZE)
+    (tmp_path / "neg.cfg").write_text(files["cfg"].read_text().replace(
+        "anchors = 10,13", f"anchors = {bad if bad != 'nan' else '-1'},13"))
+    with pytest.raises(WeightsError, match="anchors are widths and heights in pixels"):
+        convert_darknet(files["weights"], tmp_path / "neg.cfg", str(files["names"]))
+
+
+@pytest.mark.parametrize("text", ['[1, 2]', '{bad', '{}', '{"labels": "car"}',
+                                  '{"labels": ["car", "plate"], "anchors": "x"}'])
+def test_a_detection_config_that_is_not_one_is_named_in_one_line(files, tmp_path, text):
+    """An ImageAI detection_config.json given as --names that is a list ended in
+    an AttributeError traceback, one without 'labels' in a KeyError; bad JSON or
+    bad anchors were blamed on the .h5 ('not a Keras YOLOv3 layout'), and labels
+    given as one string were read letter by letter."""
+    config = tmp_path / "detection_config.json"
+    config.write_text(text)
+    with pytest.raises(WeightsError) as err:
+        convert_keras_h5(files["h5"], str(config), input_size=SIZE)
+    message = str(err.value)
+    assert message.startswith(str(config)) and "\n" not in message, message
+    config.write_text('{"labels": ["car", "plate"], "anchors": [[1, 2, 3, 4, 5, 6], '
+                      '[7, 8, 9, 10, 11, 12], [13, 14, 15, 16, 17, 18]]}')
+    checkpoint = convert_keras_h5(files["h5"], str(config), input_size=SIZE)
+    assert checkpoint["names"] == ["car", "plate"]

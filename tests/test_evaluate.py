@@ -391,6 +391,102 @@ def test_box_with_swapped_corners_is_kept_in_order(tmp_path):
     (sample,) = iter_samples([rec])
     assert sample.gt[0].xyxy == [2, 3, 9, 8]
 
+@pytest.mark.parametrize("row", [
+    "15 320 240 64 32",       # pixel coordinates: the box lay off the image, dropped
+    "15 0.5 0.5 -0.2 0.1",    # negative width: corners swapped, dropped
+    "15 0.5 0.5 0 0.1",       # no width
+    "15 -0.3 0.5 0.2 0.1",    # centre left of the image
+])
+def test_yolo_row_that_is_not_normalised_is_an_error_naming_the_row(tmp_path, row):
+    """Such a row's box was clipped away (or to a sliver) without a word, so a
+    set annotated in pixels evaluated as one with no plates."""
+    img, anno = tmp_path / "img", tmp_path / "anno"
+    write_image(img / "a.png", 64, 48)
+    anno.mkdir()
+    (anno / "a.txt").write_text(f"15 0.5 0.5 0.2 0.4\n\n{row} extra\n7 320 240 64 32\n")
+    with pytest.raises(ValueError, match=r"a\.txt: YOLO row 3 is not a box normalised") as err:
+        load_yolo_dir(anno, img, {15: "plate"})
+    assert "\n" not in str(err.value)
+    # a class no label is mapped to is not read; a box past the edge is clipped
+    (anno / "a.txt").write_text("15 0.98 0.5 0.1 1.0\n7 320 240 64 32\n")
+    (sample,) = iter_samples(load_yolo_dir(anno, img, {15: "plate"}))
+    assert sample.gt[0].xyxy == pytest.approx([59.52, 0, 64, 48])
+
+
+def test_a_png_cut_short_is_named_so_and_libpng_prints_nothing(tmp_path, capfd):
+    """A PNG cut short (an interrupted copy) is not decoded, as before, but
+    libpng added its own 'libpng error: PNG input buffer is incomplete' line on
+    stderr beside the one warning line; a whole PNG, an APNG and a JPEG are read."""
+    write_image(tmp_path / "whole.png", 40, 30)
+    data = (tmp_path / "whole.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[:len(data) // 2])
+    (tmp_path / "no-end.png").write_bytes(data[:-12])  # all but the IEND chunk
+    for name in ("cut.png", "no-end.png"):
+        with pytest.raises(ValueError, match=r"cannot decode image: .* \(a PNG cut short"):
+            read_image(tmp_path / name)
+    assert read_image(tmp_path / "whole.png").shape == (30, 40, 3)
+    assert "libpng" not in capfd.readouterr().err
+
+
+def test_an_image_over_opencvs_pixel_limit_is_undecodable_not_a_traceback(tmp_path):
+    """A PNG whose header claims 40000x30000 pixels (a gigapixel panorama, or a
+    'decompression bomb' of a megabyte) made OpenCV raise its size assertion,
+    which stopped the whole folder (images, faces, eval) with a traceback."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", 40000, 30000, 8, 0, 0, 0, 0)
+    (tmp_path / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                                        + chunk(b"IDAT", zlib.compress(b"\0" * 40001))
+                                        + chunk(b"IEND", b""))
+    with pytest.raises(ValueError, match=r"cannot decode image: .*huge\.png \(more pixels "
+                                         r"than OpenCV decodes") as err:
+        read_image(tmp_path / "huge.png")
+    assert "\n" not in str(err.value)
+
+
+def test_two_images_sharing_one_yolo_annotation_file_are_refused(tmp_path):
+    """x.jpg and x.png both took x.txt's boxes, right for one of them at most."""
+    img, anno = tmp_path / "img", tmp_path / "anno"
+    write_image(img / "x.png", 20, 20)
+    write_image(img / "x.jpg", 20, 20)
+    anno.mkdir()
+    assert len(load_yolo_dir(anno, img, {15: "plate"})) == 2  # no x.txt: no boxes, no doubt
+    (anno / "x.txt").write_text("15 0.5 0.5 0.2 0.4\n")
+    with pytest.raises(ValueError, match=r"x\.jpg and x\.png .* share the annotation file"):
+        load_yolo_dir(anno, img, {15: "plate"})
+
+
+def test_an_image_listed_twice_is_refused_naming_both_entries(tmp_path):
+    """Listed twice (two exports merged), an image's boxes and detections were
+    all counted twice."""
+    write_image(tmp_path / "images" / "x.png", 20, 20)
+    write_annotations(tmp_path, [GOOD, {"file": "images/y.png"},
+                                 {"file": "images/./x.png", "boxes": []}])
+    write_image(tmp_path / "images" / "y.png", 20, 20)
+    with pytest.raises(ValueError, match=r"images\[2\] \(images/./x.png\) is the image "
+                                         r"images\[0\] \(images/x.png\)") as err:
+        load_annotations(tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_annotation_files_with_a_byte_order_mark_are_read(tmp_path):
+    """UTF-8 with a BOM (Notepad, PowerShell 5's utf8) was refused: annotations.json
+    as 'Unexpected UTF-8 BOM', a YOLO .txt as a bad row 1."""
+    write_image(tmp_path / "images" / "x.png", 20, 20)
+    (tmp_path / "annotations.json").write_text(json.dumps({"images": [GOOD]}),
+                                               encoding="utf-8-sig")
+    (rec,) = load_annotations(tmp_path)
+    assert rec.boxes[0].xyxy == [1, 1, 5, 5]
+    anno = tmp_path / "anno"
+    anno.mkdir()
+    (anno / "x.txt").write_text("15 0.5 0.5 0.2 0.4\n", encoding="utf-8-sig")
+    (rec,) = load_yolo_dir(anno, tmp_path / "images", {15: "plate"})
+    assert [b.label for b in rec.boxes] == ["plate"]
+
 
 def test_undecodable_image_is_left_out_reported_and_fails_the_command(tmp_path, monkeypatch,
                                                                       capsys):
@@ -415,7 +511,8 @@ def test_undecodable_image_is_left_out_reported_and_fails_the_command(tmp_path, 
     assert [u["file"] for u in saved["undecodable"]] == ["images/cut.png"]
     assert saved["labels"]["plate"]["gt"] == 1  # the left-out image's plate is not counted
     err = capsys.readouterr().err
-    assert "cannot decode image" in err and "cut.png; left out" in err
+    assert "cannot decode image" in err and "cut.png (a PNG cut short" in err
+    assert "left out" in err
 
 
 # -- evaluation run with a fake stack ----------------------------------------------------
@@ -582,6 +679,24 @@ def test_cli_missing_dataset_dir_is_a_one_line_error(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "dataset directory not found" in lines[0], proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_draw_into_a_drawn_that_is_a_file_is_refused_before_models_load(
+        tmp_path, capsys, monkeypatch):
+    """OUT/drawn a file: --draw ended in a FileExistsError traceback once the
+    model had loaded."""
+    from anonymize.cli import main
+    from pipeline import detect
+
+    make_dataset(tmp_path / "ds")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "drawn").write_text("x")
+    monkeypatch.setattr(detect.DetectionStack, "from_settings",
+                        classmethod(lambda cls, s: pytest.fail("a model was loaded")))
+    assert main(["eval", "--dataset", str(tmp_path / "ds"), "--out-dir", str(tmp_path / "out"),
+                 "--mode", "one-stage", "--draw"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("anonymize: error: --draw folder"), err
 
 
 def test_cli_without_a_dataset_is_a_one_line_error(tmp_path):

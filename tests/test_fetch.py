@@ -10,13 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import models.fetch
 from models.errors import WeightsError
-from models.fetch import convert_sources, fetch_sources, load_checkpoint, sha256_file
+from models.fetch import convert_sources, fetch, fetch_sources, load_checkpoint, sha256_file
+from models.loader import load
+from models.model_ref import ModelError
 from models.registry import REGISTRY, ModelSpec, Source, checkpoint_path
 
 PAYLOAD = bytes(range(256)) * 64
@@ -28,6 +31,11 @@ def bytes_as_tensor(files):
     return {"w": torch.frombuffer(bytearray(files["w"].read_bytes()), dtype=torch.uint8)}
 
 
+def checkpoint_as_detector(path, device=None, half=True):
+    """The test model's builder: its checkpoint, loaded, as a detector of unknown labels."""
+    return SimpleNamespace(w=load_checkpoint(path)["w"], labels=None, name="")
+
+
 @pytest.fixture
 def split_model(monkeypatch, tmp_path):
     spec = ModelSpec(name="test-split", task="faces",
@@ -35,7 +43,7 @@ def split_model(monkeypatch, tmp_path):
                                    {"w": (MEMBER, hashlib.sha256(PAYLOAD).hexdigest())}),
                      licence="MIT", classes=("face",), input_size="-",
                      converter="tests.test_fetch:bytes_as_tensor",
-                     builder="tests.test_fetch:bytes_as_tensor")
+                     builder="tests.test_fetch:checkpoint_as_detector")
     monkeypatch.setitem(REGISTRY, spec.name, spec)
 
     def download(spec, workdir):
@@ -81,3 +89,101 @@ def test_user_file_models_have_no_sources(monkeypatch, tmp_path):
     monkeypatch.setitem(REGISTRY, spec.name, spec)
     with pytest.raises(WeightsError, match="nothing to fetch"):
         fetch_sources(spec.name, tmp_path)
+
+
+def _flip_a_weight(ckpt):
+    """Change one byte of the stored tensor: the file still loads, with another weight."""
+    raw = bytearray(ckpt.read_bytes())
+    at = raw.find(PAYLOAD[:64])
+    raw[at + 10] ^= 0xFF
+    ckpt.write_bytes(bytes(raw))
+    assert bytes(load_checkpoint(ckpt)["w"].numpy()) != PAYLOAD
+
+
+def test_a_fetched_checkpoint_changed_since_is_refused_when_loaded(split_model):
+    """A cached model.pt whose bytes changed after the fetch (a bad disk, a copy
+    cut short) loaded as it was: wrong weights detect wrongly, in silence. Its
+    sha256 is held to the one source.json recorded."""
+    ckpt = fetch(split_model)
+    assert bytes(load(split_model, "faces").w.numpy()) == PAYLOAD
+    _flip_a_weight(ckpt)
+    with pytest.raises(ModelError) as err:
+        load(split_model, "faces")
+    message = str(err.value)
+    assert "\n" not in message and "sha256" in message
+    assert f"anonymize models fetch {split_model} --force" in message
+    ckpt.write_bytes(ckpt.read_bytes()[:100])  # cut short: the same line, not torch's advice
+    with pytest.raises(ModelError, match="--force"):
+        load(split_model, "faces")
+
+
+def test_fetch_replaces_a_cached_checkpoint_that_is_not_the_one_it_wrote(split_model, tmp_path):
+    """`models fetch NAME` said a damaged cached checkpoint was fetched, and
+    left it as it was; it is fetched again. No temporary file is left."""
+    ckpt = fetch(split_model)
+    _flip_a_weight(ckpt)
+    assert fetch(split_model) == ckpt
+    assert bytes(load_checkpoint(ckpt)["w"].numpy()) == PAYLOAD
+    assert bytes(load(split_model, "faces").w.numpy()) == PAYLOAD
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["model.pt", "source.json"]
+
+
+def test_two_fetches_of_one_model_at_once_both_finish(split_model, monkeypatch):
+    """Each conversion writes under a temporary name of its own: with one fixed
+    name (model.tmp) the fetch that finished second found its file renamed
+    away by the first and failed with a traceback-like error."""
+    save = torch.save
+    inner = []
+
+    def save_while_another_fetch_runs(obj, path, *args, **kwargs):
+        save(obj, path, *args, **kwargs)
+        if not inner:  # the other process converts and renames in between
+            inner.append(None)
+            inner[0] = fetch(split_model, force=True)
+
+    monkeypatch.setattr(torch, "save", save_while_another_fetch_runs)
+    ckpt = fetch(split_model, force=True)
+    assert inner == [ckpt]
+    assert bytes(load_checkpoint(ckpt)["w"].numpy()) == PAYLOAD
+    record = json.loads((ckpt.parent / "source.json").read_text())
+    assert record["checkpoint_sha256"] == sha256_file(ckpt)
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["model.pt", "source.json"]
+
+
+def test_a_models_folder_that_cannot_be_written_is_refused_before_downloading(
+        split_model, monkeypatch, tmp_path, capsys):
+    """ANONYMIZE_MODELS_DIR below a file (or on a read-only volume): the source
+    was downloaded, then the conversion ended in a NotADirectoryError traceback."""
+    from anonymize.cli import main
+
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("ANONYMIZE_MODELS_DIR", str(tmp_path / "afile" / "models"))
+    downloads = []
+    monkeypatch.setattr(models.fetch, "_download_archive",
+                        lambda *a: downloads.append(a) or pytest.fail("downloaded"))
+    assert main(["models", "fetch", split_model]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("anonymize: error: models folder"), err
+    assert "afile" in err[0] and not downloads
+    with pytest.raises(WeightsError, match="cannot write its checkpoint"):  # the library call
+        convert_sources(split_model, _fetched_members(tmp_path))
+
+
+def _fetched_members(tmp_path):
+    carried = tmp_path / "carried"
+    carried.mkdir(exist_ok=True)
+    (carried / "w.bin").write_bytes(PAYLOAD)
+    return carried
+
+
+def test_models_list_calls_a_damaged_checkpoint_damaged(split_model, capsys):
+    """`models list` said 'fetched' of a model.pt that loading refuses."""
+    from anonymize.cli import main
+
+    ckpt = fetch(split_model)
+    assert main(["models", "list"]) == 0
+    assert f"{split_model}  [faces]  fetched\n" in capsys.readouterr().out
+    _flip_a_weight(ckpt)
+    assert main(["models", "list"]) == 0
+    assert (f"{split_model}  [faces]  damaged (changed since fetched: "
+            f"`anonymize models fetch {split_model} --force`)") in capsys.readouterr().out

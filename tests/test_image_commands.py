@@ -439,3 +439,84 @@ def test_linked_folders_are_searched_once_and_a_broken_link_is_reported(
     rows = pickle.loads((out / "detections.pkl").read_bytes())
     assert [r["filename"] for r in rows] == ["linked/party.jpg", "top.jpg"]
     assert (out / "linked" / "party.jpg").is_file()
+
+
+def test_an_image_opencv_cannot_read_gets_one_warning_line_and_no_opencv_lines(tmp_path):
+    """A float TIFF (a scientific or HDR export) is left out with the command's
+    one warning line; OpenCV's own two '[ WARN:0@...] global grfmt_tiff.cpp'
+    lines came with it, and a picture an encoder refuses (a 30x20 .jp2) came
+    with three '[ERROR:...]' lines of OpenCV's."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "ok.png"), np.zeros((8, 8, 3), np.uint8))
+    assert cv2.imwrite(str(tmp_path / "in" / "float.tif"), np.zeros((8, 8, 3), np.float32))
+    (tmp_path / "in" / "small.jp2").write_bytes(
+        cv2.imencode(".png", np.zeros((20, 30, 3), np.uint8))[1].tobytes())
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-m", "anonymize", "images", "--img-dir",
+                           str(tmp_path / "in"), "--out-dir", str(tmp_path / "out"), "--quiet",
+                           "--plates", "off"], capture_output=True, text=True,
+                          env=env, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(x.startswith("anonymize: warning:") for x in lines), lines
+    assert "float.tif" in lines[0] and "small.jp2" in lines[1]
+    assert (tmp_path / "out" / "ok.png").is_file()
+
+
+def test_an_image_its_encoder_refuses_is_left_out_with_the_real_reason(tmp_path, capsys):
+    """A 30x20 .jp2 (OpenJPEG encodes nothing under 32 px a side) and a .pgm
+    holding a colour PNG are left out, as before, but the warning said there was
+    'no .jp2 encoder here', which there is. (The .jp2 holds PNG bytes: OpenCV
+    cannot write a small JPEG 2000 to start from; it is read by content.)"""
+    (tmp_path / "in").mkdir()
+    small = np.full((20, 30, 3), 100, np.uint8)
+    (tmp_path / "in" / "small.jp2").write_bytes(cv2.imencode(".png", small)[1].tobytes())
+    (tmp_path / "in" / "colour.pgm").write_bytes(cv2.imencode(".png", small)[1].tobytes())
+    cv2.imwrite(str(tmp_path / "in" / "ok.png"), small)
+    assert main(["images", "--img-dir", str(tmp_path / "in"), "--out-dir", str(tmp_path / "out"),
+                 "--quiet", "--plates", "off"]) == 1
+    warned = [line for line in capsys.readouterr().err.splitlines()
+              if line.startswith("anonymize: warning:")]
+    assert len(warned) == 2 and all("encoder here" not in line for line in warned), warned
+    assert "cannot encode this 30x20 3-channel picture as .jp2" in warned[1], warned
+    assert "as .pgm" in warned[0], warned
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.endswith(
+        (".pkl", ".html"))) == ["ok.png"]
+
+
+def test_a_run_stopped_before_its_records_can_be_run_again_into_its_folder(tmp_path):
+    """Ctrl-C (or a crash) after some images but before detections.pkl left an
+    output folder inside the image folder that every later run refused ('already
+    holds files, but no detections.pkl ...'): the run marks the folder first."""
+    from models.detections import Detections
+    from pipeline.images import anonymize_folder, list_images
+    from pipeline.settings import Settings
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(photos / f"p{i}.jpg"), np.full((16, 16, 3), 60 * i, np.uint8))
+
+    class StoppedAfterOneBatch:
+        calls = 0
+
+        def detect(self, images):
+            self.calls += 1
+            if self.calls > 1:
+                raise KeyboardInterrupt
+            return [Detections.empty() for _ in images]
+
+    out = photos / "anon"
+    with pytest.raises(KeyboardInterrupt):
+        anonymize_folder(photos, out, StoppedAfterOneBatch(), Settings(batch_size=1))
+    assert (out / "p0.jpg").is_file() and not (out / "detections.pkl").exists()
+    assert [p.name for p in list_images(photos, out)] == ["p0.jpg", "p1.jpg", "p2.jpg"]
+    (photos / "mine").mkdir()  # a folder of photos that is not a run's is still refused
+    cv2.imwrite(str(photos / "mine" / "x.jpg"), np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="already holds files"):
+        list_images(photos, photos / "mine")

@@ -500,3 +500,47 @@ def test_a_frame_a_tick_off_at_the_output_resolution_does_not_match():
     assert not same_frame_times(shown, Fraction(1, 90000), out)
     out.frame_pts = [10, 50]
     assert not same_frame_times(shown, Fraction(1, 90000), out)
+
+
+class _Interrupt:
+    """Ctrl-C arriving while a records file is being written (pickled)."""
+
+    def __reduce__(self):
+        raise KeyboardInterrupt
+
+
+def test_image_and_eval_records_interrupted_midway_keep_the_older_ones(tmp_path, monkeypatch):
+    """detections.pkl, faces.pkl, the eval pickle and metrics.json were opened
+    (emptied) and then written: an interrupt or a full disk midway left an
+    empty or half file under the real name, where the previous run's had been."""
+    from pipeline.datasets import ImageRecord
+    from pipeline.evaluate import evaluate_dataset
+    from pipeline.images import write_face_pickle, write_image_detections
+
+    found = {"a.jpg": Detections(np.array([[1, 2, 30, 40]], np.float32),
+                                 np.array([0.9], np.float32), np.array([0]))}
+    import cv2
+
+    (tmp_path / "img").mkdir()
+    cv2.imwrite(str(tmp_path / "img" / "a.png"), np.zeros((40, 40, 3), np.uint8))
+    records = [ImageRecord(tmp_path / "img" / "a.png", name="a.png")]
+    out = tmp_path / "out"
+
+    def write_all():
+        write_image_detections(out, found)
+        write_face_pickle(out, found, tmp_path / "img")
+        evaluate_dataset(records, lambda images: [found["a.jpg"] for _ in images], out,
+                         "faces", progress=False)
+
+    write_all()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(before) == {"detections.pkl", "faces.pkl", "faces_mdict_list.pkl", "metrics.json"}
+    monkeypatch.setattr(Detections, "to_imageai", lambda self: [_Interrupt()])
+    monkeypatch.setattr("pipeline.images.face_pickle", lambda *a: {"x": _Interrupt()})
+    for write in (lambda: write_image_detections(out, found),
+                  lambda: write_face_pickle(out, found, tmp_path / "img"),
+                  lambda: evaluate_dataset(records, lambda images: [found["a.jpg"]], out,
+                                           "faces", progress=False)):
+        with pytest.raises(KeyboardInterrupt):
+            write()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing half, nothing new

@@ -374,6 +374,41 @@ def test_edited_record_exports_again(home):
     assert len(exports) == 2
 
 
+@pytest.mark.parametrize("text", ["[1, 2]", "null", "{bad"])
+def test_a_graph_record_that_is_not_one_exports_again(home, text):
+    """A tiny.json holding JSON that is not a record (a list, null) stopped the
+    command with an AttributeError traceback; like unreadable JSON, it exports
+    the graph again."""
+    ckpt, exports = home
+    module = _Tiny().eval()
+    graph_export.ensure_graph(module, TINY, ckpt)
+    (ckpt.parent / "tiny.json").write_text(text)
+    graph_export.ensure_graph(module, TINY, ckpt)
+    assert len(exports) == 2
+    assert isinstance(json.loads((ckpt.parent / "tiny.json").read_text()), dict)
+
+
+def test_a_graph_cache_that_cannot_be_written_exports_for_the_process_only(
+        home, monkeypatch, caplog):
+    """A models folder on a read-only volume (here: below a file) and a graph
+    not in it (a model file's, or a stale one): the command ended in an OSError
+    traceback. The graph is exported into a folder of the process's own, once
+    per process, with a warning."""
+    ckpt, exports = home
+    blocker = ckpt.parent / "afile"
+    blocker.write_text("x")
+    monkeypatch.setattr(graph_export, "graph_folder", lambda *a: blocker / "graphs")
+    module = _Tiny().eval()
+    with caplog.at_level("WARNING", logger="models.graph_export"):
+        graph = runtime.accelerate(module, TINY, ckpt, "cpu", backend="onnxruntime", threads=1)
+    assert "for this process only" in caplog.text and len(exports) == 1
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(graph(x)[0], module(x)[0], atol=1e-5, rtol=1e-5)
+    path = graph_export.ensure_graph(module, TINY, ckpt)
+    assert len(exports) == 1 and not path.is_relative_to(ckpt.parent)
+
+
 def test_user_supplied_weights_get_a_graph_folder_by_hash(home, tmp_path_factory):
     ckpt, _ = home
     elsewhere = tmp_path_factory.mktemp("user") / "weights.pt"

@@ -202,6 +202,15 @@ def test_a_config_file_that_is_no_utf8_text_or_a_folder_is_named(tmp_path):
         Settings.load(tmp_path, environ={})
 
 
+def test_a_json_config_with_a_byte_order_mark_is_read(tmp_path):
+    """A JSON settings file saved by a Windows editor (UTF-8 with a BOM) was
+    refused as 'Unexpected UTF-8 BOM'; the same YAML was read."""
+    for name, text in (("s.json", '{"lp_thresh": 0.3}'), ("s.yaml", "lp_thresh: 0.3\n")):
+        cfg = tmp_path / name
+        cfg.write_text(text, encoding="utf-8-sig")
+        assert Settings.load(cfg, environ={}).lp_thresh == 0.3
+
+
 def test_missing_config_file_is_an_error(tmp_path):
     with pytest.raises(SettingsError, match="config file not found"):
         Settings.load(tmp_path / "nope.yaml", environ={})

@@ -133,6 +133,21 @@ def test_bad_converted_checkpoint_gives_one_line_weights_error(tmp_path, content
 
 
 # ------------------------------------------------------------ letterbox geometry
+@pytest.mark.parametrize("shape", [(3, 50000), (50000, 3), (1, 30000)])
+@pytest.mark.parametrize("square", [False, True])
+def test_letterbox_of_a_strip_keeps_at_least_one_row(shape, square):
+    """A 3x50000 panorama strip shrinks to under half a row at 960: it was
+    resized to 0 rows, which OpenCV refuses (a traceback from `anonymize
+    images`); it keeps one row and its boxes still map back."""
+    h, w = shape
+    det = YoloV8Detector(torch.nn.Identity(), ["license_plate"])
+    x, (scale, left, top) = det._letterbox(torch.zeros((1, h, w, 3), dtype=torch.uint8), 960, square)
+    assert x.shape[2] % 32 == 0 and x.shape[3] % 32 == 0 and max(x.shape[2:]) == 960
+    rows = torch.tensor([[left, top, left + 1.0, top + 1.0, 0.9, 0.0]])
+    back = det._to_detections(rows, scale, left, top, w, h)
+    assert (back.xyxy[0, [0, 2]] <= w).all() and (back.xyxy[0, [1, 3]] <= h).all()
+
+
 @pytest.mark.parametrize("shape,size,square", [
     ((720, 1280), 640, False), ((1632, 918), 640, False), ((173, 411), 320, True),
     ((500, 120), 320, True), ((300, 300), 640, False),

@@ -42,6 +42,14 @@ def run(args: argparse.Namespace) -> int:
                          "cfg states its own)")
 
     import torch
+
+    from pipeline.video.output import atomic_output, check_folder_writable
+
+    output = Path(args.output)  # checked before the conversion's work
+    if output.is_dir():
+        raise ValueError(f"-o {output} is a folder; name the checkpoint file, such as "
+                         f"{output / 'model.pt'}")
+    check_folder_writable(output.parent, "-o folder")
     if args.weights:
         from models.darknet import convert_darknet
 
@@ -53,10 +61,8 @@ def run(args: argparse.Namespace) -> int:
                                       input_size=416 if args.input_size is None
                                       else args.input_size)
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(checkpoint, tmp)
-    tmp.replace(out)
+    with atomic_output(out) as tmp:  # under a hidden name of its own, renamed when complete
+        torch.save(checkpoint, tmp)
     config = checkpoint["config"]
     params = sum(t.numel() for k, t in checkpoint["state_dict"].items()
                  if not k.endswith("num_batches_tracked"))

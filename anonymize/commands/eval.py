@@ -107,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--min-width must be 0 or more pixels, got {args.min_width:g}")
     records = _records(args)  # fail on a bad dataset before loading any model
     check_folder_writable(Path(args.out_dir), "--out-dir")
+    if args.draw:  # OUT/drawn a file: a FileExistsError traceback once the model had loaded
+        check_folder_writable(Path(args.out_dir) / "drawn", "--draw folder")
 
     from pipeline.evaluate import MODE_LABELS, evaluate_dataset, format_table
 

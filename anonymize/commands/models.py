@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _list() -> None:
+    from models.fetch import checkpoint_problem
     from models.file_formats import FORMATS, formats_table
     from models.registry import REGISTRY, checkpoint_path, models_home
 
@@ -29,6 +30,9 @@ def _list() -> None:
     for spec in REGISTRY.values():
         state = "fetched" if checkpoint_path(spec.name).exists() else (
             "user file" if spec.source.kind == "file" else "not fetched")
+        if state == "fetched" and checkpoint_problem(checkpoint_path(spec.name)):
+            # loading refuses it: say so here too
+            state = f"damaged (changed since fetched: `anonymize models fetch {spec.name} --force`)"
         print(f"\n{spec.name}  [{spec.task}]  {state}")
         print(f"  source:   {spec.source.describe()}")
         if spec.name in format_of:
@@ -55,8 +59,12 @@ def run(args: argparse.Namespace) -> int:
         _list()
         return 0
     from models.fetch import fetch, fetch_all, spec_of
+    from models.registry import models_home
     from models.resolve import fetch_help
+    from pipeline.video.output import check_folder_writable
 
+    # before any download: a folder the checkpoints cannot go to failed after it
+    check_folder_writable(models_home(), "models folder (ANONYMIZE_MODELS_DIR)")
     if not args.names:
         paths = fetch_all(force=args.force, all_models=args.all_models)
     else:
