@@ -45,7 +45,8 @@ def natural_key(rel: Path) -> tuple:
 
 
 def list_images(folder: Path, out_dir: Path | None = None,
-                passed_over: list[Path] | None = None) -> list[Path]:
+                passed_over: list[Path] | None = None,
+                unreadable: list[tuple[Path, str]] | None = None) -> list[Path]:
     """Every image file below ``folder``, in natural order (:func:`natural_key`),
     including files of image formats that cannot be read
     (``UNREADABLE_SUFFIXES``: they fail to decode and are reported as left
@@ -62,7 +63,11 @@ def list_images(folder: Path, out_dir: Path | None = None,
     and our own unfinished outputs are hidden), and, when ``out_dir`` lies
     inside ``folder``, everything under it (a second run would blur its own
     outputs again); those are added to ``passed_over`` so the caller can say
-    so. ``out_dir`` is checked first (:func:`check_out_dir`)."""
+    so. ``out_dir`` is checked first (:func:`check_out_dir`).
+
+    A sub-folder that cannot be read (no permission, a disk error) goes to
+    ``unreadable`` with the reason, so that its images are never passed over
+    in silence; the image folder itself unreadable is an error."""
     folder = Path(folder)
     if not folder.is_dir():  # an existing file was "not found" too
         raise FileNotFoundError(f"image folder not found: {folder}" if not folder.exists() else
@@ -71,7 +76,12 @@ def list_images(folder: Path, out_dir: Path | None = None,
     inside = check_out_dir(folder, out_dir) if out_dir is not None else None
     found = []
     searched: set[str] = set()
-    for top, dirs, files in os.walk(folder, followlinks=True):
+    failed: list[tuple[Path, str]] = []
+
+    def cannot_read(err: OSError) -> None:
+        failed.append((Path(err.filename or folder), err.strerror or str(err)))
+
+    for top, dirs, files in os.walk(folder, followlinks=True, onerror=cannot_read):
         real = os.path.realpath(top)
         if real in searched:  # a link loop, or a second link to one folder
             dirs[:] = []
@@ -90,6 +100,10 @@ def list_images(folder: Path, out_dir: Path | None = None,
                     passed_over.append(p)
             else:
                 found.append(p)
+    if failed and failed[0][0] == folder:
+        raise ValueError(f"cannot read the image folder {folder}: {failed[0][1]}")
+    if unreadable is not None:
+        unreadable += failed
     return sorted(found, key=lambda p: natural_key(p.relative_to(folder)))
 
 

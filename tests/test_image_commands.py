@@ -520,3 +520,39 @@ def test_a_run_stopped_before_its_records_can_be_run_again_into_its_folder(tmp_p
     cv2.imwrite(str(photos / "mine" / "x.jpg"), np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(ValueError, match="already holds files"):
         list_images(photos, photos / "mine")
+
+
+def test_a_sub_folder_that_cannot_be_read_is_named_and_counted(data_dir, tmp_path, monkeypatch,
+                                                               capsys):
+    """A sub-folder without read permission was skipped in silence: its photos
+    were neither blurred nor mentioned, exit 0. Root reads every folder, so the
+    refusal is the operating system's error, raised where os.walk lists it."""
+    import os
+    import shutil
+
+    folder = tmp_path / "in"
+    (folder / "locked").mkdir(parents=True)
+    photo = data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg"
+    shutil.copy(photo, folder / "open.jpg")
+    shutil.copy(photo, folder / "locked" / "hidden.jpg")
+    scandir = os.scandir
+
+    def refusing(path=".", *args):
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path, *args)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    out = tmp_path / "out"
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(out), "--quiet",
+                 "--no-plates", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"anonymize: warning: folder {folder / 'locked'} could not be read "
+                   "(Permission denied); its images are left out"]
+    assert (out / "open.jpg").is_file() and not (out / "locked").exists()
+    monkeypatch.setattr(os, "scandir", lambda path=".", *a: (_ for _ in ()).throw(
+        PermissionError(13, "Permission denied", os.fspath(path))))
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(tmp_path / "o2"),
+                 "--quiet", "--no-plates", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"anonymize: error: cannot read the image folder {folder}: Permission denied"]

@@ -22,8 +22,9 @@ def anonymize_images(folder, out_dir, settings, quiet: bool, unit: str = "img"
     """Detect and blur every image of ``folder`` into ``out_dir`` with a progress
     bar; shared by `images` and `faces`. Returns detections per relative path,
     the files that did not decode (each gets one warning line on stderr and
-    is left out, the others are still done; the command then exits 1), and
-    every file listed, in order (relative paths)."""
+    is left out, the others are still done; the command then exits 1) and the
+    sub-folders that could not be read (``name/``), and every file listed, in
+    order (relative paths)."""
     import sys
     from pathlib import Path
 
@@ -34,7 +35,10 @@ def anonymize_images(folder, out_dir, settings, quiet: bool, unit: str = "img"
     from pipeline.images import anonymize_folder, list_images
 
     passed_over: list = []
-    paths = list_images(Path(folder), Path(out_dir), passed_over)  # refused before models load
+    unreadable: list = []
+    paths = list_images(Path(folder), Path(out_dir), passed_over, unreadable)  # refused before models load
+    for sub, reason in unreadable:  # its images cannot even be counted
+        warn(f"folder {sub} could not be read ({reason}); its images are left out")
     if passed_over:  # an earlier run's outputs, never in silence
         n = len(passed_over)
         warn(f"the output folder {out_dir} inside the image folder holds {n} "
@@ -50,7 +54,8 @@ def anonymize_images(folder, out_dir, settings, quiet: bool, unit: str = "img"
                                  skipped)
     for _, reason in skipped:
         warn(f"{reason}; left out")
-    return (found, [str(Path(p).relative_to(folder)) for p, _ in skipped],
+    return (found, [str(Path(p).relative_to(folder)) for p, _ in skipped]
+            + [f"{Path(sub).relative_to(folder)}/" for sub, _ in unreadable],
             [str(p.relative_to(folder)) for p in paths])
 
 
