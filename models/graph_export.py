@@ -124,14 +124,38 @@ def _stale(path: Path, expected: dict) -> str | None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock: processes starting together export a graph once."""
-    with open(path, "a+") as f:
+def _locked(f) -> Iterator[None]:
+    """An exclusive lock on the open file ``f``: processes starting together
+    export a graph once."""
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _open_lock(folder: Path, name: str):
+    """The lock file of ``name``'s graph in ``folder``, or None where the folder
+    cannot be written (a read-only models volume)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return open(folder / f"{name}.lock", "a+")
+    except OSError:
+        return None
+
+
+@functools.cache
+def _scratch() -> Path:
+    """This process's own folder for graphs the models folder cannot hold,
+    removed at exit."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="anonymize-graphs-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def ensure_graph(module: torch.nn.Module, spec: GraphSpec, checkpoint: str | Path,
@@ -142,10 +166,21 @@ def ensure_graph(module: torch.nn.Module, spec: GraphSpec, checkpoint: str | Pat
     folder = graph_folder(checkpoint, checkpoint_sha)
     path = folder / f"{spec.name}.onnx"
     expected = _expected_record(module, spec, checkpoint_sha)
-    if _stale(path, expected) is None:
+    reason = _stale(path, expected)
+    if reason is None:
         return path
-    folder.mkdir(parents=True, exist_ok=True)
-    with _locked(folder / f"{spec.name}.lock"):
+    lock = _open_lock(folder, spec.name)
+    if lock is None:
+        # read-only (a shared models folder after an upgrade changed a network, a
+        # volume holding only the checkpoints): export for this process alone
+        log.warning("%s cannot be written: exporting the %s graph (%s) for this process "
+                    "only; `anonymize models fetch --force` where it can be writes it once",
+                    folder, spec.name, reason)
+        folder = _scratch()
+        path = folder / f"{spec.name}-{checkpoint_sha[:16]}.onnx"
+        lock = _open_lock(folder, spec.name)
+        quiet = True
+    with _locked(lock):
         reason = _stale(path, expected)  # another process may have exported meanwhile
         if reason is None:
             return path

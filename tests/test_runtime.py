@@ -391,6 +391,36 @@ def test_export_only_prepares_the_graph_and_keeps_the_module(home):
     assert out is module and len(exports) == 1 and (ckpt.parent / "tiny.onnx").exists()
 
 
+def test_a_read_only_models_folder_gets_a_graph_for_this_process(home, monkeypatch, caplog):
+    """A shared read-only models folder whose graph is missing or stale (a volume
+    holding only the checkpoints, a project upgrade that changed a network): the
+    run ended in an OSError traceback opening the export's lock file."""
+    import builtins
+    import errno
+
+    ckpt, exports = home
+
+    def read_only_open(file, *args, **kwargs):
+        if Path(file).parent == ckpt.parent:
+            raise OSError(errno.EROFS, "Read-only file system", str(file))
+        return builtins.open(file, *args, **kwargs)
+
+    monkeypatch.setattr(graph_export, "open", read_only_open, raising=False)
+    module = _Tiny().eval()
+    with caplog.at_level("WARNING", logger="models.graph_export"):
+        graph = runtime.accelerate(module, TINY, ckpt, "cpu", backend="onnxruntime", threads=1)
+    assert len(exports) == 1 and not exports[0].is_relative_to(ckpt.parent)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{ckpt.parent} cannot be written: exporting the tiny graph (no exported graph) for "
+        "this process only; `anonymize models fetch --force` where it can be writes it once"]
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(graph(x)[1], module(x)[1], atol=1e-5, rtol=1e-5)
+    graph_export.ensure_graph(module, TINY, ckpt)
+    assert len(exports) == 1  # once per process
+    assert not (ckpt.parent / "tiny.onnx").exists()
+
+
 @pytest.mark.models
 def test_fetch_exports_the_graph_after_conversion(checkpoint, tmp_path, monkeypatch):
     """models/fetch.py builds the converted model once in export-only mode."""
