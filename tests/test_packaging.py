@@ -5,9 +5,11 @@ commands without the [distributed] extra."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,34 @@ def test_a_missing_module_of_no_extra_keeps_its_traceback():
     """Only the extras' modules are the user's to install; another missing module is a bug."""
     proc = anonymize("models", "list", block=("models.registry",))
     assert proc.returncode == 1 and "Traceback" in proc.stderr
+
+
+PACKAGES = ("anonymize", "pipeline", "models", "tasks", "workers")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
+def test_the_wheel_holds_every_file_the_packages_read(tmp_path):
+    """A non-editable install runs from the wheel alone: every module and every
+    data file of the packages (the detections schema, ...) must be in it, the
+    tests, benchmarks and deploy files must not. Built from a copy of the
+    tracked files, so no build/ is left in the checkout."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                             check=True).stdout.decode().split("\0")
+    src = tmp_path / "src"
+    for name in filter(None, tracked):
+        if (ROOT / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path / "dist"), str(src)], check=True, timeout=300,
+                   capture_output=True)
+    wheel, = (tmp_path / "dist").glob("anonymize-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        entry_points = next(z.read(n).decode() for n in names if n.endswith("entry_points.txt"))
+    shipped = {n for n in filter(None, tracked)
+               if n.split("/")[0] in PACKAGES and not n.endswith(".md")}
+    assert shipped - names == set()
+    assert "anonymize = anonymize.cli:main" in entry_points
+    assert {n.split("/")[0] for n in names} == {*PACKAGES, wheel.name.split("-py")[0] + ".dist-info"}
