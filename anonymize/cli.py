@@ -50,6 +50,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anonymize",
         description="Blur faces and licence plates in videos and images.")
+    parser.add_argument("--version", action="version", version=f"anonymize {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
         if only is not None and name != only:
@@ -61,6 +62,33 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml's, at install time)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("anonymize")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
+#: modules of the optional extras -> the extra that installs them: a command that
+#: needs one where it is not installed says so in one line, not a traceback
+_EXTRA_OF = {"celery": "distributed", "kombu": "distributed", "redis": "distributed",
+             "boto3": "distributed", "botocore": "distributed", "flower": "distributed"}
+
+
+def _missing_extra(exc: ModuleNotFoundError, command: str | None) -> str | None:
+    """The one-line error for a module of an optional extra that is not installed,
+    or None when ``exc`` is about any other module (a bug: keep its traceback)."""
+    top = (exc.name or "").split(".")[0]
+    extra = _EXTRA_OF.get(top)
+    if extra is None:
+        return None
+    return (f"`anonymize {command}` needs the {extra} extra ({top} is not installed): "
+            f"pip install 'anonymize[{extra}]'")
 
 
 def _help_of(module_name: str) -> str:
@@ -176,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
+    except ModuleNotFoundError as exc:
+        line = _missing_extra(exc, command)
+        if line is None:
+            raise
+        print(f"anonymize: error: {line}", file=sys.stderr)
+        return 2
     except _user_errors() as exc:
         from models.errors import one_line
 

