@@ -72,7 +72,11 @@ def side_for_min_object(height: int, width: int, min_object: float, smallest: fl
 
 
 def frames_to_tensor(frames: Frames, device: torch.device) -> list[torch.Tensor]:
-    """Each frame as an H×W×3 uint8 tensor on ``device`` (no copy when already there)."""
+    """Each frame as an H×W×3 uint8 tensor on ``device`` (no copy when already there).
+
+    A sequence may hold tensors (the vehicle crops of a frame on the GPU, which
+    the two-stage search hands to ``detect_crops``): they go to ``device`` as
+    they are (contiguous, as numpy made them); numpy cannot read a CUDA tensor."""
     if isinstance(frames, torch.Tensor):
         if frames.ndim == 3:
             frames = frames[None]
@@ -81,7 +85,8 @@ def frames_to_tensor(frames: Frames, device: torch.device) -> list[torch.Tensor]
         if frames.ndim == 3:
             frames = frames[None]
         return list(torch.from_numpy(np.ascontiguousarray(frames)).to(device))
-    return [torch.from_numpy(np.ascontiguousarray(f)).to(device) for f in frames]
+    return [f.to(device).contiguous() if isinstance(f, torch.Tensor)
+            else torch.from_numpy(np.ascontiguousarray(f)).to(device) for f in frames]
 
 
 def frames_to_numpy(frames: Frames) -> list[np.ndarray]:
@@ -91,7 +96,7 @@ def frames_to_numpy(frames: Frames) -> list[np.ndarray]:
         frames = frames.cpu().numpy()
     if isinstance(frames, np.ndarray) and frames.ndim == 3:
         frames = frames[None]
-    return [np.asarray(f) for f in frames]
+    return [f.cpu().numpy() if isinstance(f, torch.Tensor) else np.asarray(f) for f in frames]
 
 
 def tiling_options(detector, tile: bool) -> dict:

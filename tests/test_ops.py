@@ -56,3 +56,27 @@ def test_box_iou_by_hand():
     a = torch.tensor([[0.0, 0, 10, 10]])
     b = torch.tensor([[5.0, 0, 15, 10], [20, 20, 30, 30]])
     assert torch.allclose(box_iou(a, b), torch.tensor([[50 / 150, 0.0]]))
+
+
+def test_batched_nms_of_fp16_boxes_keeps_neighbours_of_a_high_class():
+    """A detector on a GPU hands fp16 boxes to batched_nms. Offset by class 30 ×
+    641 px they sat near 19 000, where fp16 steps by 16 px: two 10×20-px boxes
+    4 px apart (IoU 0.43) became one box and the lower-scored one was
+    suppressed. The same boxes in float32 keep both; fp16 must too."""
+    boxes = torch.tensor([[100, 100, 110, 120], [104, 100, 114, 120], [630, 630, 640, 640]],
+                         dtype=torch.float32)
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    classes = torch.tensor([30, 30, 0])
+    want = sorted(batched_nms(boxes, scores, classes, 0.5).tolist())
+    assert want == [0, 1, 2]
+    got = batched_nms(boxes.half(), scores.half(), classes, 0.5)
+    assert sorted(got.tolist()) == want
+
+
+def test_box_iou_of_fp16_frame_sized_boxes():
+    """fp16 areas of 1080p boxes (2 M px) pass 65504: the IoU came out NaN."""
+    a = torch.tensor([[0.0, 0, 1920, 1080]]).half()
+    b = torch.tensor([[0.0, 0, 960, 1080], [0, 0, 1920, 1080]]).half()
+    got = box_iou(a, b)
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got.float(), torch.tensor([[0.5, 1.0]]), atol=1e-3)
