@@ -36,10 +36,11 @@ def finalize(manifest: Manifest, segment_videos: list[Path], results: list[Segme
     if not shown:
         raise video.VideoError(f"no frame of {manifest.source_name} could be decoded")
     left_out: list[dict] = []  # copied packets the output refused as damaged
-    video.join_segments(segment_videos, source, info, output,
-                        keep_metadata=settings.keep_metadata, frame_pts=shown, left_out=left_out)
     # a source starting before 0 starts at 0; in Matroska its audio does too
     shift = video.output_shift(source, info, Path(output).suffix, settings.keep_metadata)
+    video.join_segments(segment_videos, source, info, output,
+                        keep_metadata=settings.keep_metadata, frame_pts=shown, left_out=left_out,
+                        total_shift=shift)
     frames: dict[int, Detections] = {}
     for r in results:
         frames.update(r.frames)

@@ -243,8 +243,8 @@ def _earliest_packet(src, indices: list[int]) -> Fraction | None:
 
 
 def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadata=False,
-                  frame_pts: list[int] | None = None, left_out: list[dict] | None = None
-                  ) -> Path:
+                  frame_pts: list[int] | None = None, left_out: list[dict] | None = None,
+                  total_shift: int | None = None) -> Path:
     """Concatenate the encoded segments' video packets (stream copy), mux the
     source's streams that :func:`plan_streams` keeps by stream copy, keep
     the display matrix, strip container metadata and chapters unless
@@ -265,7 +265,8 @@ def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadat
     to the gap to the next frame (last: to the source's end), so the output
     lasts exactly as long as the source. A source that starts before 0 is
     moved to start at 0, and in Matroska so are copied streams that start
-    before 0 (:func:`output_shift`)."""
+    before 0 (:func:`output_shift`; ``total_shift`` when the caller has it
+    already, which spares a second read of the source's first packets)."""
     out_path = Path(out_path)
     segment_paths = [Path(p) for p in segment_paths]
     if not segment_paths:
@@ -297,7 +298,8 @@ def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadat
         tags.pop("timecode", None)
         ovs.metadata.update(tags)
         shift = start_shift(info)  # the segments were encoded with it
-        total = output_shift(source, info, out_path.suffix, keep_metadata)
+        total = (output_shift(source, info, out_path.suffix, keep_metadata)
+                 if total_shift is None else total_shift)
         if keep_metadata:
             dst.metadata.update(src.metadata)
             dst.set_chapters(_shifted_chapters(src.chapters(), total * tb))
@@ -306,13 +308,12 @@ def join_segments(segment_paths, source, info: VideoInfo, out_path, keep_metadat
         others = _other_packets(src, copies, total * tb)
         sources = {o.index: i for i, o in copies.items()}
         for t, packet in heapq.merge(video, others, key=lambda x: x[0]):
-            index = sources.get(packet.stream.index)
-            if index is None:
-                dst.mux(packet)
-                continue
             try:
                 dst.mux(packet)
             except (av.error.InvalidDataError, av.error.ArgumentError) as e:
+                index = sources.get(packet.stream.index)
+                if index is None:  # our own video packets are never left out
+                    raise
                 if left_out is not None:
                     left_out.append({"index": index, "type": src.streams[index].type,
                                      "time_s": round(float(t), 6),
