@@ -253,8 +253,9 @@ def probe(path) -> VideoInfo:
             sample_aspect_ratio=_pixel_shape(vs),
         )
     damage: dict = {}
+    duplicates = 0  # frames at the time of another: seen only by decoding
     with _ffmpeg_errors() as errors:
-        frames, keys, end, read, duplicates = _scan_packets(path, info.stream_index)
+        frames, keys, end, read = _scan_packets(path, info.stream_index)
     if any(not line.startswith(f"{info.codec}:") for line in errors):
         # the demuxer stopped on damage: the index's surplus, or at least one frame.
         # The decoder's complaints while the container was opened (a stream cut
@@ -366,10 +367,9 @@ def demux_until_error(container, *streams, on_error: Callable[[Exception], None]
 
 
 def _scan_packets(path, index):
-    """Frame and keyframe pts from demuxing only (None when packets lack pts),
-    how many packets could be read, and how many frames repeat the time of
-    another (:func:`_unique`). A demuxer error ends the scan (the rest of the
-    file cannot be read)."""
+    """Frame and keyframe pts from demuxing only (None when packets lack pts or
+    share one: decoding tells), and how many packets could be read. A demuxer
+    error ends the scan (the rest of the file cannot be read)."""
     pts, keys, end, read = [], [], None, 0
     missing_pts = False
     # decode-order durations (MP4's): with frames reordered, the packet with the
@@ -396,15 +396,15 @@ def _scan_packets(path, index):
             all_timed = all_timed and bool(p.duration)
             reordered = reordered or (latest is not None and p.pts < latest)
             latest = p.pts if latest is None else max(latest, p.pts)
-    if missing_pts:
-        return None, None, None, read, 0
-    pts, duplicates = _unique(pts)
+    if missing_pts or len(set(pts)) != len(pts):
+        return None, None, None, read
+    pts.sort()
     keys = sorted(set(keys) & set(pts))
     if reordered and all_timed and pts and pts[-1] < pts[0] + total < end:
         end = pts[0] + total
     if pts and (end is None or end <= pts[-1]):
         end = pts[-1] + _typical_step(pts)
-    return pts, keys, end, read, duplicates
+    return pts, keys, end, read
 
 
 def _unique(pts: list[int]) -> tuple[list[int], int]:
