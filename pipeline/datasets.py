@@ -299,7 +299,8 @@ def parse_yolo_txt(text: str, class_labels: dict[int, str],
     """``class cx cy w h`` rows (extra columns ignored) -> normalised boxes (cx, cy, w, h);
     every row's class id goes into ``seen`` when given."""
     boxes = []
-    # a byte-order mark (Notepad, PowerShell 5) made row 1 unreadable; other rows: _normalised
+    not_normalised = None  # the first such row, refused once every row has been read
+    # a byte-order mark (Notepad, PowerShell 5) made row 1 unreadable
     for line_no, line in enumerate(text.removeprefix("\ufeff").splitlines(), 1):
         parts = line.split()
         if not parts:
@@ -315,7 +316,12 @@ def parse_yolo_txt(text: str, class_labels: dict[int, str],
             seen.add(cls)
         if cls in class_labels:
             boxes.append(GTBox(class_labels[cls], values[1:5]))
-    _normalised(text, class_labels)
+            if not_normalised is None and not _normalised(values[1:5]):
+                not_normalised = (line_no, line)
+    if not_normalised is not None:
+        raise ValueError(f"YOLO row {not_normalised[0]} is not a box normalised to 0..1 "
+                         f"('class cx cy w h', w and h above 0; pixel coordinates "
+                         f"must be divided by the image size): {not_normalised[1]!r}")
     return boxes
 
 
@@ -323,23 +329,14 @@ def parse_yolo_txt(text: str, class_labels: dict[int, str],
 YOLO_SLACK = 0.01
 
 
-def _normalised(text: str, class_labels: dict[int, str]) -> None:
-    """Refuse a row of a mapped class whose numbers are not normalised (a value
-    above 1, as pixel coordinates are, or below 0, or no width or height), naming
-    the row, as Ultralytics refuses such label files: clipped to the image, its
-    box was dropped or cut to a sliver in silence. A box reaching past the
-    image's edge (cx 0.98, w 0.1) is clipped, as before. Rows are read as
-    :func:`parse_yolo_txt` read them."""
-    for line_no, line in enumerate(text.removeprefix("\ufeff").splitlines(), 1):
-        values = [float(v) for v in line.split()[:5]]
-        if not values or int(values[0]) not in class_labels:
-            continue
-        cx, cy, w, h = values[1:5]
-        if not (w > 0 and h > 0
-                and all(-YOLO_SLACK <= v <= 1 + YOLO_SLACK for v in (cx, cy, w, h))):
-            raise ValueError(f"YOLO row {line_no} is not a box normalised to 0..1 "
-                             f"('class cx cy w h', w and h above 0; pixel coordinates "
-                             f"must be divided by the image size): {line!r}")
+def _normalised(box: list[float]) -> bool:
+    """Whether a mapped row's numbers are normalised. One that is not (a value
+    above 1, as pixel coordinates are, or below 0, or no width or height) is
+    refused, naming the row, as Ultralytics refuses such label files: clipped
+    to the image, its box was dropped or cut to a sliver in silence. A box
+    reaching past the image's edge (cx 0.98, w 0.1) is clipped, as before."""
+    cx, cy, w, h = box
+    return w > 0 and h > 0 and all(-YOLO_SLACK <= v <= 1 + YOLO_SLACK for v in (cx, cy, w, h))
 
 
 def _one_image_per_txt(images: list[Path], anno_dir: Path) -> None:
