@@ -111,6 +111,7 @@ def _check_input(source: str, dest: str | None, settings, zones=None, detections
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
     import sys
     from pathlib import Path
 
@@ -189,13 +190,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"anonymize: job {job} {info['status']}: {info.get('error', '')}",
                   file=sys.stderr)
             continue
+        got = client.download(job, dest, records) if dest else None
         # what `anonymize run` would have said about the input, from the job's report
-        report = client.report(info)
+        # (its downloaded copy when there is one: it is not fetched twice)
+        report = (json.loads(got["report"].read_text(encoding="utf-8")) if got
+                  else client.report(info))
         warn_dropped(source, report.get("dropped_streams", []))
         for line in input_warnings(source, report):
             warn(line)
-        if dest:
-            got = client.download(job, dest, records)
+        if got:
             print(f"{job}: {got['output']} (records in {got['report'].parent})", file=sys.stderr)
         else:
             print(f"{job}: {info['output_url']}", file=sys.stderr)
