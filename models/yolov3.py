@@ -20,7 +20,7 @@ from .detections import LABEL_IDS, Detections
 from .ops import batched_nms
 from .resize import resize_frames
 from .yolov3_names import default_class_map
-from .yolov3_net import YoloV3, model_from_checkpoint
+from .yolov3_net import YoloV3, check_input_size, model_from_checkpoint
 
 # -- the detector ----------------------------------------------------------
 
@@ -63,7 +63,7 @@ class YoloV3Detector(Detector):
         self.nms_iou = float(nms_iou)
         self.max_det = int(max_det)
         self.pre_nms_topk = int(pre_nms_topk)
-        self.crop_size = self._check_size(int(crop_size))
+        self.crop_size = check_input_size(int(crop_size))
         self.max_batch = max(1, int(max_batch))
         self.class_map = self._class_map(class_map)
         self._keep = torch.tensor(sorted(self.class_map), dtype=torch.long, device=self.device)
@@ -79,11 +79,6 @@ class YoloV3Detector(Detector):
             idx = self.names.index(key) if isinstance(key, str) else int(key)
             out[idx] = LABEL_IDS[value] if isinstance(value, str) else int(value)
         return out
-
-    def _check_size(self, size: int) -> int:
-        if size < 32 or size % 32:  # 0 passed and failed inside torch's resize
-            raise ValueError(f"YOLOv3 input size must be a positive multiple of 32, got {size}")
-        return size
 
     def detect(self, frames: Frames, thresh: float | None = None,
                size: int | None = None) -> list[Detections]:
@@ -105,7 +100,7 @@ class YoloV3Detector(Detector):
                          self.crop_size if size is None else int(size))
 
     def _run(self, images: list[torch.Tensor], thresh: float, size: int) -> list[Detections]:
-        size = self._check_size(size)
+        size = check_input_size(size)
         out: list[Detections] = []
         for start in range(0, len(images), self.max_batch):
             chunk = images[start:start + self.max_batch]

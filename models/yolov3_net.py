@@ -44,6 +44,15 @@ DEFAULT_CONFIG: dict = {
     "leaky": 0.1,
 }
 
+def check_input_size(size) -> int:
+    """``size`` if YOLOv3 can take it (a positive multiple of 32: its stride), else
+    ValueError; one rule for the config and for a size given per call (0 would
+    otherwise fail inside torch's resize)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 32:
+        raise ValueError(f"YOLOv3 input size must be a positive multiple of 32, got {size}")
+    return size
+
+
 def make_config(**overrides) -> dict:
     """A full config: :data:`DEFAULT_CONFIG` with ``overrides`` (plain types only)."""
     config = json.loads(json.dumps(DEFAULT_CONFIG))
@@ -51,9 +60,7 @@ def make_config(**overrides) -> dict:
     if unknown:
         raise ValueError(f"unknown YOLOv3 config keys: {', '.join(sorted(unknown))}")
     config.update(json.loads(json.dumps(overrides)))
-    size = config["input_size"]
-    if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 32:
-        raise ValueError(f"YOLOv3 input size must be a positive multiple of 32, got {size}")
+    check_input_size(config["input_size"])
     if len(config["blocks"]) != 5:
         raise ValueError("YOLOv3 needs 5 backbone stages (blocks must have 5 entries)")
     if sorted(i for m in config["masks"] for i in m) != list(range(len(config["anchors"]))):
