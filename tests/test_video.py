@@ -155,6 +155,28 @@ def test_probe_pts_match_decoded_frames(tmp_path):
     assert [p for p, _ in iter_frames(src, info)] == info.frame_pts == vfr_pts(40)
 
 
+
+@pytest.mark.parametrize("fmt,name", [("flv", "clip.flv"), ("asf", "clip.wmv")])
+def test_a_short_video_whose_packets_state_no_duration_lasts_to_its_next_frame(
+        tmp_path, fmt, name):
+    """FLV and ASF packets carry no duration, so the last frame lasts the
+    typical step between frames. Under 50 frames that step came out as one
+    tick: a 12-frame 25 fps FLV (1 ms ticks) was said to last 0.441 s at
+    27.2 fps, and its output ended 39 ms early, telling players 27.21 fps."""
+    codec = "flv" if fmt == "flv" else "wmv2"
+    src = corpus.write_video(tmp_path / name, codec=codec, fmt=fmt, n_frames=12)
+    info = probe(src)
+    assert info.time_base == Fraction(1, 1000)
+    assert info.frame_pts == [40 * i for i in range(12)]
+    assert info.end_pts == 480
+    assert info.duration_s == pytest.approx(0.48)
+    assert info.avg_fps == pytest.approx(25.0)
+    out = tmp_path / "out.mp4"
+    anonymize_like(src, tmp_path, out)
+    with av.open(str(out)) as c:
+        assert c.duration == 480_000
+        assert c.streams.video[0].average_rate == 25
+
 @pytest.mark.parametrize("name", sorted(REAL))
 def test_probe_real_videos(data_dir, name):
     frames, width, height, codec = REAL[name]

@@ -163,9 +163,11 @@ def start_shift(info: VideoInfo) -> int:
 
 
 def _typical_step(pts: list[int]) -> int:
-    if len(pts) < 2:
+    """The median step between the last 50 frames (at least one tick)."""
+    tail = pts[-50:]
+    if len(tail) < 2:
         return 1
-    diffs = sorted(b - a for a, b in zip(pts[-50:-1], pts[-49:], strict=False))
+    diffs = sorted(b - a for a, b in zip(tail, tail[1:], strict=False))
     return max(1, diffs[len(diffs) // 2])
 
 
