@@ -6,7 +6,7 @@ Modules are imported only when their command runs, so ``anonymize run``
 never imports Celery and ``anonymize status`` never imports torch.
 
 Errors a user can fix (missing file, not a video, bad weights, bad
-settings) are printed as one line ``anonymize: error: ...`` with exit
+settings, a full disk) are printed as one line ``anonymize: error: ...`` with exit
 status 2; anything else is a bug and keeps its traceback.
 """
 
@@ -44,6 +44,37 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         except (ImportError, AttributeError):
             pass
     return tuple(errors)
+
+
+#: what a write that its storage refused needs from the user, by errno
+_STORAGE_FULL = {"ENOSPC": "free some space there", "EDQUOT": "free some space there",
+                 "EFBIG": "a file there cannot grow that large (FAT32 holds at most 4 GiB; "
+                          "see also ulimit -f)"}
+
+
+def _storage_full(exc: OSError) -> str | None:
+    """One line for a write that the storage refused (disk full, quota, a file
+    too large for its file system): the user can fix it, so no traceback. It
+    names the folder, never our temporary files in it: the hidden partial
+    output beside the output, or the work folder under TMPDIR, which holds
+    the run's copies of the source, all removed before this line is printed."""
+    import errno
+    import tempfile
+    from pathlib import Path
+
+    hint = next((v for k, v in _STORAGE_FULL.items() if exc.errno == getattr(errno, k, None)), None)
+    if hint is None:
+        return None
+    reason = exc.strerror or os.strerror(exc.errno)
+    if not exc.filename:
+        return f"{reason} writing the output, its records or the work folder under TMPDIR"
+    folder = Path(os.fsdecode(exc.filename)).parent
+    while folder.name.startswith("anonymize-") and folder.parent != folder:
+        folder = folder.parent  # a work folder of ours (pipeline/process.py, video/contain.py)
+    if folder == Path(tempfile.gettempdir()):
+        return (f"{reason} in {folder}, which holds the temporary files of a run: {hint}, "
+                f"or set TMPDIR to a folder with room")
+    return f"{reason} in {folder}: {hint}, or write elsewhere"
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -214,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
         from models.errors import one_line
 
         print(f"anonymize: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        line = _storage_full(exc)
+        if line is None:
+            raise
+        print(f"anonymize: error: {line}", file=sys.stderr)
         return 2
 
 

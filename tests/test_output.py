@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -439,6 +442,40 @@ def test_an_output_whose_frames_do_not_match_is_said_on_stderr(src, tmp_path):
     lines = input_warnings(src, report)
     assert len(lines) == 1 and str(src) in lines[0] and str(tmp_path / "out.mp4") in lines[0]
     assert "frames_match is false" in lines[0] and "\n" not in lines[0]
+
+
+@pytest.mark.parametrize("limit_kib,where", [(1, "work"), (10, "output")])
+def test_a_write_the_storage_refuses_is_one_line_and_leaves_nothing(tmp_path, limit_kib, where):
+    """A full disk, a quota or a file too large for its file system (FAT32's
+    4 GiB, here a real file size limit, ``ulimit -f``) ended the run with
+    FFmpeg's traceback naming our temporary file. It is one line naming the
+    folder (the work folder under TMPDIR, which holds the source's segment
+    copies, or the output's), exit status 2, and nothing is left behind."""
+    src = make_video(tmp_path / "in.mp4", n_frames=60, gop=10)  # 16 KB, output ~24 KB
+    zones = tmp_path / "zones.json"  # a forced blur: no detector to load
+    zones.write_text(json.dumps({"zones": [{"kind": "force", "box": [0, 0, 8, 8]}]}))
+    work, out = tmp_path / "tmp", tmp_path / "out" / "o.mp4"
+    work.mkdir()
+
+    def limit() -> None:  # Python ignores SIGXFSZ: a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_kib * 1024, limit_kib * 1024))
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "anonymize", "run", str(src), "-o", str(out), "--no-faces",
+         "--no-plates", "--zones", str(zones), "--quiet", "--preset", "ultrafast",
+         "--segment-frames", "10"],
+        env=dict(os.environ, TMPDIR=str(work), PYTHONPATH=str(root)), cwd=root,
+        capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    lines = done.stderr.splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-600:]
+    folder = work if where == "work" else out.parent
+    assert lines[0].startswith(f"anonymize: error: File too large in {folder}"), lines[0]
+    assert ("TMPDIR" in lines[0]) == (where == "work"), lines[0]
+    assert "anonymize-" not in lines[0] and ".partial-" not in lines[0]
+    assert list(work.iterdir()) == []
+    assert not out.exists()
+    assert not out.parent.exists() or not any(".partial-" in p.name for p in out.parent.iterdir())
 
 
 def test_audio_starting_before_the_first_frame_moves_a_matroska_output_as_reported(tmp_path):
