@@ -478,6 +478,28 @@ def test_a_write_the_storage_refuses_is_one_line_and_leaves_nothing(tmp_path, li
     assert not out.parent.exists() or not any(".partial-" in p.name for p in out.parent.iterdir())
 
 
+def test_a_record_the_storage_refuses_is_named_by_its_folder(tmp_path):
+    """report.json, the pickles and report.html may go to another folder
+    (--detections-dir) than the output; a write refused there named no file
+    at all ("No space left on device"), so the user could not tell which
+    folder was full."""
+    from anonymize.cli import _storage_full
+    from pipeline.video.output import write_atomic
+
+    records = tmp_path / "records"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, hard))  # writes past it fail with EFBIG
+    try:
+        with pytest.raises(OSError) as err:
+            write_atomic(records / "report.json", b"{}" * 2048)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert Path(err.value.filename).parent == records
+    line = _storage_full(err.value)
+    assert line.startswith(f"File too large in {records}:"), line
+    assert list(records.iterdir()) == []
+
+
 def test_audio_starting_before_the_first_frame_moves_a_matroska_output_as_reported(tmp_path):
     """An MP4's AAC starts 1024 samples before 0 (the priming its edit list
     hides). Matroska cannot hold that: its muxer moved every stream by 64 ms

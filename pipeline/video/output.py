@@ -107,5 +107,10 @@ def atomic_output(output: Path) -> Iterator[Path]:
 def write_atomic(path: Path, data: bytes) -> Path:
     """Write a small file (records, reports) so readers never see half of it."""
     with atomic_output(Path(path)) as tmp:
-        tmp.write_bytes(data)
+        try:
+            tmp.write_bytes(data)
+        except OSError as e:
+            if e.filename is None:  # a full disk refuses the write, which names no file
+                e.filename = str(tmp)
+            raise
     return Path(path)
