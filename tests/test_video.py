@@ -177,6 +177,23 @@ def test_a_short_video_whose_packets_state_no_duration_lasts_to_its_next_frame(
         assert c.duration == 480_000
         assert c.streams.video[0].average_rate == 25
 
+
+@pytest.mark.parametrize("fmt,name", [("flv", "one.flv"), ("asf", "one.wmv")])
+def test_a_single_frame_whose_packet_states_no_duration_lasts_one_frame(tmp_path, fmt, name):
+    """With no step between frames to go by, a lone FLV or ASF frame lasted one
+    tick (1 ms) and the output told players "1000 fps"; it lasts one frame at
+    the rate the stream states (FLV), or the stream's duration (ASF)."""
+    codec = "flv" if fmt == "flv" else "wmv2"
+    src = corpus.write_video(tmp_path / name, codec=codec, fmt=fmt, n_frames=1)
+    info = probe(src)
+    assert (info.frame_pts, info.end_pts) == ([0], 40)
+    assert info.nominal_rate() == 25
+    out = tmp_path / "out.mp4"
+    anonymize_like(src, tmp_path, out)
+    with av.open(str(out)) as c:
+        assert c.duration == 40_000
+        assert c.streams.video[0].average_rate == 25
+
 @pytest.mark.parametrize("name", sorted(REAL))
 def test_probe_real_videos(data_dir, name):
     frames, width, height, codec = REAL[name]

@@ -162,13 +162,26 @@ def start_shift(info: VideoInfo) -> int:
     return math.ceil(-earliest / info.time_base)
 
 
-def _typical_step(pts: list[int]) -> int:
-    """The median step between the last 50 frames (at least one tick)."""
+def _typical_step(pts: list[int], single: int = 1) -> int:
+    """The median step between the last 50 frames (at least one tick);
+    ``single`` for a video of one frame."""
     tail = pts[-50:]
     if len(tail) < 2:
-        return 1
+        return single
     diffs = sorted(b - a for a, b in zip(tail, tail[1:], strict=False))
     return max(1, diffs[len(diffs) // 2])
+
+
+def _stated_step(stream) -> int:
+    """How long a video of a single frame whose packet says nothing (FLV, ASF)
+    lasts, in the stream's ticks: one frame at the rate the stream states, else
+    the stream's stated duration, else one tick (a 1-frame FLV lasted 1 ms and
+    was said to be "1000 fps")."""
+    tb = stream.time_base
+    if stream.average_rate and stream.average_rate > 0 and tb:
+        step = 1 / (Fraction(stream.average_rate) * Fraction(tb.numerator, tb.denominator))
+        return max(1, round(step))
+    return stream.duration if stream.duration and stream.duration > 0 else 1
 
 
 def _special_kind(path: Path) -> str:
@@ -380,6 +393,7 @@ def _scan_packets(path, index):
     # the last held 30 min); the durations still add up to the span shown
     total, all_timed, reordered, latest = 0, True, False, None
     with open_input(path) as c:
+        single = _stated_step(c.streams[index])
         for p in demux_until_error(c, c.streams[index]):
             if p.size == 0 and p.pts is None:
                 continue  # the end-of-stream marker
@@ -405,7 +419,7 @@ def _scan_packets(path, index):
     if reordered and all_timed and pts and pts[-1] < pts[0] + total < end:
         end = pts[0] + total
     if pts and (end is None or end <= pts[-1]):
-        end = pts[-1] + _typical_step(pts)
+        end = pts[-1] + _typical_step(pts, single)
     return pts, keys, end, read
 
 
@@ -426,6 +440,7 @@ def _scan_decoded(path, index):
     labels, key_labels, rejected = [], [], 0
     with open_input(path) as c:
         vs = c.streams[index]
+        single = _stated_step(vs)
         vs.codec_context.thread_type = "AUTO"
         for p in demux_until_error(c, vs):
             if p.is_keyframe and p.pts is not None and p.size > 1:
@@ -447,7 +462,7 @@ def _scan_decoded(path, index):
     keys = sorted(set(key_labels) & set(pts))
     if not keys or keys[0] != pts[0]:
         keys = sorted(set(keys) | {pts[0]})
-    return pts, keys, pts[-1] + _typical_step(pts), rejected, duplicates
+    return pts, keys, pts[-1] + _typical_step(pts, single), rejected, duplicates
 
 
 def snap_pts(pts: int, known: list[int]) -> int:
