@@ -120,6 +120,7 @@ def test_avi_and_unknown_outputs_are_refused_before_the_input_is_read(tmp_path):
     not_a_video = tmp_path / "in.txt"
     not_a_video.write_text("hello")
     for name, message in (("out.avi", "AVI cannot keep per-frame timestamps"),
+                          ("out.webm", "WebM holds no H.264"),
                           ("out.xyz", "unsupported output container .xyz"),
                           ("out", "(no suffix)")):
         with pytest.raises(VideoError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -24,7 +24,9 @@ def check_output_suffix(output: Path) -> str:
     """The output container is chosen by suffix; refuse the ones we cannot write."""
     suffix = output.suffix.lower()
     if suffix not in OUTPUT_SUFFIXES:
-        hint = " (AVI cannot keep per-frame timestamps)" if suffix == ".avi" else ""
+        hint = {".avi": " (AVI cannot keep per-frame timestamps)",
+                ".webm": " (WebM holds no H.264, which the output is encoded in; .mkv is "
+                         "WebM's own container, Matroska)"}.get(suffix, "")
         shown = suffix or f"{output.name!r} (no suffix)"
         raise VideoError(f"cannot write {output}: unsupported output container {shown}{hint}; "
                          f"use .mp4, .mkv or .mov")
