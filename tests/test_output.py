@@ -501,6 +501,25 @@ def test_a_record_the_storage_refuses_is_named_by_its_folder(tmp_path):
     assert list(records.iterdir()) == []
 
 
+def test_relative_names_ffmpeg_would_take_for_a_protocol_are_read_and_written(
+        tmp_path, monkeypatch):
+    """FFmpeg reads a name such as ``20240101T12:30:00.mp4`` (a camera's time
+    stamp) as a URL of the protocol "20240101T12": the input was refused
+    ("not a video ... Protocol not found") and an output ``cam1:2.mp4`` ended
+    the run with a traceback at the very end (an ``http:...`` name would even
+    have been fetched from the network). Given as relative names, both are
+    the files they name."""
+    monkeypatch.chdir(tmp_path)
+    make_video(tmp_path / "20240101T12:30:00.mp4", n_frames=12)
+    out = Path("cam1:2.mp4")
+    report = run_local(Path("20240101T12:30:00.mp4"), out, SETTINGS, stack=Recorder())
+    assert report["frames_match"] and report["frames"] == 12
+    with av.open(str(tmp_path / out)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 12
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".mp4") == [
+        "20240101T12:30:00.mp4", "cam1:2.mp4"]
+
+
 def test_audio_starting_before_the_first_frame_moves_a_matroska_output_as_reported(tmp_path):
     """An MP4's AAC starts 1024 samples before 0 (the priming its edit list
     hides). Matroska cannot hold that: its muxer moved every stream by 64 ms

@@ -25,7 +25,7 @@ import av
 
 from models.errors import one_line
 
-from .probe import DEMUX_ERRORS, VideoError, open_input, video_stream
+from .probe import DEMUX_ERRORS, VideoError, local_name, open_input, video_stream
 
 #: what FFmpeg assumes when the stream states no rate (its raw demuxers' default)
 DEFAULT_RATE = Fraction(25)
@@ -103,7 +103,7 @@ def contain(path, dest: Path) -> tuple[Path, str]:
         vs = video_stream(c, path)
         rate, stated = stream_rate(vs)
         try:
-            with av.open(str(dest), "w", format="matroska") as out:
+            with av.open(local_name(dest), "w", format="matroska") as out:
                 ost = out.add_stream_from_template(vs)
                 ost.time_base = 1 / rate
                 n = 0

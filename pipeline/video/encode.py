@@ -15,7 +15,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from .probe import VideoError, VideoInfo, start_shift
+from .probe import VideoError, VideoInfo, local_name, start_shift
 
 OUTPUT_SUFFIXES = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
 
@@ -49,7 +49,7 @@ def open_output(path: Path, keep_tags: bool = False, time_base: Fraction | None 
         # edit lists (a stream starting after 0) are written in the movie
         # timescale; the default 1/1000 would shift a segment's pts by rounding
         options["movie_timescale"] = str(max(1000, Fraction(time_base).denominator))
-    return av.open(str(path), "w", format=fmt, container_options=options)
+    return av.open(local_name(path), "w", format=fmt, container_options=options)
 
 
 _X264_FORMATS = {

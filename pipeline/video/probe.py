@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import math
+import os
 import stat
 import struct
 from collections.abc import Callable, Iterator
@@ -194,6 +195,16 @@ def _special_kind(path: Path) -> str:
     return "not a regular file"
 
 
+def local_name(path) -> str:
+    """``path`` as FFmpeg must be given it to open a local file. FFmpeg takes
+    the part of a name before a colon for a protocol ("20240101T12:30:00.mp4",
+    a camera's time stamp, is a URL of the protocol "20240101T12": "Protocol
+    not found"; "http:clip.mp4" would be fetched), so a relative name is given
+    from "./" on."""
+    name = os.fspath(path)
+    return name if os.path.isabs(name) else os.path.join(".", name)
+
+
 def open_input(path) -> av.container.InputContainer:
     p = Path(path)
     if not p.exists():
@@ -207,7 +218,7 @@ def open_input(path) -> av.container.InputContainer:
                          f"several times: save the video to a file first")
     try:
         # damaged tags must not stop the pictures from being read
-        return av.open(str(p), metadata_errors="replace")
+        return av.open(local_name(p), metadata_errors="replace")
     except av.FFmpegError as e:
         raise VideoError(f"not a video: {p} ({one_line(e)})") from None
 

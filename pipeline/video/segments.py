@@ -50,7 +50,7 @@ from .decode import (
     source_times,
     to_rgb,
 )
-from .probe import VideoError, VideoInfo, demux_until_error, open_input
+from .probe import VideoError, VideoInfo, demux_until_error, local_name, open_input
 
 # containers tried for a stream copy, in order
 _COPY_FORMATS = ("nut", "matroska")
@@ -157,7 +157,7 @@ def copy_container(stream, info: VideoInfo) -> str | None:
 
 def _open_segment(path: Path, fmt: str):
     # bitexact: no muxer-written encoder name or random ids
-    return av.open(str(path), "w", format=fmt, container_options={"fflags": "+bitexact"})
+    return av.open(local_name(path), "w", format=fmt, container_options={"fflags": "+bitexact"})
 
 
 #: packets looked ahead for the first decode timestamp (a B-frame stream's
