@@ -570,7 +570,7 @@ CASES: list[Case] = [
     Case("edit-list-cut", _edit_list_cut, OK,
          note="the output holds the frames a player shows (from 0.2 s), at their times"),
     Case("two-video-streams", _two_video_streams, OK, keeps=("drops-video",),
-         note="only the first video stream is anonymized; the second could show faces, so "
+         note="only the video stream a player shows is anonymized; the second could show faces, so "
               "it is left out of the output, with a warning and a report entry"),
     Case("cover-art", _cover_art, OK, keeps=("streams", "drops-video"),
          note="the cover picture is not anonymized, so it is left out (warning, report "

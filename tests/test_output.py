@@ -189,13 +189,15 @@ def test_same_file_by_identity(tmp_path):
     assert not same_file(a, tmp_path / "d") and not same_file(a, tmp_path / "missing")
 
 
-def two_video_streams(path: Path) -> Path:
-    """An MKV with two video streams (second: a different picture) and audio."""
+def two_video_streams(path: Path, default: int | None = None) -> Path:
+    """An MKV with two video streams (second: a different picture) and audio;
+    ``default``: the stream marked as the one to show (none by default)."""
     tb = Fraction(1, 1000)
     with av.open(str(path), "w") as c:
         streams = []
-        for _ in range(2):
+        for k in range(2):
             vs = c.add_stream("libx264", rate=25)
+            vs.disposition = av.stream.Disposition.default if k == default else 0
             vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
             vs.time_base = vs.codec_context.time_base = tb
             vs.codec_context.options = {"x264-params": "keyint=10:bframes=0"}
@@ -217,11 +219,31 @@ def test_second_video_stream_is_left_out_and_reported(tmp_path):
     src = two_video_streams(tmp_path / "two.mkv")
     manifest = prepare_local(src, tmp_path / "out.mkv", SETTINGS)
     assert [(d["index"], d["type"]) for d in manifest.dropped_streams] == [(1, "video")]
-    assert "only the first video stream is anonymized" in manifest.dropped_streams[0]["reason"]
+    assert "the video stream a player shows" in manifest.dropped_streams[0]["reason"]
     report = run_local(src, tmp_path / "out.mkv", SETTINGS, stack=Recorder(), manifest=manifest)
     assert report["dropped_streams"] == manifest.dropped_streams
     with av.open(str(tmp_path / "out.mkv")) as c:
         assert [s.type for s in c.streams] == ["video"]
+
+
+def test_the_video_stream_marked_default_is_the_one_anonymized(tmp_path):
+    """A player shows the video stream marked default; the first was the one
+    anonymized and the shown one left out, so the output showed the other
+    camera. The default one is kept (anonymized) and the first left out."""
+    src = two_video_streams(tmp_path / "two.mkv", default=1)
+    with av.open(str(src)) as c:
+        assert [bool(s.disposition & av.stream.Disposition.default) for s in c.streams] == [
+            False, True]
+    manifest = prepare_local(src, tmp_path / "out.mkv", SETTINGS)
+    assert manifest.info.stream_index == 1
+    assert [(d["index"], d["type"]) for d in manifest.dropped_streams] == [(0, "video")]
+    assert "the video stream a player shows" in manifest.dropped_streams[0]["reason"]
+    report = run_local(src, tmp_path / "out.mkv", SETTINGS, stack=Recorder(), manifest=manifest)
+    assert report["frames_match"]
+    with av.open(str(tmp_path / "out.mkv")) as c:
+        assert [s.type for s in c.streams] == ["video"]
+        levels = [float(np.median(f.to_ndarray(format="rgb24"))) for f in c.decode(video=0)]
+    assert levels == pytest.approx([140 + 3 * i for i in range(20)], abs=3)  # the second picture
 
 
 def test_an_audio_track_cut_from_the_index_is_left_out_and_reported(tmp_path):

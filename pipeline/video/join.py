@@ -68,8 +68,8 @@ def plan_streams(src, info: VideoInfo, keep_metadata: bool) -> StreamPlan:
         elif s.type == "video":
             attached = bool(s.disposition & av.stream.Disposition.attached_pic)
             why = ("an attached picture (cover art) is not anonymized" if attached
-                   else "only the first video stream is anonymized; another could show "
-                        "faces or plates")
+                   else "only the video stream a player shows (the first marked default, "
+                        "else the first) is anonymized; another could show faces or plates")
         elif s.type == "data" and not codec:
             # FFmpeg reads a QuickTime chapter or timecode track so: no codec to copy
             # it with; chapters travel as the container's, which --keep-metadata keeps

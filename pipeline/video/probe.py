@@ -229,10 +229,14 @@ def video_stream(container, path) -> av.video.stream.VideoStream:
         raise VideoError(f"not a video: {path} looks like text ({fmt})")
     if fmt in ("image2", "webp_pipe") or fmt.endswith("_pipe"):
         raise VideoError(f"not a video: {path} is a still image ({fmt})")
-    for s in container.streams.video:
-        if not s.disposition & av.stream.Disposition.attached_pic:
-            return s
-    raise VideoError(f"no video stream in {path}")
+    # the stream a player shows: the first marked default, else the first; never
+    # a cover picture (anonymizing the first showed another camera than the source)
+    videos = [s for s in container.streams.video
+              if not s.disposition & av.stream.Disposition.attached_pic]
+    if not videos:
+        raise VideoError(f"no video stream in {path}")
+    shown = [s for s in videos if s.disposition & av.stream.Disposition.default]
+    return (shown or videos)[0]
 
 
 def probe(path) -> VideoInfo:
