@@ -116,6 +116,18 @@ def test_image_commands_refuse_an_unwritable_output_folder_first(command, data_d
     assert len(err) == 1 and "/proc/anonymized is not writable" in err[0]
 
 
+@pytest.mark.parametrize("parts", [("a" * 300 + ".mp4",), ("new", "d" * 300, "out.mp4")])
+def test_an_output_name_longer_than_the_file_system_takes_is_refused(src, tmp_path, parts):
+    """It failed with a traceback only when the finished video was renamed into
+    place (or its folder made), after all the work, leaving the records behind."""
+    out = tmp_path.joinpath(*parts)
+    line = refused(src, out, "bytes long, more than the 255", tmp_path)
+    assert "choose a shorter name" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+    line = refused(src, tmp_path / "out.mp4", "bytes long", tmp_path, tmp_path / ("r" * 300))
+    assert line.startswith("detections folder")
+
+
 def test_avi_and_unknown_outputs_are_refused_before_the_input_is_read(tmp_path):
     not_a_video = tmp_path / "in.txt"
     not_a_video.write_text("hello")

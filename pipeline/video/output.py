@@ -36,6 +36,7 @@ def same_file(a: Path, b: Path) -> bool:
 def check_folder_writable(folder: Path, what: str = "output folder") -> None:
     """``folder`` exists and can be written, or can be created: the nearest existing
     ancestor is a writable directory."""
+    check_name_lengths(folder, what)
     probe_dir = folder
     while not probe_dir.exists():
         if probe_dir.is_symlink():
@@ -58,12 +59,34 @@ def check_output_path(source: Path, output: Path) -> None:
     its container, that it is not the input (by file identity), that it is not
     a folder, that its folder exists or can be created."""
     source, output = Path(source), Path(output)
+    check_name_lengths(output)  # first: a name too long fails every look at the path
     if output.is_dir():
         raise VideoError(f"output {output} is a folder; name a file such as {output / 'out.mp4'}")
     check_output_suffix(output)
     if same_file(source, output) or output.absolute() == source.absolute():
         raise VideoError(f"output {output} is the input file {source}; choose another name")
     check_folder_writable(output.parent)
+
+
+def check_name_lengths(path: Path, what: str = "output") -> None:
+    """Every name of ``path`` still to be made (the file or folder, and the
+    folders above it that do not exist yet) fits its file system: a longer one
+    was refused only when the finished video was renamed into place, or its
+    records were written, after all the work."""
+    existing = path.parent
+    while existing.parent != existing:
+        try:
+            os.stat(existing)  # Path.exists() raises for a name too long
+            break
+        except OSError:
+            existing = existing.parent
+    limit = name_max(existing)
+    for part in path.relative_to(existing).parts:
+        size = len(os.fsencode(part))
+        if size > limit:
+            raise VideoError(f"{what} {path}: the name {part[:40]}... is {size} bytes long, "
+                             f"more than the {limit} the file system of {existing} takes; "
+                             f"choose a shorter name")
 
 
 def partial_name(output: Path) -> Path:
