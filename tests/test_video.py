@@ -757,6 +757,30 @@ def test_a_keyframe_stamped_before_an_earlier_one_does_not_abort_the_split(tmp_p
     assert got == want and sorted(got) == info.frame_pts
 
 
+def test_recordings_joined_with_a_clock_that_went_back_keep_every_frame(tmp_path):
+    """Two MPEG-TS recordings joined byte for byte, the second's clock started
+    again below the first's (a recorder restarted): segments were cut at
+    keyframes in time order, which is not the file's order, so a run left out
+    16 of 24 frames that decode ("could not be decoded") or stopped with
+    "keyframe at pts 0 not found". Every frame is kept, at its time."""
+    tb = Fraction(1, 90000)
+    first = corpus.write_video(tmp_path / "a.ts", fmt="mpegts", time_base=tb, n_frames=12,
+                               pts=[900000 + 3600 * i for i in range(12)])
+    second = corpus.write_video(tmp_path / "b.ts", fmt="mpegts", time_base=tb, n_frames=12,
+                                pts=[3600 * i for i in range(12)])
+    src = tmp_path / "joined.ts"
+    src.write_bytes(first.read_bytes() + second.read_bytes())
+    info0 = probe(src)
+    assert info0.n_frames == 24
+    full = {p: frame_number(rgb) for p, rgb in iter_frames(src, info0)}
+    assert len(full) == 24
+    out = tmp_path / "out.mp4"
+    info, got = anonymize_like(src, tmp_path, out, target=8, context=2)
+    assert [p * got.time_base for p in got.frame_pts] == [p * info.time_base for p in info.frame_pts]
+    numbers = [frame_number(rgb) for _, rgb in iter_frames(out, got)]
+    assert numbers == [full[p] for p in info.frame_pts]
+
+
 def test_join_passes_over_segments_without_frames(tmp_path):
     """A segment whose frames all failed to decode has an output without a
     video stream; the join holds the other frames at their times."""

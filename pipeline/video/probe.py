@@ -407,6 +407,7 @@ def _scan_packets(path, index):
     # decode order pushed the end past it (3 frames 30 min apart, with B-frames:
     # the last held 30 min); the durations still add up to the span shown
     total, all_timed, reordered, latest = 0, True, False, None
+    keys_in_order = True
     with open_input(path) as c:
         single = _stated_step(c.streams[index])
         for p in demux_until_error(c, c.streams[index]):
@@ -421,6 +422,7 @@ def _scan_packets(path, index):
             pts.append(p.pts)
             if p.is_keyframe:
                 keys.append(p.pts)
+                keys_in_order = keys_in_order and (latest is None or p.pts > latest)
             stop = p.pts + (p.duration or 0)
             end = stop if end is None else max(end, stop)
             total += p.duration or 0
@@ -430,7 +432,13 @@ def _scan_packets(path, index):
     if missing_pts or len(set(pts)) != len(pts):
         return None, None, None, read
     pts.sort()
-    keys = sorted(set(keys) & set(pts))
+    # a keyframe stamped before a packet ahead of it in the file (recordings joined
+    # byte for byte whose clock started again lower, a damaged timing table):
+    # segments are cut at keyframes in time order but read in file order, from one
+    # keyframe to the next, and there missed frames (left out as "could not be
+    # decoded") or their start ("keyframe not found"); no cut but the first frame
+    # (``probe`` adds it): one segment, read from the file's start, holds them all
+    keys = sorted(set(keys) & set(pts)) if keys_in_order else []
     if reordered and all_timed and pts and pts[-1] < pts[0] + total < end:
         end = pts[0] + total
     if pts and (end is None or end <= pts[-1]):
@@ -457,9 +465,13 @@ def _scan_decoded(path, index):
         vs = c.streams[index]
         single = _stated_step(vs)
         vs.codec_context.thread_type = "AUTO"
+        latest, keys_in_order = None, True  # as in _scan_packets
         for p in demux_until_error(c, vs):
             if p.is_keyframe and p.pts is not None and p.size > 1:
                 key_labels.append(p.pts)
+                keys_in_order = keys_in_order and (latest is None or p.pts > latest)
+            if p.pts is not None:
+                latest = p.pts if latest is None else max(latest, p.pts)
             try:
                 frames = vs.decode(p)
             except av.FFmpegError:
@@ -474,7 +486,7 @@ def _scan_decoded(path, index):
     pts, duplicates = _unique(labels)
     if not pts:
         return pts, [], None, rejected, 0
-    keys = sorted(set(key_labels) & set(pts))
+    keys = sorted(set(key_labels) & set(pts)) if keys_in_order else []
     if not keys or keys[0] != pts[0]:
         keys = sorted(set(keys) | {pts[0]})
     return pts, keys, pts[-1] + _typical_step(pts, single), rejected, duplicates
