@@ -73,33 +73,18 @@ def list_images(folder: Path, out_dir: Path | None = None,
         raise FileNotFoundError(f"image folder not found: {folder}" if not folder.exists() else
                                 f"image folder {folder} is a file, not a folder: give the "
                                 f"folder that holds it")
-    inside = check_out_dir(folder, out_dir) if out_dir is not None else None
+    if out_dir is not None:  # what needs no listing is refused before the walk
+        check_out_dir(folder, out_dir)
+    files, reached, failed = _walk(folder)
+    inside = (check_out_dir(folder, out_dir, linked_folders(folder, reached))
+              if out_dir is not None else None)
     found = []
-    searched: set[str] = set()
-    failed: list[tuple[Path, str]] = []
-
-    def cannot_read(err: OSError) -> None:
-        failed.append((Path(err.filename or folder), err.strerror or str(err)))
-
-    for top, dirs, files in os.walk(folder, followlinks=True, onerror=cannot_read):
-        real = os.path.realpath(top)
-        if real in searched:  # a link loop, or a second link to one folder
-            dirs[:] = []
-            continue
-        searched.add(real)
-        dirs[:] = sorted((d for d in dirs if not d.startswith(".")),
-                         key=lambda d: natural_key(Path(d)))
-        for name in files:
-            p = Path(top, name)
-            if (name.startswith(".")
-                    or p.suffix.lower() not in IMAGE_SUFFIXES + UNREADABLE_SUFFIXES
-                    or not (p.is_file() or (p.is_symlink() and not p.exists()))):
-                continue
-            if inside is not None and p.resolve().is_relative_to(inside):
-                if passed_over is not None:
-                    passed_over.append(p)
-            else:
-                found.append(p)
+    for p in files:
+        if inside is not None and p.resolve().is_relative_to(inside):
+            if passed_over is not None:
+                passed_over.append(p)
+        else:
+            found.append(p)
     if failed and failed[0][0] == folder:
         raise ValueError(f"cannot read the image folder {folder}: {failed[0][1]}")
     if unreadable is not None:
@@ -107,9 +92,53 @@ def list_images(folder: Path, out_dir: Path | None = None,
     return sorted(found, key=lambda p: natural_key(p.relative_to(folder)))
 
 
-def check_out_dir(folder: Path, out_dir: Path) -> Path | None:
+def _walk(folder: Path) -> tuple[list[Path], dict[str, Path], list[tuple[Path, str]]]:
+    """The image files below ``folder`` (links followed, hidden names left
+    out); every real folder searched, mapped to the path it was first reached
+    by; and the folders that could not be read, with the reason."""
+    files: list[Path] = []
+    reached: dict[str, Path] = {}
+    failed: list[tuple[Path, str]] = []
+
+    def cannot_read(err: OSError) -> None:
+        failed.append((Path(err.filename or folder), err.strerror or str(err)))
+
+    for top, dirs, names in os.walk(folder, followlinks=True, onerror=cannot_read):
+        real = os.path.realpath(top)
+        if real in reached:  # a link loop, or a second link to one folder
+            dirs[:] = []
+            continue
+        reached[real] = Path(top)
+        dirs[:] = sorted((d for d in dirs if not d.startswith(".")),
+                         key=lambda d: natural_key(Path(d)))
+        for name in names:
+            p = Path(top, name)
+            if (not name.startswith(".")
+                    and p.suffix.lower() in IMAGE_SUFFIXES + UNREADABLE_SUFFIXES
+                    and (p.is_file() or (p.is_symlink() and not p.exists()))):
+                files.append(p)
+    return files, reached, failed
+
+
+def linked_folders(folder: Path, reached: dict[str, Path] | None = None) -> dict[Path, Path]:
+    """The folders outside ``folder`` that the listing searches through links
+    below it, each the top of what it searches there: real path -> the link
+    path it is reached by (``reached``: from :func:`_walk`, else the folder
+    is walked)."""
+    root = Path(folder).resolve()
+    if reached is None:
+        reached = _walk(Path(folder))[1]
+    outside = {Path(real): path for real, path in reached.items()
+               if not Path(real).is_relative_to(root)}
+    return {real: path for real, path in outside.items()
+            if not any(parent in outside for parent in real.parents)}
+
+
+def check_out_dir(folder: Path, out_dir: Path,
+                  linked: dict[Path, Path] | None = None) -> Path | None:
     """Refuse an output folder where blurred images could replace originals;
-    return it (resolved) when it lies inside ``folder``, else None.
+    return it (resolved) when it lies inside ``folder`` or inside one of the
+    ``linked`` folders (:func:`linked_folders`), else None.
 
     Refused: the image folder itself; a folder that holds the image folder
     (``--img-dir lib/new --out-dir lib`` writes ``lib/new/a.jpg`` over
@@ -118,7 +147,11 @@ def check_out_dir(folder: Path, out_dir: Path) -> Path | None:
     images would be left out of the run and could be overwritten by its
     outputs. Accepted inside: a folder that does not exist yet, an empty
     one, or an earlier run's output (run again into it, it is refreshed),
-    also one stopped before its records (:data:`RUN_MARKER`)."""
+    also one stopped before its records (:data:`RUN_MARKER`). A folder
+    reached through a link below the image folder holds originals as the
+    image folder does, and is held to the same rules (its target as the
+    output folder had ``in/top.jpg`` blurred over the original that
+    ``in/linked/top.jpg`` had just been read from)."""
     out, root = Path(out_dir).resolve(), Path(folder).resolve()
     if out == root:
         raise ValueError(f"the output folder {out_dir} is the image folder: the originals "
@@ -126,7 +159,13 @@ def check_out_dir(folder: Path, out_dir: Path) -> Path | None:
     if root.is_relative_to(out):
         raise ValueError(f"the output folder {out_dir} holds the image folder {folder}: "
                          "the originals could be overwritten; give another folder")
-    if not out.is_relative_to(root):
+    for real, link in (linked or {}).items():
+        if out == real or real.is_relative_to(out):
+            raise ValueError(f"the output folder {out_dir} "
+                             f"{'is' if out == real else 'holds'} the folder linked from "
+                             f"the image folder as {link}: its originals could be "
+                             "overwritten; give another folder")
+    if not any(out.is_relative_to(r) for r in (root, *(linked or {}))):
         return None
     if out.is_dir() and any(out.iterdir()) and not any((out / n).is_file()
                                                        for n in (*RUN_RECORDS, RUN_MARKER)):
@@ -303,7 +342,8 @@ def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
     written (the file system's error named)."""
     img_dir, out_dir = Path(img_dir), Path(out_dir)
     paths = list_images(img_dir, out_dir)
-    if check_out_dir(img_dir, out_dir) is not None:  # inside: ours before its first image
+    if check_out_dir(img_dir, out_dir, linked_folders(img_dir)) is not None:
+        # inside the image folder (or a folder linked from it): ours before its first image
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / RUN_MARKER).touch()
     found: dict[str, Detections] = {}

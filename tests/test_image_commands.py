@@ -556,3 +556,52 @@ def test_a_sub_folder_that_cannot_be_read_is_named_and_counted(data_dir, tmp_pat
                  "--quiet", "--no-plates", "--device", "cpu"]) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"anonymize: error: cannot read the image folder {folder}: Permission denied"]
+
+
+@pytest.mark.parametrize("out_rel, refusal", [
+    ("events", "is the folder linked from the image folder as"),
+    ("shared", "holds the folder linked from the image folder as"),
+])
+def test_an_output_folder_that_a_linked_sub_folder_reaches_is_refused(
+        data_dir, tmp_path, capsys, out_rel, refusal):
+    """Linked sub-folders are searched like the others, so their target holds
+    originals too: with it (or a folder above it) as the output folder,
+    in/top.jpg was blurred over the original events/top.jpg, which the run had
+    just read through in/linked/top.jpg."""
+    photos = sorted((data_dir / "faces_dlib_examples" / "images").glob("*.jpg"))
+    folder, events = tmp_path / "in", tmp_path / "shared" / "events"
+    folder.mkdir()
+    events.mkdir(parents=True)
+    (folder / "top.jpg").write_bytes(photos[0].read_bytes())
+    (events / "top.jpg").write_bytes(photos[1].read_bytes())
+    (folder / "linked").symlink_to(events, target_is_directory=True)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*.jpg")}
+    out = events if out_rel == "events" else tmp_path / "shared"
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(out), "--quiet",
+                 "--no-plates", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("anonymize: error:") and refusal in err[0], err
+    assert f"{folder / 'linked'}" in err[0]
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_an_output_folder_inside_a_linked_sub_folder_is_treated_as_inside_the_image_folder(
+        tmp_path):
+    """An output folder inside a linked sub-folder's target is reached by the
+    listing through the link: it must be new, empty or an earlier run's, and
+    its images are not listed again (a second run blurred its own outputs)."""
+    from pipeline.images import list_images
+
+    folder, events = tmp_path / "in", tmp_path / "events"
+    folder.mkdir()
+    (events / "anon").mkdir(parents=True)
+    for p in (folder / "a.jpg", events / "b.jpg", events / "anon" / "b.jpg"):
+        p.write_bytes(b"x")
+    (folder / "linked").symlink_to(events, target_is_directory=True)
+    with pytest.raises(ValueError, match="already holds files"):
+        list_images(folder, events / "anon")
+    (events / "anon" / "detections.pkl").write_bytes(b"x")  # an earlier run's output
+    passed_over: list = []
+    assert [p.relative_to(folder).as_posix() for p in
+            list_images(folder, events / "anon", passed_over)] == ["a.jpg", "linked/b.jpg"]
+    assert passed_over == [folder / "linked" / "anon" / "b.jpg"]
