@@ -115,10 +115,17 @@ def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
 
 def _opencv_reason(exc: Exception) -> str:
     """Why OpenCV refused to decode, in words: its size limit (a gigapixel
-    panorama, or a megabyte PNG that claims 40000x30000 pixels of nothing)
+    panorama, or a megabyte PNG that claims 40000x30000 pixels of nothing;
+    2^28 pixels from the command line, :data:`anonymize.cli.MAX_IMAGE_PIXELS`)
     raised an assertion that stopped the whole folder with a traceback."""
     if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
-        return "more pixels than OpenCV decodes, 2^30 unless OPENCV_IO_MAX_IMAGE_PIXELS says more"
+        # the limit OpenCV read as it loaded: the command line's, or the variable's
+        try:
+            limit = int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30))
+        except ValueError:
+            limit = 1 << 30
+        return (f"more than {limit / 1e6:.0f} megapixels, the most decoded here: a larger "
+                "OPENCV_IO_MAX_IMAGE_PIXELS allows more, at about 15 bytes of memory a pixel")
     from models.errors import one_line
 
     return one_line(exc)

@@ -442,8 +442,8 @@ def test_an_image_over_opencvs_pixel_limit_is_undecodable_not_a_traceback(tmp_pa
     (tmp_path / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
                                         + chunk(b"IDAT", zlib.compress(b"\0" * 40001))
                                         + chunk(b"IEND", b""))
-    with pytest.raises(ValueError, match=r"cannot decode image: .*huge\.png \(more pixels "
-                                         r"than OpenCV decodes") as err:
+    with pytest.raises(ValueError, match=r"cannot decode image: .*huge\.png \(more than "
+                                         r"\d+ megapixels, the most decoded here") as err:
         read_image(tmp_path / "huge.png")
     assert "\n" not in str(err.value)
 

@@ -605,3 +605,44 @@ def test_an_output_folder_inside_a_linked_sub_folder_is_treated_as_inside_the_im
     assert [p.relative_to(folder).as_posix() for p in
             list_images(folder, events / "anon", passed_over)] == ["a.jpg", "linked/b.jpg"]
     assert passed_over == [folder / "linked" / "anon" / "b.jpg"]
+
+
+def test_an_image_of_more_pixels_than_a_photo_has_is_left_out_before_it_is_decoded(tmp_path):
+    """A 100-byte PNG may claim 17000x17000 pixels (a decompression bomb; a real
+    one of one colour is 1 MB for a gigapixel): OpenCV's own limit is 2^30
+    pixels, and a 32000x32000 one took 11 GB before its detection began. Images
+    over 2^28 pixels (268 megapixels, above every camera's photos) are left out
+    as they are read, in one warning line that says how to allow them."""
+    import os
+    import struct
+    import subprocess
+    import sys
+    import zlib
+    from pathlib import Path
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "bomb.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 17000, 17000, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(bytes(17001))) + chunk(b"IEND", b""))
+    cv2.imwrite(str(folder / "ok.png"), np.zeros((8, 8, 3), np.uint8))
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+    args = [sys.executable, "-m", "anonymize", "images", "--img-dir", str(folder), "--quiet",
+            "--plates", "off"]
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(args + ["--out-dir", str(tmp_path / "out")], capture_output=True,
+                          text=True, env=env, cwd=root)
+    assert proc.returncode == 1, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("anonymize: warning: cannot decode image:") and "bomb.png" in line
+    assert "more than 268 megapixels" in line and "OPENCV_IO_MAX_IMAGE_PIXELS" in line, line
+    assert (tmp_path / "out" / "ok.png").is_file()
+    # the variable set says otherwise: the file is decoded (and, cut short, refused as such)
+    env["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(1 << 30)
+    proc = subprocess.run(args + ["--out-dir", str(tmp_path / "out2")], capture_output=True,
+                          text=True, env=env, cwd=root)
+    assert proc.returncode == 1 and "megapixels" not in proc.stderr, proc.stderr
