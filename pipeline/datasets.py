@@ -20,9 +20,12 @@ put every box in the wrong place.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import sys
+import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -101,16 +104,50 @@ def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
         raise ValueError(f"cannot read image: {path} ({why})") from None
     flags = cv2.IMREAD_COLOR if upright else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
     cut = png_cut_short(data)
+    said: list[str] = []
     try:
-        bgr = cv2.imdecode(data, flags) if data.size and not cut else None
+        with native_stderr(said):
+            bgr = cv2.imdecode(data, flags) if data.size and not cut else None
     except cv2.error as exc:  # raised, not None: over OpenCV's pixel limit, ...
         raise ValueError(f"cannot decode image: {path} ({_opencv_reason(exc)})") from None
     if bgr is None:
+        errors = [line.removeprefix("libpng error: ") for line in said
+                  if line.startswith("libpng error: ")]
         hint = (" (a PNG cut short: its last chunks are missing)" if cut else
+                f" (libpng: {errors[0]})" if errors else
                 f" ({path.suffix} files are not read here: convert it to JPEG or PNG)"
                 if path.suffix.lower() in UNREADABLE_SUFFIXES else "")
         raise ValueError(f"cannot decode image: {path}{hint}")
     return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+@contextlib.contextmanager
+def native_stderr(said: list[str]) -> Iterator[None]:
+    """Around a decode: what the image libraries write on the process's stderr
+    themselves (libpng: 'libpng error: IDAT: CRC error', 'libpng warning:
+    eXIf: invalid', past OpenCV's log level) is taken into ``said`` instead of
+    standing beside the command's own lines; the reader of ``said`` words the
+    reason a file is left out from it. Anything else written there meanwhile
+    is written out again."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no stderr to take
+        yield
+        return
+    with tempfile.TemporaryFile() as taken:
+        os.dup2(taken.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            taken.seek(0)
+            lines = taken.read().decode("utf-8", "replace").splitlines(keepends=True)
+    said += [line.rstrip("\r\n") for line in lines if line.startswith("libpng ")]
+    other = "".join(line for line in lines if not line.startswith("libpng "))
+    if other:  # as it was written (a progress bar's '\r' too)
+        sys.stderr.write(other)
 
 
 def _opencv_reason(exc: Exception) -> str:

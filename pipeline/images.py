@@ -23,7 +23,7 @@ import numpy as np
 from models.detections import FACE, Detections
 
 from .blur import anonymize_frame
-from .datasets import IMAGE_SUFFIXES, UNREADABLE_SUFFIXES, read_or_skip
+from .datasets import IMAGE_SUFFIXES, UNREADABLE_SUFFIXES, native_stderr, read_or_skip
 from .records import face_pickle
 from .settings import Settings
 from .video.output import atomic_output, write_atomic
@@ -218,8 +218,9 @@ def _encode(ext: str, image: np.ndarray, profile: bytes | None) -> np.ndarray | 
     encoder refuses this picture."""
     if profile is not None and ext in _PROFILE_FORMATS:
         try:
-            ok, data = cv2.imencodeWithMetadata(ext, image, [cv2.IMAGE_METADATA_ICCP],
-                                                [np.frombuffer(profile, np.uint8)])
+            with native_stderr([]):  # libpng's own line when it refuses the profile
+                ok, data = cv2.imencodeWithMetadata(ext, image, [cv2.IMAGE_METADATA_ICCP],
+                                                    [np.frombuffer(profile, np.uint8)])
             if ok:
                 return data
         except cv2.error:
@@ -244,7 +245,8 @@ def read_unchanged_upright(path: Path) -> tuple[np.ndarray | None, bytes | None]
         except cv2.error:
             return None, None
     try:
-        image, kinds, chunks = cv2.imdecodeWithMetadata(data, cv2.IMREAD_UNCHANGED)
+        with native_stderr([]):  # a warning libpng gave as the image was read
+            image, kinds, chunks = cv2.imdecodeWithMetadata(data, cv2.IMREAD_UNCHANGED)
     except cv2.error:
         return None, None
     if image is None or not image.size:
@@ -327,7 +329,9 @@ def picture_count(path: Path) -> int:
     holds with surrogate escapes) crashes the process. Pages are decoded in
     grey, the cheapest form that still counts them."""
     try:
-        ok, pages = cv2.imdecodemulti(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
+        with native_stderr([]):  # a warning libpng gave as the image was read
+            ok, pages = cv2.imdecodemulti(np.fromfile(path, dtype=np.uint8),
+                                          cv2.IMREAD_GRAYSCALE)
     except cv2.error:
         return 1
     return len(pages) if ok and pages else 1

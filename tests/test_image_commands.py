@@ -646,3 +646,39 @@ def test_an_image_of_more_pixels_than_a_photo_has_is_left_out_before_it_is_decod
     proc = subprocess.run(args + ["--out-dir", str(tmp_path / "out2")], capture_output=True,
                           text=True, env=env, cwd=root)
     assert proc.returncode == 1 and "megapixels" not in proc.stderr, proc.stderr
+
+
+def test_libpng_lines_do_not_stand_beside_the_commands_own(tmp_path):
+    """libpng writes its errors and warnings on the process's stderr itself: a
+    damaged PNG ('libpng error: IDAT: CRC error') got that line beside
+    the warning naming the file, and a PNG with a malformed eXIf chunk, which
+    decodes, got 'libpng warning: eXIf: invalid' three times (it is decoded
+    three times) from a run that otherwise said nothing. The error is now the
+    reason in the file's warning line; the warning is not shown."""
+    import os
+    import struct
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    picture = np.tile(np.arange(64, dtype=np.uint8), (48, 1))
+    png = bytearray(cv2.imencode(".png", np.dstack([picture] * 3))[1].tobytes())
+    png[len(png) // 2:len(png) // 2 + 64] = bytes(64)  # a block of the data zeroed
+    (folder / "damaged.png").write_bytes(bytes(png))
+    tiff = b"MM\x00\x2a" + struct.pack(">IHHHIHH", 8, 1, 0x0112, 3, 1, 6, 0) + bytes(4)
+    ok, exif = cv2.imencodeWithMetadata(".png", np.zeros((8, 8, 3), np.uint8),
+                                        [cv2.IMAGE_METADATA_EXIF],
+                                        [np.frombuffer(b"Exif\x00\x00" + tiff, np.uint8)])
+    (folder / "exif.png").write_bytes(exif.tobytes())
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-m", "anonymize", "images", "--img-dir", str(folder),
+                           "--out-dir", str(tmp_path / "out"), "--quiet", "--plates", "off"],
+                          capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"anonymize: warning: cannot decode image: {folder / 'damaged.png'} (libpng: IDAT: "
+        "CRC error); left out"], proc.stderr
+    assert (tmp_path / "out" / "exif.png").is_file()
