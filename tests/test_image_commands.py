@@ -682,3 +682,17 @@ def test_libpng_lines_do_not_stand_beside_the_commands_own(tmp_path):
         f"anonymize: warning: cannot decode image: {folder / 'damaged.png'} (libpng: IDAT: "
         "CRC error); left out"], proc.stderr
     assert (tmp_path / "out" / "exif.png").is_file()
+
+
+def test_a_file_name_with_a_line_break_gets_one_warning_line(tmp_path, capsys):
+    """A name may hold a line break (a file saved by a script, a sync tool's
+    conflict copy): the warning that names it stood on two lines, the second
+    looking like a line of its own. Control characters are written escaped."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "bad\nname.jpg").write_bytes(b"xx")
+    cv2.imwrite(str(folder / "ok.png"), np.zeros((8, 8, 3), np.uint8))
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(tmp_path / "out"),
+                 "--quiet", "--plates", "off"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"anonymize: warning: cannot decode image: {folder}/bad\\nname.jpg; left out"]
