@@ -67,11 +67,29 @@ SHAPES = ("box", "ellipse")
 Pair = tuple[int | None, int | None]
 
 
+#: annotated labels of common exports that name no detector class, in the key form of
+#: :func:`~models.detections.label_id` (lower case, words joined by '_') -> our label:
+#: Open Images' class names, the face-mask sets' labels (a masked face is a face to
+#: blur), other plate spellings and plurals. Only evaluation reads them: a detector's
+#: own class names keep the stricter mapping
+EXPORT_LABELS = {
+    "vehicle_registration_plate": "plate", "registration_plate": "plate",
+    "car_plate": "plate", "vehicle_plate": "plate", "plates": "plate",
+    "license_plates": "plate", "licence_plates": "plate", "number_plates": "plate",
+    "human_face": "face", "faces": "face", "with_mask": "face", "without_mask": "face",
+    "mask_weared_incorrect": "face", "mask_worn_incorrectly": "face",
+    "land_vehicle": "car", "vehicle": "car", "van": "car", "taxi": "car",
+    "ambulance": "car", "limousine": "car", "cars": "car", "buses": "bus",
+    "trucks": "truck", "motorcycles": "motorcycle", "motorbikes": "motorcycle",
+}
+
+
 def group_of_label(label: str) -> str | None:
-    """Evaluation group of an annotated label ('license_plate' -> plate, 'bus' -> car);
-    ``None`` for labels no detector produces."""
+    """Evaluation group of an annotated label ('license_plate' -> plate, 'bus' -> car,
+    'Vehicle registration plate' -> plate); ``None`` for labels no detector produces."""
+    key = "_".join(label.lower().replace("-", " ").replace("_", " ").split())
     try:
-        cid = label_id(label)
+        cid = label_id(EXPORT_LABELS.get(key, label))
     except ValueError:
         return None
     return group_of_class(cid)
