@@ -396,11 +396,13 @@ def _one_image_per_txt(images: list[Path], anno_dir: Path) -> None:
 
 
 def iter_samples(records: Iterable[ImageRecord],
-                 skipped: list[tuple[ImageRecord, str]] | None = None) -> Iterator[Sample]:
+                 skipped: list[tuple[ImageRecord, str]] | None = None,
+                 no_area: list[tuple[ImageRecord, GTBox]] | None = None) -> Iterator[Sample]:
     """Decode each record, yielding pixel ground truth clipped to the image
-    (boxes left with no area are dropped). With a ``skipped`` list, a file that
-    does not decode is recorded there (record, reason) and passed over
-    (:func:`read_or_skip`)."""
+    (boxes left with no area are dropped, and noted in ``no_area`` as (record,
+    box in pixels as annotated) when it is given). With a ``skipped`` list, a
+    file that does not decode is recorded there (record, reason) and passed
+    over (:func:`read_or_skip`)."""
     for rec in records:
         image = read_or_skip(rec.path, skipped, rec)
         if image is None:
@@ -420,6 +422,8 @@ def iter_samples(records: Iterable[ImageRecord],
             x1, y1, x2, y2 = b.xyxy
             box = [min(max(x1, 0.0), w), min(max(y1, 0.0), h),
                    min(max(x2, 0.0), w), min(max(y2, 0.0), h)]
-            if box[2] > box[0] and box[3] > box[1]:  # wholly off-image boxes cannot leak
+            if box[2] > box[0] and box[3] > box[1]:
                 gt.append(GTBox(b.label, box))
+            elif no_area is not None:  # wholly off-image boxes cannot leak; said, not lost
+                no_area.append((rec, b))
         yield Sample(rec.path, rec.name or rec.path.name, image, gt)

@@ -348,7 +348,8 @@ def evaluate_dataset(records: Sequence[ImageRecord],
 
         bar = tqdm(total=len(records), desc=f"eval {mode}", unit="img", file=sys.stderr)
     undecodable: list[tuple[ImageRecord, str]] = []
-    samples = iter_samples(records, undecodable)
+    no_area: list[tuple[ImageRecord, GTBox]] = []
+    samples = iter_samples(records, undecodable, no_area)
     while batch := list(islice(samples, batch_size)):
         t0 = time.perf_counter()
         results = detect([s.image for s in batch])
@@ -385,6 +386,11 @@ def evaluate_dataset(records: Sequence[ImageRecord],
         # listed images that did not decode: left out of every count above
         "undecodable": [{"file": rec.name or rec.path.name, "reason": reason}
                         for rec, reason in undecodable],
+        # annotated boxes with no area inside their image (outside it, or no width or
+        # height), in pixels as annotated: not in the ground truth above
+        "boxes_without_area": [{"file": rec.name or rec.path.name, "label": box.label,
+                                "xyxy": [round(v, 3) for v in box.xyxy]}
+                               for rec, box in no_area],
         "evaluation": {"iou_thresh": IOU_THRESH, "coverage_thresh": COVERAGE_THRESH,
                        "mask_scale": mask_scale, "coverage_shape": shape,
                        "min_width": min_width, "batch_size": batch_size},

@@ -787,3 +787,37 @@ def test_yolo_class_ids_that_match_no_row_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"^class id -1 \(plate\): YOLO class ids are 0 or "
                                          r"more$"):
         load_yolo_dir(tmp_path / "anno", tmp_path / "img", {-1: "plate"})
+
+
+def test_boxes_with_no_area_in_their_image_are_counted_and_named(tmp_path, monkeypatch, capsys):
+    """A box wholly outside its image (annotated on a larger original than the
+    stored copy, say) or of no width was dropped from the ground truth in
+    silence: recall was measured over fewer boxes than annotated, and nothing
+    said so. They are listed in metrics.json and counted in one warning line;
+    a box reaching past the edge is still clipped and evaluated."""
+    from anonymize.cli import main
+
+    root = tmp_path / "ds"
+    write_image(root / "images" / "a.png", 100, 60)
+    write_annotations(root, [{"file": "images/a.png", "boxes": [
+        {"label": "plate", "xyxy": [10, 10, 40, 20]},
+        {"label": "plate", "xyxy": [90, 50, 130, 70]},    # clipped to [90, 50, 100, 60]
+        {"label": "plate", "xyxy": [300, 200, 340, 220]},  # outside
+        {"label": "plate", "xyxy": [20, 30, 20, 40]},      # no width
+    ]}])
+    monkeypatch.setitem(sys.modules, "pipeline.detect",
+                        types.SimpleNamespace(DetectionStack=FakeStack))
+    import models.resolve
+
+    monkeypatch.setattr(models.resolve, "check_settings", lambda settings, fetched=True: None)
+    assert main(["eval", "--dataset", str(root), "--out-dir", str(tmp_path / "out"),
+                 "--mode", "one-stage", "--device", "cpu"]) == 0
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["labels"]["plate"]["gt"] == 2
+    assert saved["boxes_without_area"] == [
+        {"file": "images/a.png", "label": "plate", "xyxy": [300, 200, 340, 220]},
+        {"file": "images/a.png", "label": "plate", "xyxy": [20, 30, 20, 40]}]
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warned == ["anonymize: warning: 2 annotated boxes have no area inside their image "
+                      "(outside it, or no width or height) and are not evaluated; first: "
+                      "images/a.png plate [300, 200, 340, 220]"], warned
