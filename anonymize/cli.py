@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import os
 import sys
@@ -134,6 +135,10 @@ def _one_line_warnings() -> None:
     warnings.showwarning = show
 
 
+#: errors of the storage a command writes to, which a user fixes (one line, status 2)
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM or SIGHUP, raised as the interrupt Ctrl-C raises so that the same
     clean-up runs. Without it the default action ends the process on the spot,
@@ -223,6 +228,14 @@ def main(argv: list[str] | None = None) -> int:
         from models.errors import one_line
 
         print(f"anonymize: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in _STORAGE_ERRNOS:
+            raise
+        # the disk, not the program: a full disk, a quota, a size limit, a
+        # read-only or failing file system
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"anonymize: error: {where}{exc.strerror}", file=sys.stderr)
         return 2
 
 

@@ -350,28 +350,30 @@ def evaluate_dataset(records: Sequence[ImageRecord],
     undecodable: list[tuple[ImageRecord, str]] = []
     no_area: list[tuple[ImageRecord, GTBox]] = []
     samples = iter_samples(records, undecodable, no_area)
-    while batch := list(islice(samples, batch_size)):
-        t0 = time.perf_counter()
-        results = detect([s.image for s in batch])
-        detect_s += time.perf_counter() - t0
-        if len(results) != len(batch):
-            raise RuntimeError(f"detector returned {len(results)} results for {len(batch)} images")
-        for sample, dets in zip(batch, results, strict=True):
-            h, w = sample.image.shape[:2]
-            ev = evaluate_image(dets, sample.gt, h, w, labels, mask_scale, shape,
-                                min_width=min_width)
-            for label in labels:
-                totals[label] += ev.counts[label]
-            mdicts.append(to_mdict(sample.name, dets, sample.gt, ev.matches))
-            if draw_dir is not None:
-                _write_drawn(Path(draw_dir) / drawn_name(sample.name, drawn),
-                             draw(sample.image, dets, sample.gt))
+    try:
+        while batch := list(islice(samples, batch_size)):
+            t0 = time.perf_counter()
+            results = detect([s.image for s in batch])
+            detect_s += time.perf_counter() - t0
+            if len(results) != len(batch):
+                raise RuntimeError(f"detector returned {len(results)} results for {len(batch)} images")
+            for sample, dets in zip(batch, results, strict=True):
+                h, w = sample.image.shape[:2]
+                ev = evaluate_image(dets, sample.gt, h, w, labels, mask_scale, shape,
+                                    min_width=min_width)
+                for label in labels:
+                    totals[label] += ev.counts[label]
+                mdicts.append(to_mdict(sample.name, dets, sample.gt, ev.matches))
+                if draw_dir is not None:
+                    _write_drawn(Path(draw_dir) / drawn_name(sample.name, drawn),
+                                 draw(sample.image, dets, sample.gt))
+            if bar is not None:
+                bar.n = len(mdicts) + len(undecodable)
+                bar.refresh()
+    finally:  # also when it stops: an error line then starts a line of its own
         if bar is not None:
             bar.n = len(mdicts) + len(undecodable)
-            bar.refresh()
-    if bar is not None:
-        bar.n = len(mdicts) + len(undecodable)
-        bar.close()
+            bar.close()
     total_s = time.perf_counter() - start
 
     # each output whole or not at all (write_atomic): an interrupted run leaves

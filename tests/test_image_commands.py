@@ -696,3 +696,35 @@ def test_a_file_name_with_a_line_break_gets_one_warning_line(tmp_path, capsys):
                  "--quiet", "--plates", "off"]) == 1
     assert capsys.readouterr().err.splitlines() == [
         f"anonymize: warning: cannot decode image: {folder}/bad\\nname.jpg; left out"]
+
+
+def test_a_full_disk_is_one_error_line_not_a_traceback(tmp_path):
+    """Images that cannot be written are left out with a warning each, but the
+    records written after them (detections.pkl, report.html) then failed with
+    a traceback. A file size limit (RLIMIT_FSIZE: 'File too large', as a full
+    disk gives 'No space left on device') stands in for a full disk here."""
+    import resource
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "small.png"), np.zeros((8, 8, 3), np.uint8))
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    cv2.imwrite(str(folder / "large.png"), noise)  # 12 kB
+    limit = 4000
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-m", "anonymize", "images", "--img-dir", str(folder),
+                           "--out-dir", str(tmp_path / "out"), "--quiet", "--plates", "off"],
+                          capture_output=True, text=True, preexec_fn=small_files,
+                          cwd=Path(__file__).resolve().parent.parent)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert lines[0].startswith("anonymize: warning: could not write") and "large.png" in lines[0]
+    assert lines[1:] == [f"anonymize: error: {tmp_path / 'out' / 'report.html'}: File too large"
+                         ], proc.stderr
+    assert not list((tmp_path / "out").glob(".*partial*"))  # no half file left
