@@ -728,3 +728,42 @@ def test_a_full_disk_is_one_error_line_not_a_traceback(tmp_path):
     assert lines[1:] == [f"anonymize: error: {tmp_path / 'out' / 'report.html'}: File too large"
                          ], proc.stderr
     assert not list((tmp_path / "out").glob(".*partial*"))  # no half file left
+
+
+def test_a_grey_image_with_transparency_stays_grey_with_its_alpha(data_dir, tmp_path):
+    """A grey PNG with an alpha channel (PNG colour type 4: scanned signatures,
+    logos, masks) came back as a colour RGBA PNG, twice its size on disk;
+    OpenCV's PNG encoder writes no grey+alpha, so it is written here."""
+    import struct
+    import zlib
+
+    src = cv2.imread(str(data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg"))
+    grey = cv2.cvtColor(src, cv2.COLOR_BGR2GRAY)
+    h, w = grey.shape
+    alpha = np.tile(np.linspace(0, 255, w, dtype=np.uint8), (h, 1))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    rows = np.hstack([np.zeros((h, 1), np.uint8), np.dstack([grey, alpha]).reshape(h, 2 * w)])
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "ga.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 4, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(rows.tobytes())) + chunk(b"IEND", b""))
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(tmp_path / "out"),
+                 "--quiet", "--no-plates", "--device", "cpu"]) == 0
+    data = (tmp_path / "out" / "ga.png").read_bytes()
+    assert data[12:16] == b"IHDR" and data[24:26] == b"\x08\x04"  # 8-bit grey + alpha
+    back = cv2.imread(str(tmp_path / "out" / "ga.png"), cv2.IMREAD_UNCHANGED)
+    assert back.shape == (h, w, 4) and np.array_equal(back[:, :, 3], alpha)
+    assert np.array_equal(back[:, :, 0], back[:, :, 1])  # grey: its channels agree
+    (row,) = pickle.loads((tmp_path / "out" / "detections.pkl").read_bytes())
+    x1, y1, x2, y2 = row["det"][0]["box_points"]
+    assert back[y1:y2, x1:x2, 0].std() < grey[y1:y2, x1:x2].std()  # blurred
+    outside = np.ones((h, w), bool)
+    for d in row["det"]:
+        bx1, by1, bx2, by2 = d["box_points"]
+        outside[max(by1 - 20, 0):by2 + 20, max(bx1 - 20, 0):bx2 + 20] = False
+    assert np.array_equal(back[:, :, 0][outside], grey[outside])  # the rest as it was
