@@ -397,7 +397,8 @@ def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
     written (the file system's error named)."""
     img_dir, out_dir = Path(img_dir), Path(out_dir)
     paths = list_images(img_dir, out_dir)
-    if check_out_dir(img_dir, out_dir, linked_folders(img_dir)) is not None:
+    linked = linked_folders(img_dir)
+    if check_out_dir(img_dir, out_dir, linked) is not None:
         # inside the image folder (or a folder linked from it): ours before its first image
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / RUN_MARKER).touch()
@@ -412,12 +413,25 @@ def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
             progress(now - counted)
         counted = now
 
+    # where originals are: an output reached through a link (out/sub -> in/sub)
+    # must not land there
+    originals, out_real = (img_dir.resolve(), *linked), out_dir.resolve()
+
+    def among_originals(target: Path) -> Path | None:
+        real = target.parent.resolve()
+        if real.is_relative_to(out_real) or not any(real.is_relative_to(o) for o in originals):
+            return None
+        return real
+
     for batch in iter_batches(paths, settings.batch_size, skipped):
         dets = stack.detect([img for _, img in batch])
         for (path, img), d in zip(batch, dets, strict=True):
             rel = str(path.relative_to(img_dir))
             target = out_dir / rel
             try:
+                if (into := among_originals(target)) is not None:
+                    raise ValueError(f"could not write {target}: its folder leads through a "
+                                     f"link to {into}, among the originals")
                 write_rgb(target, anonymize_frame(img, d, settings.mode, settings.shape,
                                                   settings.mask_scale), like=path)
             except (ValueError, OSError) as exc:

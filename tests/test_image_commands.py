@@ -767,3 +767,26 @@ def test_a_grey_image_with_transparency_stays_grey_with_its_alpha(data_dir, tmp_
         bx1, by1, bx2, by2 = d["box_points"]
         outside[max(by1 - 20, 0):by2 + 20, max(bx1 - 20, 0):bx2 + 20] = False
     assert np.array_equal(back[:, :, 0][outside], grey[outside])  # the rest as it was
+
+
+def test_an_output_reached_through_a_link_into_the_image_folder_is_not_written(
+        data_dir, tmp_path, capsys):
+    """A link inside the output folder (out/sub -> in/sub, left by a `cp -rs`
+    or an earlier tool) sent the blurred in/sub/a.jpg over the original
+    through it. Such an image is left out with a warning naming the link's
+    folder; the others are written."""
+    photo = data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg"
+    folder, out = tmp_path / "in", tmp_path / "out"
+    (folder / "sub").mkdir(parents=True)
+    out.mkdir()
+    (folder / "sub" / "a.jpg").write_bytes(photo.read_bytes())
+    (folder / "top.jpg").write_bytes(photo.read_bytes())
+    (out / "sub").symlink_to(folder / "sub", target_is_directory=True)
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(out), "--quiet",
+                 "--no-plates", "--device", "cpu"]) == 1
+    assert (folder / "sub" / "a.jpg").read_bytes() == photo.read_bytes()
+    assert sorted(p.name for p in (folder / "sub").iterdir()) == ["a.jpg"]
+    assert capsys.readouterr().err.splitlines() == [
+        f"anonymize: warning: could not write {out / 'sub' / 'a.jpg'}: its folder leads "
+        f"through a link to {folder / 'sub'}, among the originals; left out"]
+    assert (out / "top.jpg").is_file()
