@@ -177,7 +177,7 @@ def check_out_dir(folder: Path, out_dir: Path,
     return out
 
 
-def write_rgb(path: Path, rgb: np.ndarray, like: Path | None = None) -> None:
+def write_rgb(path: Path, rgb: np.ndarray, like: Path | None = None) -> bool:
     """Write ``rgb``; with ``like`` (the source file) in its channel layout: a
     grey source stays grey, a source with transparency keeps its alpha
     channel (the blurred colour under it), so a cut-out PNG does not come
@@ -189,7 +189,10 @@ def write_rgb(path: Path, rgb: np.ndarray, like: Path | None = None) -> None:
     holds one (JPEG, PNG, WebP): the pixels are read as stored, in the
     profile's colours, and without it a wide-gamut photo (every phone's
     Display P3) is shown dull. A profile for other channels than the output
-    has (a CMYK JPEG's, decoded to RGB) is left out."""
+    has (a CMYK JPEG's, decoded to RGB) is left out.
+
+    Returns whether the source had more than 8 bits a channel, which the
+    written image does not keep."""
     path.parent.mkdir(parents=True, exist_ok=True)
     out = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     # the source, every channel and bit depth, turned as ``rgb`` was
@@ -219,6 +222,7 @@ def write_rgb(path: Path, rgb: np.ndarray, like: Path | None = None) -> None:
         raise ValueError(f"could not write image: {path} ({why})")
     with atomic_output(path) as partial:  # a reader never sees half an image
         partial.write_bytes(data.tobytes())
+    return stored is not None and stored.dtype != np.uint8
 
 
 #: the PNG colour type of grey pixels with an alpha channel
@@ -390,11 +394,13 @@ def picture_count(path: Path) -> int:
 
 def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
                      progress: Callable[[int], None] | None = None,
-                     skipped: list[tuple[Path, str]] | None = None) -> dict[str, Detections]:
+                     skipped: list[tuple[Path, str]] | None = None,
+                     eight_bit: list[Path] | None = None) -> dict[str, Detections]:
     """Blur every image of ``img_dir`` into ``out_dir`` (same relative paths);
     returns detections per relative path. Files that do not decode go to
     ``skipped`` (see :func:`iter_batches`), as do images that cannot be
-    written (the file system's error named)."""
+    written (the file system's error named). Images of more than 8 bits a
+    channel, written in 8, go to ``eight_bit``."""
     img_dir, out_dir = Path(img_dir), Path(out_dir)
     paths = list_images(img_dir, out_dir)
     linked = linked_folders(img_dir)
@@ -432,8 +438,8 @@ def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
                 if (into := among_originals(target)) is not None:
                     raise ValueError(f"could not write {target}: its folder leads through a "
                                      f"link to {into}, among the originals")
-                write_rgb(target, anonymize_frame(img, d, settings.mode, settings.shape,
-                                                  settings.mask_scale), like=path)
+                deeper = write_rgb(target, anonymize_frame(img, d, settings.mode, settings.shape,
+                                                           settings.mask_scale), like=path)
             except (ValueError, OSError) as exc:
                 # one image the file system will not take (a name too long for
                 # it, a folder of that name in the way) does not stop the others
@@ -443,6 +449,8 @@ def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
                                 f"could not write {target}: {exc.strerror or exc}"))
                 continue
             found[rel] = d
+            if deeper and eight_bit is not None:
+                eight_bit.append(path)
         advance()
     advance()
     return found

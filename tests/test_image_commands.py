@@ -790,3 +790,22 @@ def test_an_output_reached_through_a_link_into_the_image_folder_is_not_written(
         f"anonymize: warning: could not write {out / 'sub' / 'a.jpg'}: its folder leads "
         f"through a link to {folder / 'sub'}, among the originals; left out"]
     assert (out / "top.jpg").is_file()
+
+
+def test_images_of_16_bits_a_channel_are_said_to_be_written_in_8(tmp_path, capsys):
+    """A 16-bit PNG or TIFF (a scan, a raw export) is written in 8 bits: that
+    was said in the README only, and the run said nothing of the precision it
+    dropped. One warning line counts such images and names the first; the run
+    still succeeds."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (32, 1))
+    cv2.imwrite(str(folder / "scan.tif"), np.dstack([ramp] * 3))
+    cv2.imwrite(str(folder / "depth.png"), ramp)
+    cv2.imwrite(str(folder / "plain.png"), np.zeros((32, 64, 3), np.uint8))
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(tmp_path / "out"),
+                 "--quiet", "--plates", "off"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"anonymize: warning: 2 images of more than 8 bits a channel are written in 8 bits "
+        f"(first: {folder / 'depth.png'})"]
+    assert cv2.imread(str(tmp_path / "out" / "scan.tif"), cv2.IMREAD_UNCHANGED).dtype == np.uint8
