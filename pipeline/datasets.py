@@ -340,8 +340,10 @@ def load_yolo_dir(anno_dir: str | Path, img_dir: str | Path,
 
 def parse_yolo_txt(text: str, class_labels: dict[int, str],
                    seen: set[int] | None = None) -> list[GTBox]:
-    """``class cx cy w h`` rows (extra columns ignored) -> normalised boxes (cx, cy, w, h);
-    every row's class id goes into ``seen`` when given."""
+    """``class cx cy w h`` rows (a sixth column, a confidence, ignored), or
+    polygon rows ``class x1 y1 x2 y2 x3 y3 ...`` (the box around their
+    points) -> normalised boxes (cx, cy, w, h); every row's class id goes into
+    ``seen`` when given."""
     boxes = []
     not_normalised = None  # the first such row, refused once every row has been read
     # a byte-order mark (Notepad, PowerShell 5) made row 1 unreadable
@@ -349,12 +351,23 @@ def parse_yolo_txt(text: str, class_labels: dict[int, str],
         parts = line.split()
         if not parts:
             continue
+        # more than six numbers: a polygon 'class x1 y1 x2 y2 x3 y3 ...' (a segmentation
+        # export), read as the box around its points, as Ultralytics reads it
+        polygon = len(parts) > 6
         try:
-            values = [float(v) for v in parts[:5]]
+            values = [float(v) for v in (parts if polygon else parts[:5])]
         except ValueError:
             values = []
         if len(values) < 5 or not all(math.isfinite(v) for v in values):
-            raise ValueError(f"YOLO row {line_no} needs 'class cx cy w h': {line!r}")
+            raise ValueError(f"YOLO row {line_no} needs 'class cx cy w h'"
+                             f"{' or a polygon' if polygon else ''}: {line!r}")
+        if polygon:
+            if len(values) % 2 == 0:
+                raise ValueError(f"YOLO row {line_no} is a polygon with an odd count of "
+                                 f"coordinates: {line!r}")
+            xs, ys = values[1::2], values[2::2]
+            values = [values[0], (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2,
+                      max(xs) - min(xs), max(ys) - min(ys)]
         cls = int(values[0])
         if seen is not None:
             seen.add(cls)

@@ -290,6 +290,24 @@ def test_yolo_txt_loading_maps_class_ids(tmp_path):
         load_yolo_dir(anno, img, {15: "plate"})
 
 
+def test_yolo_polygon_rows_are_read_as_the_box_around_them(tmp_path):
+    """A segmentation export (Roboflow's or Ultralytics' 'YOLO segment' format)
+    has rows 'class x1 y1 x2 y2 x3 y3 ...': its first four numbers were read as
+    cx cy w h, a box of no relation to the object. Rows of more than six
+    numbers are polygons, read as the box around their points, as Ultralytics
+    reads them; a sixth number (a confidence) is still ignored."""
+    img, anno = tmp_path / "img", tmp_path / "anno"
+    write_image(img / "a.png", 200, 100)
+    anno.mkdir()
+    (anno / "a.txt").write_text("15 0.4 0.3 0.6 0.3 0.6 0.7 0.4 0.7\n"
+                                "15 0.5 0.5 0.2 0.4 0.9\n")
+    (sample,) = iter_samples(load_yolo_dir(anno, img, {15: "plate"}))
+    assert [b.xyxy for b in sample.gt] == [pytest.approx([80, 30, 120, 70])] * 2
+    (anno / "a.txt").write_text("15 0.4 0.3 0.6 0.3 0.6\n15 0.4 0.3 0.6 0.3 0.6 0.7 3\n")
+    with pytest.raises(ValueError, match=r"a\.txt: YOLO row 2 .*polygon"):
+        load_yolo_dir(anno, img, {15: "plate"})
+
+
 def test_annotations_json_loading_and_clipping(tmp_path):
     write_image(tmp_path / "images" / "x.png", 60, 40)
     (tmp_path / "annotations.json").write_text(json.dumps({"images": [
