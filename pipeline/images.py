@@ -420,14 +420,17 @@ def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
         counted = now
 
     # where originals are: an output reached through a link (out/sub -> in/sub)
-    # must not land there
+    # must not land there, nor on a linked image's own file (in/a.jpg -> out/a.jpg)
     originals, out_real = (img_dir.resolve(), *linked), out_dir.resolve()
+    linked_images = {p.resolve(): p for p in paths if p.is_symlink()}
 
-    def among_originals(target: Path) -> Path | None:
+    def among_originals(target: Path) -> str | None:
+        if (link := linked_images.get(target.resolve())) is not None:
+            return f"it is the original {link} leads to"
         real = target.parent.resolve()
         if real.is_relative_to(out_real) or not any(real.is_relative_to(o) for o in originals):
             return None
-        return real
+        return f"its folder leads through a link to {real}, among the originals"
 
     for batch in iter_batches(paths, settings.batch_size, skipped):
         dets = stack.detect([img for _, img in batch])
@@ -435,9 +438,8 @@ def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
             rel = str(path.relative_to(img_dir))
             target = out_dir / rel
             try:
-                if (into := among_originals(target)) is not None:
-                    raise ValueError(f"could not write {target}: its folder leads through a "
-                                     f"link to {into}, among the originals")
+                if (why := among_originals(target)) is not None:
+                    raise ValueError(f"could not write {target}: {why}")
                 deeper = write_rgb(target, anonymize_frame(img, d, settings.mode, settings.shape,
                                                            settings.mask_scale), like=path)
             except (ValueError, OSError) as exc:

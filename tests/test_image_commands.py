@@ -809,3 +809,23 @@ def test_images_of_16_bits_a_channel_are_said_to_be_written_in_8(tmp_path, capsy
         f"anonymize: warning: 2 images of more than 8 bits a channel are written in 8 bits "
         f"(first: {folder / 'depth.png'})"]
     assert cv2.imread(str(tmp_path / "out" / "scan.tif"), cv2.IMREAD_UNCHANGED).dtype == np.uint8
+
+
+def test_an_image_linked_in_from_the_output_folder_is_not_written_over(
+        data_dir, tmp_path, capsys):
+    """in/a.jpg a link to elsewhere/a.jpg, and elsewhere the output folder:
+    the blurred copy was written over the original it had been read from."""
+    photo = data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg"
+    folder, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "a.jpg").write_bytes(photo.read_bytes())
+    (folder / "a.jpg").symlink_to(elsewhere / "a.jpg")
+    (folder / "b.jpg").write_bytes(photo.read_bytes())
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(elsewhere), "--quiet",
+                 "--no-plates", "--device", "cpu"]) == 1
+    assert (elsewhere / "a.jpg").read_bytes() == photo.read_bytes()
+    assert capsys.readouterr().err.splitlines() == [
+        f"anonymize: warning: could not write {elsewhere / 'a.jpg'}: it is the original "
+        f"{folder / 'a.jpg'} leads to; left out"]
+    assert (elsewhere / "b.jpg").is_file()
