@@ -250,8 +250,11 @@ def _record(root: Path, where: str, entry) -> ImageRecord:
     boxes = entry.get("boxes", [])
     if not isinstance(boxes, list):
         raise ValueError(f"{where}: 'boxes' is not a list")
-    return ImageRecord(root / _on_disk(file),
-                       [_box(f"{where}: boxes[{j}]", b) for j, b in enumerate(boxes)],
+    path = root / _on_disk(file)
+    if "\\" in file and os.sep != "\\" and not path.exists():
+        # written on Windows ('images\\x.jpg'): here one name with backslashes in it
+        path = root / _on_disk(file.replace("\\", "/"))
+    return ImageRecord(path, [_box(f"{where}: boxes[{j}]", b) for j, b in enumerate(boxes)],
                        size[0], size[1], name=file)
 
 

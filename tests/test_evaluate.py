@@ -414,6 +414,17 @@ def test_listed_images_that_are_missing_are_refused_before_any_decoding(tmp_path
     assert str(tmp_path / "images" / "gone.png") in str(err.value)
 
 
+def test_a_file_path_written_with_backslashes_is_read(tmp_path):
+    """annotations.json written on Windows names 'images\\x.png': on Linux and
+    macOS that is one file name with a backslash in it, so every image was
+    'not found'. Where no such file is there, the backslashes are read as the
+    folder separators they were; the pickle keeps the name as listed."""
+    write_image(tmp_path / "images" / "x.png", 20, 20)
+    write_annotations(tmp_path, [{"file": "images\\x.png", "boxes": []}])
+    (record,) = load_annotations(tmp_path)
+    assert record.path == tmp_path / "images" / "x.png" and record.name == "images\\x.png"
+
+
 def test_box_with_swapped_corners_is_kept_in_order(tmp_path):
     write_image(tmp_path / "images" / "x.png", 20, 20)
     write_annotations(tmp_path, [{"file": "images/x.png", "width": 20.0, "height": 20,
