@@ -333,12 +333,35 @@ def load_yolo_dir(anno_dir: str | Path, img_dir: str | Path,
         except (ValueError, UnicodeDecodeError) as exc:
             raise ValueError(f"{txt}: {exc}") from exc
         records.append(ImageRecord(img, boxes, normalized=True, name=img.name))
+    _warn_orphans(anno_dir, img_dir, {img.stem for img in images}, class_labels)
     for cid, label in sorted(class_labels.items()):
         if cid not in seen:  # a wrong id evaluated against no boxes at all, unsaid
             warnings.warn(f"no annotation row in {anno_dir} has class id {cid} (the "
                           f"{label} id): no {label} box is evaluated; the rows' class ids "
                           f"are {', '.join(map(str, sorted(seen))) or 'none'}", stacklevel=2)
     return records
+
+
+def _warn_orphans(anno_dir: Path, img_dir: Path, stems: set[str],
+                  class_labels: dict[int, str]) -> None:
+    """Name the annotation files that hold boxes of a mapped class but have no
+    image (their boxes cannot be evaluated); files that are no YOLO rows
+    (LabelImg's ``classes.txt``) are not annotation files."""
+    orphans = []
+    for txt in sorted(anno_dir.glob("*.txt")):
+        if txt.stem in stems or txt.name.startswith("."):
+            continue
+        try:
+            if parse_yolo_txt(txt.read_text(encoding="utf-8"), class_labels):
+                orphans.append(txt)
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+    if orphans:
+        n = len(orphans)
+        warnings.warn(f"{n} annotation file{'s' if n != 1 else ''} in {anno_dir} "
+                      f"{'have' if n != 1 else 'has'} boxes but no image in {img_dir} (first: "
+                      f"{orphans[0].name}); {'their' if n != 1 else 'its'} boxes are not "
+                      "evaluated", stacklevel=3)
 
 
 def parse_yolo_txt(text: str, class_labels: dict[int, str],

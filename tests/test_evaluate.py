@@ -818,6 +818,29 @@ def test_yolo_class_ids_that_match_no_row_are_named(tmp_path):
         load_yolo_dir(tmp_path / "anno", tmp_path / "img", {-1: "plate"})
 
 
+def test_yolo_annotations_without_their_image_are_named(tmp_path):
+    """Boxes of a .txt whose image is not in --img-dir (another extension's
+    stem, a file left behind) were not evaluated, and nothing said so; a
+    .txt that is no annotation file (LabelImg's classes.txt) or that holds
+    no box of a mapped class is not named."""
+    from pipeline.datasets import load_yolo_dir
+
+    for d in ("anno", "img"):
+        (tmp_path / d).mkdir()
+    write_image(tmp_path / "img" / "a.png", 20, 20)
+    rows = "15 0.5 0.5 0.2 0.1\n"
+    for stem in ("a", "b", "c"):
+        (tmp_path / "anno" / f"{stem}.txt").write_text(rows, encoding="utf-8")
+    (tmp_path / "anno" / "d.txt").write_text("0 0.5 0.5 0.2 0.1\n", encoding="utf-8")
+    (tmp_path / "anno" / "classes.txt").write_text("plate\nface\n", encoding="utf-8")
+    with pytest.warns(UserWarning) as warned:
+        records = load_yolo_dir(tmp_path / "anno", tmp_path / "img", {15: "plate"})
+    assert [str(w.message) for w in warned] == [
+        f"2 annotation files in {tmp_path / 'anno'} have boxes but no image in "
+        f"{tmp_path / 'img'} (first: b.txt); their boxes are not evaluated"]
+    assert [r.name for r in records] == ["a.png"]
+
+
 def test_boxes_with_no_area_in_their_image_are_counted_and_named(tmp_path, monkeypatch, capsys):
     """A box wholly outside its image (annotated on a larger original than the
     stored copy, say) or of no width was dropped from the ground truth in
