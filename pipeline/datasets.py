@@ -113,8 +113,10 @@ def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
     if bgr is None:
         errors = [line.removeprefix("libpng error: ") for line in said
                   if line.startswith("libpng error: ")]
-        hint = (" (a PNG cut short: its last chunks are missing)" if cut else
+        hint = (" (an empty file)" if not data.size else
+                " (a PNG cut short: its last chunks are missing)" if cut else
                 f" (libpng: {errors[0]})" if errors else
+                " (a JPEG cut short: its end is missing)" if jpeg_cut_short(data) else
                 f" ({path.suffix} files are not read here: convert it to JPEG or PNG)"
                 if path.suffix.lower() in UNREADABLE_SUFFIXES else "")
         raise ValueError(f"cannot decode image: {path}{hint}")
@@ -166,6 +168,17 @@ def _opencv_reason(exc: Exception) -> str:
     from models.errors import one_line
 
     return one_line(exc)
+
+
+def jpeg_cut_short(data: np.ndarray) -> bool:
+    """Whether ``data`` is a JPEG without its end marker (FF D9) at the end, as
+    a copy cut short leaves it (padding zeros after the marker allowed)."""
+    raw = bytes(memoryview(data).cast("B")[:3])
+    return raw == b"\xff\xd8\xff" and not _tail(data).rstrip(b"\x00").endswith(b"\xff\xd9")
+
+
+def _tail(data: np.ndarray, size: int = 4096) -> bytes:
+    return bytes(memoryview(data).cast("B")[-size:])
 
 
 def png_cut_short(data: np.ndarray) -> bool:

@@ -471,6 +471,25 @@ def test_a_png_cut_short_is_named_so_and_libpng_prints_nothing(tmp_path, capfd):
     assert "libpng" not in capfd.readouterr().err
 
 
+def test_a_jpeg_cut_short_is_named_so(tmp_path):
+    """OpenCV decodes no JPEG that ends early (a copy from a phone cut short),
+    where a viewer shows its top part: it is left out, as before, but the
+    warning said only 'cannot decode image', which reads like a file that is
+    not an image at all."""
+    write_image(tmp_path / "whole.jpg", 40, 30)
+    data = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[:len(data) * 9 // 10])
+    with pytest.raises(ValueError, match=r"cannot decode image: .*cut\.jpg \(a JPEG cut short: "
+                                         r"its end is missing\)$"):
+        read_image(tmp_path / "cut.jpg")
+    (tmp_path / "text.jpg").write_bytes(b"not a picture")
+    with pytest.raises(ValueError, match=r"cannot decode image: .*text\.jpg$"):
+        read_image(tmp_path / "text.jpg")
+    (tmp_path / "empty.jpg").write_bytes(b"")  # a copy that never began
+    with pytest.raises(ValueError, match=r"cannot decode image: .*empty\.jpg \(an empty file\)$"):
+        read_image(tmp_path / "empty.jpg")
+
+
 def test_an_image_over_opencvs_pixel_limit_is_undecodable_not_a_traceback(tmp_path):
     """A PNG whose header claims 40000x30000 pixels (a gigapixel panorama, or a
     'decompression bomb' of a megabyte) made OpenCV raise its size assertion,

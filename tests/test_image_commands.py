@@ -88,7 +88,8 @@ def test_an_undecodable_file_is_left_out_with_a_warning_and_the_rest_is_done(
                  "--no-plates", "--device", "cpu"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert [line.split(": ")[1] for line in err] == ["warning"] * 2
-    assert "b_broken.jpg; left out" in err[0] and "c_text.png; left out" in err[1]
+    assert "b_broken.jpg (a JPEG cut short: its end is missing); left out" in err[0]
+    assert "c_text.png; left out" in err[1]
     assert sorted(p.name for p in out.iterdir()) == ["a_good.jpg", "detections.pkl",
                                                      "report.html"]
     rows = pickle.loads((out / "detections.pkl").read_bytes())
