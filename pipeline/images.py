@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import struct
+import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -382,14 +383,25 @@ def picture_count(path: Path) -> int:
     path functions take the name as UTF-8 text, and a name that is not
     (``caf\\xe9.jpg`` from an old camera or a Latin-1 share, which Python
     holds with surrogate escapes) crashes the process. Pages are decoded in
-    grey, the cheapest form that still counts them."""
+    grey, the cheapest form that still counts them. When that fails (one
+    page OpenCV cannot decode, such as a float page of a TIFF) the pages are
+    counted without decoding them, from a copy of the bytes under a name of
+    ours: taken for one picture, the file had its first page written alone."""
+    data = np.fromfile(path, dtype=np.uint8)
     try:
         with native_stderr([]):  # a warning libpng gave as the image was read
-            ok, pages = cv2.imdecodemulti(np.fromfile(path, dtype=np.uint8),
-                                          cv2.IMREAD_GRAYSCALE)
+            ok, pages = cv2.imdecodemulti(data, cv2.IMREAD_GRAYSCALE)
+        if ok and pages:
+            return len(pages)
     except cv2.error:
-        return 1
-    return len(pages) if ok and pages else 1
+        pass
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp, "picture" + path.suffix.lower())
+        copy.write_bytes(data.tobytes())
+        try:
+            return max(int(cv2.imcount(str(copy))), 1)
+        except cv2.error:
+            return 1
 
 
 def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,

@@ -830,3 +830,22 @@ def test_an_image_linked_in_from_the_output_folder_is_not_written_over(
         f"anonymize: warning: could not write {elsewhere / 'a.jpg'}: it is the original "
         f"{folder / 'a.jpg'} leads to; left out"]
     assert (elsewhere / "b.jpg").is_file()
+
+
+def test_a_multi_page_file_with_a_page_opencv_cannot_decode_is_left_out_too(tmp_path, capsys):
+    """Pages are counted by decoding them all: one page OpenCV cannot decode
+    (a float page) made that count fail, the file was taken for one picture,
+    and its first page was written alone, the others dropped without a word."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    assert cv2.imwritemulti(str(folder / "mixed.tif"), [np.zeros((16, 16, 3), np.uint8),
+                                                         np.zeros((8, 8, 3), np.float32)])
+    cv2.imwrite(str(folder / "ok.png"), np.zeros((8, 8, 3), np.uint8))
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(tmp_path / "out"),
+                 "--quiet", "--plates", "off"]) == 1
+    # (OpenCV's own log lines show here: it was loaded before the command could quiet it)
+    assert [line for line in capsys.readouterr().err.splitlines()
+            if not line.startswith("[ WARN")] == [
+        f"anonymize: warning: {folder / 'mixed.tif'} holds 2 pictures (pages or animation "
+        "frames); only single-picture files are anonymized here; left out"]
+    assert not (tmp_path / "out" / "mixed.tif").exists()
