@@ -24,6 +24,7 @@ import contextlib
 import json
 import math
 import os
+import struct
 import sys
 import tempfile
 import warnings
@@ -120,7 +121,47 @@ def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
                 f" ({path.suffix} files are not read here: convert it to JPEG or PNG)"
                 if path.suffix.lower() in UNREADABLE_SUFFIXES else "")
         raise ValueError(f"cannot decode image: {path}{hint}")
+    if not upright and bytes(data[:4]) in (b"II*\x00", b"MM\x00*"):
+        # OpenCV turns a TIFF by its own Orientation tag whatever the flags say
+        bgr = unorient(bgr, exif_orientation(data))
     return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def exif_orientation(exif: bytes | memoryview) -> int:
+    """The Orientation tag (0x0112) of IFD0 in an EXIF block, or of a TIFF
+    file's first page (a TIFF header starts both), 1 when absent or unreadable."""
+    tiff = memoryview(exif).cast("B")
+    if bytes(tiff[:6]) == b"Exif\x00\x00":
+        tiff = tiff[6:]
+    order = {b"II": "<", b"MM": ">"}.get(bytes(tiff[:2]))
+    if order is None or len(tiff) < 8:
+        return 1
+    try:
+        (ifd,) = struct.unpack_from(order + "I", tiff, 4)
+        (count,) = struct.unpack_from(order + "H", tiff, ifd)
+        for i in range(count):
+            tag, kind, _, value = struct.unpack_from(order + "HHIH", tiff, ifd + 2 + 12 * i)
+            if tag == 0x0112 and kind == 3:
+                return value if 1 <= value <= 8 else 1
+    except struct.error:
+        pass
+    return 1
+
+
+def orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """``image`` turned by an EXIF orientation (1..8), the transforms OpenCV
+    applies when it decodes upright."""
+    import cv2
+
+    if orientation >= 5:  # 5..8 swap the axes first
+        image = cv2.transpose(image)
+    flip = {2: 1, 3: -1, 4: 0, 6: 1, 7: -1, 8: 0}.get(orientation)
+    return image if flip is None else cv2.flip(image, flip)
+
+
+def unorient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """``image`` turned back: the inverse of :func:`orient`."""
+    return orient(image, {6: 8, 8: 6}.get(orientation, orientation))
 
 
 @contextlib.contextmanager

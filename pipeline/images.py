@@ -25,7 +25,14 @@ import numpy as np
 from models.detections import FACE, Detections
 
 from .blur import anonymize_frame
-from .datasets import IMAGE_SUFFIXES, UNREADABLE_SUFFIXES, native_stderr, read_or_skip
+from .datasets import (
+    IMAGE_SUFFIXES,
+    UNREADABLE_SUFFIXES,
+    exif_orientation,
+    native_stderr,
+    orient,
+    read_or_skip,
+)
 from .records import face_pickle
 from .settings import Settings
 from .video.output import atomic_output, write_atomic
@@ -313,33 +320,6 @@ def read_unchanged_upright(path: Path) -> tuple[np.ndarray | None, bytes | None]
     exif = found.get(cv2.IMAGE_METADATA_EXIF)
     return (orient(image, exif_orientation(exif) if exif else 1),
             found.get(cv2.IMAGE_METADATA_ICCP) or None)
-
-
-def exif_orientation(exif: bytes) -> int:
-    """The Orientation tag (0x0112) of IFD0 in an EXIF block, 1 when absent or unreadable."""
-    tiff = exif[6:] if exif.startswith(b"Exif\x00\x00") else exif
-    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
-    if order is None or len(tiff) < 8:
-        return 1
-    try:
-        (ifd,) = struct.unpack_from(order + "I", tiff, 4)
-        (count,) = struct.unpack_from(order + "H", tiff, ifd)
-        for i in range(count):
-            tag, kind, _, value = struct.unpack_from(order + "HHIH", tiff, ifd + 2 + 12 * i)
-            if tag == 0x0112 and kind == 3:
-                return value if 1 <= value <= 8 else 1
-    except struct.error:
-        pass
-    return 1
-
-
-def orient(image: np.ndarray, orientation: int) -> np.ndarray:
-    """``image`` turned by an EXIF orientation (1..8), the transforms OpenCV
-    applies when it decodes upright."""
-    if orientation >= 5:  # 5..8 swap the axes first
-        image = cv2.transpose(image)
-    flip = {2: 1, 3: -1, 4: 0, 6: 1, 7: -1, 8: 0}.get(orientation)
-    return image if flip is None else cv2.flip(image, flip)
 
 
 #: suffixes OpenCV reads but encodes under another name of the same format

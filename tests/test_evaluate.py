@@ -343,6 +343,51 @@ def test_exif_rotated_jpeg_is_read_as_stored(tmp_path):
     assert image[10, 5, 0] > 200 and image[10, 35, 0] < 50
 
 
+def tiff_with_orientation(rgb: np.ndarray, orientation: int) -> bytes:
+    """An uncompressed RGB TIFF of ``rgb`` whose own Orientation tag (274) is
+    ``orientation`` (OpenCV writes none)."""
+    h, w, _ = rgb.shape
+    pixels = rgb.tobytes()
+    tags = [(256, 3, w), (257, 3, h), (258, 3, None), (259, 3, 1), (262, 3, 2), (273, 4, None),
+            (274, 3, orientation), (277, 3, 3), (278, 3, h), (279, 4, len(pixels))]
+    bits_at = 8 + 2 + 12 * len(tags) + 4
+    data_at = bits_at + 6
+    ifd = struct.pack("<H", len(tags))
+    for tag, kind, value in tags:
+        value = {258: bits_at, 273: data_at}.get(tag, value)
+        count = 3 if tag == 258 else 1
+        ifd += (struct.pack("<HHIHH", tag, kind, count, value, 0) if kind == 3 and tag != 258
+                else struct.pack("<HHII", tag, kind, count, value))
+    return (b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0)
+            + struct.pack("<HHH", 8, 8, 8) + pixels)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_a_tiff_with_an_orientation_is_read_as_stored(tmp_path, orientation):
+    """OpenCV turns a TIFF by its own Orientation tag whatever the flags say
+    (IMREAD_IGNORE_ORIENTATION is for EXIF): eval compared boxes given in the
+    stored pixels with a turned picture, and warned of a size mismatch that
+    was none. The stored pixels are read, as for a JPEG; upright on request."""
+    from pipeline.images import orient
+
+    rgb = np.zeros((20, 40, 3), np.uint8)
+    rgb[:, :10] = (255, 0, 0)
+    rgb[:5, :, 1] = 255
+    path = tmp_path / "scan.tif"
+    path.write_bytes(tiff_with_orientation(rgb, orientation))
+    turned = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    assert np.array_equal(turned[:, :, ::-1], orient(rgb, orientation))  # as OpenCV reads it
+    assert np.array_equal(read_image(path), rgb)
+    assert np.array_equal(read_image(path, upright=True), orient(rgb, orientation))
+    write_annotations(tmp_path, [{"file": "scan.tif", "width": 40, "height": 20, "boxes": []}])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no 'annotated as 40x20 but decodes as 20x40'
+        (sample,) = iter_samples(load_annotations(tmp_path))
+    assert np.array_equal(sample.image, rgb)
+
+
 def test_exif_rotated_jpeg_is_read_upright_when_asked_or_annotated_so(tmp_path):
     rgb = np.zeros((20, 40, 3), np.uint8)
     rgb[:, :20] = (255, 0, 0)
