@@ -318,7 +318,11 @@ def read_unchanged_upright(path: Path) -> tuple[np.ndarray | None, bytes | None]
     for k, c in zip(np.asarray(kinds).ravel(), chunks, strict=False):
         found.setdefault(int(k), bytes(np.asarray(c, np.uint8).ravel()))
     exif = found.get(cv2.IMAGE_METADATA_EXIF)
-    return (orient(image, exif_orientation(exif) if exif else 1),
+    # OpenCV hands a JPEG's block over without its 'Exif\0\0' marker, and reads no
+    # block that keeps it (a WebP's from older ImageMagick): its colour stays as
+    # stored then, and so must every channel
+    readable = exif and not exif.startswith(b"Exif\x00\x00")
+    return (orient(image, exif_orientation(exif) if readable else 1),
             found.get(cv2.IMAGE_METADATA_ICCP) or None)
 
 

@@ -849,3 +849,27 @@ def test_a_multi_page_file_with_a_page_opencv_cannot_decode_is_left_out_too(tmp_
         f"anonymize: warning: {folder / 'mixed.tif'} holds 2 pictures (pages or animation "
         "frames); only single-picture files are anonymized here; left out"]
     assert not (tmp_path / "out" / "mixed.tif").exists()
+
+
+@pytest.mark.parametrize("suffix", [".webp", ".png"])
+def test_a_transparent_image_whose_exif_opencv_does_not_read_keeps_its_alpha(tmp_path, suffix):
+    """An EXIF block that starts with JPEG's 'Exif\\0\\0' marker inside a WebP
+    or PNG (older ImageMagick wrote them so) is not read by OpenCV, which
+    leaves the colour as stored; the alpha plane was turned by it all the
+    same, so it no longer fitted the picture and was dropped: the cut-out came
+    back opaque. The alpha follows the colour."""
+    import struct
+
+    tiff = b"MM\x00\x2a" + struct.pack(">IHHHIHH", 8, 1, 0x0112, 3, 1, 6, 0) + bytes(4)
+    bgra = np.zeros((20, 40, 4), np.uint8)
+    bgra[:, :, 3] = np.tile(np.linspace(0, 255, 40, dtype=np.uint8), (20, 1))
+    ok, data = cv2.imencodeWithMetadata(suffix, bgra, [cv2.IMAGE_METADATA_EXIF],
+                                        [np.frombuffer(b"Exif\x00\x00" + tiff, np.uint8)])
+    assert ok
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / f"cut{suffix}").write_bytes(data.tobytes())
+    assert cv2.imdecode(data, cv2.IMREAD_COLOR).shape == (20, 40, 3)  # as stored
+    assert main(["images", "--img-dir", str(tmp_path / "in"), "--out-dir", str(tmp_path / "out"),
+                 "--quiet", "--plates", "off"]) == 0
+    out = cv2.imread(str(tmp_path / "out" / f"cut{suffix}"), cv2.IMREAD_UNCHANGED)
+    assert out.shape == (20, 40, 4) and np.array_equal(out[:, :, 3], bgra[:, :, 3])
