@@ -363,20 +363,21 @@ def iter_batches(paths: list[Path], size: int, skipped: list[tuple[Path, str]] |
 def picture_count(path: Path) -> int:
     """Pictures in an image file that decodes (pages, animation frames).
 
-    Counted from the file's bytes, never by handing the path to OpenCV: its
-    path functions take the name as UTF-8 text, and a name that is not
-    (``caf\\xe9.jpg`` from an old camera or a Latin-1 share, which Python
-    holds with surrogate escapes) crashes the process. Pages are decoded in
-    grey, the cheapest form that still counts them. When that fails (one
-    page OpenCV cannot decode, such as a float page of a TIFF) the pages are
-    counted without decoding them, from a copy of the bytes under a name of
-    ours: taken for one picture, the file had its first page written alone."""
+    Two pages at most are decoded (in grey, the cheapest form): one tells a
+    single picture, and decoding every page at once to count them held a
+    whole scanned document in memory (40 pages of 25 megapixels: 2.2 GB).
+    Several pages, or a page OpenCV cannot decode (a float page of a TIFF,
+    which made the decode fail and the file count as one picture, its other
+    pages dropped), are counted without decoding them, from a copy of the
+    bytes under a name of ours: OpenCV's path functions take the name as
+    UTF-8 text, and a name that is not (``caf\\xe9.jpg`` from an old camera
+    or a Latin-1 share, held with surrogate escapes) crashes the process."""
     data = np.fromfile(path, dtype=np.uint8)
     try:
         with native_stderr([]):  # a warning libpng gave as the image was read
-            ok, pages = cv2.imdecodemulti(data, cv2.IMREAD_GRAYSCALE)
-        if ok and pages:
-            return len(pages)
+            ok, pages = cv2.imdecodemulti(data, cv2.IMREAD_GRAYSCALE, None, (0, 2))
+        if ok and len(pages) == 1:
+            return 1
     except cv2.error:
         pass
     with tempfile.TemporaryDirectory() as tmp:

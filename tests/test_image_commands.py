@@ -873,3 +873,37 @@ def test_a_transparent_image_whose_exif_opencv_does_not_read_keeps_its_alpha(tmp
                  "--quiet", "--plates", "off"]) == 0
     out = cv2.imread(str(tmp_path / "out" / f"cut{suffix}"), cv2.IMREAD_UNCHANGED)
     assert out.shape == (20, 40, 4) and np.array_equal(out[:, :, 3], bgra[:, :, 3])
+
+
+def test_pages_are_counted_without_holding_every_page_in_memory(tmp_path):
+    """Every page of a multi-page file was decoded at once to count them: a
+    24 MB scanned TIFF of 40 pages of 25 megapixels took 2.2 GB (a 300-page
+    document at 600 dpi, some 10 GB). Two pages tell that a file holds
+    several; their number is read without decoding them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("the peak memory of a process is read from /proc (Linux)")
+
+    pages = [np.full((5000, 5000), i, np.uint8) for i in range(24)]  # 600 MB of pixels
+    ok, data = cv2.imencodemulti(".tif", pages)
+    assert ok
+    del pages
+    path = tmp_path / "scan.tif"
+    path.write_bytes(data.tobytes())
+    del data
+    # the peak of the child's own memory (VmHWM: ru_maxrss keeps the parent's across exec)
+    proc = subprocess.run([sys.executable, "-c", "import sys\n"
+                           "from pathlib import Path\n"
+                           "from pipeline.images import picture_count\n"
+                           "print(picture_count(Path(sys.argv[1])))\n"
+                           "print(next(line.split()[1] for line in open('/proc/self/status')"
+                           " if line.startswith('VmHWM')))",
+                           str(path)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    count, peak_kb = proc.stdout.split()
+    # the interpreter with numpy, PyAV and OpenCV: some 260 MB
+    assert int(peak_kb) < 550_000, f"{int(peak_kb) // 1024} MB"
+    assert proc.returncode == 0 and count == "24", proc.stderr[-500:]
