@@ -429,6 +429,17 @@ def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
             return None
         return f"its folder leads through a link to {real}, among the originals"
 
+    # files this run wrote, by identity: two names of one file (a file system that
+    # ignores case: IMG_1.JPG and img_1.jpg) must not both count as written
+    written: dict[tuple[int, int], Path] = {}
+
+    def identity(path: Path) -> tuple[int, int] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
     for batch in iter_batches(paths, settings.batch_size, skipped):
         dets = stack.detect([img for _, img in batch])
         for (path, img), d in zip(batch, dets, strict=True):
@@ -437,6 +448,11 @@ def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
             try:
                 if (why := among_originals(target)) is not None:
                     raise ValueError(f"could not write {target}: {why}")
+                if (key := identity(target)) is not None and key in written:
+                    earlier = written[key]
+                    raise ValueError(f"could not write {target}: it is the file {earlier} "
+                                     "was written to (a file system that ignores case, or a "
+                                     "link)")
                 deeper = write_rgb(target, anonymize_frame(img, d, settings.mode, settings.shape,
                                                            settings.mask_scale), like=path)
             except (ValueError, OSError) as exc:
@@ -448,6 +464,8 @@ def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
                                 f"could not write {target}: {exc.strerror or exc}"))
                 continue
             found[rel] = d
+            if (key := identity(target)) is not None:
+                written[key] = target
             if deeper and eight_bit is not None:
                 eight_bit.append(path)
         advance()

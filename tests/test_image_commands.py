@@ -907,3 +907,28 @@ def test_pages_are_counted_without_holding_every_page_in_memory(tmp_path):
     # the interpreter with numpy, PyAV and OpenCV: some 260 MB
     assert int(peak_kb) < 550_000, f"{int(peak_kb) // 1024} MB"
     assert proc.returncode == 0 and count == "24", proc.stderr[-500:]
+
+
+def test_two_images_written_to_one_file_are_not_both_reported_written(data_dir, tmp_path,
+                                                                     capsys):
+    """Two inputs whose outputs are one file (on a file system that ignores
+    case, IMG_1.JPG and img_1.jpg from a Linux share; here a folder of the
+    output linked to another) were both written, the second over the first,
+    and both listed in detections.pkl: one photo's output was the other's.
+    The second is left out with a warning naming the first."""
+    photos = sorted((data_dir / "faces_dlib_examples" / "images").glob("*.jpg"))
+    folder, out = tmp_path / "in", tmp_path / "out"
+    for sub, photo in (("A", photos[0]), ("B", photos[1])):
+        (folder / sub).mkdir(parents=True)
+        (folder / sub / "x.jpg").write_bytes(photo.read_bytes())
+    (out / "A").mkdir(parents=True)
+    (out / "B").symlink_to(out / "A", target_is_directory=True)
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(out), "--quiet",
+                 "--no-plates", "--device", "cpu"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"anonymize: warning: could not write {out / 'B' / 'x.jpg'}: it is the file "
+        f"{out / 'A' / 'x.jpg'} was written to (a file system that ignores case, or a "
+        "link); left out"]
+    rows = pickle.loads((out / "detections.pkl").read_bytes())
+    assert [r["filename"] for r in rows] == ["A/x.jpg"]
+    assert read_image(out / "A" / "x.jpg").shape == read_image(photos[0]).shape
