@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import os
 import sys
@@ -49,7 +50,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 #: what a write that its storage refused needs from the user, by errno
 _STORAGE_FULL = {"ENOSPC": "free some space there", "EDQUOT": "free some space there",
                  "EFBIG": "a file there cannot grow that large (FAT32 holds at most 4 GiB; "
-                          "see also ulimit -f)"}
+                          "see also ulimit -f)",
+                 "EROFS": "the file system is mounted read-only",
+                 "EIO": "the storage failed: check the disk"}
 
 
 def _storage_full(exc: OSError) -> str | None:
@@ -58,7 +61,6 @@ def _storage_full(exc: OSError) -> str | None:
     names the folder, never our temporary files in it: the hidden partial
     output beside the output, or the work folder under TMPDIR, which holds
     the run's copies of the source, all removed before this line is printed."""
-    import errno
     import tempfile
     from pathlib import Path
 
@@ -128,6 +130,12 @@ def _help_of(module_name: str) -> str:
     except Exception:  # a command whose optional dependencies are missing
         return "(unavailable)"
 
+
+#: the most pixels an image may have to be decoded, unless OPENCV_IO_MAX_IMAGE_PIXELS
+#: says otherwise: 2^28 (268 megapixels) holds every camera's photos (200 MP phones,
+#: 150 MP medium format). OpenCV's own limit, 2^30, let a 1 MB PNG of one colour claim a
+#: gigapixel (a decompression bomb), which needs about 15 bytes of memory a pixel here
+MAX_IMAGE_PIXELS = 1 << 28
 
 #: the project's packages: warnings raised from them are the project's own
 _OWN_PACKAGES = frozenset({"anonymize", "pipeline", "models", "workers", "tasks"})
@@ -210,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     # '[ERROR:...]' lines when an encoder refuses a picture) stood beside the one line
     # that names the file left out; every such failure is reported in that line
     os.environ.setdefault("OPENCV_LOG_LEVEL", "FATAL")
+    # also before OpenCV loads, which reads it then: images over this many pixels
+    # are refused from their header, before anything is allocated
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=command if command in COMMANDS else None)

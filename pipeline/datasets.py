@@ -20,9 +20,13 @@ put every box in the wrong place.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import struct
+import sys
+import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -101,27 +105,121 @@ def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
         raise ValueError(f"cannot read image: {path} ({why})") from None
     flags = cv2.IMREAD_COLOR if upright else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
     cut = png_cut_short(data)
+    said: list[str] = []
     try:
-        bgr = cv2.imdecode(data, flags) if data.size and not cut else None
+        with native_stderr(said):
+            bgr = cv2.imdecode(data, flags) if data.size and not cut else None
     except cv2.error as exc:  # raised, not None: over OpenCV's pixel limit, ...
         raise ValueError(f"cannot decode image: {path} ({_opencv_reason(exc)})") from None
     if bgr is None:
-        hint = (" (a PNG cut short: its last chunks are missing)" if cut else
+        errors = [line.removeprefix("libpng error: ") for line in said
+                  if line.startswith("libpng error: ")]
+        hint = (" (an empty file)" if not data.size else
+                " (a PNG cut short: its last chunks are missing)" if cut else
+                f" (libpng: {errors[0]})" if errors else
+                " (a JPEG cut short: its end is missing)" if jpeg_cut_short(data) else
                 f" ({path.suffix} files are not read here: convert it to JPEG or PNG)"
                 if path.suffix.lower() in UNREADABLE_SUFFIXES else "")
         raise ValueError(f"cannot decode image: {path}{hint}")
+    if not upright and bytes(data[:4]) in (b"II*\x00", b"MM\x00*"):
+        # OpenCV turns a TIFF by its own Orientation tag whatever the flags say
+        bgr = unorient(bgr, exif_orientation(data))
     return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def exif_orientation(exif: bytes | memoryview) -> int:
+    """The Orientation tag (0x0112) of IFD0 in an EXIF block, or of a TIFF
+    file's first page (a TIFF header starts both), 1 when absent or unreadable."""
+    tiff = memoryview(exif).cast("B")
+    if bytes(tiff[:6]) == b"Exif\x00\x00":
+        tiff = tiff[6:]
+    order = {b"II": "<", b"MM": ">"}.get(bytes(tiff[:2]))
+    if order is None or len(tiff) < 8:
+        return 1
+    try:
+        (ifd,) = struct.unpack_from(order + "I", tiff, 4)
+        (count,) = struct.unpack_from(order + "H", tiff, ifd)
+        for i in range(count):
+            tag, kind, _, value = struct.unpack_from(order + "HHIH", tiff, ifd + 2 + 12 * i)
+            if tag == 0x0112 and kind == 3:
+                return value if 1 <= value <= 8 else 1
+    except struct.error:
+        pass
+    return 1
+
+
+def orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """``image`` turned by an EXIF orientation (1..8), the transforms OpenCV
+    applies when it decodes upright."""
+    import cv2
+
+    if orientation >= 5:  # 5..8 swap the axes first
+        image = cv2.transpose(image)
+    flip = {2: 1, 3: -1, 4: 0, 6: 1, 7: -1, 8: 0}.get(orientation)
+    return image if flip is None else cv2.flip(image, flip)
+
+
+def unorient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """``image`` turned back: the inverse of :func:`orient`."""
+    return orient(image, {6: 8, 8: 6}.get(orientation, orientation))
+
+
+@contextlib.contextmanager
+def native_stderr(said: list[str]) -> Iterator[None]:
+    """Around a decode: what the image libraries write on the process's stderr
+    themselves (libpng: 'libpng error: IDAT: CRC error', 'libpng warning:
+    eXIf: invalid', past OpenCV's log level) is taken into ``said`` instead of
+    standing beside the command's own lines; the reader of ``said`` words the
+    reason a file is left out from it. Anything else written there meanwhile
+    is written out again."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no stderr to take
+        yield
+        return
+    with tempfile.TemporaryFile() as taken:
+        os.dup2(taken.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            taken.seek(0)
+            lines = taken.read().decode("utf-8", "replace").splitlines(keepends=True)
+    said += [line.rstrip("\r\n") for line in lines if line.startswith("libpng ")]
+    other = "".join(line for line in lines if not line.startswith("libpng "))
+    if other:  # as it was written (a progress bar's '\r' too)
+        sys.stderr.write(other)
 
 
 def _opencv_reason(exc: Exception) -> str:
     """Why OpenCV refused to decode, in words: its size limit (a gigapixel
-    panorama, or a megabyte PNG that claims 40000x30000 pixels of nothing)
+    panorama, or a megabyte PNG that claims 40000x30000 pixels of nothing;
+    2^28 pixels from the command line, :data:`anonymize.cli.MAX_IMAGE_PIXELS`)
     raised an assertion that stopped the whole folder with a traceback."""
     if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
-        return "more pixels than OpenCV decodes, 2^30 unless OPENCV_IO_MAX_IMAGE_PIXELS says more"
+        # the limit OpenCV read as it loaded: the command line's, or the variable's
+        try:
+            limit = int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30))
+        except ValueError:
+            limit = 1 << 30
+        return (f"more than {limit / 1e6:.0f} megapixels, the most decoded here: a larger "
+                "OPENCV_IO_MAX_IMAGE_PIXELS allows more, at about 15 bytes of memory a pixel")
     from models.errors import one_line
 
     return one_line(exc)
+
+
+def jpeg_cut_short(data: np.ndarray) -> bool:
+    """Whether ``data`` is a JPEG without its end marker (FF D9) at the end, as
+    a copy cut short leaves it (padding zeros after the marker allowed)."""
+    raw = bytes(memoryview(data).cast("B")[:3])
+    return raw == b"\xff\xd8\xff" and not _tail(data).rstrip(b"\x00").endswith(b"\xff\xd9")
+
+
+def _tail(data: np.ndarray, size: int = 4096) -> bytes:
+    return bytes(memoryview(data).cast("B")[-size:])
 
 
 def png_cut_short(data: np.ndarray) -> bool:
@@ -206,8 +304,11 @@ def _record(root: Path, where: str, entry) -> ImageRecord:
     boxes = entry.get("boxes", [])
     if not isinstance(boxes, list):
         raise ValueError(f"{where}: 'boxes' is not a list")
-    return ImageRecord(root / _on_disk(file),
-                       [_box(f"{where}: boxes[{j}]", b) for j, b in enumerate(boxes)],
+    path = root / _on_disk(file)
+    if "\\" in file and os.sep != "\\" and not path.exists():
+        # written on Windows ('images\\x.jpg'): here one name with backslashes in it
+        path = root / _on_disk(file.replace("\\", "/"))
+    return ImageRecord(path, [_box(f"{where}: boxes[{j}]", b) for j, b in enumerate(boxes)],
                        size[0], size[1], name=file)
 
 
@@ -286,6 +387,7 @@ def load_yolo_dir(anno_dir: str | Path, img_dir: str | Path,
         except (ValueError, UnicodeDecodeError) as exc:
             raise ValueError(f"{txt}: {exc}") from exc
         records.append(ImageRecord(img, boxes, normalized=True, name=img.name))
+    _warn_orphans(anno_dir, img_dir, {img.stem for img in images}, class_labels)
     for cid, label in sorted(class_labels.items()):
         if cid not in seen:  # a wrong id evaluated against no boxes at all, unsaid
             warnings.warn(f"no annotation row in {anno_dir} has class id {cid} (the "
@@ -294,10 +396,34 @@ def load_yolo_dir(anno_dir: str | Path, img_dir: str | Path,
     return records
 
 
+def _warn_orphans(anno_dir: Path, img_dir: Path, stems: set[str],
+                  class_labels: dict[int, str]) -> None:
+    """Name the annotation files that hold boxes of a mapped class but have no
+    image (their boxes cannot be evaluated); files that are no YOLO rows
+    (LabelImg's ``classes.txt``) are not annotation files."""
+    orphans = []
+    for txt in sorted(anno_dir.glob("*.txt")):
+        if txt.stem in stems or txt.name.startswith("."):
+            continue
+        try:
+            if parse_yolo_txt(txt.read_text(encoding="utf-8"), class_labels):
+                orphans.append(txt)
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+    if orphans:
+        n = len(orphans)
+        warnings.warn(f"{n} annotation file{'s' if n != 1 else ''} in {anno_dir} "
+                      f"{'have' if n != 1 else 'has'} boxes but no image in {img_dir} (first: "
+                      f"{orphans[0].name}); {'their' if n != 1 else 'its'} boxes are not "
+                      "evaluated", stacklevel=3)
+
+
 def parse_yolo_txt(text: str, class_labels: dict[int, str],
                    seen: set[int] | None = None) -> list[GTBox]:
-    """``class cx cy w h`` rows (extra columns ignored) -> normalised boxes (cx, cy, w, h);
-    every row's class id goes into ``seen`` when given."""
+    """``class cx cy w h`` rows (a sixth column, a confidence, ignored), or
+    polygon rows ``class x1 y1 x2 y2 x3 y3 ...`` (the box around their
+    points) -> normalised boxes (cx, cy, w, h); every row's class id goes into
+    ``seen`` when given."""
     boxes = []
     not_normalised = None  # the first such row, refused once every row has been read
     # a byte-order mark (Notepad, PowerShell 5) made row 1 unreadable
@@ -305,12 +431,23 @@ def parse_yolo_txt(text: str, class_labels: dict[int, str],
         parts = line.split()
         if not parts:
             continue
+        # more than six numbers: a polygon 'class x1 y1 x2 y2 x3 y3 ...' (a segmentation
+        # export), read as the box around its points, as Ultralytics reads it
+        polygon = len(parts) > 6
         try:
-            values = [float(v) for v in parts[:5]]
+            values = [float(v) for v in (parts if polygon else parts[:5])]
         except ValueError:
             values = []
         if len(values) < 5 or not all(math.isfinite(v) for v in values):
-            raise ValueError(f"YOLO row {line_no} needs 'class cx cy w h': {line!r}")
+            raise ValueError(f"YOLO row {line_no} needs 'class cx cy w h'"
+                             f"{' or a polygon' if polygon else ''}: {line!r}")
+        if polygon:
+            if len(values) % 2 == 0:
+                raise ValueError(f"YOLO row {line_no} is a polygon with an odd count of "
+                                 f"coordinates: {line!r}")
+            xs, ys = values[1::2], values[2::2]
+            values = [values[0], (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2,
+                      max(xs) - min(xs), max(ys) - min(ys)]
         cls = int(values[0])
         if seen is not None:
             seen.add(cls)
@@ -352,11 +489,13 @@ def _one_image_per_txt(images: list[Path], anno_dir: Path) -> None:
 
 
 def iter_samples(records: Iterable[ImageRecord],
-                 skipped: list[tuple[ImageRecord, str]] | None = None) -> Iterator[Sample]:
+                 skipped: list[tuple[ImageRecord, str]] | None = None,
+                 no_area: list[tuple[ImageRecord, GTBox]] | None = None) -> Iterator[Sample]:
     """Decode each record, yielding pixel ground truth clipped to the image
-    (boxes left with no area are dropped). With a ``skipped`` list, a file that
-    does not decode is recorded there (record, reason) and passed over
-    (:func:`read_or_skip`)."""
+    (boxes left with no area are dropped, and noted in ``no_area`` as (record,
+    box in pixels as annotated) when it is given). With a ``skipped`` list, a
+    file that does not decode is recorded there (record, reason) and passed
+    over (:func:`read_or_skip`)."""
     for rec in records:
         image = read_or_skip(rec.path, skipped, rec)
         if image is None:
@@ -376,6 +515,8 @@ def iter_samples(records: Iterable[ImageRecord],
             x1, y1, x2, y2 = b.xyxy
             box = [min(max(x1, 0.0), w), min(max(y1, 0.0), h),
                    min(max(x2, 0.0), w), min(max(y2, 0.0), h)]
-            if box[2] > box[0] and box[3] > box[1]:  # wholly off-image boxes cannot leak
+            if box[2] > box[0] and box[3] > box[1]:
                 gt.append(GTBox(b.label, box))
+            elif no_area is not None:  # wholly off-image boxes cannot leak; said, not lost
+                no_area.append((rec, b))
         yield Sample(rec.path, rec.name or rec.path.name, image, gt)

@@ -67,11 +67,29 @@ SHAPES = ("box", "ellipse")
 Pair = tuple[int | None, int | None]
 
 
+#: annotated labels of common exports that name no detector class, in the key form of
+#: :func:`~models.detections.label_id` (lower case, words joined by '_') -> our label:
+#: Open Images' class names, the face-mask sets' labels (a masked face is a face to
+#: blur), other plate spellings and plurals. Only evaluation reads them: a detector's
+#: own class names keep the stricter mapping
+EXPORT_LABELS = {
+    "vehicle_registration_plate": "plate", "registration_plate": "plate",
+    "car_plate": "plate", "vehicle_plate": "plate", "plates": "plate",
+    "license_plates": "plate", "licence_plates": "plate", "number_plates": "plate",
+    "human_face": "face", "faces": "face", "with_mask": "face", "without_mask": "face",
+    "mask_weared_incorrect": "face", "mask_worn_incorrectly": "face",
+    "land_vehicle": "car", "vehicle": "car", "van": "car", "taxi": "car",
+    "ambulance": "car", "limousine": "car", "cars": "car", "buses": "bus",
+    "trucks": "truck", "motorcycles": "motorcycle", "motorbikes": "motorcycle",
+}
+
+
 def group_of_label(label: str) -> str | None:
-    """Evaluation group of an annotated label ('license_plate' -> plate, 'bus' -> car);
-    ``None`` for labels no detector produces."""
+    """Evaluation group of an annotated label ('license_plate' -> plate, 'bus' -> car,
+    'Vehicle registration plate' -> plate); ``None`` for labels no detector produces."""
+    key = "_".join(label.lower().replace("-", " ").replace("_", " ").split())
     try:
-        cid = label_id(label)
+        cid = label_id(EXPORT_LABELS.get(key, label))
     except ValueError:
         return None
     return group_of_class(cid)
@@ -330,29 +348,32 @@ def evaluate_dataset(records: Sequence[ImageRecord],
 
         bar = tqdm(total=len(records), desc=f"eval {mode}", unit="img", file=sys.stderr)
     undecodable: list[tuple[ImageRecord, str]] = []
-    samples = iter_samples(records, undecodable)
-    while batch := list(islice(samples, batch_size)):
-        t0 = time.perf_counter()
-        results = detect([s.image for s in batch])
-        detect_s += time.perf_counter() - t0
-        if len(results) != len(batch):
-            raise RuntimeError(f"detector returned {len(results)} results for {len(batch)} images")
-        for sample, dets in zip(batch, results, strict=True):
-            h, w = sample.image.shape[:2]
-            ev = evaluate_image(dets, sample.gt, h, w, labels, mask_scale, shape,
-                                min_width=min_width)
-            for label in labels:
-                totals[label] += ev.counts[label]
-            mdicts.append(to_mdict(sample.name, dets, sample.gt, ev.matches))
-            if draw_dir is not None:
-                _write_drawn(Path(draw_dir) / drawn_name(sample.name, drawn),
-                             draw(sample.image, dets, sample.gt))
+    no_area: list[tuple[ImageRecord, GTBox]] = []
+    samples = iter_samples(records, undecodable, no_area)
+    try:
+        while batch := list(islice(samples, batch_size)):
+            t0 = time.perf_counter()
+            results = detect([s.image for s in batch])
+            detect_s += time.perf_counter() - t0
+            if len(results) != len(batch):
+                raise RuntimeError(f"detector returned {len(results)} results for {len(batch)} images")
+            for sample, dets in zip(batch, results, strict=True):
+                h, w = sample.image.shape[:2]
+                ev = evaluate_image(dets, sample.gt, h, w, labels, mask_scale, shape,
+                                    min_width=min_width)
+                for label in labels:
+                    totals[label] += ev.counts[label]
+                mdicts.append(to_mdict(sample.name, dets, sample.gt, ev.matches))
+                if draw_dir is not None:
+                    _write_drawn(Path(draw_dir) / drawn_name(sample.name, drawn),
+                                 draw(sample.image, dets, sample.gt))
+            if bar is not None:
+                bar.n = len(mdicts) + len(undecodable)
+                bar.refresh()
+    finally:  # also when it stops: an error line then starts a line of its own
         if bar is not None:
             bar.n = len(mdicts) + len(undecodable)
-            bar.refresh()
-    if bar is not None:
-        bar.n = len(mdicts) + len(undecodable)
-        bar.close()
+            bar.close()
     total_s = time.perf_counter() - start
 
     # each output whole or not at all (write_atomic): an interrupted run leaves
@@ -367,6 +388,11 @@ def evaluate_dataset(records: Sequence[ImageRecord],
         # listed images that did not decode: left out of every count above
         "undecodable": [{"file": rec.name or rec.path.name, "reason": reason}
                         for rec, reason in undecodable],
+        # annotated boxes with no area inside their image (outside it, or no width or
+        # height), in pixels as annotated: not in the ground truth above
+        "boxes_without_area": [{"file": rec.name or rec.path.name, "label": box.label,
+                                "xyxy": [round(v, 3) for v in box.xyxy]}
+                               for rec, box in no_area],
         "evaluation": {"iou_thresh": IOU_THRESH, "coverage_thresh": COVERAGE_THRESH,
                        "mask_scale": mask_scale, "coverage_shape": shape,
                        "min_width": min_width, "batch_size": batch_size},

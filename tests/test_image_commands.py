@@ -88,7 +88,8 @@ def test_an_undecodable_file_is_left_out_with_a_warning_and_the_rest_is_done(
                  "--no-plates", "--device", "cpu"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert [line.split(": ")[1] for line in err] == ["warning"] * 2
-    assert "b_broken.jpg; left out" in err[0] and "c_text.png; left out" in err[1]
+    assert "b_broken.jpg (a JPEG cut short: its end is missing); left out" in err[0]
+    assert "c_text.png; left out" in err[1]
     assert sorted(p.name for p in out.iterdir()) == ["a_good.jpg", "detections.pkl",
                                                      "report.html"]
     rows = pickle.loads((out / "detections.pkl").read_bytes())
@@ -556,3 +557,378 @@ def test_a_sub_folder_that_cannot_be_read_is_named_and_counted(data_dir, tmp_pat
                  "--quiet", "--no-plates", "--device", "cpu"]) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"anonymize: error: cannot read the image folder {folder}: Permission denied"]
+
+
+@pytest.mark.parametrize("out_rel, refusal", [
+    ("events", "is the folder linked from the image folder as"),
+    ("shared", "holds the folder linked from the image folder as"),
+])
+def test_an_output_folder_that_a_linked_sub_folder_reaches_is_refused(
+        data_dir, tmp_path, capsys, out_rel, refusal):
+    """Linked sub-folders are searched like the others, so their target holds
+    originals too: with it (or a folder above it) as the output folder,
+    in/top.jpg was blurred over the original events/top.jpg, which the run had
+    just read through in/linked/top.jpg."""
+    photos = sorted((data_dir / "faces_dlib_examples" / "images").glob("*.jpg"))
+    folder, events = tmp_path / "in", tmp_path / "shared" / "events"
+    folder.mkdir()
+    events.mkdir(parents=True)
+    (folder / "top.jpg").write_bytes(photos[0].read_bytes())
+    (events / "top.jpg").write_bytes(photos[1].read_bytes())
+    (folder / "linked").symlink_to(events, target_is_directory=True)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*.jpg")}
+    out = events if out_rel == "events" else tmp_path / "shared"
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(out), "--quiet",
+                 "--no-plates", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("anonymize: error:") and refusal in err[0], err
+    assert f"{folder / 'linked'}" in err[0]
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_an_output_folder_inside_a_linked_sub_folder_is_treated_as_inside_the_image_folder(
+        tmp_path):
+    """An output folder inside a linked sub-folder's target is reached by the
+    listing through the link: it must be new, empty or an earlier run's, and
+    its images are not listed again (a second run blurred its own outputs)."""
+    from pipeline.images import list_images
+
+    folder, events = tmp_path / "in", tmp_path / "events"
+    folder.mkdir()
+    (events / "anon").mkdir(parents=True)
+    for p in (folder / "a.jpg", events / "b.jpg", events / "anon" / "b.jpg"):
+        p.write_bytes(b"x")
+    (folder / "linked").symlink_to(events, target_is_directory=True)
+    with pytest.raises(ValueError, match="already holds files"):
+        list_images(folder, events / "anon")
+    (events / "anon" / "detections.pkl").write_bytes(b"x")  # an earlier run's output
+    passed_over: list = []
+    assert [p.relative_to(folder).as_posix() for p in
+            list_images(folder, events / "anon", passed_over)] == ["a.jpg", "linked/b.jpg"]
+    assert passed_over == [folder / "linked" / "anon" / "b.jpg"]
+
+
+def test_an_image_of_more_pixels_than_a_photo_has_is_left_out_before_it_is_decoded(tmp_path):
+    """A 100-byte PNG may claim 17000x17000 pixels (a decompression bomb; a real
+    one of one colour is 1 MB for a gigapixel): OpenCV's own limit is 2^30
+    pixels, and a 32000x32000 one took 11 GB before its detection began. Images
+    over 2^28 pixels (268 megapixels, above every camera's photos) are left out
+    as they are read, in one warning line that says how to allow them."""
+    import os
+    import struct
+    import subprocess
+    import sys
+    import zlib
+    from pathlib import Path
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "bomb.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 17000, 17000, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(bytes(17001))) + chunk(b"IEND", b""))
+    cv2.imwrite(str(folder / "ok.png"), np.zeros((8, 8, 3), np.uint8))
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+    args = [sys.executable, "-m", "anonymize", "images", "--img-dir", str(folder), "--quiet",
+            "--plates", "off"]
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(args + ["--out-dir", str(tmp_path / "out")], capture_output=True,
+                          text=True, env=env, cwd=root)
+    assert proc.returncode == 1, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("anonymize: warning: cannot decode image:") and "bomb.png" in line
+    assert "more than 268 megapixels" in line and "OPENCV_IO_MAX_IMAGE_PIXELS" in line, line
+    assert (tmp_path / "out" / "ok.png").is_file()
+    # the variable set says otherwise: the file is decoded (and, cut short, refused as such)
+    env["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(1 << 30)
+    proc = subprocess.run(args + ["--out-dir", str(tmp_path / "out2")], capture_output=True,
+                          text=True, env=env, cwd=root)
+    assert proc.returncode == 1 and "megapixels" not in proc.stderr, proc.stderr
+
+
+def test_libpng_lines_do_not_stand_beside_the_commands_own(tmp_path):
+    """libpng writes its errors and warnings on the process's stderr itself: a
+    damaged PNG ('libpng error: IDAT: CRC error') got that line beside
+    the warning naming the file, and a PNG with a malformed eXIf chunk, which
+    decodes, got 'libpng warning: eXIf: invalid' three times (it is decoded
+    three times) from a run that otherwise said nothing. The error is now the
+    reason in the file's warning line; the warning is not shown."""
+    import os
+    import struct
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    picture = np.tile(np.arange(64, dtype=np.uint8), (48, 1))
+    png = bytearray(cv2.imencode(".png", np.dstack([picture] * 3))[1].tobytes())
+    png[len(png) // 2:len(png) // 2 + 64] = bytes(64)  # a block of the data zeroed
+    (folder / "damaged.png").write_bytes(bytes(png))
+    tiff = b"MM\x00\x2a" + struct.pack(">IHHHIHH", 8, 1, 0x0112, 3, 1, 6, 0) + bytes(4)
+    ok, exif = cv2.imencodeWithMetadata(".png", np.zeros((8, 8, 3), np.uint8),
+                                        [cv2.IMAGE_METADATA_EXIF],
+                                        [np.frombuffer(b"Exif\x00\x00" + tiff, np.uint8)])
+    (folder / "exif.png").write_bytes(exif.tobytes())
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-m", "anonymize", "images", "--img-dir", str(folder),
+                           "--out-dir", str(tmp_path / "out"), "--quiet", "--plates", "off"],
+                          capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"anonymize: warning: cannot decode image: {folder / 'damaged.png'} (libpng: IDAT: "
+        "CRC error); left out"], proc.stderr
+    assert (tmp_path / "out" / "exif.png").is_file()
+
+
+def test_a_file_name_with_a_line_break_gets_one_warning_line(tmp_path, capsys):
+    """A name may hold a line break (a file saved by a script, a sync tool's
+    conflict copy): the warning that names it stood on two lines, the second
+    looking like a line of its own. Control characters are written escaped."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "bad\nname.jpg").write_bytes(b"xx")
+    cv2.imwrite(str(folder / "ok.png"), np.zeros((8, 8, 3), np.uint8))
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(tmp_path / "out"),
+                 "--quiet", "--plates", "off"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"anonymize: warning: cannot decode image: {folder}/bad\\nname.jpg; left out"]
+
+
+def test_a_full_disk_is_one_error_line_not_a_traceback(tmp_path):
+    """Images that cannot be written are left out with a warning each, but the
+    records written after them (detections.pkl, report.html) then failed with
+    a traceback. A file size limit (RLIMIT_FSIZE: 'File too large', as a full
+    disk gives 'No space left on device') stands in for a full disk here."""
+    import resource
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "small.png"), np.zeros((8, 8, 3), np.uint8))
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    cv2.imwrite(str(folder / "large.png"), noise)  # 12 kB
+    limit = 4000
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-m", "anonymize", "images", "--img-dir", str(folder),
+                           "--out-dir", str(tmp_path / "out"), "--quiet", "--plates", "off"],
+                          capture_output=True, text=True, preexec_fn=small_files,
+                          cwd=Path(__file__).resolve().parent.parent)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert lines[0].startswith("anonymize: warning: could not write") and "large.png" in lines[0]
+    assert len(lines) == 2 and lines[1].startswith(
+        f"anonymize: error: File too large in {tmp_path / 'out'}: "), proc.stderr
+    assert not list((tmp_path / "out").glob(".*partial*"))  # no half file left
+
+
+def test_a_grey_image_with_transparency_stays_grey_with_its_alpha(data_dir, tmp_path):
+    """A grey PNG with an alpha channel (PNG colour type 4: scanned signatures,
+    logos, masks) came back as a colour RGBA PNG, twice its size on disk;
+    OpenCV's PNG encoder writes no grey+alpha, so it is written here."""
+    import struct
+    import zlib
+
+    src = cv2.imread(str(data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg"))
+    grey = cv2.cvtColor(src, cv2.COLOR_BGR2GRAY)
+    h, w = grey.shape
+    alpha = np.tile(np.linspace(0, 255, w, dtype=np.uint8), (h, 1))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    rows = np.hstack([np.zeros((h, 1), np.uint8), np.dstack([grey, alpha]).reshape(h, 2 * w)])
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "ga.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 4, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(rows.tobytes())) + chunk(b"IEND", b""))
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(tmp_path / "out"),
+                 "--quiet", "--no-plates", "--device", "cpu"]) == 0
+    data = (tmp_path / "out" / "ga.png").read_bytes()
+    assert data[12:16] == b"IHDR" and data[24:26] == b"\x08\x04"  # 8-bit grey + alpha
+    back = cv2.imread(str(tmp_path / "out" / "ga.png"), cv2.IMREAD_UNCHANGED)
+    assert back.shape == (h, w, 4) and np.array_equal(back[:, :, 3], alpha)
+    assert np.array_equal(back[:, :, 0], back[:, :, 1])  # grey: its channels agree
+    (row,) = pickle.loads((tmp_path / "out" / "detections.pkl").read_bytes())
+    x1, y1, x2, y2 = row["det"][0]["box_points"]
+    assert back[y1:y2, x1:x2, 0].std() < grey[y1:y2, x1:x2].std()  # blurred
+    outside = np.ones((h, w), bool)
+    for d in row["det"]:
+        bx1, by1, bx2, by2 = d["box_points"]
+        outside[max(by1 - 20, 0):by2 + 20, max(bx1 - 20, 0):bx2 + 20] = False
+    assert np.array_equal(back[:, :, 0][outside], grey[outside])  # the rest as it was
+
+
+def test_an_output_reached_through_a_link_into_the_image_folder_is_not_written(
+        data_dir, tmp_path, capsys):
+    """A link inside the output folder (out/sub -> in/sub, left by a `cp -rs`
+    or an earlier tool) sent the blurred in/sub/a.jpg over the original
+    through it. Such an image is left out with a warning naming the link's
+    folder; the others are written."""
+    photo = data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg"
+    folder, out = tmp_path / "in", tmp_path / "out"
+    (folder / "sub").mkdir(parents=True)
+    out.mkdir()
+    (folder / "sub" / "a.jpg").write_bytes(photo.read_bytes())
+    (folder / "top.jpg").write_bytes(photo.read_bytes())
+    (out / "sub").symlink_to(folder / "sub", target_is_directory=True)
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(out), "--quiet",
+                 "--no-plates", "--device", "cpu"]) == 1
+    assert (folder / "sub" / "a.jpg").read_bytes() == photo.read_bytes()
+    assert sorted(p.name for p in (folder / "sub").iterdir()) == ["a.jpg"]
+    assert capsys.readouterr().err.splitlines() == [
+        f"anonymize: warning: could not write {out / 'sub' / 'a.jpg'}: its folder leads "
+        f"through a link to {folder / 'sub'}, among the originals; left out"]
+    assert (out / "top.jpg").is_file()
+
+
+def test_images_of_16_bits_a_channel_are_said_to_be_written_in_8(tmp_path, capsys):
+    """A 16-bit PNG or TIFF (a scan, a raw export) is written in 8 bits: that
+    was said in the README only, and the run said nothing of the precision it
+    dropped. One warning line counts such images and names the first; the run
+    still succeeds."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (32, 1))
+    cv2.imwrite(str(folder / "scan.tif"), np.dstack([ramp] * 3))
+    cv2.imwrite(str(folder / "depth.png"), ramp)
+    cv2.imwrite(str(folder / "plain.png"), np.zeros((32, 64, 3), np.uint8))
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(tmp_path / "out"),
+                 "--quiet", "--plates", "off"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"anonymize: warning: 2 images of more than 8 bits a channel are written in 8 bits "
+        f"(first: {folder / 'depth.png'})"]
+    assert cv2.imread(str(tmp_path / "out" / "scan.tif"), cv2.IMREAD_UNCHANGED).dtype == np.uint8
+
+
+def test_an_image_linked_in_from_the_output_folder_is_not_written_over(
+        data_dir, tmp_path, capsys):
+    """in/a.jpg a link to elsewhere/a.jpg, and elsewhere the output folder:
+    the blurred copy was written over the original it had been read from."""
+    photo = data_dir / "faces_dlib_examples" / "images" / "2008_001009.jpg"
+    folder, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "a.jpg").write_bytes(photo.read_bytes())
+    (folder / "a.jpg").symlink_to(elsewhere / "a.jpg")
+    (folder / "b.jpg").write_bytes(photo.read_bytes())
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(elsewhere), "--quiet",
+                 "--no-plates", "--device", "cpu"]) == 1
+    assert (elsewhere / "a.jpg").read_bytes() == photo.read_bytes()
+    assert capsys.readouterr().err.splitlines() == [
+        f"anonymize: warning: could not write {elsewhere / 'a.jpg'}: it is the original "
+        f"{folder / 'a.jpg'} leads to; left out"]
+    assert (elsewhere / "b.jpg").is_file()
+
+
+def test_a_multi_page_file_with_a_page_opencv_cannot_decode_is_left_out_too(tmp_path, capsys):
+    """Pages are counted by decoding them all: one page OpenCV cannot decode
+    (a float page) made that count fail, the file was taken for one picture,
+    and its first page was written alone, the others dropped without a word."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    assert cv2.imwritemulti(str(folder / "mixed.tif"), [np.zeros((16, 16, 3), np.uint8),
+                                                         np.zeros((8, 8, 3), np.float32)])
+    cv2.imwrite(str(folder / "ok.png"), np.zeros((8, 8, 3), np.uint8))
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(tmp_path / "out"),
+                 "--quiet", "--plates", "off"]) == 1
+    # (OpenCV's own log lines show here: it was loaded before the command could quiet it)
+    assert [line for line in capsys.readouterr().err.splitlines()
+            if not line.startswith("[ WARN")] == [
+        f"anonymize: warning: {folder / 'mixed.tif'} holds 2 pictures (pages or animation "
+        "frames); only single-picture files are anonymized here; left out"]
+    assert not (tmp_path / "out" / "mixed.tif").exists()
+
+
+@pytest.mark.parametrize("suffix", [".webp", ".png"])
+def test_a_transparent_image_whose_exif_opencv_does_not_read_keeps_its_alpha(tmp_path, suffix):
+    """An EXIF block that starts with JPEG's 'Exif\\0\\0' marker inside a WebP
+    or PNG (older ImageMagick wrote them so) is not read by OpenCV, which
+    leaves the colour as stored; the alpha plane was turned by it all the
+    same, so it no longer fitted the picture and was dropped: the cut-out came
+    back opaque. The alpha follows the colour."""
+    import struct
+
+    tiff = b"MM\x00\x2a" + struct.pack(">IHHHIHH", 8, 1, 0x0112, 3, 1, 6, 0) + bytes(4)
+    bgra = np.zeros((20, 40, 4), np.uint8)
+    bgra[:, :, 3] = np.tile(np.linspace(0, 255, 40, dtype=np.uint8), (20, 1))
+    ok, data = cv2.imencodeWithMetadata(suffix, bgra, [cv2.IMAGE_METADATA_EXIF],
+                                        [np.frombuffer(b"Exif\x00\x00" + tiff, np.uint8)])
+    assert ok
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / f"cut{suffix}").write_bytes(data.tobytes())
+    assert cv2.imdecode(data, cv2.IMREAD_COLOR).shape == (20, 40, 3)  # as stored
+    assert main(["images", "--img-dir", str(tmp_path / "in"), "--out-dir", str(tmp_path / "out"),
+                 "--quiet", "--plates", "off"]) == 0
+    out = cv2.imread(str(tmp_path / "out" / f"cut{suffix}"), cv2.IMREAD_UNCHANGED)
+    assert out.shape == (20, 40, 4) and np.array_equal(out[:, :, 3], bgra[:, :, 3])
+
+
+def test_pages_are_counted_without_holding_every_page_in_memory(tmp_path):
+    """Every page of a multi-page file was decoded at once to count them: a
+    24 MB scanned TIFF of 40 pages of 25 megapixels took 2.2 GB (a 300-page
+    document at 600 dpi, some 10 GB). Two pages tell that a file holds
+    several; their number is read without decoding them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("the peak memory of a process is read from /proc (Linux)")
+
+    pages = [np.full((5000, 5000), i, np.uint8) for i in range(24)]  # 600 MB of pixels
+    ok, data = cv2.imencodemulti(".tif", pages)
+    assert ok
+    del pages
+    path = tmp_path / "scan.tif"
+    path.write_bytes(data.tobytes())
+    del data
+    # the peak of the child's own memory (VmHWM: ru_maxrss keeps the parent's across exec)
+    proc = subprocess.run([sys.executable, "-c", "import sys\n"
+                           "from pathlib import Path\n"
+                           "from pipeline.images import picture_count\n"
+                           "print(picture_count(Path(sys.argv[1])))\n"
+                           "print(next(line.split()[1] for line in open('/proc/self/status')"
+                           " if line.startswith('VmHWM')))",
+                           str(path)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    count, peak_kb = proc.stdout.split()
+    # the interpreter with numpy, PyAV and OpenCV: some 260 MB
+    assert int(peak_kb) < 550_000, f"{int(peak_kb) // 1024} MB"
+    assert proc.returncode == 0 and count == "24", proc.stderr[-500:]
+
+
+def test_two_images_written_to_one_file_are_not_both_reported_written(data_dir, tmp_path,
+                                                                     capsys):
+    """Two inputs whose outputs are one file (on a file system that ignores
+    case, IMG_1.JPG and img_1.jpg from a Linux share; here a folder of the
+    output linked to another) were both written, the second over the first,
+    and both listed in detections.pkl: one photo's output was the other's.
+    The second is left out with a warning naming the first."""
+    photos = sorted((data_dir / "faces_dlib_examples" / "images").glob("*.jpg"))
+    folder, out = tmp_path / "in", tmp_path / "out"
+    for sub, photo in (("A", photos[0]), ("B", photos[1])):
+        (folder / sub).mkdir(parents=True)
+        (folder / sub / "x.jpg").write_bytes(photo.read_bytes())
+    (out / "A").mkdir(parents=True)
+    (out / "B").symlink_to(out / "A", target_is_directory=True)
+    assert main(["images", "--img-dir", str(folder), "--out-dir", str(out), "--quiet",
+                 "--no-plates", "--device", "cpu"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"anonymize: warning: could not write {out / 'B' / 'x.jpg'}: it is the file "
+        f"{out / 'A' / 'x.jpg'} was written to (a file system that ignores case, or a "
+        "link); left out"]
+    rows = pickle.loads((out / "detections.pkl").read_bytes())
+    assert [r["filename"] for r in rows] == ["A/x.jpg"]
+    assert read_image(out / "A" / "x.jpg").shape == read_image(photos[0]).shape

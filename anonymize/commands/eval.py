@@ -150,6 +150,12 @@ def run(args: argparse.Namespace) -> int:
     if metrics["unrecognised_labels"]:
         names = ", ".join(f"{k!r} ({n} boxes)" for k, n in metrics["unrecognised_labels"].items())
         warn(f"labels no detector finds, not evaluated: {names}")
+    if metrics["boxes_without_area"]:
+        n, first = len(metrics["boxes_without_area"]), metrics["boxes_without_area"][0]
+        warn(f"{n} annotated box{'es have' if n != 1 else ' has'} no area inside "
+             f"{'their' if n != 1 else 'its'} image (outside it, or no width or height) and "
+             f"{'are' if n != 1 else 'is'} not evaluated; first: {first['file']} "
+             f"{first['label']} [{', '.join(f'{v:g}' for v in first['xyxy'])}]")
     for item in metrics["undecodable"]:
         warn(f"{item['reason']}; left out")
     left = f" ({len(metrics['undecodable'])} undecodable images left out)" \

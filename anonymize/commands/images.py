@@ -49,9 +49,14 @@ def anonymize_images(folder, out_dir, settings, quiet: bool, unit: str = "img"
                                 f"{', '.join(s.lstrip('.') for s in IMAGE_SUFFIXES)})")
     stack = DetectionStack.from_settings(settings)
     skipped: list = []
+    eight_bit: list = []
     with tqdm(total=len(paths), unit=unit, disable=quiet, file=sys.stderr) as bar:
         found = anonymize_folder(Path(folder), Path(out_dir), stack, settings, bar.update,
-                                 skipped)
+                                 skipped, eight_bit)
+    if eight_bit:  # written, but not as deep as they were
+        n = len(eight_bit)
+        warn(f"{n} image{'s' if n != 1 else ''} of more than 8 bits a channel "
+             f"{'are' if n != 1 else 'is'} written in 8 bits (first: {eight_bit[0]})")
     for _, reason in skipped:
         warn(f"{reason}; left out")
     return (found, [str(Path(p).relative_to(folder)) for p, _ in skipped]

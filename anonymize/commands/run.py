@@ -23,14 +23,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_settings_arguments(p)
 
 
+#: control characters (a line break in a file name) as they are written escaped
+_ESCAPED = {c: repr(chr(c))[1:-1] for c in (*range(32), 127)}
+
+
 def warn(message: str) -> None:
     """One ``anonymize: warning:`` line on stderr, on a line of its own when a
-    progress bar is drawn there (the bar is redrawn below it)."""
+    progress bar is drawn there (the bar is redrawn below it). Control
+    characters are written escaped (``\\n``): a file name may hold a line
+    break, which made two lines of one warning."""
     import sys
 
     from tqdm import tqdm
 
-    tqdm.write(f"anonymize: warning: {message}", file=sys.stderr)
+    tqdm.write(f"anonymize: warning: {message.translate(_ESCAPED)}", file=sys.stderr)
 
 
 def warn_dropped(source, dropped: list[dict]) -> None:

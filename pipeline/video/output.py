@@ -128,12 +128,14 @@ def atomic_output(output: Path) -> Iterator[Path]:
 
 
 def write_atomic(path: Path, data: bytes) -> Path:
-    """Write a small file (records, reports) so readers never see half of it."""
-    with atomic_output(Path(path)) as tmp:
-        try:
+    """Write a small file (records, reports) so readers never see half of it.
+    A write the system refuses (a full disk) raises its OSError naming
+    ``path``, not the hidden temporary name or no name at all."""
+    try:
+        with atomic_output(Path(path)) as tmp:
             tmp.write_bytes(data)
-        except OSError as e:
-            if e.filename is None:  # a full disk refuses the write, which names no file
-                e.filename = str(tmp)
+    except OSError as exc:
+        if exc.errno is None:
             raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     return Path(path)
