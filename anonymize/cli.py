@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import os
 import sys
@@ -44,6 +45,27 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         except (ImportError, AttributeError):
             pass
     return tuple(errors)
+
+
+#: errors of the machine's storage, not of the program: a full disk or quota, a file
+#: larger than the file system (or ``ulimit -f``) allows, a read-only or failing file
+#: system, no permission. The user can fix them, so they are one line, not a traceback
+#: that ends in the same words; the output itself was never renamed into place.
+_STORAGE_ERRNOS = {errno.EIO, errno.EACCES, errno.EPERM}  # with DISK_FULL_ERRNOS
+
+
+def _storage_error(exc: OSError) -> str | None:
+    """The one-line error for ``exc`` when the machine's storage refused a read or
+    write, naming the file (its final name, not the hidden temporary one it was
+    being written under), or None for any other OSError (a bug: keep its traceback)."""
+    from models.errors import DISK_FULL_ERRNOS
+    from pipeline.video.output import final_name
+
+    if exc.errno not in _STORAGE_ERRNOS | DISK_FULL_ERRNOS:
+        return None
+    reason = exc.strerror or os.strerror(exc.errno)
+    name = getattr(exc, "filename", None)
+    return f"{final_name(name)}: {reason}" if name else reason
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -214,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         from models.errors import one_line
 
         print(f"anonymize: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        line = _storage_error(exc)
+        if line is None:
+            raise
+        print(f"anonymize: error: {line}", file=sys.stderr)
         return 2
 
 

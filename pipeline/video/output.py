@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import secrets
 import tempfile
 from collections.abc import Iterator
@@ -77,6 +78,17 @@ def partial_name(output: Path) -> Path:
     if len(os.fsencode(f".{stem}{tag}")) > name_max(output.parent):
         stem = hashlib.sha256(os.fsencode(stem)).hexdigest()[:16]
     return output.with_name(f".{stem}{tag}")
+
+
+def final_name(path) -> str:
+    """The name the user gave for a file being written under :func:`partial_name`
+    (``out/.clip.partial-1a2b3c4d.mp4`` -> ``out/clip.mp4``), so that an error names
+    it and not a hidden name that is gone by the time the user reads it; any other
+    path as it is. A stem shortened to its hash is left as it is."""
+    text = os.fsdecode(path)
+    folder, sep, name = text.rpartition("/")
+    m = re.fullmatch(r"\.(.+)\.partial-[0-9a-f]{8}(\.[^./]*)?", name)
+    return f"{folder}{sep}{m.group(1)}{m.group(2) or ''}" if m else text
 
 
 def name_max(folder: Path) -> int:
