@@ -333,3 +333,39 @@ def test_commands_without_settings_refuse_a_misspelt_variable_too(argv):
     assert proc.stderr.strip().splitlines() == [
         "anonymize: error: unknown environment variable ANONYMIZE_MODELS_DIRR (did you mean "
         "ANONYMIZE_MODELS_DIR?)"]
+
+
+@pytest.mark.parametrize("var, meant", [
+    ("anonymize_lp_thresh", "ANONYMIZE_LP_THRESH"),
+    ("Anonymize_Faces", "ANONYMIZE_FACES"),
+    ("ANONYMISE_LP_THRESH", "ANONYMIZE_LP_THRESH"),  # the British spelling
+    ("anonymise_models_dir", "ANONYMIZE_MODELS_DIR"),
+])
+def test_a_variable_in_another_case_or_spelling_is_refused(var, meant):
+    """Names are read in capitals and with a z only: `anonymize_lp_thresh=0.3` or
+    `ANONYMISE_FACES=0` changed nothing, unsaid, where a misspelt ANONYMIZE_* name
+    is refused."""
+    with pytest.raises(SettingsError) as err:
+        Settings.load(environ={var: "0.3"})
+    assert str(err.value) == f"unknown environment variable {var} (did you mean {meant}?)"
+
+
+def test_a_variable_in_another_case_is_refused_by_the_command_line():
+    proc = run_cli("run", "in.mp4", "-o", "out.mp4", env={"anonymize_plates": "off"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "anonymize: error: unknown environment variable anonymize_plates (did you mean "
+        "ANONYMIZE_PLATES?)"]
+
+
+def test_an_empty_config_file_name_is_an_error(tmp_path):
+    """`--config "$SETTINGS"` with SETTINGS unset (or ANONYMIZE_CONFIG= in an env file)
+    read no file and ran on the defaults, unsaid: an empty value of any other
+    setting is an error."""
+    proc = run_cli("run", "in.mp4", "-o", "out.mp4", "--config", "", "--print-settings")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "anonymize: error: --config: '' is not a file name"]
+    with pytest.raises(SettingsError) as err:
+        Settings.load(environ={"ANONYMIZE_CONFIG": " "})
+    assert str(err.value) == "ANONYMIZE_CONFIG: ' ' is not a file name"
