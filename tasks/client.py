@@ -137,6 +137,7 @@ class Client:
         job = new_job_id()
         name = PurePosixPath(source).name
         if source.startswith("s3://"):
+            self.check_in_storage(source)
             source_url = source
         else:
             path = Path(source)
@@ -161,6 +162,16 @@ class Client:
                               output_ext=output_ext(name, output), **edits)
         self._send(SPLIT, (job, self.storage_url))
         return job
+
+    def check_in_storage(self, source: str) -> None:
+        """An ``s3://`` input, used in place, must be there: the split task would fail
+        the job, seen only by ``status``, after ``submit`` said its id and exited 0."""
+        from .storage import split_url
+
+        base, key = split_url(source)
+        with self._reaching("storage", base):
+            if not self._open(base).exists(key):
+                raise FileNotFoundError(f"the input is not in storage: {source}")
 
     def workers(self, timeout: float = 2.0) -> list[dict]:
         """Ping replies of the workers listening on this broker."""

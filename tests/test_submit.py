@@ -175,6 +175,9 @@ def test_a_zones_file_travels_with_its_own_name(monkeypatch, tmp_path):
     submitted = []
 
     class Recording:
+        def check_in_storage(self, source):
+            pass
+
         def submit(self, source, settings, **kwargs):
             submitted.append(kwargs)
             return "j1"

@@ -79,8 +79,9 @@ def _check_input(source: str, dest: str | None, settings, zones=None, detections
     a readable video whose streams the output container can hold, an output
     path that is not the input and can be written, the zones and detections
     against the video. Of an ``s3://`` input only its form is checked here (an
-    object, not a bucket or folder); its content is checked by the split task
-    (the job then fails with the reason)."""
+    object, not a bucket or folder), and that it exists once the storage is
+    reached (``Client.check_in_storage``); its content is checked by the split task (the job then
+    fails with the reason)."""
     from pathlib import Path
 
     from pipeline.video import probe
@@ -165,6 +166,9 @@ def run(args: argparse.Namespace) -> int:
     for source, (dest, _) in zip(args.inputs, destinations, strict=True):
         _check_input(source, dest, settings, zones, detections)  # before anything is uploaded
     client = Client()
+    for source in args.inputs:  # every s3:// input is there, before any job is queued
+        if source.startswith("s3://"):
+            client.check_in_storage(source)
     jobs = []
     for source, (dest, records) in zip(args.inputs, destinations, strict=True):
         job = client.submit(source, settings, output=dest,
