@@ -164,7 +164,8 @@ class Settings:
                       group="execution")
     threads: int = _opt(0, "CPU threads for the whole run, split between decoding, detection "
                         "and encoding; 0 = the cores this process may use (CPU affinity and "
-                        "cgroup quota)", lo=0, group="execution")
+                        "cgroup quota); at most 1024 (thousands of threads failed to start)",
+                        lo=0, hi=1024, group="execution")
     segment_frames: int = _opt(250, "frames per segment / distributed batch; segments "
                                "start on keyframes", lo=1, video_only=True, group="execution")
 

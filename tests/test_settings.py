@@ -369,3 +369,13 @@ def test_an_empty_config_file_name_is_an_error(tmp_path):
     with pytest.raises(SettingsError) as err:
         Settings.load(environ={"ANONYMIZE_CONFIG": " "})
     assert str(err.value) == "ANONYMIZE_CONFIG: ' ' is not a file name"
+
+
+def test_more_threads_than_any_machine_has_cores_is_an_error():
+    """`--threads 100000` was taken: the run failed to start x264 ("can't start new
+    thread", then a traceback through PyAV) and never exited."""
+    proc = run_cli("run", "in.mp4", "-o", "out.mp4", "--threads", "100000")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "anonymize: error: --threads: '100000' is not between 0 and 1024"]
+    assert Settings.load(environ={"ANONYMIZE_THREADS": "1024"}).threads == 1024
