@@ -379,3 +379,26 @@ def test_more_threads_than_any_machine_has_cores_is_an_error():
     assert proc.stderr.strip().splitlines() == [
         "anonymize: error: --threads: '100000' is not between 0 and 1024"]
     assert Settings.load(environ={"ANONYMIZE_THREADS": "1024"}).threads == 1024
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["run", "in.mp4", "-o", "out.mp4", "--zones", ""], "--zones"),
+    (["run", "in.mp4", "-o", "out.mp4", "--detections-dir", " "], "--detections-dir"),
+    (["render", "in.mp4", "--detections", "d.json", "-o", "out.mp4", "--zones", ""], "--zones"),
+    (["render", "in.mp4", "--detections", "d.json", "-o", "out.mp4", "--detections-dir", ""],
+     "--detections-dir"),
+    (["submit", "in.mp4", "--zones", ""], "--zones"),
+    (["submit", "in.mp4", "--detections", ""], "--detections"),
+    (["submit", "in.mp4", "--wait", "-o", "out.mp4", "--detections-dir", ""],
+     "--detections-dir"),
+])
+def test_an_empty_file_option_is_an_error(argv, flag):
+    """`--zones "$ZONES"` with ZONES unset read as no --zones at all: the forced
+    regions the user meant to blur in every frame were left out, unsaid (and an
+    empty --detections-dir put the records beside the output, --detections ran
+    the detectors instead of re-rendering). Refused before any work."""
+    proc = run_cli(*argv)
+    assert proc.returncode == 2, proc.stderr
+    value = argv[argv.index(flag) + 1]
+    assert proc.stderr.strip().splitlines() == [
+        f"anonymize: error: {flag}: {value!r} is not a file name"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_settings_arguments
+from .options import add_settings_arguments, refuse_empty
 
 HELP = "upload videos and queue them on the cluster (Redis + S3 + workers); prints job ids"
 
@@ -118,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tasks.client import load_cluster_env
 
+    refuse_empty(args, "zones", "detections", "detections_dir")
     load_cluster_env()
     from models.resolve import check_settings
     from pipeline.settings import check_something_hidden
