@@ -531,3 +531,31 @@ def test_a_full_disk_is_one_line_and_leaves_no_output(tmp_path, kind, request):
     assert proc.stderr.splitlines() == [f"anonymize: error: {out_dir / 'out.mp4'}: {reason}"]
     assert sorted(p.name for p in out_dir.iterdir()) == (["filler"] if kind == "enospc" else [])
     assert list(tmpdir.iterdir()) == []
+
+
+@pytest.mark.models
+def test_records_that_do_not_all_fit_leave_the_earlier_run_s_records_whole(tmp_path,
+                                                                           full_disk):
+    """The records folder filled up part-way: faces.pkl and plates.pkl were already
+    this run's while detections.json (and the video) stayed the earlier run's, a
+    set that no run wrote. Now the three are all this run's or all the earlier's."""
+    source = make_video(tmp_path / "in.mp4", n_frames=120, width=160, height=120, gop=10)
+    records = full_disk  # 16 KiB free, in 4 KiB pages
+    earlier = {name: f"earlier {name}".encode()
+               for name in ("faces.pkl", "plates.pkl", "detections.json")}
+    for name, data in earlier.items():
+        (records / name).write_bytes(data)
+    (records / "filler").unlink()
+    (records / "filler").write_bytes(b"\0" * 12288)  # one page left: the records need more
+    out_dir = tmp_path / "out"
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "anonymize", "run", str(source), "-o", str(out_dir / "out.mp4"),
+         "--detections-dir", str(records), "--no-plates", "--min-face", "48", "--threads", "1",
+         "--quiet"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() in (
+        [f"anonymize: error: {records / name}: No space left on device"] for name in earlier)
+    assert {name: (records / name).read_bytes() for name in earlier} == earlier
+    assert sorted(p.name for p in records.iterdir()) == sorted([*earlier, "filler"])
+    assert not out_dir.exists() or list(out_dir.iterdir()) == []

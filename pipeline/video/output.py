@@ -110,9 +110,12 @@ def atomic_output(output: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, output)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno and exc.filename is None:
+            # a write that failed (a full disk) names no file: name the one meant
+            raise OSError(exc.errno, exc.strerror, str(output)) from exc
         raise
 
 
@@ -121,3 +124,13 @@ def write_atomic(path: Path, data: bytes) -> Path:
     with atomic_output(Path(path)) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def write_atomic_all(files: dict[Path, bytes]) -> None:
+    """Write small files that belong together (a run's records) as :func:`write_atomic`
+    does, and all or none: each under its temporary name, renamed into place only once
+    every one is complete. One that does not fit (a full disk) left the others already
+    renamed: a set of records that no run wrote."""
+    with contextlib.ExitStack() as stack:
+        for path, data in files.items():
+            stack.enter_context(atomic_output(Path(path))).write_bytes(data)
