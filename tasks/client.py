@@ -11,6 +11,7 @@ the environment always win over the file.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import time
@@ -266,13 +267,17 @@ class Client:
                              "(cancel --delete)")
         output = Path(output)
         records_dir = Path(records_dir) if records_dir else output.parent
-        got = {}
-        base, key = split_url(info["output_url"])
-        with self._reaching("storage", base), atomic_output(output) as partial:
-            self._open(base).get_file(key, partial)  # never half a file under its name
-        got["output"] = output
+        wanted = {"output": (info["output_url"], output)}
         for name, url in {**info.get("files", {}), "report": info["report_url"]}.items():
-            base, key = split_url(url)
-            with self._reaching("storage", base):
-                got[name] = self._open(base).get_file(key, records_dir / key)
+            wanted[name] = (url, records_dir / split_url(url)[1])
+        got = {}
+        # never half a file under its name, and all of them or none: a folder that
+        # filled up part-way left the new video beside some of the earlier records
+        with contextlib.ExitStack() as stack:
+            for name, (url, dest) in wanted.items():
+                base, key = split_url(url)
+                partial = stack.enter_context(atomic_output(dest))
+                with self._reaching("storage", base):
+                    self._open(base).get_file(key, partial)
+                got[name] = dest
         return got
