@@ -402,3 +402,23 @@ def test_an_empty_file_option_is_an_error(argv, flag):
     value = argv[argv.index(flag) + 1]
     assert proc.stderr.strip().splitlines() == [
         f"anonymize: error: {flag}: {value!r} is not a file name"]
+
+
+@pytest.mark.parametrize("given", ["flag", "environment"])
+def test_a_worker_for_a_device_the_machine_lacks_is_refused_before_it_starts(given):
+    """`anonymize worker --device cuda:3` on a machine without that GPU said "ready"
+    and then failed every job it took, at once and for good (a device error is no
+    transient one): jobs another worker could have done. Its servers need not be
+    up: the device is checked first."""
+    import torch
+
+    device = f"cuda:{torch.cuda.device_count() if torch.cuda.is_available() else 0}"
+    argv, env = (["worker", "--device", device], {}) if given == "flag" else (
+        ["worker"], {"ANONYMIZE_WORKER_DEVICE": device})
+    env["ANONYMIZE_BROKER_URL"] = "redis://127.0.0.1:9/0"  # nothing listens: not reached
+    proc = run_cli(*argv, env=env)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    name = "--device" if given == "flag" else "ANONYMIZE_WORKER_DEVICE"
+    assert len(lines) == 1 and lines[0].startswith(
+        f"anonymize: error: {name}: device {device} requested but "), lines
