@@ -556,3 +556,41 @@ def test_a_sub_folder_that_cannot_be_read_is_named_and_counted(data_dir, tmp_pat
                  "--quiet", "--no-plates", "--device", "cpu"]) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"anonymize: error: cannot read the image folder {folder}: Permission denied"]
+
+
+@pytest.mark.parametrize("kind", ["enospc", "efbig"])
+def test_a_full_disk_stops_images_at_the_first_image_it_refuses(data_dir, tmp_path, kind,
+                                                                 request):
+    """An output disk that filled up was taken for one image the folder would not
+    take: every image of the folder was still detected and blurred, each left out
+    with a warning line, and the run failed only at its end. Nothing else fits once
+    the disk is full: one line, at once."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import small_files
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    names = sorted(p.name for p in (data_dir / "faces_dlib_examples" / "images").iterdir())[:4]
+    for name in names:
+        (src / name).write_bytes((data_dir / "faces_dlib_examples" / "images" / name)
+                                 .read_bytes())
+    if kind == "enospc":
+        out, limit = request.getfixturevalue("full_disk") / "out", None  # 16 KiB free
+    else:
+        out, limit = tmp_path / "out", 16 * 1024
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "anonymize", "images", "--img-dir", str(src), "--out-dir",
+         str(out), "--no-plates", "--batch-size", "1"],
+        cwd=root, capture_output=True, text=True, timeout=300,
+        preexec_fn=small_files(limit) if limit else None,
+        env={**os.environ, "PYTHONPATH": str(root)})
+    reason = "No space left on device" if kind == "enospc" else "File too large"
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("anonymize:")]
+    assert lines == [f"anonymize: error: {out / names[0]}: {reason}"]
+    assert list(out.iterdir()) == []
