@@ -133,6 +133,17 @@ def test_detections_dir_under_a_file_is_refused(src, tmp_path):
     refused(src, tmp_path / "out.mp4", "detections folder", tmp_path, blocker / "records")
 
 
+@pytest.mark.parametrize("records", ["out.mkv", "out.mkv/records"])
+def test_detections_dir_that_is_the_output_is_refused(src, tmp_path, records):
+    """`-o out.mkv --detections-dir out.mkv` ran the whole video, wrote the records
+    into a new folder out.mkv, then failed to put the output there ("Is a directory",
+    naming the hidden temporary file)."""
+    out = tmp_path / "out.mkv"
+    message = refused(src, out, "detections folder", tmp_path, tmp_path / records)
+    assert str(out) in message
+    assert not out.exists()
+
+
 def test_failure_midway_leaves_no_output_and_keeps_an_older_one(src, tmp_path):
     out = tmp_path / "out.mp4"
     out.write_bytes(b"an older result the user still has")

@@ -74,7 +74,8 @@ def _destinations(args) -> list[tuple[str | None, str | None]]:
     return found
 
 
-def _check_input(source: str, dest: str | None, settings, zones=None, detections=None):
+def _check_input(source: str, dest: str | None, settings, zones=None, detections=None,
+                 records: str | None = None):
     """What ``anonymize run`` checks before work, for a job about to be uploaded:
     a readable video whose streams the output container can hold, an output
     path that is not the input and can be written, the zones and detections
@@ -87,7 +88,7 @@ def _check_input(source: str, dest: str | None, settings, zones=None, detections
     from pipeline.video import probe
     from pipeline.video.contain import readable
     from pipeline.video.join import check_output_streams
-    from pipeline.video.output import check_output_path
+    from pipeline.video.output import check_output_path, check_records_folder
     from tasks.client import output_ext
 
     if source.startswith("s3://"):
@@ -97,6 +98,8 @@ def _check_input(source: str, dest: str | None, settings, zones=None, detections
         return
     if dest:
         check_output_path(Path(source), Path(dest))
+        if records:
+            check_records_folder(Path(dest), Path(records))
     with readable(source) as (frames_source, _):  # a raw stream: as the split task reads it
         info = probe(frames_source)
         check_output_streams(frames_source, info, output_ext(Path(source).name, dest),
@@ -164,8 +167,9 @@ def run(args: argparse.Namespace) -> int:
         # not here, and model files travel with the job
         check_settings(settings, fetched=False)
     destinations = _destinations(args)
-    for source, (dest, _) in zip(args.inputs, destinations, strict=True):
-        _check_input(source, dest, settings, zones, detections)  # before anything is uploaded
+    for source, (dest, records) in zip(args.inputs, destinations, strict=True):
+        # before anything is uploaded
+        _check_input(source, dest, settings, zones, detections, records)
     client = Client()
     for source in args.inputs:  # every s3:// input is there, before any job is queued
         if source.startswith("s3://"):

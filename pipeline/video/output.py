@@ -67,6 +67,17 @@ def check_output_path(source: Path, output: Path) -> None:
     check_folder_writable(output.parent)
 
 
+def check_records_folder(output: Path, records: Path) -> None:
+    """The records folder (``--detections-dir``) can be written and is not the output
+    file, nor inside it: the records made a folder of the output's name, and the
+    finished video could not be put there, found only at the end."""
+    folder = Path(records).absolute()
+    if folder == Path(output).absolute() or Path(output).absolute() in folder.parents:
+        raise VideoError(f"detections folder {records} is the output file {output} (or lies "
+                         f"in it); give the records a folder of their own")
+    check_folder_writable(Path(records), "detections folder")
+
+
 def partial_name(output: Path) -> Path:
     """A hidden temporary name beside ``output`` with the same suffix (the
     container format is chosen by suffix). The marks add 18 bytes to the
