@@ -47,36 +47,47 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-#: what a write that its storage refused needs from the user, by errno
-_STORAGE_FULL = {"ENOSPC": "free some space there", "EDQUOT": "free some space there",
-                 "EFBIG": "a file there cannot grow that large (FAT32 holds at most 4 GiB; "
-                          "see also ulimit -f)",
-                 "EROFS": "the file system is mounted read-only",
-                 "EIO": "the storage failed: check the disk"}
+#: errors of the machine's storage, not of the program, with what the user can do
+#: about each: a full disk or quota, a file larger than the file system (or ``ulimit
+#: -f``) allows, a read-only or failing file system, no permission. They are one
+#: line, not a traceback that ends in the same words; the output itself was never
+#: renamed into place.
+_STORAGE_HINTS = {
+    errno.ENOSPC: "free some space there", errno.EDQUOT: "free some space there",
+    errno.EFBIG: "a file there cannot grow that large (FAT32 holds at most 4 GiB; "
+                 "see also ulimit -f)",
+    errno.EROFS: "the file system is mounted read-only",
+    errno.EIO: "the storage failed: check the disk",
+    errno.EACCES: "check the permissions there", errno.EPERM: "check the permissions there",
+}
 
 
-def _storage_full(exc: OSError) -> str | None:
-    """One line for a write that the storage refused (disk full, quota, a file
-    too large for its file system): the user can fix it, so no traceback. It
-    names the folder, never our temporary files in it: the hidden partial
-    output beside the output, or the work folder under TMPDIR, which holds
-    the run's copies of the source, all removed before this line is printed."""
+def _storage_error(exc: OSError) -> str | None:
+    """The one-line error for ``exc`` when the machine's storage refused a read or
+    write, or None for any other OSError (a bug: keep its traceback). It names the
+    file by its final name, not the hidden temporary one it was being written
+    under; a file in a work folder of ours under TMPDIR (which holds a run's
+    copies of the source, removed before this line is printed) is named by TMPDIR,
+    the folder the user can change."""
     import tempfile
     from pathlib import Path
 
-    hint = next((v for k, v in _STORAGE_FULL.items() if exc.errno == getattr(errno, k, None)), None)
+    from pipeline.video.output import final_name
+
+    hint = _STORAGE_HINTS.get(exc.errno)
     if hint is None:
         return None
     reason = exc.strerror or os.strerror(exc.errno)
     if not exc.filename:
-        return f"{reason} writing the output, its records or the work folder under TMPDIR"
-    folder = Path(os.fsdecode(exc.filename)).parent
+        return f"{reason} writing the output, its records or the work folder under TMPDIR: {hint}"
+    path = Path(final_name(exc.filename))
+    folder = path.parent
     while folder.name.startswith("anonymize-") and folder.parent != folder:
         folder = folder.parent  # a work folder of ours (pipeline/process.py, video/contain.py)
-    if folder == Path(tempfile.gettempdir()):
+    if folder != path.parent and folder == Path(tempfile.gettempdir()):
         return (f"{reason} in {folder}, which holds the temporary files of a run: {hint}, "
                 f"or set TMPDIR to a folder with room")
-    return f"{reason} in {folder}: {hint}, or write elsewhere"
+    return f"{path}: {reason}: {hint}"
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -258,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"anonymize: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:
-        line = _storage_full(exc)
+        line = _storage_error(exc)
         if line is None:
             raise
         print(f"anonymize: error: {line}", file=sys.stderr)

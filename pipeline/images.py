@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from models.detections import FACE, Detections
+from models.errors import DISK_FULL_ERRNOS
 
 from .blur import anonymize_frame
 from .datasets import (
@@ -457,8 +458,9 @@ def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
                                                            settings.mask_scale), like=path)
             except (ValueError, OSError) as exc:
                 # one image the file system will not take (a name too long for
-                # it, a folder of that name in the way) does not stop the others
-                if skipped is None:
+                # it, a folder of that name in the way) does not stop the others;
+                # a full disk takes none of them
+                if skipped is None or getattr(exc, "errno", None) in DISK_FULL_ERRNOS:
                     raise
                 skipped.append((path, str(exc) if isinstance(exc, ValueError) else
                                 f"could not write {target}: {exc.strerror or exc}"))

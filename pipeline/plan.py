@@ -18,7 +18,7 @@ from .settings import Settings
 from .temporal import context_frames
 from .video.contain import readable
 from .video.join import check_output_streams
-from .video.output import check_folder_writable, check_output_path
+from .video.output import check_output_path, check_records_folder
 
 
 @dataclass
@@ -77,7 +77,7 @@ def prepare_local(source: Path, output: Path, settings: Settings,
     source, output = Path(source), Path(output)
     check_output_path(source, output)
     if detections_dir is not None:
-        check_folder_writable(Path(detections_dir), "detections folder")
+        check_records_folder(output, Path(detections_dir))
     return plan(source, settings, output.suffix)
 
 

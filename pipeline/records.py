@@ -29,7 +29,7 @@ from pathlib import Path
 
 from models.detections import FACE, PLATE, Detections
 
-from .video.output import write_atomic
+from .video.output import write_atomic, write_atomic_all
 
 FACES_PKL = "faces.pkl"
 PLATES_PKL = "plates.pkl"
@@ -76,14 +76,11 @@ def write_records(out_dir: Path, frames: Mapping[int, Detections], frame_pts: li
                   time_base: Fraction, source_name: str, header: dict | None = None
                   ) -> dict[str, Path]:
     """Write faces.pkl, plates.pkl and detections.json into ``out_dir`` (each
-    atomically: a reader never sees half a file). ``header``: more top-level
+    atomically: a reader never sees half a file; and all three or none). ``header``: more top-level
     fields of detections.json (width, height, settings, zones)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"faces_pickle": out_dir / FACES_PKL, "plates_pickle": out_dir / PLATES_PKL,
              "detections_json": out_dir / DETECTIONS_JSON}
-    write_atomic(paths["faces_pickle"], pickle.dumps(face_pickle(frames), protocol=4))
-    write_atomic(paths["plates_pickle"],
-                 pickle.dumps(plate_records(frames, frame_pts, time_base), protocol=4))
     header = dict(header or {})
     zones = header.pop("zones", [])
     doc = {
@@ -98,7 +95,13 @@ def write_records(out_dir: Path, frames: Mapping[int, Detections], frame_pts: li
     }
     if zones:
         doc["zones"] = zones
-    write_atomic(paths["detections_json"], json.dumps(doc, separators=(",", ":")).encode())
+    # all three or none: one left out (a full disk) must not leave a set that no run wrote
+    write_atomic_all({
+        paths["faces_pickle"]: pickle.dumps(face_pickle(frames), protocol=4),
+        paths["plates_pickle"]: pickle.dumps(plate_records(frames, frame_pts, time_base),
+                                             protocol=4),
+        paths["detections_json"]: json.dumps(doc, separators=(",", ":")).encode(),
+    })
     return paths
 
 

@@ -164,7 +164,8 @@ class Settings:
                       group="execution")
     threads: int = _opt(0, "CPU threads for the whole run, split between decoding, detection "
                         "and encoding; 0 = the cores this process may use (CPU affinity and "
-                        "cgroup quota)", lo=0, group="execution")
+                        "cgroup quota); at most 1024 (thousands of threads failed to start)",
+                        lo=0, hi=1024, group="execution")
     segment_frames: int = _opt(250, "frames per segment / distributed batch; segments "
                                "start on keyframes", lo=1, video_only=True, group="execution")
 
@@ -220,7 +221,12 @@ class Settings:
         check_environment(env)
         values: dict[str, Any] = {}
         sources = {name: "default" for name in FIELDS}
-        config = config or env.get("ANONYMIZE_CONFIG") or None
+        where = "--config"
+        if config is None and "ANONYMIZE_CONFIG" in env:
+            config, where = env["ANONYMIZE_CONFIG"], "ANONYMIZE_CONFIG"
+        if config is not None and not str(config).strip():
+            # `--config "$UNSET"` read no file, and the defaults ran instead of its values
+            raise SettingsError(f"{where}: {str(config)!r} is not a file name")
         if config:
             for key, value in read_config(Path(config)).items():
                 values[key] = coerce(key, value, f"{config}: {key}")
@@ -264,15 +270,25 @@ def env_names() -> set[str]:
     return from_settings | set(OTHER_ENV)
 
 
+#: how an ``ANONYMIZE_*`` name may begin when typed in another case or the British
+#: spelling (``anonymize_faces``, ``ANONYMISE_FACES``): read by nothing, so refused too
+_PREFIX_SLIPS = (ENV_PREFIX, "ANONYMISE_")
+
+
 def check_environment(env: dict[str, str] | os._Environ) -> None:
     """An unknown ``ANONYMIZE_*`` variable is a typo that would silently change
-    nothing: refuse it, suggesting the closest known name."""
+    nothing: refuse it, suggesting the closest known name. So is a known name in
+    another case or spelled with an s (``anonymize_lp_thresh``, ``ANONYMISE_FACES``)."""
     known = env_names()
     for var in sorted(env):
-        if var.startswith(ENV_PREFIX) and var not in known:
-            close = difflib.get_close_matches(var, sorted(known), n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise SettingsError(f"unknown environment variable {var}{hint}")
+        if var in known or not var.upper().startswith(_PREFIX_SLIPS):
+            continue
+        meant = ENV_PREFIX + var.upper()[len(ENV_PREFIX):]
+        if meant in known:
+            raise SettingsError(f"unknown environment variable {var} (did you mean {meant}?)")
+        close = difflib.get_close_matches(meant, sorted(known), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise SettingsError(f"unknown environment variable {var}{hint}")
 
 
 def _unknown(name: str, known, source: str) -> str:

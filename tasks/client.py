@@ -11,6 +11,7 @@ the environment always win over the file.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import time
@@ -137,6 +138,7 @@ class Client:
         job = new_job_id()
         name = PurePosixPath(source).name
         if source.startswith("s3://"):
+            self.check_in_storage(source)
             source_url = source
         else:
             path = Path(source)
@@ -161,6 +163,16 @@ class Client:
                               output_ext=output_ext(name, output), **edits)
         self._send(SPLIT, (job, self.storage_url))
         return job
+
+    def check_in_storage(self, source: str) -> None:
+        """An ``s3://`` input, used in place, must be there: the split task would fail
+        the job, seen only by ``status``, after ``submit`` said its id and exited 0."""
+        from .storage import split_url
+
+        base, key = split_url(source)
+        with self._reaching("storage", base):
+            if not self._open(base).exists(key):
+                raise FileNotFoundError(f"the input is not in storage: {source}")
 
     def workers(self, timeout: float = 2.0) -> list[dict]:
         """Ping replies of the workers listening on this broker."""
@@ -255,13 +267,17 @@ class Client:
                              "(cancel --delete)")
         output = Path(output)
         records_dir = Path(records_dir) if records_dir else output.parent
-        got = {}
-        base, key = split_url(info["output_url"])
-        with self._reaching("storage", base), atomic_output(output) as partial:
-            self._open(base).get_file(key, partial)  # never half a file under its name
-        got["output"] = output
+        wanted = {"output": (info["output_url"], output)}
         for name, url in {**info.get("files", {}), "report": info["report_url"]}.items():
-            base, key = split_url(url)
-            with self._reaching("storage", base):
-                got[name] = self._open(base).get_file(key, records_dir / key)
+            wanted[name] = (url, records_dir / split_url(url)[1])
+        got = {}
+        # never half a file under its name, and all of them or none: a folder that
+        # filled up part-way left the new video beside some of the earlier records
+        with contextlib.ExitStack() as stack:
+            for name, (url, dest) in wanted.items():
+                base, key = split_url(url)
+                partial = stack.enter_context(atomic_output(dest))
+                with self._reaching("storage", base):
+                    self._open(base).get_file(key, partial)
+                got[name] = dest
         return got

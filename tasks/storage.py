@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from models.errors import one_line
+from models.errors import DISK_FULL_ERRNOS, one_line
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +235,8 @@ class S3Storage(Storage):
             except (BotoCoreError, S3UploadFailedError, S3TransferFailedError, OSError) as exc:
                 if isinstance(exc, FileNotFoundError | IsADirectoryError | PermissionError):
                     raise
+                if getattr(exc, "errno", None) in DISK_FULL_ERRNOS:
+                    raise  # this machine's disk, not the storage: waiting makes no room
                 if "404" in str(exc) or "Not Found" in str(exc):
                     raise FileNotFoundError(f"not in storage: {what}") from None
                 error = exc
@@ -253,8 +255,13 @@ class S3Storage(Storage):
     def get_file(self, key, local):
         local = Path(local)
         local.parent.mkdir(parents=True, exist_ok=True)
-        self._retry(self.url(key), self.client.download_file, self.bucket, self._key(key),
-                    str(local), Config=self.transfer)
+        try:
+            self._retry(self.url(key), self.client.download_file, self.bucket, self._key(key),
+                        str(local), Config=self.transfer)
+        except OSError as exc:
+            if exc.errno in DISK_FULL_ERRNOS and not exc.filename:  # boto3 names no file
+                raise OSError(exc.errno, exc.strerror, str(local)) from None
+            raise
         return local
 
     def put_bytes(self, data, key):

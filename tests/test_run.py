@@ -31,6 +31,7 @@ from pipeline import changes, segment_job, video
 from pipeline.plan import plan
 from pipeline.process import run_local
 from pipeline.settings import Settings, SettingsError
+from tests.conftest import small_files
 from tests.videos import LOCATION, make_gop_video, make_video
 
 W, H, N, PATCH = 192, 128, 48, 24
@@ -498,3 +499,65 @@ def test_a_stopped_run_leaves_no_copy_of_the_source_behind(data_dir, tmp_path, s
     assert err.strip().splitlines()[-1] == last_line
     assert list(tmpdir.iterdir()) == []
     assert list(out_dir.iterdir()) == []
+
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("kind", ["enospc", "efbig"])
+def test_a_full_disk_is_one_line_and_leaves_no_output(tmp_path, kind, request):
+    """A disk that filled up while the output was joined (or a file larger than the
+    file system or ``ulimit -f`` allows) ended the run with a traceback through PyAV
+    and exit status 1; it is the user's to fix, so one line naming the output, exit
+    status 2, and nothing under the output's name or beside it."""
+    source = make_video(tmp_path / "in.mp4", n_frames=60, width=320, height=240, gop=10)
+    limit = None
+    if kind == "enospc":
+        out_dir = request.getfixturevalue("full_disk")  # 16 KiB free
+    else:
+        out_dir = tmp_path / "out"
+        out_dir.mkdir()
+        limit = 100_000  # the segment files (under 40 kB) fit, the output (about 200 kB) not
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "anonymize", "run", str(source), "-o", str(out_dir / "out.mp4"),
+         "--no-plates", "--min-face", "48", "--threads", "1", "--segment-frames", "10",
+         "--crf", "8", "--quiet"],
+        cwd=root, env={**os.environ, "TMPDIR": str(tmpdir)}, capture_output=True, text=True,
+        timeout=300, preexec_fn=small_files(limit) if limit else None)
+    reason = "No space left on device" if kind == "enospc" else "File too large"
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"anonymize: error: {out_dir / 'out.mp4'}: {reason}: "), line
+    assert sorted(p.name for p in out_dir.iterdir()) == (["filler"] if kind == "enospc" else [])
+    assert list(tmpdir.iterdir()) == []
+
+
+@pytest.mark.models
+def test_records_that_do_not_all_fit_leave_the_earlier_run_s_records_whole(tmp_path,
+                                                                           full_disk):
+    """The records folder filled up part-way: faces.pkl and plates.pkl were already
+    this run's while detections.json (and the video) stayed the earlier run's, a
+    set that no run wrote. Now the three are all this run's or all the earlier's."""
+    source = make_video(tmp_path / "in.mp4", n_frames=120, width=160, height=120, gop=10)
+    records = full_disk  # 16 KiB free, in 4 KiB pages
+    earlier = {name: f"earlier {name}".encode()
+               for name in ("faces.pkl", "plates.pkl", "detections.json")}
+    for name, data in earlier.items():
+        (records / name).write_bytes(data)
+    (records / "filler").unlink()
+    (records / "filler").write_bytes(b"\0" * 12288)  # one page left: the records need more
+    out_dir = tmp_path / "out"
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "anonymize", "run", str(source), "-o", str(out_dir / "out.mp4"),
+         "--detections-dir", str(records), "--no-plates", "--min-face", "48", "--threads", "1",
+         "--quiet"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert any(line.startswith(f"anonymize: error: {records / name}: No space left on device: ")
+               for name in earlier), line
+    assert {name: (records / name).read_bytes() for name in earlier} == earlier
+    assert sorted(p.name for p in records.iterdir()) == sorted([*earlier, "filler"])
+    assert not out_dir.exists() or list(out_dir.iterdir()) == []

@@ -176,6 +176,28 @@ def test_s3_bucket_that_does_not_exist(redis_server, s3_server, tmp_path, small_
     assert_one_line_error(rc, lines, seconds, "no-such-bucket", s3_server.endpoint)
 
 
+@pytest.mark.integration
+def test_an_s3_input_that_is_not_in_storage_is_refused_before_anything_is_queued(
+        redis_server, s3_server, tmp_path):
+    """`submit s3://bucket/missing.mp4` printed a job id and exited 0; the job failed
+    later on a worker ("the input is not in storage"), seen only by `status`. A
+    missing local file is refused at once: so is a missing object."""
+    env = {**s3_server.client_env(), "ANONYMIZE_BROKER_URL": redis_server.url,
+           "ANONYMIZE_STORAGE_URL": s3_server.storage_url("in-place")}
+    _, before, _, _ = cli("status", env=env, cwd=tmp_path)
+    for url in (f"s3://{s3_server.bucket}/in-place/missing.mp4", "s3://no-such-bucket/a.mp4"):
+        rc, out, lines, seconds = cli("submit", url, env=env, cwd=tmp_path)
+        assert_one_line_error(rc, lines, seconds, f"the input is not in storage: {url}")
+        assert out == ""
+    # with a good input before it: neither is queued
+    src = tmp_path / "here.mp4"
+    make_video(src, n_frames=6)
+    rc, out, lines, _ = cli("submit", str(src), url, env=env, cwd=tmp_path)
+    assert rc == 2 and out == "" and len(lines) == 1, lines
+    _, after, _, _ = cli("status", env=env, cwd=tmp_path)
+    assert after == before
+
+
 # --------------------------------------------------------- other exit codes
 
 

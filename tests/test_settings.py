@@ -333,3 +333,92 @@ def test_commands_without_settings_refuse_a_misspelt_variable_too(argv):
     assert proc.stderr.strip().splitlines() == [
         "anonymize: error: unknown environment variable ANONYMIZE_MODELS_DIRR (did you mean "
         "ANONYMIZE_MODELS_DIR?)"]
+
+
+@pytest.mark.parametrize("var, meant", [
+    ("anonymize_lp_thresh", "ANONYMIZE_LP_THRESH"),
+    ("Anonymize_Faces", "ANONYMIZE_FACES"),
+    ("ANONYMISE_LP_THRESH", "ANONYMIZE_LP_THRESH"),  # the British spelling
+    ("anonymise_models_dir", "ANONYMIZE_MODELS_DIR"),
+])
+def test_a_variable_in_another_case_or_spelling_is_refused(var, meant):
+    """Names are read in capitals and with a z only: `anonymize_lp_thresh=0.3` or
+    `ANONYMISE_FACES=0` changed nothing, unsaid, where a misspelt ANONYMIZE_* name
+    is refused."""
+    with pytest.raises(SettingsError) as err:
+        Settings.load(environ={var: "0.3"})
+    assert str(err.value) == f"unknown environment variable {var} (did you mean {meant}?)"
+
+
+def test_a_variable_in_another_case_is_refused_by_the_command_line():
+    proc = run_cli("run", "in.mp4", "-o", "out.mp4", env={"anonymize_plates": "off"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "anonymize: error: unknown environment variable anonymize_plates (did you mean "
+        "ANONYMIZE_PLATES?)"]
+
+
+def test_an_empty_config_file_name_is_an_error(tmp_path):
+    """`--config "$SETTINGS"` with SETTINGS unset (or ANONYMIZE_CONFIG= in an env file)
+    read no file and ran on the defaults, unsaid: an empty value of any other
+    setting is an error."""
+    proc = run_cli("run", "in.mp4", "-o", "out.mp4", "--config", "", "--print-settings")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "anonymize: error: --config: '' is not a file name"]
+    with pytest.raises(SettingsError) as err:
+        Settings.load(environ={"ANONYMIZE_CONFIG": " "})
+    assert str(err.value) == "ANONYMIZE_CONFIG: ' ' is not a file name"
+
+
+def test_more_threads_than_any_machine_has_cores_is_an_error():
+    """`--threads 100000` was taken: the run failed to start x264 ("can't start new
+    thread", then a traceback through PyAV) and never exited."""
+    proc = run_cli("run", "in.mp4", "-o", "out.mp4", "--threads", "100000")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "anonymize: error: --threads: '100000' is not between 0 and 1024"]
+    assert Settings.load(environ={"ANONYMIZE_THREADS": "1024"}).threads == 1024
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["run", "in.mp4", "-o", "out.mp4", "--zones", ""], "--zones"),
+    (["run", "in.mp4", "-o", "out.mp4", "--detections-dir", " "], "--detections-dir"),
+    (["render", "in.mp4", "--detections", "d.json", "-o", "out.mp4", "--zones", ""], "--zones"),
+    (["render", "in.mp4", "--detections", "d.json", "-o", "out.mp4", "--detections-dir", ""],
+     "--detections-dir"),
+    (["submit", "in.mp4", "--zones", ""], "--zones"),
+    (["submit", "in.mp4", "--detections", ""], "--detections"),
+    (["submit", "in.mp4", "--wait", "-o", "out.mp4", "--detections-dir", ""],
+     "--detections-dir"),
+])
+def test_an_empty_file_option_is_an_error(argv, flag):
+    """`--zones "$ZONES"` with ZONES unset read as no --zones at all: the forced
+    regions the user meant to blur in every frame were left out, unsaid (and an
+    empty --detections-dir put the records beside the output, --detections ran
+    the detectors instead of re-rendering). Refused before any work."""
+    proc = run_cli(*argv)
+    assert proc.returncode == 2, proc.stderr
+    value = argv[argv.index(flag) + 1]
+    assert proc.stderr.strip().splitlines() == [
+        f"anonymize: error: {flag}: {value!r} is not a file name"]
+
+
+@pytest.mark.parametrize("given", ["flag", "environment"])
+def test_a_worker_for_a_device_the_machine_lacks_is_refused_before_it_starts(given):
+    """`anonymize worker --device cuda:3` on a machine without that GPU said "ready"
+    and then failed every job it took, at once and for good (a device error is no
+    transient one): jobs another worker could have done. Its servers need not be
+    up: the device is checked first."""
+    import torch
+
+    device = f"cuda:{torch.cuda.device_count() if torch.cuda.is_available() else 0}"
+    argv, env = (["worker", "--device", device], {}) if given == "flag" else (
+        ["worker"], {"ANONYMIZE_WORKER_DEVICE": device})
+    env["ANONYMIZE_BROKER_URL"] = "redis://127.0.0.1:9/0"  # nothing listens: not reached
+    proc = run_cli(*argv, env=env)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    name = "--device" if given == "flag" else "ANONYMIZE_WORKER_DEVICE"
+    assert len(lines) == 1 and lines[0].startswith(
+        f"anonymize: error: {name}: device {device} requested but "), lines

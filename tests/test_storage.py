@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from tasks.storage import LocalStorage, S3Storage, open_storage, split_url
+from tests.conftest import small_files
 from tests.servers import redis_server, s3_server, servers_dir  # noqa: F401
 
 MiB = 1024 * 1024
@@ -86,6 +91,48 @@ def test_an_s3_request_that_can_never_be_valid_is_not_retried(s3_server, tmp_pat
     assert time.monotonic() - t < 10
     with pytest.raises(FileNotFoundError):
         store.get_file("missing.mp4", tmp_path / "y")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["enospc", "efbig"])
+def test_a_download_into_a_full_disk_is_not_retried_as_a_storage_outage(s3_server, tmp_path,
+                                                                        kind, request):
+    """`submit --wait -o` onto a full disk: the download was retried as if the
+    storage were away (a warning line per try, for the whole retry window), then
+    reported as "lost the storage at s3://…" with no file named. No wait makes room
+    on this machine's disk: the error comes at once and names the file."""
+    store = S3Storage(s3_server.bucket, "full", endpoint_url=s3_server.endpoint,
+                      retry_seconds=30)
+    store.put_bytes(os.urandom(64 * 1024), "output.mp4")
+    if kind == "enospc":
+        target = request.getfixturevalue("full_disk") / "out.mp4"  # 16 KiB free
+        t = time.monotonic()
+        with pytest.raises(OSError) as caught:
+            store.get_file("output.mp4", target)
+        assert time.monotonic() - t < 10
+        assert (caught.value.errno, caught.value.filename) == (errno.ENOSPC, str(target))
+        assert sorted(p.name for p in target.parent.iterdir()) == ["filler"]
+        return
+    # a file larger than `ulimit -f` allows: the same, in a process of its own
+    target = tmp_path / "out" / "out.mp4"
+    code = ("import sys, time\n"
+            "from tasks.storage import S3Storage\n"
+            f"store = S3Storage({s3_server.bucket!r}, 'full', endpoint_url={s3_server.endpoint!r}, "
+            "retry_seconds=30)\n"
+            "t = time.monotonic()\n"
+            "try:\n"
+            f"    store.get_file('output.mp4', {str(target)!r})\n"
+            "except OSError as exc:\n"
+            "    print(exc.errno, exc.filename, round(time.monotonic() - t))\n")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                          timeout=120, preexec_fn=small_files(16 * 1024),
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    errno_, filename, seconds = proc.stdout.split()
+    assert (int(errno_), filename) == (errno.EFBIG, str(target)), proc.stderr
+    assert int(seconds) < 10
+    assert "retrying" not in proc.stderr
+    assert list(target.parent.iterdir()) == []
 
 
 @pytest.mark.integration

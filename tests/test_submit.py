@@ -175,6 +175,9 @@ def test_a_zones_file_travels_with_its_own_name(monkeypatch, tmp_path):
     submitted = []
 
     class Recording:
+        def check_in_storage(self, source):
+            pass
+
         def submit(self, source, settings, **kwargs):
             submitted.append(kwargs)
             return "j1"
@@ -186,3 +189,22 @@ def test_a_zones_file_travels_with_its_own_name(monkeypatch, tmp_path):
     assert main(["submit", "s3://bucket/clip.mp4", "--zones", str(zones)]) == 0
     assert submitted[0]["detections_file"] == str(zones)
     assert submitted[0]["zones"] and submitted[0]["detections"] is None
+
+
+def test_records_folder_that_is_the_output_is_refused_before_upload(capsys, monkeypatch,
+                                                                    tmp_path):
+    """`submit --wait -o out.mkv --detections-dir out.mkv`: the job ran, the records
+    made a folder out.mkv, and the video could not be put there."""
+    from anonymize.cli import main
+    from tests.videos import make_video
+
+    src = make_video(tmp_path / "in.mp4", n_frames=6)
+    out = tmp_path / "out.mkv"
+    monkeypatch.setenv("ANONYMIZE_CLUSTER_ENV", str(tmp_path / "no-cluster-env"))
+    monkeypatch.setenv("ANONYMIZE_BROKER_URL", "redis://127.0.0.1:9/0")  # never reached
+    assert main(["submit", str(src), "--wait", "-o", str(out), "--detections-dir",
+                 str(out)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"anonymize: error: detections folder {out} is the output file {out} (or "
+                   f"lies in it); give the records a folder of their own"]
+    assert not out.exists()

@@ -50,6 +50,16 @@ def add_settings_arguments(p: argparse.ArgumentParser, video: bool = True,
     p.set_defaults(_settings_flags=tuple(added))
 
 
+def refuse_empty(args: argparse.Namespace, *names: str) -> None:
+    """A file option given an empty value (``--zones "$ZONES"`` with ZONES unset) must
+    not read as an option not given: the forced regions of the zones file would be
+    left out, unsaid. ``names``: the options' attribute names."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and not value.strip():
+            raise ValueError(f"--{name.replace('_', '-')}: {value!r} is not a file name")
+
+
 def _shown(value) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"

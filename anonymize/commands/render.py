@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_settings_arguments
+from .options import add_settings_arguments, refuse_empty
 
 HELP = ("re-render a video from (edited) detections, no detector loaded; exclusion zones "
         "and forced regions")
@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .run import warn, warn_dropped
 
+    refuse_empty(args, "detections", "zones", "detections_dir")
     source, output = Path(args.input), Path(args.output)
     det_file = Path(args.detections)
     records = Path(args.detections_dir) if args.detections_dir else output.parent

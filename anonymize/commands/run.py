@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_settings_arguments, settings_from_args
+from .options import add_settings_arguments, refuse_empty, settings_from_args
 
 HELP = "anonymize one video on this machine (no servers needed)"
 
@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.plan import prepared_local
     from pipeline.settings import check_something_hidden
 
+    refuse_empty(args, "zones", "detections_dir")
     source, output = Path(args.input), Path(args.output)
     settings = settings_from_args(args)
     # every check on the user's settings and files before any model loads or frame is decoded

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_settings_arguments
+from .options import add_settings_arguments, refuse_empty
 
 HELP = "upload videos and queue them on the cluster (Redis + S3 + workers); prints job ids"
 
@@ -74,19 +74,21 @@ def _destinations(args) -> list[tuple[str | None, str | None]]:
     return found
 
 
-def _check_input(source: str, dest: str | None, settings, zones=None, detections=None):
+def _check_input(source: str, dest: str | None, settings, zones=None, detections=None,
+                 records: str | None = None):
     """What ``anonymize run`` checks before work, for a job about to be uploaded:
     a readable video whose streams the output container can hold, an output
     path that is not the input and can be written, the zones and detections
     against the video. Of an ``s3://`` input only its form is checked here (an
-    object, not a bucket or folder); its content is checked by the split task
-    (the job then fails with the reason)."""
+    object, not a bucket or folder), and that it exists once the storage is
+    reached (``Client.check_in_storage``); its content is checked by the split task (the job then
+    fails with the reason)."""
     from pathlib import Path
 
     from pipeline.video import probe
     from pipeline.video.contain import readable
     from pipeline.video.join import check_output_streams
-    from pipeline.video.output import check_output_path
+    from pipeline.video.output import check_output_path, check_records_folder
     from tasks.client import output_ext
 
     if source.startswith("s3://"):
@@ -96,6 +98,8 @@ def _check_input(source: str, dest: str | None, settings, zones=None, detections
         return
     if dest:
         check_output_path(Path(source), Path(dest))
+        if records:
+            check_records_folder(Path(dest), Path(records))
     with readable(source) as (frames_source, _):  # a raw stream: as the split task reads it
         info = probe(frames_source)
         check_output_streams(frames_source, info, output_ext(Path(source).name, dest),
@@ -117,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tasks.client import load_cluster_env
 
+    refuse_empty(args, "zones", "detections", "detections_dir")
     load_cluster_env()
     from models.resolve import check_settings
     from pipeline.settings import check_something_hidden
@@ -162,9 +167,13 @@ def run(args: argparse.Namespace) -> int:
         # not here, and model files travel with the job
         check_settings(settings, fetched=False)
     destinations = _destinations(args)
-    for source, (dest, _) in zip(args.inputs, destinations, strict=True):
-        _check_input(source, dest, settings, zones, detections)  # before anything is uploaded
+    for source, (dest, records) in zip(args.inputs, destinations, strict=True):
+        # before anything is uploaded
+        _check_input(source, dest, settings, zones, detections, records)
     client = Client()
+    for source in args.inputs:  # every s3:// input is there, before any job is queued
+        if source.startswith("s3://"):
+            client.check_in_storage(source)
     jobs = []
     for source, (dest, records) in zip(args.inputs, destinations, strict=True):
         job = client.submit(source, settings, output=dest,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 HELP = "start a worker for the gpu (process) and/or cpu (split, render, reassemble) queues"
 
@@ -25,7 +26,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
 
     from pipeline.settings import coerce
     from tasks.client import load_cluster_env
@@ -35,9 +35,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--concurrency must be >= 1")
     # the pool processes would fail every job with it, after the worker said it was ready
     if args.device is not None:
-        coerce("device", args.device, "--device")
+        _check_device(coerce("device", args.device, "--device"), "--device")
     elif os.environ.get("ANONYMIZE_WORKER_DEVICE"):
-        coerce("device", os.environ["ANONYMIZE_WORKER_DEVICE"], "ANONYMIZE_WORKER_DEVICE")
+        _check_device(coerce("device", os.environ["ANONYMIZE_WORKER_DEVICE"],
+                             "ANONYMIZE_WORKER_DEVICE"), "ANONYMIZE_WORKER_DEVICE")
     from tasks.service import ServiceSettings, check_services
     from workers.main import parse_queues, run_worker
 
@@ -54,3 +55,33 @@ def run(args: argparse.Namespace) -> int:
     return run_worker(args.queues, device=args.device, concurrency=args.concurrency,
                       loglevel=args.loglevel, hostname=args.hostname, preload=args.preload,
                       service=service)
+
+
+def _check_device(device: str, source: str) -> None:
+    """A CUDA device this machine has, or a one-line ValueError naming ``source``: a
+    worker for ``cuda:3`` on a one-GPU host said "ready", then failed every job it
+    took, for good, jobs other workers could have done. Asked in a process of its own:
+    this one forks the pool, and a CUDA context does not survive a fork."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import models
+
+    if not device.startswith("cuda"):
+        return
+    code = ("import sys\n"
+            "from models.base import resolve_device\n"
+            "from models.errors import DeviceError\n"
+            "try:\n"
+            "    resolve_device(sys.argv[1])\n"
+            "except DeviceError as exc:\n"
+            "    print(exc)\n"
+            "    sys.exit(3)\n")
+    root = str(Path(models.__file__).resolve().parent.parent)
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run([sys.executable, "-c", code, device], capture_output=True, text=True,
+                          env=env)
+    if proc.returncode == 3:
+        raise ValueError(f"{source}: {proc.stdout.strip()}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import secrets
 import tempfile
 from collections.abc import Iterator
@@ -89,6 +90,17 @@ def check_name_lengths(path: Path, what: str = "output") -> None:
                              f"choose a shorter name")
 
 
+def check_records_folder(output: Path, records: Path) -> None:
+    """The records folder (``--detections-dir``) can be written and is not the output
+    file, nor inside it: the records made a folder of the output's name, and the
+    finished video could not be put there, found only at the end."""
+    folder = Path(records).absolute()
+    if folder == Path(output).absolute() or Path(output).absolute() in folder.parents:
+        raise VideoError(f"detections folder {records} is the output file {output} (or lies "
+                         f"in it); give the records a folder of their own")
+    check_folder_writable(Path(records), "detections folder")
+
+
 def partial_name(output: Path) -> Path:
     """A hidden temporary name beside ``output`` with the same suffix (the
     container format is chosen by suffix). The marks add 18 bytes to the
@@ -100,6 +112,17 @@ def partial_name(output: Path) -> Path:
     if len(os.fsencode(f".{stem}{tag}")) > name_max(output.parent):
         stem = hashlib.sha256(os.fsencode(stem)).hexdigest()[:16]
     return output.with_name(f".{stem}{tag}")
+
+
+def final_name(path) -> str:
+    """The name the user gave for a file being written under :func:`partial_name`
+    (``out/.clip.partial-1a2b3c4d.mp4`` -> ``out/clip.mp4``), so that an error names
+    it and not a hidden name that is gone by the time the user reads it; any other
+    path as it is. A stem shortened to its hash is left as it is."""
+    text = os.fsdecode(path)
+    folder, sep, name = text.rpartition("/")
+    m = re.fullmatch(r"\.(.+)\.partial-[0-9a-f]{8}(\.[^./]*)?", name)
+    return f"{folder}{sep}{m.group(1)}{m.group(2) or ''}" if m else text
 
 
 def name_max(folder: Path) -> int:
@@ -121,21 +144,28 @@ def atomic_output(output: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, output)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno and exc.filename is None:
+            # a write that failed (a full disk) names no file: name the one meant
+            raise OSError(exc.errno, exc.strerror, str(output)) from exc
         raise
 
 
 def write_atomic(path: Path, data: bytes) -> Path:
-    """Write a small file (records, reports) so readers never see half of it.
-    A write the system refuses (a full disk) raises its OSError naming
-    ``path``, not the hidden temporary name or no name at all."""
-    try:
-        with atomic_output(Path(path)) as tmp:
-            tmp.write_bytes(data)
-    except OSError as exc:
-        if exc.errno is None:
-            raise
-        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+    """Write a small file (records, reports) so readers never see half of it; a
+    write the system refuses (a full disk) names ``path`` (:func:`atomic_output`)."""
+    with atomic_output(Path(path)) as tmp:
+        tmp.write_bytes(data)
     return Path(path)
+
+
+def write_atomic_all(files: dict[Path, bytes]) -> None:
+    """Write small files that belong together (a run's records) as :func:`write_atomic`
+    does, and all or none: each under its temporary name, renamed into place only once
+    every one is complete. One that does not fit (a full disk) left the others already
+    renamed: a set of records that no run wrote."""
+    with contextlib.ExitStack() as stack:
+        for path, data in files.items():
+            stack.enter_context(atomic_output(Path(path))).write_bytes(data)
