@@ -175,16 +175,19 @@ class SegmentJob:
             decoder = _Stage("decode", lambda: self._decode(Path(segment_file), frames_q))
             encoder = _Stage("encode", lambda: self._encode(writer))
             self._stages = [decoder, encoder]
-            decoder.start()
-            encoder.start()
             try:
+                # inside: a stage that cannot start (a thread or pids limit) must still
+                # stop the one started before it, which would wait for room for ever
+                decoder.start()
+                encoder.start()
                 self._detect_all(frames_q)
                 self._put(self._encode_q, _END)
                 encoder.join()
             finally:
                 self._stop = True
                 for stage in self._stages:
-                    stage.join(timeout=5)
+                    if stage.ident is not None:  # started
+                        stage.join(timeout=5)
             stages, self._stages = self._stages, []  # no cycle keeps the encoder alive
             for stage in stages:
                 stage.check()

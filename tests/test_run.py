@@ -150,6 +150,31 @@ class CountingStack(ScriptedStack):
         return out
 
 
+def test_a_stage_that_cannot_start_stops_the_one_started_before_it(tmp_path, monkeypatch):
+    """Under a thread or pids limit the encode thread may fail to start after the
+    decode thread has: the error was raised, but the decode thread, never told to
+    stop, went on waiting for room in its queue, holding the segment open, in a
+    worker process for good. (Starting a thread is made to fail here: as root,
+    RLIMIT_NPROC does not apply.)"""
+    src = write_scene(tmp_path / "scene.mp4", gaps=set())
+    start = threading.Thread.start
+
+    def refuse_encoder(self):
+        if self.name == "encode":
+            raise RuntimeError("can't start new thread")
+        start(self)
+
+    monkeypatch.setattr(segment_job._Stage, "start", refuse_encoder)
+    before = set(threading.enumerate())
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        run_local(src, tmp_path / "out.mp4", Settings(batch_size=2), tmp_path / "det",
+                  stack=ScriptedStack())
+    left = [t for t in threading.enumerate() if t not in before and t.name == "decode"]
+    for t in left:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in left)
+
+
 def test_detect_every_nth_frame_still_blurs_every_frame(tmp_path):
     src = write_scene(tmp_path / "scene.mp4", gaps=set())
     stack = CountingStack()
