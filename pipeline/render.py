@@ -180,6 +180,12 @@ def check_zones(zones: list[dict], path: Path, info) -> None:
         problem = _box_problem(bounds, w, h, what=shape)
         if problem:
             raise DetectionsFileError(f"{path}: zones[{k}].{shape}: {problem}")
+        if not _covers_a_pixel(z, w, h):
+            # a polygon drawn along a line, a box thinner than a pixel, or one that reaches
+            # less than half a pixel into the frame: a forced region that blurred nothing
+            raise DetectionsFileError(f"{path}: zones[{k}].{shape}: covers no pixel of the "
+                                      f"{w}x{h} frame (a pixel is in a zone when its centre "
+                                      f"is inside)")
         if "frames" in z:
             a, b = z["frames"]
             if b < a:
@@ -192,6 +198,12 @@ def check_zones(zones: list[dict], path: Path, info) -> None:
             if b < a:
                 raise DetectionsFileError(f"{path}: zones[{k}].time_s: end {b} before start {a}")
             _check_zone_times(a, b, f"{path}: zones[{k}].time_s", info)
+
+
+def _covers_a_pixel(zone: dict, w: int, h: int) -> bool:
+    from .zones import ZoneSet
+
+    return bool(ZoneSet.from_dicts([zone], w, h).raster[0].mask.any())
 
 
 def _check_zone_times(a: float, b: float, where: str, info) -> None:

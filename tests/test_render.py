@@ -403,6 +403,35 @@ def test_zone_times_that_hold_no_frame_are_refused(tmp_path, time_s, refused):
         assert read_zones(path, info)[0]["time_s"] == time_s
 
 
+@pytest.mark.parametrize("zone", [
+    {"polygon": [[10, 10], [10, 50], [10, 80]]},  # drawn along a line
+    {"polygon": [[10, 10], [10, 10], [10, 10]]},  # one point three times
+    {"box": [10.1, 10.1, 10.4, 10.4]},  # inside one pixel, not over its centre
+    {"box": [159.6, 0, 170, 10]},  # reaches less than half a pixel into the frame
+])
+def test_a_zone_that_covers_no_pixel_is_refused(ran, tmp_path, capsys, zone):
+    """A forced region that holds no pixel's centre blurred nothing and the render
+    said nothing, exit 0 (an empty box and one outside the frame were refused)."""
+    src, tmp = ran
+    doc = json.loads((tmp / "run" / "detections.json").read_text())
+    doc["zones"] = [{"kind": "force", **zone}]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    out = tmp_path / "out.mp4"
+    assert main(["render", str(src), "--detections", str(bad), "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    shape = "box" if "box" in zone else "polygon"
+    assert err == (f"anonymize: error: {bad}: zones[0].{shape}: covers no pixel of the {W}x{H} "
+                   f"frame (a pixel is in a zone when its centre is inside)\n"), err
+    assert not out.exists()
+    zones = tmp_path / "zones.json"
+    zones.write_text(json.dumps({"zones": doc["zones"]}))
+    from pipeline.render import DetectionsFileError, read_zones
+
+    with pytest.raises(DetectionsFileError, match="covers no pixel"):
+        read_zones(zones, video.probe(src))
+
+
 def test_a_missing_zones_file_or_a_folder_is_named_for_what_it_is(tmp_path):
     """--zones nosuch.json said "detections file not found"; a folder given as either
     file was "not found"."""
