@@ -77,12 +77,55 @@ def load_document(path: Path, what: str = "detections file") -> dict:
         raise DetectionsFileError(f"{path}: not valid JSON ({constant} is not a JSON number)")
 
     try:
-        return json.loads(path.read_text(encoding="utf-8"), parse_constant=not_json)
+        text = path.read_text(encoding="utf-8")
+        return json.loads(text, parse_constant=not_json, object_pairs_hook=_unique_keys)
     except UnicodeDecodeError:
         raise DetectionsFileError(f"{path}: not a JSON text file") from None
     except json.JSONDecodeError as exc:
         raise DetectionsFileError(f"{path}: not valid JSON (line {exc.lineno}, column "
                                   f"{exc.colno}: {exc.msg})") from None
+    except _KeyTwice as exc:
+        # a JSON reader keeps the last of two equal keys: "zones" added at the top of a
+        # file that ends with the run's own "zones" was dropped without a word
+        line, column = _duplicate_at(text)
+        raise DetectionsFileError(f"{path}: line {line}, column {column}: {exc.args[0]!r} "
+                                  f"is given twice in one object (only the last would be "
+                                  f"read)") from None
+
+
+class _KeyTwice(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list) -> dict:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set = set()
+        raise _KeyTwice(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return d
+
+
+def _duplicate_at(text: str) -> tuple[int, int]:
+    """Line and column of the ``{`` of the first object in ``text`` with a key given
+    twice (read again by the Python scanner, which tells where each object starts)."""
+    from json import decoder, scanner
+
+    def parse_object(s_and_end, strict, scan_once, object_hook, object_pairs_hook, memo=None):
+        s, start = s_and_end
+        pairs, end = decoder.JSONObject(s_and_end, strict, scan_once, None, list, memo)
+        if len({k for k, _ in pairs}) != len(pairs):
+            pos = start - 1
+            raise _KeyTwice(s.count("\n", 0, pos) + 1, pos - s.rfind("\n", 0, pos))
+        return dict(pairs), end
+
+    dec = json.JSONDecoder()
+    dec.parse_object = parse_object
+    dec.scan_once = scanner.py_make_scanner(dec)
+    try:
+        dec.decode(text)
+    except _KeyTwice as exc:
+        return exc.args
+    return 1, 1
 
 
 def _where(doc: dict, path: Sequence) -> str:

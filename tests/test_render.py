@@ -304,6 +304,31 @@ def test_not_json_is_one_line(ran, tmp_path, capsys):
     assert "not valid JSON (line 1" in capsys.readouterr().err
 
 
+def test_a_key_given_twice_is_refused_with_its_line(ran, tmp_path, capsys):
+    """A JSON reader keeps the last of two equal keys: zones added at the top of a
+    file that ends with the run's own "zones" were dropped, and the video rendered
+    without them, exit 0."""
+    src, tmp = ran
+    doc = json.loads((tmp / "run" / "detections.json").read_text())
+    doc["zones"] = [{"kind": "exclude", "box": [0, 0, 8, 8]}]  # as a run with --zones writes
+    added = '{"zones": [{"kind": "force", "box": [60, 30, 100, 60]}],\n'
+    edited = tmp_path / "edited.json"
+    edited.write_text(added + json.dumps(doc, indent=1)[1:])
+    out = tmp_path / "out.mp4"
+    assert main(["render", str(src), "--detections", str(edited), "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"anonymize: error: {edited}: line 1, column 1: 'zones' is given twice in "
+                   f"one object (only the last would be read)\n"), err
+    assert not out.exists()
+    row = '{"label": "face", "xyxy": [1, 2, 30, 40],\n "xyxy": [1, 2, 30, 41]}'
+    edited.write_text(json.dumps(doc, indent=1).replace('"detections": [', '"detections": [\n'
+                                                        + row + ",", 1))
+    assert main(["render", str(src), "--detections", str(edited), "-o", str(out), "--quiet"]) == 2
+    first = row.split("\n")[0]
+    line = 1 + edited.read_text().splitlines().index(first)
+    assert f"{edited}: line {line}, column 1: 'xyxy' is given twice" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ zones
 
 
