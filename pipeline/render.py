@@ -183,6 +183,8 @@ def _message(error) -> str:
         return "a zone needs exactly one of box or polygon"
     if error.validator == "not" and "time_s" in str(error.schema):
         return "a zone takes frames or time_s, not both"
+    if error.validator == "pattern":  # time_base; 1/0 failed `review` with a traceback
+        return f"{error.instance!r} is not a fraction like 1/12800 (denominator above 0)"
     text = error.message.splitlines()[0]
     return text if len(text) <= 160 else text[:157] + "..."
 

@@ -307,3 +307,18 @@ def test_review_takes_the_video_in_the_folder_before_the_recorded_path(reviewed,
     recorded = Path(report["output"])
     assert recorded.is_file() and not recorded.is_relative_to(copy)
     assert find_video(copy, report, None) == copy / recorded.name
+
+
+
+def test_review_of_a_time_base_over_zero_is_one_line(reviewed, tmp_path, capsys):
+    """A time base 1/0 passed the schema and failed the page with ZeroDivisionError."""
+    folder, _ = reviewed
+    copy = tmp_path / "records"
+    shutil.copytree(folder, copy)
+    doc = json.loads((copy / "detections.json").read_text())
+    doc["time_base"] = "1/0"
+    (copy / "detections.json").write_text(json.dumps(doc))
+    assert main(["review", str(copy)]) == 2
+    assert capsys.readouterr().err == (f"anonymize: error: {copy / 'detections.json'}: "
+                                       f"time_base: '1/0' is not a fraction like 1/12800 "
+                                       f"(denominator above 0)\n")
