@@ -33,12 +33,17 @@ REPORT_HTML = "report.html"
 
 
 def frames_of(doc: dict) -> tuple[dict[int, Detections], dict[int, Fraction]]:
-    """Final boxes and exact times (seconds) per frame of a detections.json document."""
+    """Final boxes and exact times (seconds) per frame of a detections.json document,
+    read as ``render`` reads an edited one: a box added by hand has confidence 1, a
+    disabled or removed box is left out (a hand-added box failed with a KeyError)."""
     tb = Fraction(doc.get("time_base", "0"))
+    removed = set(doc.get("remove", []))
     frames, times = {}, {}
     for entry in doc.get("frames", []):
         f = entry["frame_idx"]
-        frames[f] = Detections.from_dicts(entry["detections"])
+        frames[f] = Detections.from_dicts(
+            [{"confidence": 1.0, **r} for r in entry["detections"]
+             if not r.get("disabled", False) and r.get("id") not in removed])
         if "pts" in entry:
             times[f] = entry["pts"] * tb
     return frames, times

@@ -322,3 +322,26 @@ def test_review_of_a_time_base_over_zero_is_one_line(reviewed, tmp_path, capsys)
     assert capsys.readouterr().err == (f"anonymize: error: {copy / 'detections.json'}: "
                                        f"time_base: '1/0' is not a fraction like 1/12800 "
                                        f"(denominator above 0)\n")
+
+
+
+def test_review_reads_a_hand_edited_detections_file_as_render_does(reviewed, tmp_path):
+    """README: an added box needs no confidence, and a box is removed by `disabled` or
+    `remove`. Review of such a file failed with KeyError: 'confidence'."""
+    from pipeline.review import frames_of
+
+    folder, _ = reviewed
+    copy = tmp_path / "records"
+    shutil.copytree(folder, copy)
+    doc = json.loads((copy / "detections.json").read_text())
+    first, second = doc["frames"][0], doc["frames"][1]
+    first["detections"].append({"label": "plate", "xyxy": [1, 1, 30, 9]})
+    first["detections"][0]["disabled"] = True
+    doc["remove"] = [second["detections"][0]["id"]]
+    (copy / "detections.json").write_text(json.dumps(doc, indent=1))
+    frames, _ = frames_of(doc)
+    added = frames[first["frame_idx"]]
+    assert added.xyxy.tolist()[-1] == [1, 1, 30, 9] and added.confidence[-1] == 1.0
+    assert len(added) == len(first["detections"]) - 1
+    assert len(frames[second["frame_idx"]]) == len(second["detections"]) - 1
+    assert main(["review", str(copy)]) == 0
