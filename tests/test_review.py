@@ -345,3 +345,29 @@ def test_review_reads_a_hand_edited_detections_file_as_render_does(reviewed, tmp
     assert len(added) == len(first["detections"]) - 1
     assert len(frames[second["frame_idx"]]) == len(second["detections"]) - 1
     assert main(["review", str(copy)]) == 0
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("[]", "not a run's report (a JSON object), but []"),
+    ('{"output": "out.mp4", "input": "scene.mp4"}', 'input: "scene.mp4" is not a JSON object'),
+    ('{"settings": {"fill_frames": "two"}}', 'settings.fill_frames: "two" is not a whole number'),
+    ('{"input": {"rotation": 90.5}}', "input.rotation: 90.5 is not a whole number"),
+    ('{"start_shift_s": "0.02"}', 'start_shift_s: "0.02" is not a JSON number'),
+    ('{"start_shift_s": Infinity}', "start_shift_s: Infinity is not a JSON number"),
+    ('{"output": "out.mp4",\n "input": {', "not valid JSON (line 2, column 12: Expecting "
+                                            "property name enclosed in double quotes)"),
+    (b'{"output": "caf\xe9.mp4"}', "not a JSON text file"),
+])
+def test_review_of_a_damaged_report_names_it_in_one_line(reviewed, tmp_path, capsys, text,
+                                                        expected):
+    """report.json that is not an object, or whose fields have other types, failed
+    with an AttributeError traceback or a line naming neither file nor field."""
+    folder, _ = reviewed
+    copy = tmp_path / "records"
+    shutil.copytree(folder, copy)
+    (copy / "report.html").unlink()
+    path = copy / "report.json"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert main(["review", str(copy)]) == 2
+    assert capsys.readouterr().err == f"anonymize: error: {path}: {expected}\n"
+    assert not (copy / "report.html").exists()

@@ -72,7 +72,6 @@ def check_video(video, doc: dict, given: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     from pipeline.records import DETECTIONS_JSON, REPORT_JSON
@@ -81,11 +80,10 @@ def run(args: argparse.Namespace) -> int:
     for name in (DETECTIONS_JSON, REPORT_JSON):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} not found: DIR must hold a run's records")
-    try:
-        report = json.loads((folder / REPORT_JSON).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{folder / REPORT_JSON}: not valid JSON ({exc.msg})") from None
     from pipeline.render import read_document
+    from pipeline.review import read_report
+
+    report = read_report(folder / REPORT_JSON)  # a damaged file: one line
 
     doc = read_document(folder / DETECTIONS_JSON)  # a damaged or edited file: one line
     video = find_video(folder, report, args.video)
