@@ -326,6 +326,24 @@ def edits_from(doc: dict, path: Path, info) -> Edits:
                  counts)
 
 
+def other_source(doc: dict, path: Path, source_name: str) -> str | None:
+    """A warning when the file names another video than the one rendered. Frame size,
+    frame indexes and timestamps tell most videos apart, but not two clips of one
+    camera (same size, rate and first timestamp): another clip's boxes were drawn on
+    this one's frames without a word. A renamed copy of the video is fine, so this
+    is a warning, not a refusal."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    recorded = doc.get("source")
+    if not recorded:
+        return None
+    names = {PurePosixPath(recorded).name, PureWindowsPath(recorded).name}
+    if PurePosixPath(source_name).name in names:
+        return None
+    return (f"{path} holds the detections of {recorded}, not of {source_name}: if that is "
+            f"another video, its boxes do not cover this one's faces and plates")
+
+
 def read_zones(path: Path, info=None) -> list[dict]:
     """The zones of a ``--zones FILE`` (a document holding only zones)."""
     path = Path(path)

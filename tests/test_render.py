@@ -197,6 +197,30 @@ def test_render_refuses_to_overwrite_the_file_it_reads(ran, capsys):
     assert code == 2 and "overwrite" in capsys.readouterr().err
 
 
+def test_detections_of_another_clip_of_the_same_camera_are_warned_of(ran, tmp_path, capsys,
+                                                                    monkeypatch):
+    """Two clips of one camera have the same frame size, rate and timestamps, so the
+    checks against the video pass: the boxes of street.mp4 were drawn on the other
+    clip's frames, exit 0 and not a word. The file names its video; a render of
+    another name says so (a renamed copy is fine, so it is a warning)."""
+    src, tmp = ran
+    other = tmp_path / "garage.mp4"
+    write_texture(other)
+    det = tmp / "run" / "detections.json"
+    assert main(["render", str(other), "--detections", str(det), "-o",
+                 str(tmp_path / "o" / "out.mp4"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == (f"anonymize: warning: {det} holds the detections of street.mp4, "
+                            f"not of garage.mp4: if that is another video, its boxes do not "
+                            f"cover this one's faces and plates\n")
+    assert main(["render", str(src), "--detections", str(det), "-o",
+                 str(tmp_path / "p" / "out.mp4"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("ANONYMIZE_BROKER_URL", "redis://127.0.0.1:9/0")  # nobody there
+    assert main(["submit", str(other), "--detections", str(det)]) == 2  # checked before
+    assert captured.err in capsys.readouterr().err
+
+
 # ------------------------------------------------------------- bad files
 
 
