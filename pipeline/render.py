@@ -77,7 +77,9 @@ def load_document(path: Path, what: str = "detections file") -> dict:
         raise DetectionsFileError(f"{path}: not valid JSON ({constant} is not a JSON number)")
 
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a byte order mark, as Notepad and PowerShell can write, is read past
+        # (RFC 8259 lets a reader ignore it); it was refused as "not valid JSON"
+        text = path.read_text(encoding="utf-8-sig")
         return json.loads(text, parse_constant=not_json, object_pairs_hook=_unique_keys)
     except UnicodeDecodeError:
         raise DetectionsFileError(f"{path}: not a JSON text file") from None

@@ -77,7 +77,7 @@ def read_report(path: Path) -> dict:
     """A run's report.json, or a one-line ``ValueError`` naming the file (and the field)."""
     path = Path(path)
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
+        report = json.loads(path.read_text(encoding="utf-8-sig"))  # a BOM is read past
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a JSON text file") from None
     except json.JSONDecodeError as exc:
@@ -110,7 +110,7 @@ def write_page(records_dir: Path, video: Path | None = None, report: dict | None
     from .video.output import write_atomic
 
     records_dir = Path(records_dir)
-    doc = json.loads((records_dir / DETECTIONS_JSON).read_text(encoding="utf-8"))
+    doc = json.loads((records_dir / DETECTIONS_JSON).read_text(encoding="utf-8-sig"))
     if report is None:
         report = read_report(records_dir / REPORT_JSON)
     frames, exact = frames_of(doc)

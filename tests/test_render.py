@@ -353,6 +353,29 @@ def test_a_key_given_twice_is_refused_with_its_line(ran, tmp_path, capsys):
     assert f"{edited}: line {line}, column 1: 'xyxy' is given twice" in capsys.readouterr().err
 
 
+def test_a_byte_order_mark_is_read_past(ran, tmp_path):
+    """Notepad and PowerShell can save UTF-8 with a byte order mark, which RFC 8259
+    lets a reader ignore: an edited file saved so was refused as "not valid JSON",
+    and a --zones file too."""
+    src, tmp = ran
+    det = tmp / "run" / "detections.json"
+    edited = tmp_path / "edited.json"
+    edited.write_bytes(b"\xef\xbb\xbf" + det.read_bytes())
+    zones = tmp_path / "zones.json"
+    zones.write_bytes("\ufeff{\"zones\": [{\"kind\": \"force\", \"box\": [1, 1, 9, 9]}]}"
+                      .encode())
+    out = tmp_path / "o" / "out.mp4"
+    assert main(["render", str(src), "--detections", str(edited), "--zones", str(zones), "-o",
+                 str(out), "--quiet"]) == 0
+    again = json.loads((out.parent / "detections.json").read_text())
+    assert again["frames"] == json.loads(det.read_text())["frames"]
+    assert again["zones"] == [{"kind": "force", "box": [1, 1, 9, 9]}]
+    for name in ("detections.json", "report.json"):  # and `review` of such a folder
+        path = out.parent / name
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert main(["review", str(out.parent)]) == 0
+
+
 # ------------------------------------------------------------------ zones
 
 
