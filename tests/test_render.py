@@ -401,6 +401,36 @@ def test_polygon_mask_takes_pixels_whose_centres_are_inside():
     assert square.sum() == 12 and square[2:5, 2:6].all()
 
 
+def test_polygon_mask_of_a_traced_polygon_is_quick_and_the_same():
+    """Every edge was tested against every row of the zone's box: a zone traced with
+    2000 points took 8 s to rasterise on a 1080p frame, again for every segment."""
+    import time
+
+    def every_row(polygon, x0, y0, w, h):  # the rule, row by row for every edge
+        xs = np.arange(x0, x0 + w) + 0.5
+        ys = (np.arange(y0, y0 + h) + 0.5)[:, None]
+        inside = np.zeros((h, w), bool)
+        for (xi, yi), (xj, yj) in zip(polygon, np.roll(polygon, -1, axis=0), strict=True):
+            if yi != yj:
+                inside ^= ((yi > ys) != (yj > ys)) & (xs < xi + (ys - yi) * (xj - xi) / (yj - yi))
+        return inside
+
+    rng = np.random.default_rng(3)
+    for k in range(40):  # self-crossing, fractional, reaching out of the window
+        poly = rng.uniform(-20, 80, (3 + k % 9, 2))
+        if k % 4 == 0:
+            poly = np.round(poly)  # corners on pixel edges and centres' neighbours
+        if k % 5 == 0:
+            poly[:, 1] = np.round(poly[:, 1]) + 0.5  # vertices on rows' centre lines
+        assert np.array_equal(polygon_mask(poly, 3, 5, 60, 50), every_row(poly, 3, 5, 60, 50)), k
+    t = np.linspace(0, 2 * np.pi, 2000, endpoint=False)
+    traced = np.stack([960 + 500 * np.cos(t), 540 + 500 * np.sin(t)], axis=1)
+    start = time.perf_counter()
+    mask = polygon_mask(traced, 0, 0, 1920, 1080)
+    assert time.perf_counter() - start < 1.5
+    assert abs(mask.sum() - np.pi * 500 ** 2) < 2000
+
+
 def test_forced_regions_win_over_exclusions_and_follow_their_time_range():
     rng = np.random.default_rng(1)
     frame = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
