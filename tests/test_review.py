@@ -222,6 +222,29 @@ def test_review_of_a_folder_without_records_is_one_line_error(tmp_path, capsys):
     assert err.startswith("anonymize: error: ") and err.count("\n") == 1
 
 
+def test_review_of_an_images_output_or_no_folder_says_what_it_is(tmp_path, capsys):
+    """The output of `anonymize images` (blurred images, detections.pkl, report.html) was
+    "detections.json not found: DIR must hold a run's records", as was a folder that
+    does not exist."""
+    import cv2
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "a.jpg"), np.random.default_rng(0).integers(0, 255, (60, 80, 3),
+                                                                          np.uint8))
+    out = tmp_path / "out"
+    assert main(["images", "--img-dir", str(photos), "--out-dir", str(out), "--no-plates"]) == 0
+    assert (out / "report.html").is_file()
+    capsys.readouterr()
+    assert main(["review", str(out)]) == 2
+    assert capsys.readouterr().err == (f"anonymize: error: {out} is the output of `anonymize "
+                                       f"images`, whose page is written by `anonymize images` "
+                                       f"itself (run it again to rebuild it); review rebuilds "
+                                       f"the page of a video\n")
+    assert main(["review", str(tmp_path / "nosuch")]) == 2
+    assert capsys.readouterr().err == f"anonymize: error: folder not found: {tmp_path}/nosuch\n"
+
+
 def test_image_folder_page(tmp_path):
     import cv2
 

@@ -77,6 +77,14 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.records import DETECTIONS_JSON, REPORT_JSON
 
     folder = Path(args.dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder not found: {folder}" if not folder.exists() else
+                                f"{folder} is a file: DIR is the folder of a run's records")
+    if not (folder / DETECTIONS_JSON).exists() and (folder / "detections.pkl").is_file():
+        # `images` writes detections.pkl and report.html, no report.json
+        raise FileNotFoundError(f"{folder} is the output of `anonymize images`, whose page is "
+                                f"written by `anonymize images` itself (run it again to "
+                                f"rebuild it); review rebuilds the page of a video")
     for name in (DETECTIONS_JSON, REPORT_JSON):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} not found: DIR must hold a run's records")
