@@ -206,13 +206,23 @@ def check_against_video(doc: dict, path: Path, info) -> None:
                                       f"frames (0-{n - 1})")
         if "pts" in entry and entry["pts"] != info.frame_pts[f]:
             raise DetectionsFileError(f"{path}: frame {f}, pts: {entry['pts']} but that frame "
-                                      f"of the video has {info.frame_pts[f]} (detections of "
-                                      f"another video?)")
+                                      f"of the video has {info.frame_pts[f]} "
+                                      f"({_pts_hint(entry['pts'], info.frame_pts)})")
         for j, row in enumerate(entry["detections"]):
             problem = _box_problem(row["xyxy"], w, h)
             if problem:
                 raise DetectionsFileError(f"{path}: frame {f}, detections[{j}].xyxy: {problem}")
     check_zones(doc.get("zones", []), path, info)
+
+
+def _pts_hint(pts: int, frame_pts: Sequence[int]) -> str:
+    """Why a frame's pts may differ: an entry copied from another frame to add boxes
+    (its pts is that frame's) was called "detections of another video?"."""
+    if pts in frame_pts:
+        k = list(frame_pts).index(pts)
+        return (f"{pts} is frame {k}'s: an entry copied from frame {k}? give this frame's "
+                f"pts or leave pts out")
+    return "detections of another video?"
 
 
 def check_zones(zones: list[dict], path: Path, info) -> None:

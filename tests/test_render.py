@@ -241,6 +241,10 @@ def _broken(doc: dict, how: str) -> dict:
         doc["remove"] = ["99:9"]
     elif how == "pts":
         doc["frames"][3]["pts"] += 1
+    elif how == "pts-copied":  # frame 3's entry copied to add a box on frame 4
+        doc["frames"][4] = {**json.loads(json.dumps(doc["frames"][3])), "frame_idx": 4}
+        for row in doc["frames"][4]["detections"]:
+            row.pop("id")
     elif how == "zone":
         doc["zones"] = [{"kind": "exclude", "box": [0, 0, 5, 5], "polygon": [[0, 0], [1, 1],
                                                                              [0, 1]]}]
@@ -267,6 +271,8 @@ def _broken(doc: dict, how: str) -> dict:
     ("field", "frame 3, detections[0]: Additional properties are not allowed ('colour'"),
     ("remove", "remove[0]: no box has id '99:9'"),
     ("pts", "frame 3, pts:"),
+    ("pts-copied", "frame 4, pts: 1830 but that frame of the video has 2342 (1830 is frame 3's: "
+                   "an entry copied from frame 3? give this frame's pts or leave pts out)"),
     ("zone", "zones[0]: a zone needs exactly one of box or polygon"),
     ("size", "width: 640 but the video is 160x96"),
     ("nan", "not valid JSON (NaN is not a JSON number)"),
