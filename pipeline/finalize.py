@@ -44,7 +44,7 @@ def finalize(manifest: Manifest, segment_videos: list[Path], results: list[Segme
     frames: dict[int, Detections] = {}
     for r in results:
         frames.update(r.frames)
-    header = {"width": info.width, "height": info.height,
+    header = {"width": info.width, "height": info.height, "frame_count": info.n_frames,
               "settings": {k: getattr(settings, k) for k in RECORDED_SETTINGS},
               "zones": manifest.zones}
     paths = write_records(detections_dir, frames, manifest.info.frame_pts, manifest.time_base,

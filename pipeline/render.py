@@ -199,6 +199,11 @@ def check_against_video(doc: dict, path: Path, info) -> None:
         if key in doc and doc[key] != want:
             raise DetectionsFileError(f"{path}: {key}: {doc[key]} but the video is {w}x{h} "
                                       f"(detections of another video?)")
+    # another clip of the same camera has the size and timestamps of this one: the
+    # boxes of a shorter one ended part-way and the rest of the video went unblurred
+    if "frame_count" in doc and doc["frame_count"] != n:
+        raise DetectionsFileError(f"{path}: frame_count: {doc['frame_count']} but the video "
+                                  f"has {n} frames (detections of another video?)")
     for entry in doc.get("frames", []):
         f = entry["frame_idx"]
         if f >= n:

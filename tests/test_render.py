@@ -221,6 +221,32 @@ def test_detections_of_another_clip_of_the_same_camera_are_warned_of(ran, tmp_pa
     assert captured.err in capsys.readouterr().err
 
 
+def test_detections_of_a_shorter_clip_of_the_same_camera_are_refused(ran, tmp_path, capsys):
+    """The first 16 frames of the clip, also named street.mp4 (cameras number their
+    files alike): same size and timestamps, every frame listed lies in the longer
+    video, so its boxes were taken and frames 16-39 rendered with none, exit 0."""
+    src, tmp = ran
+    short = tmp_path / "card2" / "street.mp4"
+    short.parent.mkdir()
+    with av.open(str(src)) as inp, av.open(str(short), "w") as out:  # two whole GOPs
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for k, packet in enumerate(p for p in inp.demux(video=0) if p.dts is not None):
+            if k < 16:
+                packet.stream = stream
+                out.mux(packet)
+    run_local(short, tmp_path / "run" / "out.mp4", Settings(fill_frames=FILL, crf=4,
+                                                            preset="ultrafast"),
+              stack=IndexedStack())
+    det = tmp_path / "run" / "detections.json"
+    assert json.loads(det.read_text())["frame_count"] == 16
+    assert json.loads((tmp / "run" / "detections.json").read_text())["frame_count"] == N
+    out = tmp_path / "render" / "out.mp4"
+    assert main(["render", str(src), "--detections", str(det), "-o", str(out), "--quiet"]) == 2
+    assert capsys.readouterr().err == (f"anonymize: error: {det}: frame_count: 16 but the "
+                                       f"video has {N} frames (detections of another video?)\n")
+    assert not out.exists()
+
+
 # ------------------------------------------------------------- bad files
 
 
