@@ -68,7 +68,7 @@ REPORT_FIELDS = {
     **dict.fromkeys(("start_shift_s", "settings.face_thresh", "settings.lp_thresh",
                      "settings.mask_scale"), "number"),
     **dict.fromkeys(("input.width", "input.height", "input.frames", "input.rotation",
-                     "settings.fill_frames"), "whole number"),
+                     "settings.fill_frames", "output_bytes"), "whole number"),
 }
 _KINDS = {"object": dict, "array": list, "number": (int, float), "whole number": (int, float)}
 

@@ -394,3 +394,26 @@ def test_review_of_a_damaged_report_names_it_in_one_line(reviewed, tmp_path, cap
     assert main(["review", str(copy)]) == 2
     assert capsys.readouterr().err == f"anonymize: error: {path}: {expected}\n"
     assert not (copy / "report.html").exists()
+
+
+def test_review_refuses_the_runs_source_for_thumbnails(reviewed, tmp_path, capsys):
+    """The run's source has the output's frame size, and here its name: records copied
+    beside the source (the output left behind), or --video given the source, made a
+    contact sheet of unblurred frames, exit 0."""
+    folder, report = reviewed
+    source = folder.parent / "scene.mp4"
+    assert report["output_bytes"] == (folder / "scene.mp4").stat().st_size
+    copy = tmp_path / "records"
+    shutil.copytree(folder, copy)
+    (copy / "report.html").unlink()
+    shutil.copy(source, copy / "scene.mp4")  # the source where the output was
+    size = source.stat().st_size
+    assert main(["review", str(copy)]) == 2
+    assert capsys.readouterr().err == (
+        f"anonymize: error: {copy / 'scene.mp4'} has {size} bytes, but the run's output had "
+        f"{report['output_bytes']}: not this run's output (its source?); give the output "
+        f"with --video\n")
+    assert main(["review", str(folder), "--video", str(source)]) == 2
+    assert "not this run's output (its source?)\n" in capsys.readouterr().err
+    assert not (copy / "report.html").exists()
+    assert main(["review", str(copy), "--video", str(folder / "scene.mp4")]) == 0
