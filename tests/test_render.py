@@ -408,6 +408,29 @@ def test_a_byte_order_mark_is_read_past(ran, tmp_path):
     assert main(["review", str(out.parent)]) == 0
 
 
+def test_a_video_given_as_the_detections_is_refused_from_its_first_bytes(ran, tmp_path):
+    """`--detections street.mp4` (arguments mixed up) read the whole video into memory
+    before it was found not to be text: a recording of some gigabytes failed with a
+    MemoryError traceback, or took the machine's memory. Here a 3 GB video (sparse:
+    its header, then nothing) is read under a 1 GB address-space limit."""
+    import subprocess
+    import sys
+
+    src, _ = ran
+    big = tmp_path / "long.mp4"
+    with open(big, "wb") as f:
+        f.write(src.read_bytes())
+        f.truncate(3 << 30)
+    code = ("import resource, sys; from pipeline.render import load_document; "
+            "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)); "
+            "load_document(sys.argv[1])")
+    done = subprocess.run([sys.executable, "-c", code, str(big)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert "DetectionsFileError" in done.stderr, done.stderr[-500:]
+    assert done.stderr.strip().endswith(f"{big}: not a JSON text file (binary data: a video "
+                                        f"given as the detections file?)")
+
+
 # ------------------------------------------------------------------ zones
 
 
