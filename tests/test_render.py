@@ -589,6 +589,26 @@ def test_a_zone_that_covers_no_pixel_is_refused(ran, tmp_path, capsys, zone):
         read_zones(zones, video.probe(src))
 
 
+def test_checking_zones_imports_no_torch(ran, tmp_path):
+    """`submit --zones` checks the zones against the video on the client, which needs
+    no torch; the check that a zone covers a pixel imported it with the blur."""
+    import subprocess
+    import sys
+
+    src, _ = ran
+    zones = tmp_path / "zones.json"
+    zones.write_text(json.dumps({"zones": [{"kind": "force", "box": [1, 1, 9, 9]}]}))
+    code = ("import sys; from anonymize.cli import main; "
+            "assert main(['submit', sys.argv[1], '--zones', sys.argv[2]]) == 2; "
+            "assert 'torch' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code, str(src), str(zones)], text=True,
+                          capture_output=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.getcwd(),
+                               "ANONYMIZE_BROKER_URL": "redis://127.0.0.1:9/0"})  # nobody there
+    assert done.returncode == 0, done.stderr[-800:]
+    assert "cannot reach the broker" in done.stderr
+
+
 def test_a_missing_zones_file_or_a_folder_is_named_for_what_it_is(tmp_path):
     """--zones nosuch.json said "detections file not found"; a folder given as either
     file was "not found"."""
