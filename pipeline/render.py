@@ -77,11 +77,14 @@ def load_document(path: Path, what: str = "detections file") -> dict:
         raise DetectionsFileError(f"{path}: not valid JSON ({constant} is not a JSON number)")
 
     with open(path, "rb") as f:
-        # JSON text holds no NUL byte, and every video does near its start: a video
-        # given by mistake (--detections street.mp4) was read whole into memory first
-        if b"\0" in f.read(1 << 16):
-            raise DetectionsFileError(f"{path}: not a JSON text file (binary data: a video "
-                                      f"given as the {what}?)")
+        head = f.read(1 << 16)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):  # PowerShell 5's `>` writes UTF-16
+        raise DetectionsFileError(f"{path}: UTF-16 text, not UTF-8: save it as UTF-8")
+    # JSON text holds no NUL byte, and every video does near its start: a video given
+    # by mistake (--detections street.mp4) was read whole into memory first
+    if b"\0" in head:
+        raise DetectionsFileError(f"{path}: not a JSON text file (binary data: a video "
+                                  f"given as the {what}?)")
     try:
         # utf-8-sig: a byte order mark, as Notepad and PowerShell can write, is read past
         # (RFC 8259 lets a reader ignore it); it was refused as "not valid JSON"

@@ -429,6 +429,13 @@ def test_a_video_given_as_the_detections_is_refused_from_its_first_bytes(ran, tm
     assert "DetectionsFileError" in done.stderr, done.stderr[-500:]
     assert done.stderr.strip().endswith(f"{big}: not a JSON text file (binary data: a video "
                                         f"given as the detections file?)")
+    utf16 = tmp_path / "utf16.json"  # as PowerShell 5 redirects text
+    utf16.write_bytes(json.dumps({"zones": []}).encode("utf-16"))
+    from pipeline.render import DetectionsFileError, load_document
+
+    with pytest.raises(DetectionsFileError, match=r"utf16.json: UTF-16 text, not UTF-8: save "
+                                                  r"it as UTF-8$"):
+        load_document(utf16)
 
 
 # ------------------------------------------------------------------ zones
