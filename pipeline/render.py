@@ -21,6 +21,7 @@ one line naming the file, the frame and the field.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -89,7 +90,8 @@ def load_document(path: Path, what: str = "detections file") -> dict:
         # utf-8-sig: a byte order mark, as Notepad and PowerShell can write, is read past
         # (RFC 8259 lets a reader ignore it); it was refused as "not valid JSON"
         text = path.read_text(encoding="utf-8-sig")
-        return json.loads(text, parse_constant=not_json, object_pairs_hook=_unique_keys)
+        return json.loads(text, parse_constant=not_json, object_pairs_hook=_unique_keys,
+                          parse_int=_json_int)
     except UnicodeDecodeError:
         raise DetectionsFileError(f"{path}: not a JSON text file") from None
     except json.JSONDecodeError as exc:
@@ -102,6 +104,14 @@ def load_document(path: Path, what: str = "detections file") -> dict:
         raise DetectionsFileError(f"{path}: line {line}, column {column}: {exc.args[0]!r} "
                                   f"is given twice in one object (only the last would be "
                                   f"read)") from None
+
+
+def _json_int(text: str) -> int | float:
+    """An integer as JSON writes it; one longer than any field takes (int64: a pts) is
+    read as a float, so it fails the checks as the same number written 1e400 does: a
+    400-digit corner failed with an OverflowError traceback, 5000 digits with Python's
+    limit on integer strings, naming no file."""
+    return int(text) if len(text) <= 20 else float(text)
 
 
 class _KeyTwice(ValueError):
@@ -266,6 +276,11 @@ def check_zones(zones: list[dict], path: Path, info) -> None:
                                           f"video, which has {n} frames (0-{n - 1})")
         if "time_s" in z:
             a, b = z["time_s"]
+            if not all(math.isfinite(t) for t in (a, b)):
+                # 1e400 is read as infinity, which the records then wrote as Infinity:
+                # JSON has no such number, so they could not be read back
+                raise DetectionsFileError(f"{path}: zones[{k}].time_s: {_show(z['time_s'])} "
+                                          f"holds a number too large for a time")
             if b < a:
                 raise DetectionsFileError(f"{path}: zones[{k}].time_s: end {b} before start {a}")
             _check_zone_times(a, b, f"{path}: zones[{k}].time_s", info)

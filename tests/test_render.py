@@ -280,6 +280,10 @@ def _broken(doc: dict, how: str) -> dict:
         rows[0]["xyxy"][2] = float(how)
     elif how == "far":  # passed as "past the edge" and overflowed when drawn: nothing blurred
         rows[0]["xyxy"][2] = 1e300
+    elif how == "huge-int":  # a 400-digit integer: OverflowError traceback
+        rows[0]["xyxy"][2] = 10 ** 400
+    elif how == "huge-int-zone":  # as 1e400: infinity, which the records wrote as Infinity
+        doc["zones"] = [{"kind": "force", "box": [1, 1, 9, 9], "time_s": [0, 10 ** 400]}]
     elif how == "zones-only":  # a zones file given as --detections: rendered with no blur
         doc = {"zones": doc.get("zones", [])}
     elif how == "setting-name":  # a misspelt setting was ignored
@@ -304,6 +308,8 @@ def _broken(doc: dict, how: str) -> dict:
     ("nan", "not valid JSON (NaN is not a JSON number)"),
     ("infinity", "not valid JSON (Infinity is not a JSON number)"),
     ("far", "has a corner 1e+06 pixels or more off the 160x96 frame"),
+    ("huge-int", "frame 3, detections[0].xyxy: [20, 20, inf, 44] has a corner 1e+06 pixels"),
+    ("huge-int-zone", "zones[0].time_s: [0, inf] holds a number too large for a time"),
     ("zones-only", "no 'frames': not the detections of a run"),
     ("setting-name", "settings.mask_scael: not a setting a run records"),
     ("setting-value", "settings.mask_scale: 'big' is not"),
@@ -614,6 +620,20 @@ def test_checking_zones_imports_no_torch(ran, tmp_path):
                                "ANONYMIZE_BROKER_URL": "redis://127.0.0.1:9/0"})  # nobody there
     assert done.returncode == 0, done.stderr[-800:]
     assert "cannot reach the broker" in done.stderr
+
+
+def test_a_zone_time_written_1e400_is_refused(ran, tmp_path):
+    """1e400 is read as infinity: the zone was taken (every frame from 0 on), and the
+    records wrote its time as Infinity, which no JSON reader takes back (render,
+    review)."""
+    from pipeline.render import DetectionsFileError, read_zones
+
+    src, _ = ran
+    path = tmp_path / "z.json"
+    path.write_text('{"zones": [{"kind": "force", "box": [1, 1, 9, 9], "time_s": [0, 1e400]}]}')
+    with pytest.raises(DetectionsFileError, match=r"z.json: zones\[0\].time_s: \[0, inf\] "
+                                                  r"holds a number too large for a time$"):
+        read_zones(path, video.probe(src))
 
 
 def test_a_missing_zones_file_or_a_folder_is_named_for_what_it_is(tmp_path):
