@@ -44,7 +44,7 @@ def finalize(manifest: Manifest, segment_videos: list[Path], results: list[Segme
     frames: dict[int, Detections] = {}
     for r in results:
         frames.update(r.frames)
-    header = {"width": info.width, "height": info.height,
+    header = {"width": info.width, "height": info.height, "frame_count": info.n_frames,
               "settings": {k: getattr(settings, k) for k in RECORDED_SETTINGS},
               "zones": manifest.zones}
     paths = write_records(detections_dir, frames, manifest.info.frame_pts, manifest.time_base,
@@ -66,6 +66,10 @@ def finalize(manifest: Manifest, segment_videos: list[Path], results: list[Segme
         "output": output_name or str(output),
         "input": _stream_facts(manifest.info),
         "output_stream": _stream_facts(out_info),
+        # `review` takes thumbnails only from a video of this size: the source beside
+        # the records (of the output's frame size, often of its name) gave a page of
+        # unblurred faces
+        "output_bytes": Path(output).stat().st_size,
         "frames": len(shown),
         "frames_match": same_frame_times(shown, info.time_base, out_info, shift),
         "start_shift_s": float(shift * info.time_base),

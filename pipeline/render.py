@@ -21,6 +21,7 @@ one line naming the file, the frame and the field.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -76,13 +77,76 @@ def load_document(path: Path, what: str = "detections file") -> dict:
         # with every bound, so such a box passed every check and blurred nothing
         raise DetectionsFileError(f"{path}: not valid JSON ({constant} is not a JSON number)")
 
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):  # PowerShell 5's `>` writes UTF-16
+        raise DetectionsFileError(f"{path}: UTF-16 text, not UTF-8: save it as UTF-8")
+    # JSON text holds no NUL byte, and every video does near its start: a video given
+    # by mistake (--detections street.mp4) was read whole into memory first
+    if b"\0" in head:
+        raise DetectionsFileError(f"{path}: not a JSON text file (binary data: a video "
+                                  f"given as the {what}?)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"), parse_constant=not_json)
+        # utf-8-sig: a byte order mark, as Notepad and PowerShell can write, is read past
+        # (RFC 8259 lets a reader ignore it); it was refused as "not valid JSON"
+        text = path.read_text(encoding="utf-8-sig")
+        return json.loads(text, parse_constant=not_json, object_pairs_hook=_unique_keys,
+                          parse_int=_json_int)
     except UnicodeDecodeError:
         raise DetectionsFileError(f"{path}: not a JSON text file") from None
     except json.JSONDecodeError as exc:
         raise DetectionsFileError(f"{path}: not valid JSON (line {exc.lineno}, column "
                                   f"{exc.colno}: {exc.msg})") from None
+    except _KeyTwice as exc:
+        # a JSON reader keeps the last of two equal keys: "zones" added at the top of a
+        # file that ends with the run's own "zones" was dropped without a word
+        line, column = _duplicate_at(text)
+        raise DetectionsFileError(f"{path}: line {line}, column {column}: {exc.args[0]!r} "
+                                  f"is given twice in one object (only the last would be "
+                                  f"read)") from None
+
+
+def _json_int(text: str) -> int | float:
+    """An integer as JSON writes it; one longer than any field takes (int64: a pts) is
+    read as a float, so it fails the checks as the same number written 1e400 does: a
+    400-digit corner failed with an OverflowError traceback, 5000 digits with Python's
+    limit on integer strings, naming no file."""
+    return int(text) if len(text) <= 20 else float(text)
+
+
+class _KeyTwice(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list) -> dict:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set = set()
+        raise _KeyTwice(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return d
+
+
+def _duplicate_at(text: str) -> tuple[int, int]:
+    """Line and column of the ``{`` of the first object in ``text`` with a key given
+    twice (read again by the Python scanner, which tells where each object starts)."""
+    from json import decoder, scanner
+
+    def parse_object(s_and_end, strict, scan_once, object_hook, object_pairs_hook, memo=None):
+        s, start = s_and_end
+        pairs, end = decoder.JSONObject(s_and_end, strict, scan_once, None, list, memo)
+        if len({k for k, _ in pairs}) != len(pairs):
+            pos = start - 1
+            raise _KeyTwice(s.count("\n", 0, pos) + 1, pos - s.rfind("\n", 0, pos))
+        return dict(pairs), end
+
+    dec = json.JSONDecoder()
+    dec.parse_object = parse_object
+    dec.scan_once = scanner.py_make_scanner(dec)
+    try:
+        dec.decode(text)
+    except _KeyTwice as exc:
+        return exc.args
+    return 1, 1
 
 
 def _where(doc: dict, path: Sequence) -> str:
@@ -140,6 +204,8 @@ def _message(error) -> str:
         return "a zone needs exactly one of box or polygon"
     if error.validator == "not" and "time_s" in str(error.schema):
         return "a zone takes frames or time_s, not both"
+    if error.validator == "pattern":  # time_base; 1/0 failed `review` with a traceback
+        return f"{error.instance!r} is not a fraction like 1/12800 (denominator above 0)"
     text = error.message.splitlines()[0]
     return text if len(text) <= 160 else text[:157] + "..."
 
@@ -152,6 +218,11 @@ def check_against_video(doc: dict, path: Path, info) -> None:
         if key in doc and doc[key] != want:
             raise DetectionsFileError(f"{path}: {key}: {doc[key]} but the video is {w}x{h} "
                                       f"(detections of another video?)")
+    # another clip of the same camera has the size and timestamps of this one: the
+    # boxes of a shorter one ended part-way and the rest of the video went unblurred
+    if "frame_count" in doc and doc["frame_count"] != n:
+        raise DetectionsFileError(f"{path}: frame_count: {doc['frame_count']} but the video "
+                                  f"has {n} frames (detections of another video?)")
     for entry in doc.get("frames", []):
         f = entry["frame_idx"]
         if f >= n:
@@ -159,13 +230,23 @@ def check_against_video(doc: dict, path: Path, info) -> None:
                                       f"frames (0-{n - 1})")
         if "pts" in entry and entry["pts"] != info.frame_pts[f]:
             raise DetectionsFileError(f"{path}: frame {f}, pts: {entry['pts']} but that frame "
-                                      f"of the video has {info.frame_pts[f]} (detections of "
-                                      f"another video?)")
+                                      f"of the video has {info.frame_pts[f]} "
+                                      f"({_pts_hint(entry['pts'], info.frame_pts)})")
         for j, row in enumerate(entry["detections"]):
             problem = _box_problem(row["xyxy"], w, h)
             if problem:
                 raise DetectionsFileError(f"{path}: frame {f}, detections[{j}].xyxy: {problem}")
     check_zones(doc.get("zones", []), path, info)
+
+
+def _pts_hint(pts: int, frame_pts: Sequence[int]) -> str:
+    """Why a frame's pts may differ: an entry copied from another frame to add boxes
+    (its pts is that frame's) was called "detections of another video?"."""
+    if pts in frame_pts:
+        k = list(frame_pts).index(pts)
+        return (f"{pts} is frame {k}'s: an entry copied from frame {k}? give this frame's "
+                f"pts or leave pts out")
+    return "detections of another video?"
 
 
 def check_zones(zones: list[dict], path: Path, info) -> None:
@@ -180,6 +261,12 @@ def check_zones(zones: list[dict], path: Path, info) -> None:
         problem = _box_problem(bounds, w, h, what=shape)
         if problem:
             raise DetectionsFileError(f"{path}: zones[{k}].{shape}: {problem}")
+        if not _covers_a_pixel(z, w, h):
+            # a polygon drawn along a line, a box thinner than a pixel, or one that reaches
+            # less than half a pixel into the frame: a forced region that blurred nothing
+            raise DetectionsFileError(f"{path}: zones[{k}].{shape}: covers no pixel of the "
+                                      f"{w}x{h} frame (a pixel is in a zone when its centre "
+                                      f"is inside)")
         if "frames" in z:
             a, b = z["frames"]
             if b < a:
@@ -189,9 +276,20 @@ def check_zones(zones: list[dict], path: Path, info) -> None:
                                           f"video, which has {n} frames (0-{n - 1})")
         if "time_s" in z:
             a, b = z["time_s"]
+            if not all(math.isfinite(t) for t in (a, b)):
+                # 1e400 is read as infinity, which the records then wrote as Infinity:
+                # JSON has no such number, so they could not be read back
+                raise DetectionsFileError(f"{path}: zones[{k}].time_s: {_show(z['time_s'])} "
+                                          f"holds a number too large for a time")
             if b < a:
                 raise DetectionsFileError(f"{path}: zones[{k}].time_s: end {b} before start {a}")
             _check_zone_times(a, b, f"{path}: zones[{k}].time_s", info)
+
+
+def _covers_a_pixel(zone: dict, w: int, h: int) -> bool:
+    from .zones import ZoneSet
+
+    return bool(ZoneSet.from_dicts([zone], w, h).raster[0].mask.any())
 
 
 def _check_zone_times(a: float, b: float, where: str, info) -> None:
@@ -267,6 +365,24 @@ def edits_from(doc: dict, path: Path, info) -> Edits:
                 [label_id(r["label"]) for r in rows])
     return Edits(path.name, frames, list(doc.get("zones", [])), dict(doc.get("settings", {})),
                  counts)
+
+
+def other_source(doc: dict, path: Path, source_name: str) -> str | None:
+    """A warning when the file names another video than the one rendered. Frame size,
+    frame indexes and timestamps tell most videos apart, but not two clips of one
+    camera (same size, rate and first timestamp): another clip's boxes were drawn on
+    this one's frames without a word. A renamed copy of the video is fine, so this
+    is a warning, not a refusal."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    recorded = doc.get("source")
+    if not recorded:
+        return None
+    names = {PurePosixPath(recorded).name, PureWindowsPath(recorded).name}
+    if PurePosixPath(source_name).name in names:
+        return None
+    return (f"{path} holds the detections of {recorded}, not of {source_name}: if that is "
+            f"another video, its boxes do not cover this one's faces and plates")
 
 
 def read_zones(path: Path, info=None) -> list[dict]:

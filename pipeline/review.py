@@ -20,6 +20,7 @@ from a run's records (detections.json, report.json, the output video).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
@@ -33,12 +34,17 @@ REPORT_HTML = "report.html"
 
 
 def frames_of(doc: dict) -> tuple[dict[int, Detections], dict[int, Fraction]]:
-    """Final boxes and exact times (seconds) per frame of a detections.json document."""
+    """Final boxes and exact times (seconds) per frame of a detections.json document,
+    read as ``render`` reads an edited one: a box added by hand has confidence 1, a
+    disabled or removed box is left out (a hand-added box failed with a KeyError)."""
     tb = Fraction(doc.get("time_base", "0"))
+    removed = set(doc.get("remove", []))
     frames, times = {}, {}
     for entry in doc.get("frames", []):
         f = entry["frame_idx"]
-        frames[f] = Detections.from_dicts(entry["detections"])
+        frames[f] = Detections.from_dicts(
+            [{"confidence": 1.0, **r} for r in entry["detections"]
+             if not r.get("disabled", False) and r.get("id") not in removed])
         if "pts" in entry:
             times[f] = entry["pts"] * tb
     return frames, times
@@ -52,6 +58,49 @@ def review_flags(frames: Mapping[int, Detections], times: Mapping[int, Fraction]
     return review_report(flags, n_objects, {k: float(v) for k, v in times.items()}, len(picked))
 
 
+#: the fields of report.json that the page computes with, and the JSON type each must
+#: have (or null): a damaged report.json failed with an AttributeError or a ValueError
+#: that named neither the file nor the field
+REPORT_FIELDS = {
+    **dict.fromkeys(("input", "output_stream", "settings", "detections", "filled_boxes",
+                     "models", "timings", "render", "rescaled"), "object"),
+    **dict.fromkeys(("zones", "left_out"), "array"),
+    **dict.fromkeys(("start_shift_s", "settings.face_thresh", "settings.lp_thresh",
+                     "settings.mask_scale"), "number"),
+    **dict.fromkeys(("input.width", "input.height", "input.frames", "input.rotation",
+                     "settings.fill_frames", "output_bytes"), "whole number"),
+}
+_KINDS = {"object": dict, "array": list, "number": (int, float), "whole number": (int, float)}
+
+
+def read_report(path: Path) -> dict:
+    """A run's report.json, or a one-line ``ValueError`` naming the file (and the field)."""
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text(encoding="utf-8-sig"))  # a BOM is read past
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a JSON text file") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: "
+                         f"{exc.msg})") from None
+    if not isinstance(report, dict):
+        raise ValueError(f"{path}: not a run's report (a JSON object), but "
+                         f"{json.dumps(report)[:40]}")
+    for key, kind in REPORT_FIELDS.items():
+        *outer, name = key.split(".")
+        holder = report.get(outer[0]) if outer else report
+        value = holder.get(name) if isinstance(holder, dict) else None
+        if value is None:
+            continue
+        if (isinstance(value, bool) or not isinstance(value, _KINDS[kind])
+                or (isinstance(value, float) and not math.isfinite(value))
+                or (kind == "whole number" and isinstance(value, float)
+                    and not value.is_integer())):
+            raise ValueError(f"{path}: {key}: {json.dumps(value)[:40]} is not "
+                             f"{'a whole number' if kind == 'whole number' else 'a JSON ' + kind}")
+    return report
+
+
 def write_page(records_dir: Path, video: Path | None = None, report: dict | None = None,
                out: Path | None = None) -> Path:
     """Build ``report.html`` in ``records_dir`` from its detections.json and report.json
@@ -61,9 +110,9 @@ def write_page(records_dir: Path, video: Path | None = None, report: dict | None
     from .video.output import write_atomic
 
     records_dir = Path(records_dir)
-    doc = json.loads((records_dir / DETECTIONS_JSON).read_text(encoding="utf-8"))
+    doc = json.loads((records_dir / DETECTIONS_JSON).read_text(encoding="utf-8-sig"))
     if report is None:
-        report = json.loads((records_dir / REPORT_JSON).read_text(encoding="utf-8"))
+        report = read_report(records_dir / REPORT_JSON)
     frames, exact = frames_of(doc)
     times = {k: float(v) for k, v in exact.items()}
     inp = report.get("input", {})

@@ -28,8 +28,6 @@ import numpy as np
 
 from models.detections import PLATE, Detections
 
-from .blur import anonymize_frame
-
 KINDS = ("exclude", "force")
 
 
@@ -97,9 +95,16 @@ def polygon_mask(polygon: np.ndarray, x0: int, y0: int, w: int, h: int) -> np.nd
     for (xi, yi), (xj, yj) in zip(pts, np.roll(pts, -1, axis=0), strict=True):
         if yi == yj:
             continue  # a horizontal edge never crosses a pixel row's centre line
-        crosses = (yi > ys) != (yj > ys)  # (h, 1)
-        x_at = xi + (ys - yi) * (xj - xi) / (yj - yi)  # (h, 1)
-        inside ^= crosses & (xs[None, :] < x_at)
+        # only the rows the edge spans (a row more each side against rounding): over
+        # every row, a traced polygon of 1000 points took 4 s a 1080p frame, per segment
+        r0 = max(0, int(np.floor(min(yi, yj) - y0)) - 1)
+        r1 = min(h, int(np.ceil(max(yi, yj) - y0)) + 1)
+        if r1 <= r0:
+            continue
+        y = ys[r0:r1]
+        crosses = (yi > y) != (yj > y)  # (rows, 1)
+        x_at = xi + (y - yi) * (xj - xi) / (yj - yi)  # (rows, 1)
+        inside[r0:r1] ^= crosses & (xs[None, :] < x_at)
     return inside
 
 
@@ -147,6 +152,8 @@ class ZoneSet:
               mode: str = "blur") -> np.ndarray:
         """``out`` (the frame with its regions anonymized) with exclusion zones put
         back to ``original`` and forced regions anonymized by ``mode``; in place."""
+        from .blur import anonymize_frame  # torch: not for checking zones (`submit`)
+
         here = self.at(index, pts)
         for r in here:
             if r.zone.kind == "exclude":

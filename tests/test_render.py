@@ -197,6 +197,56 @@ def test_render_refuses_to_overwrite_the_file_it_reads(ran, capsys):
     assert code == 2 and "overwrite" in capsys.readouterr().err
 
 
+def test_detections_of_another_clip_of_the_same_camera_are_warned_of(ran, tmp_path, capsys,
+                                                                    monkeypatch):
+    """Two clips of one camera have the same frame size, rate and timestamps, so the
+    checks against the video pass: the boxes of street.mp4 were drawn on the other
+    clip's frames, exit 0 and not a word. The file names its video; a render of
+    another name says so (a renamed copy is fine, so it is a warning)."""
+    src, tmp = ran
+    other = tmp_path / "garage.mp4"
+    write_texture(other)
+    det = tmp / "run" / "detections.json"
+    assert main(["render", str(other), "--detections", str(det), "-o",
+                 str(tmp_path / "o" / "out.mp4"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == (f"anonymize: warning: {det} holds the detections of street.mp4, "
+                            f"not of garage.mp4: if that is another video, its boxes do not "
+                            f"cover this one's faces and plates\n")
+    assert main(["render", str(src), "--detections", str(det), "-o",
+                 str(tmp_path / "p" / "out.mp4"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("ANONYMIZE_BROKER_URL", "redis://127.0.0.1:9/0")  # nobody there
+    assert main(["submit", str(other), "--detections", str(det)]) == 2  # checked before
+    assert captured.err in capsys.readouterr().err
+
+
+def test_detections_of_a_shorter_clip_of_the_same_camera_are_refused(ran, tmp_path, capsys):
+    """The first 16 frames of the clip, also named street.mp4 (cameras number their
+    files alike): same size and timestamps, every frame listed lies in the longer
+    video, so its boxes were taken and frames 16-39 rendered with none, exit 0."""
+    src, tmp = ran
+    short = tmp_path / "card2" / "street.mp4"
+    short.parent.mkdir()
+    with av.open(str(src)) as inp, av.open(str(short), "w") as out:  # two whole GOPs
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for k, packet in enumerate(p for p in inp.demux(video=0) if p.dts is not None):
+            if k < 16:
+                packet.stream = stream
+                out.mux(packet)
+    run_local(short, tmp_path / "run" / "out.mp4", Settings(fill_frames=FILL, crf=4,
+                                                            preset="ultrafast"),
+              stack=IndexedStack())
+    det = tmp_path / "run" / "detections.json"
+    assert json.loads(det.read_text())["frame_count"] == 16
+    assert json.loads((tmp / "run" / "detections.json").read_text())["frame_count"] == N
+    out = tmp_path / "render" / "out.mp4"
+    assert main(["render", str(src), "--detections", str(det), "-o", str(out), "--quiet"]) == 2
+    assert capsys.readouterr().err == (f"anonymize: error: {det}: frame_count: 16 but the "
+                                       f"video has {N} frames (detections of another video?)\n")
+    assert not out.exists()
+
+
 # ------------------------------------------------------------- bad files
 
 
@@ -217,6 +267,10 @@ def _broken(doc: dict, how: str) -> dict:
         doc["remove"] = ["99:9"]
     elif how == "pts":
         doc["frames"][3]["pts"] += 1
+    elif how == "pts-copied":  # frame 3's entry copied to add a box on frame 4
+        doc["frames"][4] = {**json.loads(json.dumps(doc["frames"][3])), "frame_idx": 4}
+        for row in doc["frames"][4]["detections"]:
+            row.pop("id")
     elif how == "zone":
         doc["zones"] = [{"kind": "exclude", "box": [0, 0, 5, 5], "polygon": [[0, 0], [1, 1],
                                                                              [0, 1]]}]
@@ -226,6 +280,10 @@ def _broken(doc: dict, how: str) -> dict:
         rows[0]["xyxy"][2] = float(how)
     elif how == "far":  # passed as "past the edge" and overflowed when drawn: nothing blurred
         rows[0]["xyxy"][2] = 1e300
+    elif how == "huge-int":  # a 400-digit integer: OverflowError traceback
+        rows[0]["xyxy"][2] = 10 ** 400
+    elif how == "huge-int-zone":  # as 1e400: infinity, which the records wrote as Infinity
+        doc["zones"] = [{"kind": "force", "box": [1, 1, 9, 9], "time_s": [0, 10 ** 400]}]
     elif how == "zones-only":  # a zones file given as --detections: rendered with no blur
         doc = {"zones": doc.get("zones", [])}
     elif how == "setting-name":  # a misspelt setting was ignored
@@ -243,11 +301,15 @@ def _broken(doc: dict, how: str) -> dict:
     ("field", "frame 3, detections[0]: Additional properties are not allowed ('colour'"),
     ("remove", "remove[0]: no box has id '99:9'"),
     ("pts", "frame 3, pts:"),
+    ("pts-copied", "frame 4, pts: 1830 but that frame of the video has 2342 (1830 is frame 3's: "
+                   "an entry copied from frame 3? give this frame's pts or leave pts out)"),
     ("zone", "zones[0]: a zone needs exactly one of box or polygon"),
     ("size", "width: 640 but the video is 160x96"),
     ("nan", "not valid JSON (NaN is not a JSON number)"),
     ("infinity", "not valid JSON (Infinity is not a JSON number)"),
     ("far", "has a corner 1e+06 pixels or more off the 160x96 frame"),
+    ("huge-int", "frame 3, detections[0].xyxy: [20, 20, inf, 44] has a corner 1e+06 pixels"),
+    ("huge-int-zone", "zones[0].time_s: [0, inf] holds a number too large for a time"),
     ("zones-only", "no 'frames': not the detections of a run"),
     ("setting-name", "settings.mask_scael: not a setting a run records"),
     ("setting-value", "settings.mask_scale: 'big' is not"),
@@ -304,6 +366,84 @@ def test_not_json_is_one_line(ran, tmp_path, capsys):
     assert "not valid JSON (line 1" in capsys.readouterr().err
 
 
+def test_a_key_given_twice_is_refused_with_its_line(ran, tmp_path, capsys):
+    """A JSON reader keeps the last of two equal keys: zones added at the top of a
+    file that ends with the run's own "zones" were dropped, and the video rendered
+    without them, exit 0."""
+    src, tmp = ran
+    doc = json.loads((tmp / "run" / "detections.json").read_text())
+    doc["zones"] = [{"kind": "exclude", "box": [0, 0, 8, 8]}]  # as a run with --zones writes
+    added = '{"zones": [{"kind": "force", "box": [60, 30, 100, 60]}],\n'
+    edited = tmp_path / "edited.json"
+    edited.write_text(added + json.dumps(doc, indent=1)[1:])
+    out = tmp_path / "out.mp4"
+    assert main(["render", str(src), "--detections", str(edited), "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"anonymize: error: {edited}: line 1, column 1: 'zones' is given twice in "
+                   f"one object (only the last would be read)\n"), err
+    assert not out.exists()
+    row = '{"label": "face", "xyxy": [1, 2, 30, 40],\n "xyxy": [1, 2, 30, 41]}'
+    edited.write_text(json.dumps(doc, indent=1).replace('"detections": [', '"detections": [\n'
+                                                        + row + ",", 1))
+    assert main(["render", str(src), "--detections", str(edited), "-o", str(out), "--quiet"]) == 2
+    first = row.split("\n")[0]
+    line = 1 + edited.read_text().splitlines().index(first)
+    assert f"{edited}: line {line}, column 1: 'xyxy' is given twice" in capsys.readouterr().err
+
+
+def test_a_byte_order_mark_is_read_past(ran, tmp_path):
+    """Notepad and PowerShell can save UTF-8 with a byte order mark, which RFC 8259
+    lets a reader ignore: an edited file saved so was refused as "not valid JSON",
+    and a --zones file too."""
+    src, tmp = ran
+    det = tmp / "run" / "detections.json"
+    edited = tmp_path / "edited.json"
+    edited.write_bytes(b"\xef\xbb\xbf" + det.read_bytes())
+    zones = tmp_path / "zones.json"
+    zones.write_bytes("\ufeff{\"zones\": [{\"kind\": \"force\", \"box\": [1, 1, 9, 9]}]}"
+                      .encode())
+    out = tmp_path / "o" / "out.mp4"
+    assert main(["render", str(src), "--detections", str(edited), "--zones", str(zones), "-o",
+                 str(out), "--quiet"]) == 0
+    again = json.loads((out.parent / "detections.json").read_text())
+    assert again["frames"] == json.loads(det.read_text())["frames"]
+    assert again["zones"] == [{"kind": "force", "box": [1, 1, 9, 9]}]
+    for name in ("detections.json", "report.json"):  # and `review` of such a folder
+        path = out.parent / name
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert main(["review", str(out.parent)]) == 0
+
+
+def test_a_video_given_as_the_detections_is_refused_from_its_first_bytes(ran, tmp_path):
+    """`--detections street.mp4` (arguments mixed up) read the whole video into memory
+    before it was found not to be text: a recording of some gigabytes failed with a
+    MemoryError traceback, or took the machine's memory. Here a 3 GB video (sparse:
+    its header, then nothing) is read under a 1 GB address-space limit."""
+    import subprocess
+    import sys
+
+    src, _ = ran
+    big = tmp_path / "long.mp4"
+    with open(big, "wb") as f:
+        f.write(src.read_bytes())
+        f.truncate(3 << 30)
+    code = ("import resource, sys; from pipeline.render import load_document; "
+            "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)); "
+            "load_document(sys.argv[1])")
+    done = subprocess.run([sys.executable, "-c", code, str(big)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert "DetectionsFileError" in done.stderr, done.stderr[-500:]
+    assert done.stderr.strip().endswith(f"{big}: not a JSON text file (binary data: a video "
+                                        f"given as the detections file?)")
+    utf16 = tmp_path / "utf16.json"  # as PowerShell 5 redirects text
+    utf16.write_bytes(json.dumps({"zones": []}).encode("utf-16"))
+    from pipeline.render import DetectionsFileError, load_document
+
+    with pytest.raises(DetectionsFileError, match=r"utf16.json: UTF-16 text, not UTF-8: save "
+                                                  r"it as UTF-8$"):
+        load_document(utf16)
+
+
 # ------------------------------------------------------------------ zones
 
 
@@ -327,6 +467,36 @@ def test_polygon_mask_takes_pixels_whose_centres_are_inside():
     assert np.array_equal(m, (xs + 0.5) + (ys + 0.5) < 8)
     square = polygon_mask(np.array([[2, 2], [6, 2], [6, 5], [2, 5]]), 0, 0, 8, 8)
     assert square.sum() == 12 and square[2:5, 2:6].all()
+
+
+def test_polygon_mask_of_a_traced_polygon_is_quick_and_the_same():
+    """Every edge was tested against every row of the zone's box: a zone traced with
+    2000 points took 8 s to rasterise on a 1080p frame, again for every segment."""
+    import time
+
+    def every_row(polygon, x0, y0, w, h):  # the rule, row by row for every edge
+        xs = np.arange(x0, x0 + w) + 0.5
+        ys = (np.arange(y0, y0 + h) + 0.5)[:, None]
+        inside = np.zeros((h, w), bool)
+        for (xi, yi), (xj, yj) in zip(polygon, np.roll(polygon, -1, axis=0), strict=True):
+            if yi != yj:
+                inside ^= ((yi > ys) != (yj > ys)) & (xs < xi + (ys - yi) * (xj - xi) / (yj - yi))
+        return inside
+
+    rng = np.random.default_rng(3)
+    for k in range(40):  # self-crossing, fractional, reaching out of the window
+        poly = rng.uniform(-20, 80, (3 + k % 9, 2))
+        if k % 4 == 0:
+            poly = np.round(poly)  # corners on pixel edges and centres' neighbours
+        if k % 5 == 0:
+            poly[:, 1] = np.round(poly[:, 1]) + 0.5  # vertices on rows' centre lines
+        assert np.array_equal(polygon_mask(poly, 3, 5, 60, 50), every_row(poly, 3, 5, 60, 50)), k
+    t = np.linspace(0, 2 * np.pi, 2000, endpoint=False)
+    traced = np.stack([960 + 500 * np.cos(t), 540 + 500 * np.sin(t)], axis=1)
+    start = time.perf_counter()
+    mask = polygon_mask(traced, 0, 0, 1920, 1080)
+    assert time.perf_counter() - start < 1.5
+    assert abs(mask.sum() - np.pi * 500 ** 2) < 2000
 
 
 def test_forced_regions_win_over_exclusions_and_follow_their_time_range():
@@ -401,6 +571,69 @@ def test_zone_times_that_hold_no_frame_are_refused(tmp_path, time_s, refused):
             read_zones(path, info)
     else:
         assert read_zones(path, info)[0]["time_s"] == time_s
+
+
+@pytest.mark.parametrize("zone", [
+    {"polygon": [[10, 10], [10, 50], [10, 80]]},  # drawn along a line
+    {"polygon": [[10, 10], [10, 10], [10, 10]]},  # one point three times
+    {"box": [10.1, 10.1, 10.4, 10.4]},  # inside one pixel, not over its centre
+    {"box": [159.6, 0, 170, 10]},  # reaches less than half a pixel into the frame
+])
+def test_a_zone_that_covers_no_pixel_is_refused(ran, tmp_path, capsys, zone):
+    """A forced region that holds no pixel's centre blurred nothing and the render
+    said nothing, exit 0 (an empty box and one outside the frame were refused)."""
+    src, tmp = ran
+    doc = json.loads((tmp / "run" / "detections.json").read_text())
+    doc["zones"] = [{"kind": "force", **zone}]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    out = tmp_path / "out.mp4"
+    assert main(["render", str(src), "--detections", str(bad), "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    shape = "box" if "box" in zone else "polygon"
+    assert err == (f"anonymize: error: {bad}: zones[0].{shape}: covers no pixel of the {W}x{H} "
+                   f"frame (a pixel is in a zone when its centre is inside)\n"), err
+    assert not out.exists()
+    zones = tmp_path / "zones.json"
+    zones.write_text(json.dumps({"zones": doc["zones"]}))
+    from pipeline.render import DetectionsFileError, read_zones
+
+    with pytest.raises(DetectionsFileError, match="covers no pixel"):
+        read_zones(zones, video.probe(src))
+
+
+def test_checking_zones_imports_no_torch(ran, tmp_path):
+    """`submit --zones` checks the zones against the video on the client, which needs
+    no torch; the check that a zone covers a pixel imported it with the blur."""
+    import subprocess
+    import sys
+
+    src, _ = ran
+    zones = tmp_path / "zones.json"
+    zones.write_text(json.dumps({"zones": [{"kind": "force", "box": [1, 1, 9, 9]}]}))
+    code = ("import sys; from anonymize.cli import main; "
+            "assert main(['submit', sys.argv[1], '--zones', sys.argv[2]]) == 2; "
+            "assert 'torch' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code, str(src), str(zones)], text=True,
+                          capture_output=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.getcwd(),
+                               "ANONYMIZE_BROKER_URL": "redis://127.0.0.1:9/0"})  # nobody there
+    assert done.returncode == 0, done.stderr[-800:]
+    assert "cannot reach the broker" in done.stderr
+
+
+def test_a_zone_time_written_1e400_is_refused(ran, tmp_path):
+    """1e400 is read as infinity: the zone was taken (every frame from 0 on), and the
+    records wrote its time as Infinity, which no JSON reader takes back (render,
+    review)."""
+    from pipeline.render import DetectionsFileError, read_zones
+
+    src, _ = ran
+    path = tmp_path / "z.json"
+    path.write_text('{"zones": [{"kind": "force", "box": [1, 1, 9, 9], "time_s": [0, 1e400]}]}')
+    with pytest.raises(DetectionsFileError, match=r"z.json: zones\[0\].time_s: \[0, inf\] "
+                                                  r"holds a number too large for a time$"):
+        read_zones(path, video.probe(src))
 
 
 def test_a_missing_zones_file_or_a_folder_is_named_for_what_it_is(tmp_path):

@@ -222,6 +222,29 @@ def test_review_of_a_folder_without_records_is_one_line_error(tmp_path, capsys):
     assert err.startswith("anonymize: error: ") and err.count("\n") == 1
 
 
+def test_review_of_an_images_output_or_no_folder_says_what_it_is(tmp_path, capsys):
+    """The output of `anonymize images` (blurred images, detections.pkl, report.html) was
+    "detections.json not found: DIR must hold a run's records", as was a folder that
+    does not exist."""
+    import cv2
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "a.jpg"), np.random.default_rng(0).integers(0, 255, (60, 80, 3),
+                                                                          np.uint8))
+    out = tmp_path / "out"
+    assert main(["images", "--img-dir", str(photos), "--out-dir", str(out), "--no-plates"]) == 0
+    assert (out / "report.html").is_file()
+    capsys.readouterr()
+    assert main(["review", str(out)]) == 2
+    assert capsys.readouterr().err == (f"anonymize: error: {out} is the output of `anonymize "
+                                       f"images`, whose page is written by `anonymize images` "
+                                       f"itself (run it again to rebuild it); review rebuilds "
+                                       f"the page of a video\n")
+    assert main(["review", str(tmp_path / "nosuch")]) == 2
+    assert capsys.readouterr().err == f"anonymize: error: folder not found: {tmp_path}/nosuch\n"
+
+
 def test_image_folder_page(tmp_path):
     import cv2
 
@@ -307,3 +330,90 @@ def test_review_takes_the_video_in_the_folder_before_the_recorded_path(reviewed,
     recorded = Path(report["output"])
     assert recorded.is_file() and not recorded.is_relative_to(copy)
     assert find_video(copy, report, None) == copy / recorded.name
+
+
+
+def test_review_of_a_time_base_over_zero_is_one_line(reviewed, tmp_path, capsys):
+    """A time base 1/0 passed the schema and failed the page with ZeroDivisionError."""
+    folder, _ = reviewed
+    copy = tmp_path / "records"
+    shutil.copytree(folder, copy)
+    doc = json.loads((copy / "detections.json").read_text())
+    doc["time_base"] = "1/0"
+    (copy / "detections.json").write_text(json.dumps(doc))
+    assert main(["review", str(copy)]) == 2
+    assert capsys.readouterr().err == (f"anonymize: error: {copy / 'detections.json'}: "
+                                       f"time_base: '1/0' is not a fraction like 1/12800 "
+                                       f"(denominator above 0)\n")
+
+
+
+def test_review_reads_a_hand_edited_detections_file_as_render_does(reviewed, tmp_path):
+    """README: an added box needs no confidence, and a box is removed by `disabled` or
+    `remove`. Review of such a file failed with KeyError: 'confidence'."""
+    from pipeline.review import frames_of
+
+    folder, _ = reviewed
+    copy = tmp_path / "records"
+    shutil.copytree(folder, copy)
+    doc = json.loads((copy / "detections.json").read_text())
+    first, second = doc["frames"][0], doc["frames"][1]
+    first["detections"].append({"label": "plate", "xyxy": [1, 1, 30, 9]})
+    first["detections"][0]["disabled"] = True
+    doc["remove"] = [second["detections"][0]["id"]]
+    (copy / "detections.json").write_text(json.dumps(doc, indent=1))
+    frames, _ = frames_of(doc)
+    added = frames[first["frame_idx"]]
+    assert added.xyxy.tolist()[-1] == [1, 1, 30, 9] and added.confidence[-1] == 1.0
+    assert len(added) == len(first["detections"]) - 1
+    assert len(frames[second["frame_idx"]]) == len(second["detections"]) - 1
+    assert main(["review", str(copy)]) == 0
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("[]", "not a run's report (a JSON object), but []"),
+    ('{"output": "out.mp4", "input": "scene.mp4"}', 'input: "scene.mp4" is not a JSON object'),
+    ('{"settings": {"fill_frames": "two"}}', 'settings.fill_frames: "two" is not a whole number'),
+    ('{"input": {"rotation": 90.5}}', "input.rotation: 90.5 is not a whole number"),
+    ('{"start_shift_s": "0.02"}', 'start_shift_s: "0.02" is not a JSON number'),
+    ('{"start_shift_s": Infinity}', "start_shift_s: Infinity is not a JSON number"),
+    ('{"output": "out.mp4",\n "input": {', "not valid JSON (line 2, column 12: Expecting "
+                                            "property name enclosed in double quotes)"),
+    (b'{"output": "caf\xe9.mp4"}', "not a JSON text file"),
+])
+def test_review_of_a_damaged_report_names_it_in_one_line(reviewed, tmp_path, capsys, text,
+                                                        expected):
+    """report.json that is not an object, or whose fields have other types, failed
+    with an AttributeError traceback or a line naming neither file nor field."""
+    folder, _ = reviewed
+    copy = tmp_path / "records"
+    shutil.copytree(folder, copy)
+    (copy / "report.html").unlink()
+    path = copy / "report.json"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert main(["review", str(copy)]) == 2
+    assert capsys.readouterr().err == f"anonymize: error: {path}: {expected}\n"
+    assert not (copy / "report.html").exists()
+
+
+def test_review_refuses_the_runs_source_for_thumbnails(reviewed, tmp_path, capsys):
+    """The run's source has the output's frame size, and here its name: records copied
+    beside the source (the output left behind), or --video given the source, made a
+    contact sheet of unblurred frames, exit 0."""
+    folder, report = reviewed
+    source = folder.parent / "scene.mp4"
+    assert report["output_bytes"] == (folder / "scene.mp4").stat().st_size
+    copy = tmp_path / "records"
+    shutil.copytree(folder, copy)
+    (copy / "report.html").unlink()
+    shutil.copy(source, copy / "scene.mp4")  # the source where the output was
+    size = source.stat().st_size
+    assert main(["review", str(copy)]) == 2
+    assert capsys.readouterr().err == (
+        f"anonymize: error: {copy / 'scene.mp4'} has {size} bytes, but the run's output had "
+        f"{report['output_bytes']}: not this run's output (its source?); give the output "
+        f"with --video\n")
+    assert main(["review", str(folder), "--video", str(source)]) == 2
+    assert "not this run's output (its source?)\n" in capsys.readouterr().err
+    assert not (copy / "report.html").exists()
+    assert main(["review", str(copy), "--video", str(folder / "scene.mp4")]) == 0

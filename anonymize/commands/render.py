@@ -64,7 +64,13 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline.plan import prepared_local
     from pipeline.records import DETECTIONS_JSON, REPORT_JSON
-    from pipeline.render import DetectionsFileError, edits_from, read_document, read_zones
+    from pipeline.render import (
+        DetectionsFileError,
+        edits_from,
+        other_source,
+        read_document,
+        read_zones,
+    )
     from pipeline.video.output import same_file
 
     from .run import warn, warn_dropped
@@ -84,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
         if note:
             warn(note)
         edits = edits_from(doc, det_file, manifest.info)
+        mismatch = other_source(doc, det_file, source.name)
+        if mismatch:
+            warn(mismatch)
         zones = edits.zones + (read_zones(Path(args.zones), manifest.info) if args.zones else [])
         manifest.zones = zones
         manifest.detections_file = edits.name

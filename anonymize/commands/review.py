@@ -51,13 +51,20 @@ def find_video(folder, report: dict, given: str | None):
                             f"give it with --video")
 
 
-def check_video(video, doc: dict, given: bool) -> None:
+def check_video(video, doc: dict, given: bool, report: dict | None = None) -> None:
     """The thumbnails' video must be of the detections' frame size: another video (the
     source of another clip, a phone copy) was taken, its frames shown under this run's
-    boxes, unblurred faces included. A video given with --video must be readable; a
-    found one that is not gives a page without thumbnails that says why."""
+    boxes, unblurred faces included. It must also have the size in bytes the report
+    recorded for the output (``output_bytes``): the run's own source, beside the
+    records or given with --video, has the output's frame size and often its name,
+    and its unblurred frames became the contact sheet. A video given with --video
+    must be readable; a found one that is not gives a page without thumbnails that
+    says why."""
+    from pathlib import Path
+
     from pipeline.video import VideoError, probe
 
+    hint = "" if given else "; give the output with --video"
     try:
         info = probe(video)
     except VideoError:
@@ -66,30 +73,39 @@ def check_video(video, doc: dict, given: bool) -> None:
         return
     want = (doc.get("width"), doc.get("height"))
     if None not in want and (info.width, info.height) != want:
-        hint = "" if given else "; give the output with --video"
         raise ValueError(f"{video} is {info.width}x{info.height}, but the detections are of "
                          f"a {want[0]}x{want[1]} video: not this run's output{hint}")
+    want_bytes = (report or {}).get("output_bytes")
+    if isinstance(want_bytes, int) and Path(video).stat().st_size != want_bytes:
+        raise ValueError(f"{video} has {Path(video).stat().st_size} bytes, but the run's output "
+                         f"had {want_bytes}: not this run's output (its source?){hint}")
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     from pipeline.records import DETECTIONS_JSON, REPORT_JSON
 
     folder = Path(args.dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder not found: {folder}" if not folder.exists() else
+                                f"{folder} is a file: DIR is the folder of a run's records")
+    if not (folder / DETECTIONS_JSON).exists() and (folder / "detections.pkl").is_file():
+        # `images` writes detections.pkl and report.html, no report.json
+        raise FileNotFoundError(f"{folder} is the output of `anonymize images`, whose page is "
+                                f"written by `anonymize images` itself (run it again to "
+                                f"rebuild it); review rebuilds the page of a video")
     for name in (DETECTIONS_JSON, REPORT_JSON):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} not found: DIR must hold a run's records")
-    try:
-        report = json.loads((folder / REPORT_JSON).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{folder / REPORT_JSON}: not valid JSON ({exc.msg})") from None
     from pipeline.render import read_document
+    from pipeline.review import read_report
+
+    report = read_report(folder / REPORT_JSON)  # a damaged file: one line
 
     doc = read_document(folder / DETECTIONS_JSON)  # a damaged or edited file: one line
     video = find_video(folder, report, args.video)
-    check_video(video, doc, given=bool(args.video))
+    check_video(video, doc, given=bool(args.video), report=report)
     from pipeline.review import write_page
 
     page = write_page(folder, video, report)

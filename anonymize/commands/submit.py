@@ -109,9 +109,14 @@ def _check_input(source: str, dest: str | None, settings, zones=None, detections
 
         check_zones(zones[1], zones[0], info)
     if detections is not None:
-        from pipeline.render import edits_from
+        from pipeline.render import edits_from, other_source
+
+        from .run import warn
 
         edits_from(detections[1], detections[0], info)
+        mismatch = other_source(detections[1], detections[0], Path(source).name)
+        if mismatch:
+            warn(mismatch)
 
 
 def run(args: argparse.Namespace) -> int:
