@@ -14,6 +14,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from . import video
+from .records import RECORD_FILES
 from .settings import Settings
 from .temporal import context_frames
 from .video.contain import readable
@@ -76,8 +77,8 @@ def prepare_local(source: Path, output: Path, settings: Settings,
     streams the output container must hold."""
     source, output = Path(source), Path(output)
     check_output_path(source, output)
-    if detections_dir is not None:
-        check_records_folder(output, Path(detections_dir))
+    check_records_folder(output, Path(detections_dir) if detections_dir is not None
+                         else output.parent, RECORD_FILES)
     return plan(source, settings, output.suffix)
 
 

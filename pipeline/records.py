@@ -35,6 +35,9 @@ FACES_PKL = "faces.pkl"
 PLATES_PKL = "plates.pkl"
 DETECTIONS_JSON = "detections.json"
 REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
+#: every file a run writes beside its video
+RECORD_FILES = (FACES_PKL, PLATES_PKL, DETECTIONS_JSON, REPORT_JSON, REPORT_HTML)
 
 
 def frame_name(index: int) -> str:

@@ -27,10 +27,9 @@ from pathlib import Path
 
 from models.detections import Detections
 
+from .records import REPORT_HTML
 from .review_flags import find_flags, image_flags, pick_frames, review_report
 from .thumbnails import grab_thumbnails, jpeg_thumbnail
-
-REPORT_HTML = "report.html"
 
 
 def frames_of(doc: dict) -> tuple[dict[int, Detections], dict[int, Fraction]]:

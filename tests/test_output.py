@@ -160,6 +160,21 @@ def test_detections_dir_that_is_the_output_is_refused(src, tmp_path, records):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("name", ["detections.json", "faces.pkl", "report.html"])
+@pytest.mark.parametrize("own_folder", [False, True])
+def test_a_folder_where_a_record_goes_is_refused_before_any_work(src, tmp_path, name,
+                                                                 own_folder):
+    """A folder named as one of the records (beside the output, or in
+    --detections-dir) was found only when the records were renamed into place,
+    after the whole video, in a line naming our hidden temporary file."""
+    records = tmp_path / "records" if own_folder else tmp_path
+    (records / name).mkdir(parents=True)
+    message = refused(src, tmp_path / "out.mp4", "is a folder, where the run writes its",
+                      tmp_path, records if own_folder else None)
+    assert str(records / name) in message
+    assert not (tmp_path / "out.mp4").exists()
+
+
 def test_failure_midway_leaves_no_output_and_keeps_an_older_one(src, tmp_path):
     out = tmp_path / "out.mp4"
     out.write_bytes(b"an older result the user still has")

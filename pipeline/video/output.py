@@ -90,15 +90,22 @@ def check_name_lengths(path: Path, what: str = "output") -> None:
                              f"choose a shorter name")
 
 
-def check_records_folder(output: Path, records: Path) -> None:
+def check_records_folder(output: Path, records: Path, names: tuple[str, ...] = ()) -> None:
     """The records folder (``--detections-dir``) can be written and is not the output
     file, nor inside it: the records made a folder of the output's name, and the
-    finished video could not be put there, found only at the end."""
+    finished video could not be put there, found only at the end. None of the
+    record files ``names`` stands there as a folder: that too was found only when
+    the records were renamed into place, after all the work."""
     folder = Path(records).absolute()
     if folder == Path(output).absolute() or Path(output).absolute() in folder.parents:
         raise VideoError(f"detections folder {records} is the output file {output} (or lies "
                          f"in it); give the records a folder of their own")
     check_folder_writable(Path(records), "detections folder")
+    for name in names:
+        if (Path(records) / name).is_dir():
+            raise VideoError(f"{Path(records) / name} is a folder, where the run writes its "
+                             f"{name}: move it, or give the records another folder "
+                             f"(--detections-dir)")
 
 
 def partial_name(output: Path) -> Path:
