@@ -65,6 +65,7 @@ def finalize(manifest: Manifest, segment_videos: list[Path], results: list[Segme
         "source": manifest.source_name,
         "output": output_name or str(output),
         "input": _stream_facts(manifest.info),
+        **({"input_note": manifest.input_note} if manifest.input_note else {}),
         "output_stream": _stream_facts(out_info),
         "frames": len(shown),
         "frames_match": same_frame_times(shown, info.time_base, out_info, shift),

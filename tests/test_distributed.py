@@ -459,6 +459,30 @@ def test_unusual_inputs_fail_with_one_line_and_the_cluster_keeps_serving(cluster
         f"(`anonymize status {late.stdout.split()[0]}`)"]
 
 
+def test_submit_wait_warns_of_a_raw_stream_as_run_does(cluster, tmp_path):
+    """A raw .h264 stream has no timestamps: `run` says at which rate it read it, and
+    `submit --wait` says the same (it said nothing: the note stayed in the split
+    worker's log); both reports carry it."""
+    from tests.corpus import write_video
+
+    src = write_video(tmp_path / "cam.h264", fmt="h264", n_frames=20)
+    env = cluster["env"]
+    run = cli("run", str(src), "-o", str(tmp_path / "run" / "out.mp4"), *FAST_FLAGS, env=env)
+    job = cli("submit", str(src), "--wait", "-o", str(tmp_path / "job" / "out.mp4"),
+              *FAST_FLAGS, env=env)
+    assert run.returncode == 0 and job.returncode == 0, run.stderr + job.stderr
+
+    def warnings(stderr: str) -> list[str]:
+        return [line for line in stderr.splitlines() if line.startswith("anonymize: warning: ")]
+
+    assert any("cam.h264 is a raw h264 stream with no timestamps: read at 25.000 fps" in line
+               for line in warnings(run.stderr)), run.stderr
+    assert warnings(job.stderr) == warnings(run.stderr)
+    notes = [json.loads((tmp_path / d / "report.json").read_text()).get("input_note")
+             for d in ("run", "job")]
+    assert notes[0] and notes[0] == notes[1]
+
+
 def v_frames(path: Path) -> int:
     from pipeline import video as v
 
