@@ -65,6 +65,7 @@ def finalize(manifest: Manifest, segment_videos: list[Path], results: list[Segme
         "source": manifest.source_name,
         "output": output_name or str(output),
         "input": _stream_facts(manifest.info),
+        **({"input_note": manifest.input_note} if manifest.input_note else {}),
         "output_stream": _stream_facts(out_info),
         # `review` takes thumbnails only from a video of this size: the source beside
         # the records (of the output's frame size, often of its name) gave a page of

@@ -37,13 +37,16 @@ class Manifest:
     zones: list[dict] = field(default_factory=list)
     #: name of the detections file a render reads instead of running detectors
     detections_file: str | None = None
+    #: what the user is told of how the input was read (a raw stream put in a
+    #: container, :mod:`.video.contain`); None for most inputs
+    input_note: str | None = None
 
     def to_dict(self) -> dict:
         return {"source_name": self.source_name, "info": self.info.to_dict(),
                 "segments": [s.to_dict() for s in self.segments],
                 "settings": self.settings.to_dict(), "context": self.context,
                 "dropped_streams": self.dropped_streams, "zones": self.zones,
-                "detections_file": self.detections_file}
+                "detections_file": self.detections_file, "input_note": self.input_note}
 
     @classmethod
     def from_dict(cls, d: dict) -> Manifest:
@@ -51,7 +54,7 @@ class Manifest:
                    [video.Segment.from_dict(s) for s in d["segments"]],
                    Settings.from_dict(d["settings"]), d["context"],
                    d.get("dropped_streams", []), d.get("zones", []),
-                   d.get("detections_file"))
+                   d.get("detections_file"), d.get("input_note"))
 
     @property
     def time_base(self) -> Fraction:
@@ -98,4 +101,5 @@ def prepared_local(source: Path, output: Path, settings: Settings,
     with readable(source) as (frames_source, note):
         manifest = prepare_local(frames_source, output, settings, detections_dir)
         manifest.source_name = source.name
+        manifest.input_note = note
         yield frames_source, manifest, note

@@ -347,7 +347,11 @@ class SegmentJob:
         every = self.settings.detect_every
         picked = [k for k, (idx, _, _) in enumerate(batch)
                   if idx % every == 0 and idx not in self.known]
-        boxed = picked + [k for k, (idx, _, _) in enumerate(batch) if idx in self.known]
+        # a known frame between samples has no boxes because it was never detected,
+        # not because nothing is on it: a sample repeating its picture is detected
+        # (as a worker, which has no known frames, detects it)
+        boxed = picked + [k for k, (idx, _, _) in enumerate(batch)
+                          if idx in self.known and idx % every == 0]
         repeats = repeats_of([rgb for _, _, rgb in batch], picked, boxed)
         run = [k for k in picked if k not in repeats]
         if len(run) == len(batch):

@@ -54,7 +54,11 @@ class Context:
     workdir: str | None = None
 
 
-def _fetch_source(ctx: Context, job: dict, dest_dir: Path) -> Path:
+def _fetch_source(ctx: Context, job: dict, dest_dir: Path, notes: list[str] | None = None
+                  ) -> Path:
+    """The job's source in ``dest_dir``, put in a container first where it has no
+    timestamps (as `anonymize run` reads it); the note for the user then goes to
+    the log and into ``notes``."""
     from models.errors import one_line
     from pipeline.video import VideoError
     from pipeline.video.contain import contain, without_timestamps
@@ -79,7 +83,10 @@ def _fetch_source(ctx: Context, job: dict, dest_dir: Path) -> Path:
             contained, note = contain(local, dest_dir / "contained.mkv")
         except VideoError as exc:  # name the user's file, not our temporary copy
             raise VideoError(str(exc).replace(str(local), name)) from None
-        log.info("%s", note.replace(local.name, name, 1))
+        note = note.replace(local.name, name, 1)
+        log.info("%s", note)
+        if notes is not None:
+            notes.append(note)
         return contained
     return local
 
@@ -109,13 +116,15 @@ def run_split(ctx: Context, job_id: str) -> int:
     settings = Settings.from_dict(job["settings"])
     tmp = Path(tempfile.mkdtemp(prefix=f"split-{job_id}-", dir=ctx.workdir))
     try:
-        source = _fetch_source(ctx, job, tmp)
+        notes: list[str] = []
+        source = _fetch_source(ctx, job, tmp, notes)
         try:
             manifest = plan(source, settings, job.get("output_ext") or ".mp4")
         except video.VideoError as exc:  # name the user's file, not our temporary copy
             name = job.get("source_name") or "input"
             raise video.VideoError(str(exc).replace(str(source), name)) from None
         manifest.source_name = job.get("source_name") or manifest.source_name
+        manifest.input_note = notes[0] if notes else None  # told by `submit --wait`
         if job.get("edits"):
             _apply_edits(ctx, job_id, job, manifest)
         for seg in manifest.segments:

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -177,6 +178,145 @@ def test_model_file_travels_to_the_workers(cluster, video, tmp_path):
     assert client.storage.list(f"jobs/{job}/models/") == []  # removed with the intermediates
 
 
+# ------------------------------------------------- the result `anonymize run` gives, per input
+
+
+def _fake_face_model(d: Path) -> str:
+    """A TorchScript face model (EgoBlur's contract) finding one face in the middle
+    of every frame: boxes that depend on nothing but the frame being detected."""
+    import torch
+
+    from tests.test_loader import FakeEgoBlur
+
+    path = d / "ego_face.jit"
+    torch.jit.save(torch.jit.script(FakeEgoBlur()), str(path))
+    return str(path)
+
+
+def _repeated_pictures(d: Path) -> tuple[Path, dict]:
+    """A screen-recording-like video: 40 identical pictures, coded losslessly (so they
+    decode identical), a keyframe every 10; ``--detect-every 2``. ``run`` hands a
+    segment the previous one's boxes of its first frames, those between samples
+    empty since never detected; a sample repeating such a picture took its "boxes"
+    (none) instead of being detected: the face was not blurred on frame 12, 22 and
+    32, while a worker, handed nothing, detected and blurred it."""
+    import av
+
+    from tests.videos import synthetic_frame
+
+    src = d / "screen.mp4"
+    with av.open(str(src), "w") as c:
+        vs = c.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv444p"
+        vs.codec_context.options = {"preset": "ultrafast", "qp": "0",
+                                    "x264-params": "keyint=10:min-keyint=10:scenecut=0:bframes=0"}
+        picture = synthetic_frame(0, 64, 48)
+        for i in range(40):
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv444p")
+            frame.pts = i
+            for packet in vs.encode(frame):
+                c.mux(packet)
+        for packet in vs.encode(None):
+            c.mux(packet)
+    return src, {"face_model": _fake_face_model(d), "detect_every": 2, "batch_size": 8}
+
+
+def _mpegts_with_audio(d: Path) -> tuple[Path, dict]:
+    from tests.videos import make_video
+
+    return make_video(d / "cam.ts", n_frames=30, audio=True, time_base=Fraction(1, 90000)), {}
+
+
+def _corpus(name: str):
+    def make(d: Path) -> tuple[Path, dict]:
+        from tests.corpus import BY_NAME
+
+        return BY_NAME[name].make(d).input, {}
+
+    return make
+
+
+#: name -> (maker of the input and its settings beyond the test's, output suffix,
+#: segments: more than the two workers where the input allows)
+SAME_AS_RUN_CASES = {
+    "repeated-pictures-detect-every-2": (_repeated_pictures, ".mp4", 4),
+    "rotation-90": (_corpus("rotation-90"), ".mp4", 1),
+    "vfr": (_corpus("vfr"), ".mp4", 2),
+    "edit-list-cut": (_corpus("edit-list-cut"), ".mp4", 1),
+    "h264-10bit": (_corpus("h264-10bit"), ".mp4", 2),
+    "audio-subtitles-mkv": (_corpus("audio-subtitles-mkv"), ".mkv", 3),
+    "mpegts-audio": (_mpegts_with_audio, ".mp4", 3),
+    "size-change-ts": (_corpus("size-change-ts"), ".mp4", 2),
+    "garbage-packet": (_corpus("garbage-packet"), ".mp4", 1),
+}
+
+#: report.json entries that must be equal (not times, paths, job ids or model load times)
+SAME_REPORT = ("frames", "frames_match", "start_shift_s", "damaged_frames", "input",
+               "output_stream", "segments", "detections", "filled_boxes",
+               "frames_with_filled_boxes", "frames_with_detections", "dropped_streams",
+               "review", "review_summary")
+
+
+def _decoded(path: Path) -> list[tuple[int, np.ndarray]]:
+    import av
+
+    with av.open(str(path)) as c:
+        return [(f.pts, f.to_ndarray(format="rgb24")) for f in c.decode(c.streams.video[0])]
+
+
+def _other_packets(path: Path) -> dict:
+    import av
+
+    with av.open(str(path)) as c:
+        return {s.index: [(p.pts, bytes(p)) for p in c.demux(s) if p.size]
+                for s in c.streams if s.type != "video"}
+
+
+@pytest.mark.parametrize("case", list(SAME_AS_RUN_CASES))
+def test_job_equals_run_local_on_unusual_inputs(cluster, case, tmp_path):
+    """Each input through the cluster (several segments on two workers) and through
+    ``run_local`` with the same settings: the same frames at the same times, the same
+    blurred pixels (up to the encoder), the same other streams byte for byte, the same
+    rotation and colour description, records and report counts."""
+    import pickle
+
+    from pipeline import video as v
+    from pipeline.process import run_local
+    from pipeline.settings import Settings
+
+    make, ext, segments = SAME_AS_RUN_CASES[case]
+    (tmp_path / "in").mkdir()
+    src, extra = make(tmp_path / "in")
+    settings = Settings(**{"plates": "off", "min_face": 48, "fill_frames": 1,
+                           "segment_frames": 8, "preset": "ultrafast", "device": "cpu",
+                           "batch_size": 4, **extra})
+    ref, got = tmp_path / "run", tmp_path / "job"
+    local = run_local(src, ref / f"out{ext}", settings, ref)
+    assert local["segments"] == segments
+    client = cluster["client"]
+    job = client.submit(str(src), settings, output=f"out{ext}")
+    info = client.wait(job, timeout=240)
+    assert info["status"] == "done", f"{info.get('error')} / {cluster['workers'][0].tail(3000)}"
+    client.download(job, got / f"out{ext}")
+
+    assert (json.loads((got / "detections.json").read_text())
+            == json.loads((ref / "detections.json").read_text()))
+    for name in ("faces.pkl", "plates.pkl"):
+        assert (pickle.loads((got / name).read_bytes())
+                == pickle.loads((ref / name).read_bytes())), name
+    ra, rb = (json.loads((d / "report.json").read_text()) for d in (got, ref))
+    assert {k: ra.get(k) for k in SAME_REPORT} == {k: rb.get(k) for k in SAME_REPORT}
+    a, b = v.probe(got / f"out{ext}").to_dict(), v.probe(ref / f"out{ext}").to_dict()
+    a.pop("path"), b.pop("path")
+    assert a == b
+    frames_a, frames_b = _decoded(got / f"out{ext}"), _decoded(ref / f"out{ext}")
+    assert [p for p, _ in frames_a] == [p for p, _ in frames_b]
+    for (pts, x), (_, y) in zip(frames_a, frames_b, strict=True):
+        diff = np.abs(x.astype(np.int16) - y.astype(np.int16))
+        assert diff.mean() < 1.0, f"frame at pts {pts}: mean difference {diff.mean():.1f}"
+    assert _other_packets(got / f"out{ext}") == _other_packets(ref / f"out{ext}")
+
+
 # ------------------------------------------------- unusual inputs through the cluster
 
 
@@ -317,6 +457,30 @@ def test_unusual_inputs_fail_with_one_line_and_the_cluster_keeps_serving(cluster
     assert late.stderr.splitlines() == [
         f"anonymize: job {late.stdout.split()[0]} not finished after 0 s; it goes on "
         f"(`anonymize status {late.stdout.split()[0]}`)"]
+
+
+def test_submit_wait_warns_of_a_raw_stream_as_run_does(cluster, tmp_path):
+    """A raw .h264 stream has no timestamps: `run` says at which rate it read it, and
+    `submit --wait` says the same (it said nothing: the note stayed in the split
+    worker's log); both reports carry it."""
+    from tests.corpus import write_video
+
+    src = write_video(tmp_path / "cam.h264", fmt="h264", n_frames=20)
+    env = cluster["env"]
+    run = cli("run", str(src), "-o", str(tmp_path / "run" / "out.mp4"), *FAST_FLAGS, env=env)
+    job = cli("submit", str(src), "--wait", "-o", str(tmp_path / "job" / "out.mp4"),
+              *FAST_FLAGS, env=env)
+    assert run.returncode == 0 and job.returncode == 0, run.stderr + job.stderr
+
+    def warnings(stderr: str) -> list[str]:
+        return [line for line in stderr.splitlines() if line.startswith("anonymize: warning: ")]
+
+    assert any("cam.h264 is a raw h264 stream with no timestamps: read at 25.000 fps" in line
+               for line in warnings(run.stderr)), run.stderr
+    assert warnings(job.stderr) == warnings(run.stderr)
+    notes = [json.loads((tmp_path / d / "report.json").read_text()).get("input_note")
+             for d in ("run", "job")]
+    assert notes[0] and notes[0] == notes[1]
 
 
 def v_frames(path: Path) -> int:

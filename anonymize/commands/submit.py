@@ -209,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
         # (its downloaded copy when there is one: it is not fetched twice)
         report = (json.loads(got["report"].read_text(encoding="utf-8")) if got
                   else client.report(info))
+        if report.get("input_note"):  # how the input was read (a raw stream's rate)
+            warn(report["input_note"])
         warn_dropped(source, report.get("dropped_streams", []))
         for line in input_warnings(source, report):
             warn(line)
