@@ -757,28 +757,28 @@ def test_a_keyframe_stamped_before_an_earlier_one_does_not_abort_the_split(tmp_p
     assert got == want and sorted(got) == info.frame_pts
 
 
-def test_recordings_joined_with_a_clock_that_went_back_keep_every_frame(tmp_path):
+@pytest.mark.parametrize("n", [6, 20])
+def test_recordings_joined_with_a_clock_that_went_back_are_refused_in_one_line(tmp_path, n):
     """Two MPEG-TS recordings joined byte for byte, the second's clock started
-    again below the first's (a recorder restarted): segments were cut at
-    keyframes in time order, which is not the file's order, so a run left out
-    16 of 24 frames that decode ("could not be decoded") or stopped with
-    "keyframe at pts 0 not found". Every frame is kept, at its time."""
+    again below the first's (a recorder restarted). Such frames cannot keep
+    their times in one video: 20 + 20 frames stopped with an FFmpeg error naming
+    a temporary file, and 6 + 6 gave each recording's pictures the other's times
+    (the decoded pictures' times are sorted over a window). The run refuses it
+    before any work, saying how to re-time it."""
     tb = Fraction(1, 90000)
-    first = corpus.write_video(tmp_path / "a.ts", fmt="mpegts", time_base=tb, n_frames=12,
-                               pts=[900000 + 3600 * i for i in range(12)])
-    second = corpus.write_video(tmp_path / "b.ts", fmt="mpegts", time_base=tb, n_frames=12,
-                                pts=[3600 * i for i in range(12)])
+    first = corpus.write_video(tmp_path / "a.ts", fmt="mpegts", time_base=tb, n_frames=n,
+                               pts=[900000 + 3600 * i for i in range(n)])
+    second = corpus.write_video(tmp_path / "b.ts", fmt="mpegts", time_base=tb, n_frames=n,
+                                pts=[3600 * i for i in range(n)])
     src = tmp_path / "joined.ts"
     src.write_bytes(first.read_bytes() + second.read_bytes())
-    info0 = probe(src)
-    assert info0.n_frames == 24
-    full = {p: frame_number(rgb) for p, rgb in iter_frames(src, info0)}
-    assert len(full) == 24
-    out = tmp_path / "out.mp4"
-    info, got = anonymize_like(src, tmp_path, out, target=8, context=2)
-    assert [p * got.time_base for p in got.frame_pts] == [p * info.time_base for p in info.frame_pts]
-    numbers = [frame_number(rgb) for _, rgb in iter_frames(out, got)]
-    assert numbers == [full[p] for p in info.frame_pts]
+    with pytest.raises(VideoError) as err:
+        probe(src)
+    message = str(err.value)
+    assert "\n" not in message and "its timestamps go back by 10." in message, message
+    assert "ffmpeg -i joined.ts -c copy" in message
+    # each recording alone is a video
+    assert probe(first).n_frames == probe(second).n_frames == n
 
 
 def test_join_passes_over_segments_without_frames(tmp_path):

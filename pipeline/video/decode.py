@@ -23,13 +23,18 @@ import numpy as np
 from models.errors import one_line
 
 from .h264 import FrameNumCheck
-from .probe import VideoError, VideoInfo, demux_until_error, open_input, video_stream
+from .probe import (
+    REORDER_FRAMES,
+    VideoError,
+    VideoInfo,
+    demux_until_error,
+    open_input,
+    video_stream,
+)
 
 #: container metadata key of a segment file's description (see segments.split_segment)
 SEGMENT_TAG = "ANONYMIZE_SEGMENT"
 _TAG_PIECE = 900
-# labels are re-sorted over this many decoded frames (see iter_frames)
-_REORDER_WINDOW = 16
 # messages kept per log (the report shows a few, the count says the rest)
 _MAX_MESSAGES = 5
 
@@ -196,7 +201,7 @@ def decode_frames(packets: Iterable[av.Packet], codec, times: FrameTimes, log: D
             return []
 
     def ready(flush: bool) -> Iterator[tuple[int, av.VideoFrame]]:
-        while window and (flush or len(window) > _REORDER_WINDOW):
+        while window and (flush or len(window) > REORDER_FRAMES):
             frame, label = window.popleft(), heapq.heappop(labels)
             pts = times.frame(label)
             if pts is not None and pts not in given:

@@ -396,6 +396,30 @@ def demux_until_error(container, *streams, on_error: Callable[[Exception], None]
             return
 
 
+#: frames a decoder may hand out of the order of their times (B-frames): the
+#: decoded pictures' times are sorted over a window of this many frames
+REORDER_FRAMES = 16
+
+
+def _check_clock(path, key_back: int, pts: list[int], step: int, time_base) -> None:
+    """Refuse a video whose clock starts again lower part-way: a keyframe stamped
+    more than :data:`REORDER_FRAMES` frames before a frame ahead of it in the file
+    (recordings joined end to end, the second's clock restarted). Such frames
+    cannot keep their times in one output, and sorting the times of decoded
+    pictures over the window gave the pictures each other's times; 20 + 20
+    frames stopped with an FFmpeg error naming a temporary file. FFmpeg's own
+    remux re-times such a jump, so the line says how."""
+    if key_back <= REORDER_FRAMES * step:
+        return
+    secs = float(key_back * Fraction(time_base.numerator, time_base.denominator))
+    name = Path(path).name
+    raise VideoError(
+        f"{path}: its timestamps go back by {secs:.1f} s at a keyframe part-way (recordings "
+        f"joined end to end, the clock of the second started again?): its frames cannot "
+        f"keep their times in one video; remux it so that its times run on, e.g. "
+        f"ffmpeg -i {name} -c copy fixed.mkv, and anonymize that file")
+
+
 def _scan_packets(path, index):
     """Frame and keyframe pts from demuxing only (None when packets lack pts or
     share one: decoding tells), and how many packets could be read. A demuxer
@@ -407,9 +431,10 @@ def _scan_packets(path, index):
     # decode order pushed the end past it (3 frames 30 min apart, with B-frames:
     # the last held 30 min); the durations still add up to the span shown
     total, all_timed, reordered, latest = 0, True, False, None
-    keys_in_order = True
+    keys_in_order, key_back = True, 0
     with open_input(path) as c:
         single = _stated_step(c.streams[index])
+        time_base = c.streams[index].time_base
         for p in demux_until_error(c, c.streams[index]):
             if p.size == 0 and p.pts is None:
                 continue  # the end-of-stream marker
@@ -423,6 +448,8 @@ def _scan_packets(path, index):
             if p.is_keyframe:
                 keys.append(p.pts)
                 keys_in_order = keys_in_order and (latest is None or p.pts > latest)
+                if latest is not None:
+                    key_back = max(key_back, latest - p.pts)
             stop = p.pts + (p.duration or 0)
             end = stop if end is None else max(end, stop)
             total += p.duration or 0
@@ -432,6 +459,7 @@ def _scan_packets(path, index):
     if missing_pts or len(set(pts)) != len(pts):
         return None, None, None, read
     pts.sort()
+    _check_clock(path, key_back, pts, _typical_step(pts, single), time_base)
     # a keyframe stamped before a packet ahead of it in the file (recordings joined
     # byte for byte whose clock started again lower, a damaged timing table):
     # segments are cut at keyframes in time order but read in file order, from one
@@ -465,11 +493,13 @@ def _scan_decoded(path, index):
         vs = c.streams[index]
         single = _stated_step(vs)
         vs.codec_context.thread_type = "AUTO"
-        latest, keys_in_order = None, True  # as in _scan_packets
+        latest, keys_in_order, key_back = None, True, 0  # as in _scan_packets
         for p in demux_until_error(c, vs):
             if p.is_keyframe and p.pts is not None and p.size > 1:
                 key_labels.append(p.pts)
                 keys_in_order = keys_in_order and (latest is None or p.pts > latest)
+                if latest is not None:
+                    key_back = max(key_back, latest - p.pts)
             if p.pts is not None:
                 latest = p.pts if latest is None else max(latest, p.pts)
             try:
@@ -486,6 +516,7 @@ def _scan_decoded(path, index):
     pts, duplicates = _unique(labels)
     if not pts:
         return pts, [], None, rejected, 0
+    _check_clock(path, key_back, pts, _typical_step(pts, single), vs.time_base)
     keys = sorted(set(key_labels) & set(pts)) if keys_in_order else []
     if not keys or keys[0] != pts[0]:
         keys = sorted(set(keys) | {pts[0]})
