@@ -266,14 +266,31 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as exc:
         from models.errors import one_line
 
-        print(f"anonymize: error: {one_line(exc)}", file=sys.stderr)
+        print(f"anonymize: error: {one_line(_names_escaped(exc, argv))}", file=sys.stderr)
         return 2
     except OSError as exc:
+        from models.errors import escape_controls
+
         line = _storage_error(exc)
         if line is None:
             raise
-        print(f"anonymize: error: {line}", file=sys.stderr)
+        print(f"anonymize: error: {escape_controls(line)}", file=sys.stderr)
         return 2
+
+
+def _names_escaped(exc: BaseException, argv: list[str]) -> BaseException | str:
+    """``exc``'s message with every argument that holds a control character (a
+    file name with a line break) written escaped where the message names it: the
+    error line is the message's first line, and such a name cut it off there."""
+    from models.errors import escape_controls
+
+    text = str(exc)
+    odd = [a for a in argv if a != escape_controls(a) and a in text]
+    if not odd:
+        return exc
+    for arg in sorted(odd, key=len, reverse=True):
+        text = text.replace(arg, escape_controls(arg))
+    return text
 
 
 if __name__ == "__main__":

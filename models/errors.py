@@ -26,7 +26,17 @@ class DeviceError(ValueError):
     job fails at once rather than retrying on the same machine."""
 
 
-def one_line(exc: BaseException, limit: int | None = None) -> str:
+#: control characters (a line break in a file name) as they are written escaped
+_ESCAPED = {c: repr(chr(c))[1:-1] for c in (*range(32), 127)}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with control characters written escaped (``\\n``): a file name may
+    hold a line break, which made two lines of what is meant as one."""
+    return text.translate(_ESCAPED)
+
+
+def one_line(exc: BaseException | str, limit: int | None = None) -> str:
     """The first non-empty line of ``exc``'s message (its type name if it has
     none), whitespace collapsed, cut to ``limit`` characters when given."""
     text = str(exc).strip()

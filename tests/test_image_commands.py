@@ -685,6 +685,19 @@ def test_libpng_lines_do_not_stand_beside_the_commands_own(tmp_path):
     assert (tmp_path / "out" / "exif.png").is_file()
 
 
+@pytest.mark.parametrize("command", ["images", "run"])
+def test_a_name_with_a_line_break_gets_one_error_line(tmp_path, capsys, command):
+    """An error naming a file given with a line break in its name was cut at the
+    break (the line is the message's first): `--img-dir $'a\\nb'` said only
+    'image folder not found: .../a'. Such a name is written escaped."""
+    odd = tmp_path / "cam\nnight"
+    args = (["images", "--img-dir", str(odd), "--out-dir", str(tmp_path / "out")]
+            if command == "images" else ["run", f"{odd}.mp4", "-o", str(tmp_path / "o.mp4")])
+    assert main([*args, "--quiet", "--plates", "off"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("anonymize: error:") and f"{tmp_path}/cam\\nnight" in line, line
+
+
 def test_a_file_name_with_a_line_break_gets_one_warning_line(tmp_path, capsys):
     """A name may hold a line break (a file saved by a script, a sync tool's
     conflict copy): the warning that names it stood on two lines, the second

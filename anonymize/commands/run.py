@@ -23,10 +23,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_settings_arguments(p)
 
 
-#: control characters (a line break in a file name) as they are written escaped
-_ESCAPED = {c: repr(chr(c))[1:-1] for c in (*range(32), 127)}
-
-
 def warn(message: str) -> None:
     """One ``anonymize: warning:`` line on stderr, on a line of its own when a
     progress bar is drawn there (the bar is redrawn below it). Control
@@ -36,7 +32,9 @@ def warn(message: str) -> None:
 
     from tqdm import tqdm
 
-    tqdm.write(f"anonymize: warning: {message.translate(_ESCAPED)}", file=sys.stderr)
+    from models.errors import escape_controls
+
+    tqdm.write(f"anonymize: warning: {escape_controls(message)}", file=sys.stderr)
 
 
 def warn_dropped(source, dropped: list[dict]) -> None:
