@@ -18,7 +18,7 @@ from . import video
 from .finalize import finalize
 from .memory import release_free_memory
 from .plan import Manifest, prepare_local
-from .records import write_report
+from .records import REPORT_HTML, REPORT_JSON, write_report
 from .review import write_page
 from .segment_job import Progress, process_segment
 from .settings import Settings
@@ -69,6 +69,16 @@ def run_local(source: Path, output: Path, settings: Settings, detections_dir: Pa
     wall = time.perf_counter() - t0
     report["wall_s"] = round(wall, 3)
     report["fps"] = round(manifest.info.n_frames / wall, 2) if wall > 0 else None
-    write_report(detections_dir, report)
-    write_page(detections_dir, output, report)
+    # the video and its records are this run's by now: a report that cannot be
+    # written (a disk filling up) must not leave an earlier run's in its place,
+    # describing another video
+    stale = [detections_dir / REPORT_JSON, detections_dir / REPORT_HTML]
+    try:
+        write_report(detections_dir, report)
+        stale.pop(0)
+        write_page(detections_dir, output, report)
+    except BaseException:
+        for path in stale:
+            path.unlink(missing_ok=True)
+        raise
     return report

@@ -27,6 +27,7 @@ from pipeline.settings import Settings
 from pipeline.video import VideoError, iter_frames, probe
 from pipeline.video.output import atomic_output, check_output_path, same_file
 from tests import corpus
+from tests.conftest import small_files
 from tests.videos import make_video
 
 SETTINGS = Settings(plates="off", fill_frames=1, segment_frames=10)
@@ -537,6 +538,40 @@ def test_a_write_the_storage_refuses_is_one_line_and_leaves_nothing(tmp_path, li
     assert list(work.iterdir()) == []
     assert not out.exists()
     assert not out.parent.exists() or not any(".partial-" in p.name for p in out.parent.iterdir())
+
+
+def test_a_report_that_does_not_fit_leaves_no_earlier_report_beside_the_new_video(tmp_path):
+    """report.json and report.html are written after the video and its records
+    are in place; when the disk filled up just then, the earlier run's report
+    stayed beside the new video, describing another one. Now a report not
+    written leaves no report under its name (the command still fails, in one
+    line). A file size limit (``ulimit -f``) under report.html's size stands in
+    for a disk that fills up at that moment."""
+    src = make_video(tmp_path / "in.mp4", n_frames=12)
+    zones = tmp_path / "zones.json"  # a forced blur: no detector to load
+    zones.write_text(json.dumps({"zones": [{"kind": "force", "box": [0, 0, 8, 8]}]}))
+    out = tmp_path / "out" / "o.mp4"
+    root = Path(__file__).resolve().parent.parent
+
+    def run(*extra, limit=None):
+        return subprocess.run(
+            [sys.executable, "-m", "anonymize", "run", str(src), "-o", str(out), "--no-faces",
+             "--no-plates", "--zones", str(zones), "--quiet", "--preset", "ultrafast", *extra],
+            env=dict(os.environ, PYTHONPATH=str(root)), cwd=root, capture_output=True,
+            text=True, timeout=300, preexec_fn=small_files(limit) if limit else None)
+
+    assert run().returncode == 0
+    sizes = {p.name: p.stat().st_size for p in out.parent.iterdir()}
+    limit = max(size for name, size in sizes.items() if name != "report.html") + 64
+    assert sizes["report.html"] > limit, sizes  # the page is the largest file here
+    earlier = (out.parent / "report.html").read_bytes()
+    done = run("--crf", "30", limit=limit)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"anonymize: error: {out.parent / 'report.html'}: File too large")
+    assert json.loads((out.parent / "report.json").read_text())["settings"]["crf"] == 30
+    assert not (out.parent / "report.html").exists() or (
+        (out.parent / "report.html").read_bytes() != earlier)
 
 
 def test_a_record_the_storage_refuses_is_named(tmp_path):
