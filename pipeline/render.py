@@ -335,6 +335,21 @@ def read_detections(path: Path, info) -> Edits:
     return edits_from(read_document(path), Path(path), info)
 
 
+#: the confidence of a box added by hand (a row without one)
+ADDED_CONFIDENCE = 1.0
+
+
+def edited_out(row: dict, removed: set) -> str | None:
+    """Why an edit leaves a detections row out of the boxes: "disabled" (its own
+    flag), "removed" (its id in the document's ``remove``), or None: kept. The one
+    rule for render and for the page `review` builds."""
+    if row.get("disabled", False):
+        return "disabled"
+    if row.get("id") in removed:
+        return "removed"
+    return None
+
+
 def edits_from(doc: dict, path: Path, info) -> Edits:
     """The edits of a schema-checked document, once checked against the video."""
     path = Path(path)
@@ -349,19 +364,18 @@ def edits_from(doc: dict, path: Path, info) -> Edits:
     for entry in doc.get("frames", []):
         rows = []
         for row in entry["detections"]:
+            why = edited_out(row, removed)
             if row.get("filled", False):
                 counts["filled_ignored"] += 1
-            elif row.get("disabled", False):
-                counts["disabled"] += 1
-            elif row.get("id") in removed:
-                counts["removed"] += 1
+            elif why:
+                counts[why] += 1
             else:
                 counts["boxes"] += 1
                 counts["added"] += "id" not in row
                 rows.append(row)
         if rows:
             frames[entry["frame_idx"]] = Detections(
-                [r["xyxy"] for r in rows], [r.get("confidence", 1.0) for r in rows],
+                [r["xyxy"] for r in rows], [r.get("confidence", ADDED_CONFIDENCE) for r in rows],
                 [label_id(r["label"]) for r in rows])
     return Edits(path.name, frames, list(doc.get("zones", [])), dict(doc.get("settings", {})),
                  counts)

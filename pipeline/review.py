@@ -28,6 +28,7 @@ from pathlib import Path
 from models.detections import Detections
 
 from .records import REPORT_HTML
+from .render import ADDED_CONFIDENCE, edited_out
 from .review_flags import find_flags, image_flags, pick_frames, review_report
 from .thumbnails import grab_thumbnails, jpeg_thumbnail
 
@@ -42,8 +43,8 @@ def frames_of(doc: dict) -> tuple[dict[int, Detections], dict[int, Fraction]]:
     for entry in doc.get("frames", []):
         f = entry["frame_idx"]
         frames[f] = Detections.from_dicts(
-            [{"confidence": 1.0, **r} for r in entry["detections"]
-             if not r.get("disabled", False) and r.get("id") not in removed])
+            [{"confidence": ADDED_CONFIDENCE, **r} for r in entry["detections"]
+             if edited_out(r, removed) is None])
         if "pts" in entry:
             times[f] = entry["pts"] * tb
     return frames, times

@@ -76,8 +76,9 @@ def check_video(video, doc: dict, given: bool, report: dict | None = None) -> No
         raise ValueError(f"{video} is {info.width}x{info.height}, but the detections are of "
                          f"a {want[0]}x{want[1]} video: not this run's output{hint}")
     want_bytes = (report or {}).get("output_bytes")
-    if isinstance(want_bytes, int) and Path(video).stat().st_size != want_bytes:
-        raise ValueError(f"{video} has {Path(video).stat().st_size} bytes, but the run's output "
+    size = Path(video).stat().st_size
+    if isinstance(want_bytes, int) and size != want_bytes:
+        raise ValueError(f"{video} has {size} bytes, but the run's output "
                          f"had {want_bytes}: not this run's output (its source?){hint}")
 
 
