@@ -56,7 +56,8 @@ def natural_key(rel: Path) -> tuple:
 
 def list_images(folder: Path, out_dir: Path | None = None,
                 passed_over: list[Path] | None = None,
-                unreadable: list[tuple[Path, str]] | None = None) -> list[Path]:
+                unreadable: list[tuple[Path, str]] | None = None,
+                linked: dict[Path, Path] | None = None) -> list[Path]:
     """Every image file below ``folder``, in natural order (:func:`natural_key`),
     including files of image formats that cannot be read
     (``UNREADABLE_SUFFIXES``: they fail to decode and are reported as left
@@ -77,7 +78,9 @@ def list_images(folder: Path, out_dir: Path | None = None,
 
     A sub-folder that cannot be read (no permission, a disk error) goes to
     ``unreadable`` with the reason, so that its images are never passed over
-    in silence; the image folder itself unreadable is an error."""
+    in silence; the image folder itself unreadable is an error. ``linked``
+    is filled with the folders outside ``folder`` that the walk reached
+    through links (:func:`linked_folders`), so a caller need not walk again."""
     folder = Path(folder)
     if not folder.is_dir():  # an existing file was "not found" too
         raise FileNotFoundError(f"image folder not found: {folder}" if not folder.exists() else
@@ -86,8 +89,10 @@ def list_images(folder: Path, out_dir: Path | None = None,
     if out_dir is not None:  # what needs no listing is refused before the walk
         check_out_dir(folder, out_dir)
     files, reached, failed = _walk(folder)
-    inside = (check_out_dir(folder, out_dir, linked_folders(folder, reached))
-              if out_dir is not None else None)
+    outside = linked_folders(folder, reached)
+    if linked is not None:
+        linked.update(outside)
+    inside = check_out_dir(folder, out_dir, outside) if out_dir is not None else None
     found = []
     for p in files:
         if inside is not None and p.resolve().is_relative_to(inside):
@@ -400,8 +405,8 @@ def anonymize_folder(img_dir: Path, out_dir: Path, stack, settings: Settings,
     written (the file system's error named). Images of more than 8 bits a
     channel, written in 8, go to ``eight_bit``."""
     img_dir, out_dir = Path(img_dir), Path(out_dir)
-    paths = list_images(img_dir, out_dir)
-    linked = linked_folders(img_dir)
+    linked: dict[Path, Path] = {}
+    paths = list_images(img_dir, out_dir, linked=linked)
     if check_out_dir(img_dir, out_dir, linked) is not None:
         # inside the image folder (or a folder linked from it): ours before its first image
         out_dir.mkdir(parents=True, exist_ok=True)
